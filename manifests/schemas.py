@@ -1,0 +1,138 @@
+"""Explicit Arrow schemas for every Parquet file the pipeline writes (DESIGN section 3)."""
+
+import pyarrow as pa
+
+# Curated documents between curation and tokenization: text plus the Document metadata we carry on.
+CURATED = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.large_string()),
+        ("source", pa.string()),
+        ("lang", pa.string()),
+        ("lang_score", pa.float32()),
+        ("url", pa.string()),
+        ("quality", pa.float32()),
+        ("origin", pa.string()),
+        ("extra", pa.string()),  # the source's own fields, JSON
+    ]
+)
+
+POOL = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("lang", pa.string()),
+        ("quality", pa.float32()),
+        ("n_tokens", pa.int64()),
+        ("input_ids", pa.list_(pa.uint32())),
+        ("origin", pa.string()),
+    ]
+)
+
+SHARD = pa.schema(
+    [
+        ("input_ids", pa.list_(pa.uint32())),
+        ("doc_id", pa.string()),
+        ("chunk", pa.int32()),
+        ("source", pa.string()),
+        ("lang", pa.string()),
+        ("epoch", pa.int32()),
+    ]
+)
+
+REJECTS = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("lang", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+        ("origin", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
+
+# Per task and stage: one total row per (source, lang) with reason null, plus one row per reject reason.
+STATS = pa.schema(
+    [
+        ("stage", pa.string()),
+        ("source", pa.string()),
+        ("lang", pa.string()),
+        ("reason", pa.string()),
+        ("read", pa.int64()),
+        ("kept", pa.int64()),
+        ("rejected", pa.int64()),
+        ("tokens", pa.int64()),
+        ("seconds", pa.float64()),
+        ("task", pa.string()),
+    ]
+)
+
+MIXTURE = pa.schema(
+    [
+        ("phase", pa.string()),
+        ("source", pa.string()),
+        ("lang", pa.string()),
+        ("available_tokens", pa.int64()),
+        ("p", pa.float64()),
+        ("target_tokens", pa.int64()),
+        ("tokens", pa.int64()),  # written, bos/eos included
+        ("epochs", pa.float64()),  # target / available
+        ("capped", pa.bool_()),
+    ]
+)
+
+SHARDS = pa.schema(
+    [
+        ("phase", pa.string()),
+        ("path", pa.string()),
+        ("rows", pa.int64()),
+        ("tokens", pa.int64()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+    ]
+)
+
+RUN = pa.schema(
+    [
+        ("phase", pa.string()),
+        ("seed", pa.int64()),
+        ("config", pa.string()),  # resolved phase + sources config, JSON
+        ("versions", pa.string()),  # JSON
+        ("tokenizer", pa.string()),
+        ("tokenizer_sha256", pa.string()),
+        ("started", pa.string()),
+        ("seconds", pa.float64()),
+    ]
+)
+
+# Chunks placed by mixing, before the shard tasks gather them: SHARD columns plus the placement hash.
+PLACED = pa.schema([("shard", pa.int64()), ("place", pa.uint64()), *SHARD])
+
+REJECT_REASONS = pa.schema(
+    [
+        ("phase", pa.string()),
+        ("stage", pa.string()),
+        ("source", pa.string()),
+        ("lang", pa.string()),
+        ("reason", pa.string()),
+        ("docs", pa.int64()),
+    ]
+)
+
+STAGES = pa.schema(
+    [
+        ("phase", pa.string()),
+        ("stage", pa.string()),
+        ("source", pa.string()),
+        ("lang", pa.string()),
+        ("read", pa.int64()),
+        ("kept", pa.int64()),
+        ("rejected", pa.int64()),
+        ("tokens", pa.int64()),
+        ("seconds", pa.float64()),
+    ]
+)
+
+LINEAGE = pa.schema([("phase", pa.string()), ("doc_id", pa.string()), ("origin", pa.string()),
+                     ("shard", pa.string())])

@@ -1,0 +1,165 @@
+"""`mmcorpus`: build a phase, query and check its manifest, fetch the tokenizer assets.
+
+Exit codes: 0 success, 1 the run failed, 2 bad usage or configuration (one line naming the file or option).
+"""
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from pipeline.config import SOURCES_FILE, TOKENIZERS_FILE, ConfigError, load_phase, load_sources, load_tokenizers
+
+log = logging.getLogger("mmcorpus")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="mmcorpus", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = root.add_subparsers(dest="command", required=True)
+
+    build = commands.add_parser("build", help="curate the sources into the pool, then mix and shard a phase")
+    build.add_argument("--phase", type=int, required=True, help="phase number in configs/phases.yaml")
+    build.add_argument("--sources", type=Path, default=SOURCES_FILE, help="sources YAML (default: the samples)")
+    build.add_argument("--tokenizers", type=Path, default=TOKENIZERS_FILE, help="tokenizers YAML")
+    build.add_argument("--out", type=Path, default=Path("out"), help="output directory (default: out/)")
+    build.add_argument("--workers", type=positive_int, default=2, help="CPUs of the embedded Ray (default: 2)")
+    build.add_argument("--seed", type=int, default=0, help="seed for sampling and shuffling (default: 0)")
+    build.add_argument("--budget", type=float, help="phase token budget (default: the pool's eligible tokens)")
+    build.add_argument("--ray-address", help="a Ray cluster to run on (default: $RAY_ADDRESS, else embedded)")
+    build.add_argument("--dry-run", action="store_true", help="print the resolved configuration and stop")
+
+    query = commands.add_parser("query", help="run SQL against <out>/catalog.duckdb")
+    query.add_argument("sql", help="SQL, or the name of a named query: " + ", ".join(_named_queries()))
+    query.add_argument("--out", type=Path, default=Path("out"))
+    query.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+    check = commands.add_parser("check", help="verify a built phase: sha256s, row/token counts, stage counts")
+    check.add_argument("--phase", type=int, required=True)
+    check.add_argument("--out", type=Path, default=Path("out"))
+
+    assets = commands.add_parser("fetch-assets", help="download the tokenizer files into the cache (set-up)")
+    assets.add_argument("--tokenizers", type=Path, default=TOKENIZERS_FILE)
+    return root
+
+
+def _named_queries() -> list[str]:
+    from manifests.catalog import NAMED_QUERIES
+
+    return list(NAMED_QUERIES)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from pipeline.build import BuildSettings, build
+
+    phase = load_phase(args.phase)
+    settings = BuildSettings(out=args.out, phase=phase, sources=load_sources(args.sources),
+                             tokenizers=load_tokenizers(args.tokenizers), seed=args.seed, workers=args.workers,
+                             budget_tokens=args.budget, ray_address=args.ray_address)
+    if args.budget is not None and args.budget <= 0:
+        raise ConfigError(f"--budget must be > 0, got {args.budget}")
+    resolved = dict(phase=phase.to_dict() | {"languages": len(phase.languages)}, sources=settings.sources.to_dict(),
+                    out=str(args.out), seed=args.seed, workers=args.workers, budget=args.budget)
+    print(json.dumps(resolved, indent=2, default=str))
+    if args.dry_run:
+        return 0
+    info = build(settings)
+    print_summary(args.out, phase.id, info)
+    return 0
+
+
+def print_summary(out: Path, phase_id: str, info: dict) -> None:
+    from manifests.catalog import connect
+
+    with connect(out) as con:
+        per_source = con.execute(
+            """SELECT source, count(DISTINCT doc_id) AS docs, sum(len(input_ids)) AS tokens FROM read_parquet(?)
+               GROUP BY 1 ORDER BY tokens DESC""", [str(out.resolve() / phase_id / "shards" / "*.parquet")]
+        ).fetchall()
+        languages = con.execute(
+            "SELECT lang, sum(tokens) FROM mixture WHERE phase = ? GROUP BY 1 ORDER BY 2 DESC LIMIT 8", [phase_id]
+        ).fetchall()
+        shards = con.execute("SELECT count(*), sum(tokens), sum(bytes) FROM shards WHERE phase = ?",
+                             [phase_id]).fetchone()
+    print(f"\n{phase_id}: {shards[0]} shards, {shards[1]:,} tokens, {shards[2] / 1e6:.1f} MB "
+          f"in {info['seconds']:.1f} s (seed {info['seed']})")
+    print(f"  shards   {out / phase_id / 'shards'}/")
+    print(f"  manifest {out / phase_id / 'manifest'}/")
+    print(f"  catalog  {out / 'catalog.duckdb'}   (mmcorpus query --out {out} \"SELECT * FROM mixture\")")
+    print(f"\n  {'source':<10} {'documents':>10} {'tokens':>12}")
+    for source, docs, tokens in per_source:
+        print(f"  {source:<10} {docs:>10,} {tokens:>12,}")
+    print("\n  top languages: " + ", ".join(f"{lang} {tokens:,}" for lang, tokens in languages))
+
+
+def run_query(args: argparse.Namespace) -> int:
+    from manifests.catalog import NAMED_QUERIES, connect
+
+    sql = NAMED_QUERIES.get(args.sql, args.sql)
+    with connect(args.out) as con:
+        result = con.execute(sql)
+        columns = [d[0] for d in result.description]
+        rows = result.fetchall()
+    if args.format == "json":
+        print(json.dumps([dict(zip(columns, row, strict=True)) for row in rows], default=str, indent=2))
+    elif args.format == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    else:
+        cells = [columns] + [["" if v is None else str(v) for v in row] for row in rows]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+        for n, row in enumerate(cells):
+            print("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip())
+            if n == 0:
+                print("  ".join("-" * width for width in widths))
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from manifests.catalog import check
+
+    problems = check(args.out, f"phase{args.phase}")
+    for problem in problems:
+        print(f"FAIL {problem}")
+    if not problems:
+        print(f"phase{args.phase}: OK (shard sha256s, rows and tokens match the manifest; read = kept + rejected "
+              "for every stage and source)")
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "build":
+            return run_build(args)
+        if args.command == "query":
+            return run_query(args)
+        if args.command == "check":
+            return run_check(args)
+        from pipeline.assets import fetch_assets
+
+        fetch_assets(args.tokenizers)
+        return 0
+    except ConfigError as error:
+        print(f"mmcorpus: error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # noqa: BLE001 - one clear line, exit 1; the log above has the details
+        log.debug("failure", exc_info=True)
+        print(f"mmcorpus: {args.command} failed: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Typed configuration loaded from configs/*.yaml; every problem is a ConfigError naming the file and field."""
+
+import csv
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import fsspec
+import yaml
+
+from stages.languages import CONFIG_DIR
+from stages.sources import READERS
+from stages.tokenize import TokenizerSpec
+
+PHASES_FILE = CONFIG_DIR / "phases.yaml"
+SOURCES_FILE = CONFIG_DIR / "sources.yaml"
+TOKENIZERS_FILE = CONFIG_DIR / "tokenizers.yaml"
+COUNTS_FILE = CONFIG_DIR / "mmbert-language-counts.csv"
+
+
+class ConfigError(ValueError):
+    """Bad usage or configuration: the CLI prints it as one line and exits with status 2."""
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    number: int
+    name: str
+    budget_tokens: float
+    languages: frozenset[str]  # ISO 639-3 codes as in mmBERT's counts, `code` for code
+    temperature: float
+    max_epochs: float
+    min_quality: float
+    seq_len: int
+    min_chunk_tokens: int
+    mask_rate: float
+    rope_theta: float
+    shard_tokens: int
+    source_shares: dict[str, float]
+
+    @property
+    def id(self) -> str:
+        return f"phase{self.number}"
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"languages": sorted(self.languages)}
+
+
+def language_set(column: str, counts: Path = COUNTS_FILE) -> frozenset[str]:
+    with open(counts, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and column not in rows[0]:
+        raise ConfigError(f"{counts}: no column {column!r} (columns: {', '.join(rows[0])})")
+    return frozenset(row["language"] for row in rows if float(row[column] or 0) > 0)
+
+
+def load_phase(number: int, path: Path = PHASES_FILE) -> PhaseConfig:
+    phases = read_yaml(path)
+    entry = phases.get(number)
+    if entry is None:
+        raise ConfigError(f"{path}: no phase {number} (phases: {', '.join(map(str, phases))})")
+    where = f"{path}: phase {number}"
+    try:
+        languages = language_set(entry["languages"]["column"])
+        phase = PhaseConfig(
+            number=number, name=str(entry["name"]), budget_tokens=float(entry["budget_tokens"]),
+            languages=languages, temperature=float(entry["temperature"]), max_epochs=float(entry["max_epochs"]),
+            min_quality=float(entry["min_quality"]), seq_len=int(entry["seq_len"]),
+            min_chunk_tokens=int(entry["min_chunk_tokens"]), mask_rate=float(entry["mask_rate"]),
+            rope_theta=float(entry["rope_theta"]), shard_tokens=int(entry["shard_tokens"]),
+            source_shares={str(k): float(v) for k, v in entry["source_shares"].items()},
+        )
+    except KeyError as error:
+        raise ConfigError(f"{where}: missing field {error}") from None
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{where}: {error}") from None
+    checks = [
+        (0 < phase.temperature <= 1, f"temperature must be in (0, 1], got {phase.temperature}"),
+        (phase.budget_tokens > 0, f"budget_tokens must be > 0, got {phase.budget_tokens}"),
+        (phase.max_epochs >= 1, f"max_epochs must be >= 1, got {phase.max_epochs}"),
+        (bool(phase.languages), "the language set is empty"),
+        (0 < phase.min_chunk_tokens <= phase.seq_len - 2, "min_chunk_tokens must be in (0, seq_len - 2]"),
+        (all(s >= 0 for s in phase.source_shares.values()) and sum(phase.source_shares.values()) > 0,
+         "source_shares must be >= 0 and not all 0"),
+    ]
+    for unknown in set(phase.source_shares) - set(READERS):
+        checks.append((False, f"source_shares names unknown source {unknown!r} (known: {', '.join(READERS)})"))
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(f"{where}: {message}")
+    return phase
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    name: str
+    path: str  # local path or fsspec URL
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SourcesConfig:
+    file: Path
+    sources: dict[str, SourceConfig]
+    shard_tokens: int | None = None
+
+    def to_dict(self) -> dict:
+        return {"file": str(self.file), "shard_tokens": self.shard_tokens,
+                "sources": {name: asdict(source) for name, source in self.sources.items()}}
+
+
+def load_sources(path: Path = SOURCES_FILE) -> SourcesConfig:
+    data = read_yaml(path)
+    entries = data.get("sources")
+    if not isinstance(entries, dict) or not entries:
+        raise ConfigError(f"{path}: `sources` must map source names to their settings")
+    sources = {}
+    for name, entry in entries.items():
+        if name not in READERS:
+            raise ConfigError(f"{path}: unknown source {name!r} (known: {', '.join(READERS)})")
+        if not isinstance(entry, dict) or not entry.get("path"):
+            raise ConfigError(f"{path}: source {name!r} needs a `path`")
+        location = str(entry["path"])
+        if "://" not in location:
+            location = str((path.parent / os.path.expanduser(location)).resolve())
+            if not Path(location).exists():
+                raise ConfigError(f"{path}: source {name!r}: path {location} does not exist")
+        else:
+            fsspec.core.url_to_fs(location)  # an unknown protocol fails here, before any work
+        sources[name] = SourceConfig(name, location, {k: v for k, v in entry.items() if k != "path"})
+    shard_tokens = data.get("shard_tokens")
+    if shard_tokens is not None and int(shard_tokens) < 1:
+        raise ConfigError(f"{path}: shard_tokens must be >= 1")
+    return SourcesConfig(path, sources, int(shard_tokens) if shard_tokens else None)
+
+
+def load_tokenizers(path: Path = TOKENIZERS_FILE) -> dict[str, TokenizerSpec]:
+    data = read_yaml(path)
+    try:
+        return {role: TokenizerSpec(str(entry["path"]), entry.get("sha256")) for role, entry in data.items()}
+    except (KeyError, TypeError) as error:
+        raise ConfigError(f"{path}: every tokenizer needs a `path` ({error})") from None
+
+
+def tokenizer_assets(path: Path = TOKENIZERS_FILE) -> dict[str, dict]:
+    """role -> {package, member} for `mmcorpus fetch-assets`."""
+    return {role: entry["asset"] for role, entry in read_yaml(path).items() if "asset" in entry}

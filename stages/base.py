@@ -1,0 +1,127 @@
+"""The stage interface: a stage consumes a stream of documents and yields the ones it keeps.
+
+Every stage counts what it read, kept and rejected per (source, lang), records each rejected document with a
+reason, and times itself, so that `read == kept + rejected` can be checked for every stage in the manifest.
+"""
+
+import time
+from abc import ABC, abstractmethod
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from datatrove.data import Document
+
+__all__ = ["Document", "Filter", "Reject", "Stage", "StageStats"]
+
+
+@dataclass(slots=True)
+class Reject:
+    """One dropped document (or unreadable file / record) and why."""
+
+    id: str
+    source: str
+    lang: str | None
+    stage: str
+    reason: str
+    origin: str
+    detail: str | None = None
+
+
+@dataclass
+class StageStats:
+    """Counters of one stage, per (source, lang); mergeable across tasks."""
+
+    stage: str
+    read: Counter = field(default_factory=Counter)
+    kept: Counter = field(default_factory=Counter)
+    rejected: Counter = field(default_factory=Counter)
+    reasons: dict = field(default_factory=lambda: defaultdict(Counter))
+    tokens: Counter = field(default_factory=Counter)
+    seconds: Counter = field(default_factory=Counter)
+
+    def rows(self) -> list[dict]:
+        """Long-form rows: one total row per (source, lang) with reason None, then one row per reason."""
+        rows = []
+        for key in sorted(set(self.read) | set(self.kept) | set(self.rejected), key=str):
+            source, lang = key
+            rows.append(
+                dict(
+                    stage=self.stage, source=source, lang=lang, reason=None, read=self.read[key],
+                    kept=self.kept[key], rejected=self.rejected[key], tokens=self.tokens[key],
+                    seconds=float(self.seconds[key]),
+                )
+            )
+            for reason, n in sorted(self.reasons[key].items()):
+                rows.append(
+                    dict(
+                        stage=self.stage, source=source, lang=lang, reason=reason, read=0, kept=0, rejected=n,
+                        tokens=0, seconds=0.0,
+                    )
+                )
+        return rows
+
+
+def reason_key(reason: str) -> str:
+    """`quality:gopher_repetition dup_line_frac>0.30` groups under `quality:gopher_repetition`."""
+    return reason.split(" ", 1)[0]
+
+
+class Stage(ABC):
+    """A step between reader and pool. Subclasses implement `run` over a document stream."""
+
+    name: str
+
+    def __init__(self) -> None:
+        self.stats = StageStats(self.name)
+        self.rejects: list[Reject] = []
+
+    @staticmethod
+    def key(doc: Document) -> tuple[str, str | None]:
+        return doc.metadata["source"], doc.metadata.get("lang")
+
+    def count_read(self, doc: Document) -> None:
+        self.stats.read[self.key(doc)] += 1
+
+    def keep(self, doc: Document) -> Document:
+        self.stats.kept[self.key(doc)] += 1
+        return doc
+
+    def reject(self, doc: Document, reason: str, detail: str | None = None) -> None:
+        key = self.key(doc)
+        self.stats.rejected[key] += 1
+        self.stats.reasons[key][reason_key(reason)] += 1
+        self.rejects.append(Reject(doc.id, key[0], key[1], self.name, reason, doc.metadata.get("origin", ""), detail))
+
+    @contextmanager
+    def track_time(self, docs: list[Document]) -> Iterator[None]:
+        """Time a unit of work and charge it evenly to the (source, lang) of the documents it handled."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            share = (time.perf_counter() - start) / max(len(docs), 1)
+            for doc in docs:
+                self.stats.seconds[self.key(doc)] += share
+
+    @abstractmethod
+    def run(self, docs: Iterable[Document]) -> Iterator[Document]: ...
+
+
+class Filter(Stage):
+    """A stage that decides per document: implement `filter(doc) -> bool | (bool, reason)`."""
+
+    @abstractmethod
+    def filter(self, doc: Document) -> bool | tuple[bool, str]: ...
+
+    def run(self, docs: Iterable[Document]) -> Iterator[Document]:
+        for doc in docs:
+            self.count_read(doc)
+            with self.track_time([doc]):
+                verdict = self.filter(doc)
+            ok, reason = verdict if isinstance(verdict, tuple) else (verdict, f"{self.name}:rejected")
+            if ok:
+                yield self.keep(doc)
+            else:
+                self.reject(doc, reason)

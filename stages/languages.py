@@ -1,0 +1,24 @@
+"""Language labels in FineWeb2's `lang_Script` form, and the mappings from other label styles."""
+
+import csv
+from functools import cache
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CODE = "code"  # the language set entry that admits every `code_<language>` label
+
+
+@cache
+def iso639_1_labels(path: Path = CONFIG_DIR / "languages.csv") -> dict[str, str]:
+    """ISO 639-1 code (`de`) -> `deu_Latn`, from configs/languages.csv."""
+    with open(path, newline="") as f:
+        return {row["iso639_1"]: f"{row['lang']}_{row['script']}" for row in csv.DictReader(f)}
+
+
+def base_language(label: str) -> str:
+    """`deu_Latn` -> `deu`; every `code_<language>` -> `code` (how mmBERT's counts name languages)."""
+    return CODE if label.startswith(f"{CODE}_") else label.split("_", 1)[0]
+
+
+def code_label(language: str) -> str:
+    return f"{CODE}_{language.strip().lower().replace(' ', '-') or 'unknown'}"

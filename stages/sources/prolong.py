@@ -1,0 +1,76 @@
+"""ProLong (princeton-nlp/prolong-data-64K): MosaicML MDS shards of Llama-3 token ids packed to 65,536.
+
+Layout: `<domain>/<procNN-64>/index.json` + `shard.NNNNN.mds[.zstd]`; columns `input_ids` (ndarray:uint32),
+`indices` (ndarray:uint32 of shape (k, 2): [start, end) of each packed document), `domain` (str), `length`.
+Each document is cut out by `indices`, stripped of Llama-3 special tokens and decoded to text, which is then
+curated like any other text. Domains are configured with the language they are expected to hold.
+"""
+
+import logging
+import posixpath
+from collections.abc import Iterator
+from functools import cached_property
+
+import numpy as np
+
+from stages.base import Document
+from stages.languages import CODE, code_label
+from stages.mds import MDSError, ShardInfo, decompress, iter_samples, read_index
+from stages.sources.base import SourceReader
+from stages.tokenize import LLAMA3_SPECIAL_START, TokenizerSpec, llama3_encoding
+
+log = logging.getLogger(__name__)
+
+
+class ProLongReader(SourceReader):
+    source = "prolong"
+    patterns = ("*/shard.*.mds", "*/shard.*.mds.zstd", "*/*/shard.*.mds", "*/*/shard.*.mds.zstd")
+
+    def __init__(self, path: str, tokenizer: TokenizerSpec, **options: object) -> None:
+        super().__init__(path, **options)
+        self.tokenizer = tokenizer
+        self.domains: dict[str, str] = dict(options.get("domains") or {})
+
+    @cached_property
+    def llama3(self):  # noqa: ANN201
+        return llama3_encoding(self.tokenizer)
+
+    def accept(self, relative: str) -> bool:
+        domain = relative.split("/")[0]
+        if domain not in self.domains:
+            log.info("prolong: skipping %s (domain %s not configured)", relative, domain)
+            return False
+        # A compressed shard is read through its raw name's index entry; keep one file per shard.
+        return not (relative.endswith(".zstd") and self.fs.exists(f"{self.fs_root}/{relative[:-5]}"))
+
+    def shard_info(self, relative: str) -> ShardInfo:
+        folder, name = posixpath.split(relative)
+        with self.open(posixpath.join(folder, "index.json"), "rb") as f:
+            shards = read_index(f.read().decode("utf-8"))
+        for info in shards:
+            if name in (info.raw_basename, info.zip_basename):
+                return info
+        raise MDSError(f"{name} is not listed in {folder}/index.json")
+
+    def read_file(self, relative: str) -> Iterator[Document]:
+        info = self.shard_info(relative)
+        with self.open(relative) as f:
+            data = f.read()
+        raw = decompress(data, info.compression if relative.endswith(".zstd") else None)
+        domain_dir = relative.split("/")[0]
+        expected = self.domains[domain_dir]
+        lang = code_label("unknown") if expected == CODE else expected
+        for sample_index, sample in enumerate(iter_samples(raw, info)):
+            input_ids = np.asarray(sample["input_ids"]).reshape(-1)
+            spans = np.asarray(sample.get("indices", [[0, len(input_ids)]])).reshape(-1, 2)
+            for doc_index, (start, end) in enumerate(spans.tolist()):
+                row = f"{sample_index}/{doc_index}"
+                if not 0 <= start < end <= len(input_ids):
+                    self.reject_record(relative, row, "read:bad_record",
+                                       f"indices [{start}, {end}) outside {len(input_ids)} ids")
+                    continue
+                ids = input_ids[start:end]
+                ids = ids[ids < LLAMA3_SPECIAL_START]
+                text = self.llama3.decode_bytes(ids.tolist()).decode("utf-8", errors="replace")
+                yield self.make_doc(f"{relative}:{row}", text, relative, row, lang=lang,
+                                    domain=sample.get("domain"), llama3_tokens=int(end - start))

@@ -1,0 +1,138 @@
+"""Tokenizers: Gemma 2 for the pool (SentencePiece `.model` or `tokenizer.json`), Llama 3 for ProLong's ids.
+
+Both are set in configs/tokenizers.yaml by local path (or, for Gemma 2, a hub id when online). Nothing is
+downloaded at run time: `mmcorpus fetch-assets` puts the files in the cache once, at set-up.
+"""
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from manifests.writer import sha256_file
+from stages.base import Document, Stage
+
+DEFAULT_CACHE = Path.home() / ".cache" / "mmcorpus"
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+LLAMA3_SPECIAL_START = 128000  # 256 special tokens follow the 128,000 BPE ranks
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MMCORPUS_CACHE", DEFAULT_CACHE))
+
+
+def resolve(path: str) -> str:
+    """Expand `${MMCORPUS_CACHE}` (default ~/.cache/mmcorpus), `~` and other variables in a configured path."""
+    return os.path.expanduser(os.path.expandvars(path.replace("${MMCORPUS_CACHE}", str(cache_dir()))))
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    path: str
+    sha256: str | None = None
+
+    @property
+    def local(self) -> Path | None:
+        local = Path(resolve(self.path))
+        return local if local.exists() else None
+
+    def check(self) -> Path | None:
+        """The verified local file, None for a hub id; raise when a configured local file is missing or wrong."""
+        local = self.local
+        if local is None:
+            if os.sep in self.path or self.path.startswith(("$", "~", ".")):
+                raise FileNotFoundError(f"tokenizer file {resolve(self.path)} is missing: run `make setup`")
+            return None
+        if self.sha256 and sha256_file(local) != self.sha256:
+            raise ValueError(f"tokenizer file {local} does not match sha256 {self.sha256}")
+        return local
+
+
+class Gemma2Tokenizer:
+    """Gemma 2 ids without bos/eos (chunking adds them): SentencePiece for a `.model`, else `tokenizers`."""
+
+    def __init__(self, spec: TokenizerSpec) -> None:
+        self.spec = spec
+        local = spec.check()
+        if local is not None and local.suffix != ".json":
+            import sentencepiece
+
+            self.sp = sentencepiece.SentencePieceProcessor(model_file=str(local))
+            self.vocab_size = self.sp.get_piece_size()
+            self.pad_id, self.eos_id, self.bos_id = self.sp.pad_id(), self.sp.eos_id(), self.sp.bos_id()
+            self.mask_id = self.sp.piece_to_id("<mask>")
+        else:
+            from tokenizers import Tokenizer
+
+            self.hf = Tokenizer.from_file(str(local)) if local else Tokenizer.from_pretrained(spec.path)
+            self.hf.no_padding()
+            self.vocab_size = self.hf.get_vocab_size()
+            self.pad_id, self.eos_id = self.hf.token_to_id("<pad>"), self.hf.token_to_id("<eos>")
+            self.bos_id, self.mask_id = self.hf.token_to_id("<bos>"), self.hf.token_to_id("<mask>")
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        if hasattr(self, "sp"):
+            return self.sp.encode(texts)
+        return [enc.ids for enc in self.hf.encode_batch(texts, add_special_tokens=False)]
+
+    @cached_property
+    def sha256(self) -> str | None:
+        local = self.spec.local
+        return sha256_file(local) if local else None
+
+
+def llama3_encoding(spec: TokenizerSpec):  # noqa: ANN201 - tiktoken.Encoding, imported lazily
+    """Llama 3's tokenizer as a tiktoken Encoding, built from the `.tiktoken` ranks file."""
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+
+    local = spec.check()
+    if local is None:
+        raise FileNotFoundError(f"Llama-3 tokenizer {spec.path} must be a local .tiktoken file")
+    ranks = load_tiktoken_bpe(str(local))
+    specials = [
+        "<|begin_of_text|>", "<|end_of_text|>", *(f"<|reserved_special_token_{i}|>" for i in range(4)),
+        "<|start_header_id|>", "<|end_header_id|>", "<|reserved_special_token_4|>", "<|eot_id|>",
+        *(f"<|reserved_special_token_{i}|>" for i in range(5, 251)),
+    ]
+    return tiktoken.Encoding(
+        name="llama3", pat_str=LLAMA3_PATTERN, mergeable_ranks=ranks,
+        special_tokens={token: LLAMA3_SPECIAL_START + i for i, token in enumerate(specials)},
+    )
+
+
+class Tokenize(Stage):
+    """Adds `input_ids` (Gemma 2, no specials) and counts tokens; rejects documents that encode to nothing."""
+
+    name = "tokenize"
+
+    def __init__(self, tokenizer: Gemma2Tokenizer, batch_size: int = 256) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+
+    def run(self, docs: Iterable[Document]) -> Iterator[Document]:
+        batch: list[Document] = []
+        for doc in docs:
+            self.count_read(doc)
+            batch.append(doc)
+            if len(batch) == self.batch_size:
+                yield from self._encode(batch)
+                batch = []
+        yield from self._encode(batch)
+
+    def _encode(self, batch: list[Document]) -> Iterator[Document]:
+        if not batch:
+            return
+        with self.track_time(batch):
+            ids = self.tokenizer.encode_batch([doc.text for doc in batch])
+        for doc, input_ids in zip(batch, ids, strict=True):
+            if not input_ids:
+                self.reject(doc, "tokenize:no_tokens")
+                continue
+            doc.metadata["input_ids"] = input_ids
+            self.stats.tokens[self.key(doc)] += len(input_ids)
+            yield self.keep(doc)
