@@ -111,9 +111,10 @@ def build_catalog(out: Path) -> Path:
     out = out.resolve()
     with duckdb.connect(str(tmp)) as con:
         for table in TABLES:
-            con.execute(f"""CREATE VIEW {table} AS SELECT * FROM
-                           read_parquet('{_glob(out, "phase*", "manifest", f"{table}.parquet")}', union_by_name = true)""")
-        rejects = [_glob(out, "rejects", "*", "*", "*.parquet"), _glob(out, "phase*", "rejects", "*", "*", "*.parquet")]
+            tables = _glob(out, "phase*", "manifest", f"{table}.parquet")
+            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{tables}', union_by_name = true)")
+        rejects = [_glob(out, "rejects", "*", "*", "*.parquet"),
+                   _glob(out, "phase*", "rejects", "*", "*", "*.parquet")]
         con.execute(f"CREATE VIEW rejects AS SELECT * FROM read_parquet({rejects}, union_by_name = true)")
         con.execute(f"CREATE VIEW pool AS SELECT * FROM read_parquet('{_glob(out, 'pool', '*', '*', '*.parquet')}')")
         for name, sql in NAMED_QUERIES.items():
@@ -146,7 +147,11 @@ def check(out: Path, phase_id: str) -> list[str]:
             continue
         if sha256_file(path) != shard["sha256"]:
             problems.append(f"{shard['path']}: sha256 differs from the manifest")
-        table = pq.read_table(path, columns=["input_ids"])
+        try:
+            table = pq.read_table(path, columns=["input_ids"])
+        except (OSError, ValueError) as error:
+            problems.append(f"{shard['path']}: unreadable: {error}")
+            continue
         tokens = pc.sum(pc.list_value_length(table.column("input_ids"))).as_py() or 0
         if (table.num_rows, tokens) != (shard["rows"], shard["tokens"]):
             problems.append(f"{shard['path']}: {table.num_rows} rows / {tokens} tokens, manifest says "
@@ -177,6 +182,7 @@ def check(out: Path, phase_id: str) -> list[str]:
         if ("mix", source) in counts and counts[("mix", source)][0] != pool_docs.get(source, 0):
             problems.append(f"source {source}: mix read {counts[('mix', source)][0]} of "
                             f"{pool_docs.get(source, 0)} pool documents")
-    if mixture_tokens != sum(s["tokens"] for s in listed):
-        problems.append(f"mixture says {mixture_tokens} tokens written, shards hold {sum(s['tokens'] for s in listed)}")
+    shard_tokens = sum(s["tokens"] for s in listed)
+    if mixture_tokens != shard_tokens:
+        problems.append(f"mixture says {mixture_tokens} tokens written, the shards hold {shard_tokens}")
     return problems

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from manifests import catalog
 from manifests.schemas import CURATED, PLACED, POOL, REJECTS, STATS
 from manifests.writer import ParquetSink, write_parquet, write_text
-from pipeline.config import PhaseConfig, SourceConfig, SourcesConfig
+from pipeline.config import ConfigError, PhaseConfig, SourceConfig, SourcesConfig
 from pipeline.runner import Runner, Task
 from stages.base import Document, Stage
 from stages.dedup import ExactDedup
@@ -51,10 +51,15 @@ class BuildSettings:
 
 
 def make_reader(source: SourceConfig, tokenizers: dict[str, TokenizerSpec]) -> SourceReader:
+    reader = READERS[source.name]
     options = dict(source.options)
-    if "tokenizer" in options:
-        options["tokenizer"] = tokenizers[options["tokenizer"]]
-    return READERS[source.name](source.path, **options)
+    role = options.pop("tokenizer", reader.tokenizer_role)
+    if role is not None:
+        if role not in tokenizers:
+            raise ConfigError(f"source {source.name}: tokenizer {role!r} is not in the tokenizers config "
+                              f"(known: {', '.join(tokenizers)})")
+        options["tokenizer"] = tokenizers[role]
+    return reader(source.path, **options)
 
 
 def write_task_records(out: Path, stage_group: str, source: str, part: str, stages: list[Stage]) -> None:

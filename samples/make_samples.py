@@ -244,7 +244,7 @@ def make_starcoder(lodash: Path, out: Path) -> None:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     include = Path(sysconfig.get_paths()["include"])
     languages = {
-        "python": ("python/cpython", "Lib", stdlib, stdlib_files(".py", stdlib, 25)[1::2] + stdlib_files(".py", stdlib, 25)[::7]),
+        "python": ("python/cpython", "Lib", stdlib, stdlib_files(".py", stdlib, 40)[1::2]),
         "c": ("python/cpython", "Include", include, stdlib_files(".h", include, 25)),
         "javascript": ("lodash/lodash", "", lodash, stdlib_files(".js", lodash, 25, max_bytes=16_000)),
     }

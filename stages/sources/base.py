@@ -22,6 +22,7 @@ class SourceReader(Stage):
     name = "read"
     source: str  # the source's key in sources.yaml and in the pool
     patterns: tuple[str, ...]  # globs under the root, in the upstream layout
+    tokenizer_role: str | None = None  # a tokenizer from configs/tokenizers.yaml the reader needs, if any
 
     def __init__(self, path: str, **options: object) -> None:
         super().__init__()

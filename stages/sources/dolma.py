@@ -2,7 +2,8 @@
 
 Records carry `id, text, source, added, created, metadata`. Dolma has no language label: each subset folder
 is configured with the language it is expected to hold (`subsets: {cc_en_head: eng_Latn, starcoder: code}`),
-which LID checks; folders not configured are not read.
+which LID checks, and folders not configured are not read. Without `subsets`, every folder is read as English,
+except `starcoder` as code.
 """
 
 from collections.abc import Iterator
@@ -11,18 +12,21 @@ from stages.base import Document
 from stages.languages import CODE, code_label
 from stages.sources.base import SourceReader, iter_json_lines
 
+DEFAULT_LANG = "eng_Latn"
+
 
 class DolmaReader(SourceReader):
     source = "dolma"
 
     def __init__(self, path: str, **options: object) -> None:
         super().__init__(path, **options)
-        self.subsets: dict[str, str] = dict(options.get("subsets") or {})
-        self.patterns = tuple(f"{subset}/*.json{ext}" for subset in self.subsets for ext in (".gz", "l", "l.gz"))
+        self.subsets: dict[str, str] | None = options.get("subsets")  # type: ignore[assignment]
+        folders = list(self.subsets) if self.subsets else ["*"]
+        self.patterns = tuple(f"{folder}/*.json{ext}" for folder in folders for ext in (".gz", ".zst", "l", "l.gz"))
 
     def read_file(self, relative: str) -> Iterator[Document]:
         subset = relative.split("/")[-2]
-        expected = self.subsets[subset]
+        expected = self.subsets[subset] if self.subsets else (CODE if subset == "starcoder" else DEFAULT_LANG)
         for line, record in iter_json_lines(self, relative):
             metadata = record.get("metadata") or {}
             lang = code_label(metadata.get("language") or "unknown") if expected == CODE else expected

@@ -3,7 +3,9 @@
 Layout: `<domain>/<procNN-64>/index.json` + `shard.NNNNN.mds[.zstd]`; columns `input_ids` (ndarray:uint32),
 `indices` (ndarray:uint32 of shape (k, 2): [start, end) of each packed document), `domain` (str), `length`.
 Each document is cut out by `indices`, stripped of Llama-3 special tokens and decoded to text, which is then
-curated like any other text. Domains are configured with the language they are expected to hold.
+curated like any other text. Domains are configured with the language they are expected to hold
+(`domains: {textbooks: eng_Latn, thestackv1_concat_by_repo-65536: code}`); without `domains`, every domain is
+read as English, except `thestack*` as code.
 """
 
 import logging
@@ -25,11 +27,12 @@ log = logging.getLogger(__name__)
 class ProLongReader(SourceReader):
     source = "prolong"
     patterns = ("*/shard.*.mds", "*/shard.*.mds.zstd", "*/*/shard.*.mds", "*/*/shard.*.mds.zstd")
+    tokenizer_role = "llama3"
 
     def __init__(self, path: str, tokenizer: TokenizerSpec, **options: object) -> None:
         super().__init__(path, **options)
         self.tokenizer = tokenizer
-        self.domains: dict[str, str] = dict(options.get("domains") or {})
+        self.domains: dict[str, str] | None = options.get("domains")  # type: ignore[assignment]
 
     @cached_property
     def llama3(self):  # noqa: ANN201
@@ -37,7 +40,7 @@ class ProLongReader(SourceReader):
 
     def accept(self, relative: str) -> bool:
         domain = relative.split("/")[0]
-        if domain not in self.domains:
+        if self.domains is not None and domain not in self.domains:
             log.info("prolong: skipping %s (domain %s not configured)", relative, domain)
             return False
         # A compressed shard is read through its raw name's index entry; keep one file per shard.
@@ -57,8 +60,8 @@ class ProLongReader(SourceReader):
         with self.open(relative) as f:
             data = f.read()
         raw = decompress(data, info.compression if relative.endswith(".zstd") else None)
-        domain_dir = relative.split("/")[0]
-        expected = self.domains[domain_dir]
+        domain = relative.split("/")[0]
+        expected = self.domains[domain] if self.domains else (CODE if domain.startswith("thestack") else "eng_Latn")
         lang = code_label("unknown") if expected == CODE else expected
         for sample_index, sample in enumerate(iter_samples(raw, info)):
             input_ids = np.asarray(sample["input_ids"]).reshape(-1)
