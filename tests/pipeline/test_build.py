@@ -25,7 +25,9 @@ def query(out, sql, capsys):
 
 
 def shard_hashes(out):
-    return {row["path"]: row["sha256"] for row in pq.read_table(out / "phase1" / "manifest" / "shards.parquet").to_pylist()}
+    return {
+        row["path"]: row["sha256"] for row in pq.read_table(out / "phase1" / "manifest" / "shards.parquet").to_pylist()
+    }
 
 
 def test_all_five_sources_reach_the_shards(sample_build, capsys):
@@ -49,16 +51,20 @@ def test_shard_rows_follow_the_contract(sample_build):
         assert ids[0] == 2 and ids[-1] == 1 and 2 not in ids[1:-1]
     assert info["tokenizer_sha256"] == "61a7b147390c64585d6c3543dd6fc636906c9af3865a5548f27f31aee1d4c8e2"
     # shuffled across languages: the first rows of a shard are not one language
-    assert len(set(pq.read_table(out / "phase1" / "shards" / "shard-00000.parquet").column("lang")
-                   .to_pylist()[:40])) > 3
+    assert (
+        len(set(pq.read_table(out / "phase1" / "shards" / "shard-00000.parquet").column("lang").to_pylist()[:40])) > 3
+    )
 
 
 def test_stage_counts_add_up_and_check_passes(sample_build, capsys):
     out, _ = sample_build
     assert check(out, "phase1") == []
     assert main(["check", "--out", str(out), "--phase", "1"]) == 0
-    stages = query(out, "SELECT stage, source, sum(read) AS r, sum(kept) AS k, sum(rejected) AS x FROM stages "
-                        "GROUP BY 1, 2", capsys)
+    stages = query(
+        out,
+        "SELECT stage, source, sum(read) AS r, sum(kept) AS k, sum(rejected) AS x FROM stages GROUP BY 1, 2",
+        capsys,
+    )
     assert {s["stage"] for s in stages} == {"read", "lid", "quality", "dedup", "tokenize", "mix"}
     assert all(s["r"] == s["k"] + s["x"] for s in stages)
     pool = query(out, "SELECT source, count(*) AS docs FROM pool GROUP BY 1", capsys)
@@ -68,8 +74,9 @@ def test_stage_counts_add_up_and_check_passes(sample_build, capsys):
 def test_every_reject_is_recorded_with_a_reason(sample_build, capsys):
     out, _ = sample_build
     reasons = query(out, "SELECT stage, reason, sum(docs) AS docs FROM reject_reasons GROUP BY 1, 2", capsys)
-    rejects = query(out, "SELECT stage, split_part(reason, ' ', 1) AS reason, count(*) AS docs FROM rejects "
-                         "GROUP BY 1, 2", capsys)
+    rejects = query(
+        out, "SELECT stage, split_part(reason, ' ', 1) AS reason, count(*) AS docs FROM rejects GROUP BY 1, 2", capsys
+    )
     per_doc = {(r["stage"], r["reason"]): r["docs"] for r in rejects}
     for row in reasons:
         if row["reason"] != "mix:other_language":  # counted per language, not per document
@@ -80,10 +87,15 @@ def test_every_reject_is_recorded_with_a_reason(sample_build, capsys):
 
 def test_lineage_maps_every_shard_document_to_its_file(sample_build, capsys):
     out, _ = sample_build
-    rows = query(out, "SELECT count(*) AS n, count(DISTINCT doc_id) AS docs, min(origin) AS origin FROM lineage", capsys)
+    rows = query(
+        out, "SELECT count(*) AS n, count(DISTINCT doc_id) AS docs, min(origin) AS origin FROM lineage", capsys
+    )
     assert rows[0]["docs"] > 300
-    shard_docs = query(out, "SELECT count(DISTINCT doc_id) AS docs FROM read_parquet("
-                            f"'{out.resolve()}/phase1/shards/*.parquet')", capsys)
+    shard_docs = query(
+        out,
+        f"SELECT count(DISTINCT doc_id) AS docs FROM read_parquet('{out.resolve()}/phase1/shards/*.parquet')",
+        capsys,
+    )
     assert rows[0]["docs"] == shard_docs[0]["docs"]
 
 
@@ -116,8 +128,22 @@ def test_cli_build_with_one_worker_gives_identical_shards(sample_build, tmp_path
     """A separate process with its own embedded Ray of 1 CPU: same seed, same bytes."""
     out, _ = sample_build
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "build", "--phase", "1", "--workers", "1", "--out", str(tmp_path / "o")],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "build",
+            "--phase",
+            "1",
+            "--workers",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "top languages:" in result.stdout
@@ -127,8 +153,9 @@ def test_cli_build_with_one_worker_gives_identical_shards(sample_build, tmp_path
 def test_rejected_documents_from_a_corrupt_file_reach_the_manifest(tmp_path, ray_session, tokenizers, capsys):
     fineweb = tmp_path / "fineweb2" / "data" / "deu_Latn" / "train"
     fineweb.mkdir(parents=True)
-    (fineweb / "000_00000.parquet").write_bytes((ROOT / "samples/fineweb2/data/deu_Latn/train/000_00000.parquet")
-                                                .read_bytes())
+    (fineweb / "000_00000.parquet").write_bytes(
+        (ROOT / "samples/fineweb2/data/deu_Latn/train/000_00000.parquet").read_bytes()
+    )
     (fineweb / "000_00001.parquet").write_bytes(b"PAR1 not really")
     config = tmp_path / "sources.yaml"
     config.write_text(f"sources:\n  fineweb2:\n    path: {tmp_path / 'fineweb2'}\nshard_tokens: 4096\n")

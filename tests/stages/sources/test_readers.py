@@ -79,7 +79,9 @@ def test_dolma_bad_lines_and_truncated_gzip(copy_samples):
     root = copy_samples("dolma")
     folder = root / "cc_en_head"
     lines = gzip.decompress((folder / "cc_en_head-0000.json.gz").read_bytes()).split(b"\n")[:5]
-    broken = lines[:2] + [b'{"id": "x", "text": "unterminated', b'{"id": "y", "text": "\xff\xfe bad utf-8"}'] + lines[2:]
+    broken = (
+        lines[:2] + [b'{"id": "x", "text": "unterminated', b'{"id": "y", "text": "\xff\xfe bad utf-8"}'] + lines[2:]
+    )
     (folder / "cc_en_head-0001.json.gz").write_bytes(gzip.compress(b"\n".join(broken)))
     whole = (folder / "cc_en_head-0000.json.gz").read_bytes()
     (folder / "cc_en_head-0002.json.gz").write_bytes(whole[: len(whole) // 2])
