@@ -14,10 +14,12 @@ $(BIN)/mmcorpus: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-$(MMCORPUS_CACHE)/tokenizer.gemma $(MMCORPUS_CACHE)/tokenizer_llama3.tiktoken: configs/tokenizers.yaml | $(BIN)/mmcorpus
+ASSETS := $(MMCORPUS_CACHE)/tokenizer.gemma $(MMCORPUS_CACHE)/tokenizer_llama3.tiktoken $(MMCORPUS_CACHE)/lid.176.ftz
+
+$(ASSETS) &: configs/tokenizers.yaml configs/lid.yaml | $(BIN)/mmcorpus
 	$(BIN)/mmcorpus fetch-assets
 
-setup: $(BIN)/mmcorpus $(MMCORPUS_CACHE)/tokenizer.gemma $(MMCORPUS_CACHE)/tokenizer_llama3.tiktoken
+setup: $(BIN)/mmcorpus $(ASSETS)
 
 phase1-data phase2-data phase3-data: phase%-data: setup
 	$(BIN)/mmcorpus build --phase $* --out $(OUT)

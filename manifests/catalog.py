@@ -1,6 +1,7 @@
 """The per-phase manifest (Parquet tables), the DuckDB catalog over all outputs, named queries and `check`.
 
-Manifest tables under <out>/<phase>/manifest/: shards, mixture, stages, reject_reasons, lineage, run.
+Manifest tables under <out>/<phase>/manifest/: shards, mixture, stages, reject_reasons, notes (kept documents
+a stage flagged, e.g. an upstream language label the LID model disagrees with), lineage, run.
 The catalog <out>/catalog.duckdb holds views over every phase's tables plus `rejects` and `pool`, and the
 named queries below as views, so `duckdb out/catalog.duckdb` answers the same questions as `mmcorpus query`.
 """
@@ -16,7 +17,7 @@ import pyarrow.parquet as pq
 from manifests.schemas import MIXTURE, RUN, SHARDS
 from manifests.writer import atomic_path, sha256_file, write_parquet
 
-TABLES = ("shards", "mixture", "stages", "reject_reasons", "lineage", "run")
+TABLES = ("shards", "mixture", "stages", "reject_reasons", "notes", "lineage", "run")
 CURATION_STAGES = ("read", "lid", "quality", "dedup", "tokenize")  # in pipeline order
 
 NAMED_QUERIES = {
@@ -69,10 +70,12 @@ def write_manifest(out: Path, phase, plan: list, shards: list[dict], run_info: d
                            sum(seconds) AS seconds
                            FROM read_parquet({stats}, union_by_name = true) WHERE reason IS NULL
                            GROUP BY ALL ORDER BY stage, source, lang""", manifest / "stages.parquet")
-        copy_query(con, f"""SELECT '{phase_id}' AS phase, stage, source, lang, reason, sum(rejected)::BIGINT AS docs
-                           FROM read_parquet({stats}, union_by_name = true) WHERE reason IS NOT NULL
-                           GROUP BY ALL ORDER BY stage, source, lang, reason""",
-                   manifest / "reject_reasons.parquet")
+        for table, column, count in (("reject_reasons", "reason", "rejected"), ("notes", "note", "kept")):
+            copy_query(con, f"""SELECT '{phase_id}' AS phase, stage, source, lang, reason AS {column},
+                               sum({count})::BIGINT AS docs
+                               FROM read_parquet({stats}, union_by_name = true) WHERE reason IS NOT NULL
+                               GROUP BY ALL HAVING docs > 0 ORDER BY stage, source, lang, {column}""",
+                       manifest / f"{table}.parquet")
         copy_query(con, f"""SELECT DISTINCT '{phase_id}' AS phase, s.doc_id, p.origin,
                            regexp_extract(s.filename, '[^/]+$') AS shard
                            FROM read_parquet(?, filename = true) s

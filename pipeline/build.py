@@ -15,6 +15,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
 
 import duckdb
@@ -23,17 +24,27 @@ import pyarrow.parquet as pq
 from manifests import catalog
 from manifests.schemas import CURATED, PLACED, POOL, REJECTS, STATS
 from manifests.writer import ParquetSink, write_parquet, write_text
-from pipeline.config import ConfigError, PhaseConfig, SourceConfig, SourcesConfig
+from pipeline.config import (
+    LID_FILE,
+    QUALITY_FILE,
+    ConfigError,
+    PhaseConfig,
+    SourceConfig,
+    SourcesConfig,
+    load_lid,
+    load_quality,
+)
 from pipeline.runner import Runner, Task
+from stages.assets import AssetSpec
 from stages.base import Document, Stage
 from stages.dedup import ExactDedup
 from stages.languages import base_language
-from stages.lid import LanguageLabel
+from stages.lid import LanguageId
 from stages.mix import SampleChunks, plan_mixture, unit_hash
 from stages.quality import QualityFilter
 from stages.shards import write_shard
 from stages.sources import READERS, SourceReader
-from stages.tokenize import Gemma2Tokenizer, Tokenize, TokenizerSpec
+from stages.tokenize import Gemma2Tokenizer, Tokenize
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +54,16 @@ class BuildSettings:
     out: Path
     phase: PhaseConfig
     sources: SourcesConfig
-    tokenizers: dict[str, TokenizerSpec]
+    tokenizers: dict[str, AssetSpec]
     seed: int = 0
     workers: int = 2
     budget_tokens: float | None = None  # None: the phase's available tokens (one pass over the pool)
     ray_address: str | None = None
+    lid_config: Path = LID_FILE
+    quality_config: Path = QUALITY_FILE
 
 
-def make_reader(source: SourceConfig, tokenizers: dict[str, TokenizerSpec]) -> SourceReader:
+def make_reader(source: SourceConfig, tokenizers: dict[str, AssetSpec]) -> SourceReader:
     reader = READERS[source.name]
     options = dict(source.options)
     role = options.pop("tokenizer", reader.tokenizer_role)
@@ -70,10 +83,17 @@ def write_task_records(out: Path, stage_group: str, source: str, part: str, stag
     write_parquet(out / "rejects" / stage_group / source / f"{part}.parquet", rejects, REJECTS)
 
 
-def curate_file(out: Path, source: SourceConfig, tokenizers: dict[str, TokenizerSpec], relative: str,
-                part: str) -> dict:
+@cache
+def curation_configs(lid: Path, quality: Path) -> tuple:
+    """Loaded once per worker process: the quality config holds FineWeb2's 1,929 language rows."""
+    return load_lid(lid, quality), load_quality(quality)
+
+
+def curate_file(out: Path, source: SourceConfig, tokenizers: dict[str, AssetSpec], relative: str, part: str,
+                lid_config: Path, quality_config: Path) -> dict:
     reader = make_reader(source, tokenizers)
-    stages: list[Stage] = [LanguageLabel(), QualityFilter()]
+    lid, quality = curation_configs(lid_config, quality_config)
+    stages: list[Stage] = [LanguageId(lid), QualityFilter(quality)]
     docs: Iterator[Document] = reader.run([relative])
     for stage in stages:
         docs = stage.run(docs)
@@ -94,7 +114,7 @@ def _curated_docs(path: Path) -> Iterator[Document]:
             yield Document(text=row.pop("text"), id=row.pop("id"), metadata=row)
 
 
-def pool_file(out: Path, source: str, part: str, tokenizer: TokenizerSpec) -> dict:
+def pool_file(out: Path, source: str, part: str, tokenizer: AssetSpec) -> dict:
     stages: list[Stage] = [ExactDedup(), Tokenize(Gemma2Tokenizer(tokenizer))]
     docs = _curated_docs(out / "curated" / source / f"{part}.parquet")
     for stage in stages:
@@ -175,7 +195,9 @@ def build(settings: BuildSettings) -> dict:
     started = time.time()
     out, phase = settings.out, settings.phase
     out.mkdir(parents=True, exist_ok=True)
-    gemma = Gemma2Tokenizer(settings.tokenizers["gemma2"])  # fail before any work if the tokenizer is missing
+    gemma = Gemma2Tokenizer(settings.tokenizers["gemma2"])  # fail before any work if an asset is missing
+    lid, _ = curation_configs(settings.lid_config, settings.quality_config)
+    lid.model.check()
     inputs = {name: make_reader(source, settings.tokenizers).list_files()
               for name, source in settings.sources.sources.items()}
     for name, files in inputs.items():
@@ -185,7 +207,8 @@ def build(settings: BuildSettings) -> dict:
         curate_tasks = [
             Task(f"{name}__part-{i:05d}", curate_file,
                  dict(out=out, source=settings.sources.sources[name], tokenizers=settings.tokenizers,
-                      relative=relative, part=f"part-{i:05d}"))
+                      relative=relative, part=f"part-{i:05d}", lid_config=settings.lid_config,
+                      quality_config=settings.quality_config))
             for name, files in inputs.items() for i, relative in enumerate(files)
         ]
         t0 = time.time()

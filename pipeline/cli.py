@@ -9,7 +9,16 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline.config import SOURCES_FILE, TOKENIZERS_FILE, ConfigError, load_phase, load_sources, load_tokenizers
+from pipeline.config import (
+    LID_FILE,
+    QUALITY_FILE,
+    SOURCES_FILE,
+    TOKENIZERS_FILE,
+    ConfigError,
+    load_phase,
+    load_sources,
+    load_tokenizers,
+)
 
 log = logging.getLogger("mmcorpus")
 
@@ -30,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--phase", type=int, required=True, help="phase number in configs/phases.yaml")
     build.add_argument("--sources", type=Path, default=SOURCES_FILE, help="sources YAML (default: the samples)")
     build.add_argument("--tokenizers", type=Path, default=TOKENIZERS_FILE, help="tokenizers YAML")
+    build.add_argument("--lid", type=Path, default=LID_FILE, help="language identification YAML")
+    build.add_argument("--quality", type=Path, default=QUALITY_FILE, help="quality filtering YAML")
     build.add_argument("--out", type=Path, default=Path("out"), help="output directory (default: out/)")
     build.add_argument("--workers", type=positive_int, default=2, help="CPUs of the embedded Ray (default: 2)")
     build.add_argument("--seed", type=int, default=0, help="seed for sampling and shuffling (default: 0)")
@@ -46,8 +57,7 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--phase", type=int, required=True)
     check.add_argument("--out", type=Path, default=Path("out"))
 
-    assets = commands.add_parser("fetch-assets", help="download the tokenizer files into the cache (set-up)")
-    assets.add_argument("--tokenizers", type=Path, default=TOKENIZERS_FILE)
+    commands.add_parser("fetch-assets", help="download the tokenizer and LID model files into the cache (set-up)")
     return root
 
 
@@ -63,7 +73,8 @@ def run_build(args: argparse.Namespace) -> int:
     phase = load_phase(args.phase)
     settings = BuildSettings(out=args.out, phase=phase, sources=load_sources(args.sources),
                              tokenizers=load_tokenizers(args.tokenizers), seed=args.seed, workers=args.workers,
-                             budget_tokens=args.budget, ray_address=args.ray_address)
+                             budget_tokens=args.budget, ray_address=args.ray_address,
+                             lid_config=args.lid.resolve(), quality_config=args.quality.resolve())
     if args.budget is not None and args.budget <= 0:
         raise ConfigError(f"--budget must be > 0, got {args.budget}")
     resolved = dict(phase=phase.to_dict() | {"languages": len(phase.languages)}, sources=settings.sources.to_dict(),
@@ -150,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_check(args)
         from pipeline.assets import fetch_assets
 
-        fetch_assets(args.tokenizers)
+        fetch_assets()
         return 0
     except ConfigError as error:
         print(f"mmcorpus: error: {error}", file=sys.stderr)

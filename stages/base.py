@@ -4,6 +4,7 @@ Every stage counts what it read, kept and rejected per (source, lang), records e
 reason, and times itself, so that `read == kept + rejected` can be checked for every stage in the manifest.
 """
 
+import re
 import time
 from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
@@ -38,11 +39,13 @@ class StageStats:
     kept: Counter = field(default_factory=Counter)
     rejected: Counter = field(default_factory=Counter)
     reasons: dict = field(default_factory=lambda: defaultdict(Counter))
+    notes: dict = field(default_factory=lambda: defaultdict(Counter))  # kept documents flagged, by label
     tokens: Counter = field(default_factory=Counter)
     seconds: Counter = field(default_factory=Counter)
 
     def rows(self) -> list[dict]:
-        """Long-form rows: one total row per (source, lang) with reason None, then one row per reason."""
+        """Long-form rows: one total row per (source, lang) with reason None, then one row per reject reason
+        (counted in `rejected`) and one per note on kept documents (counted in `kept`)."""
         rows = []
         for key in sorted(set(self.read) | set(self.kept) | set(self.rejected), key=str):
             source, lang = key
@@ -54,18 +57,18 @@ class StageStats:
                 )
             )
             for reason, n in sorted(self.reasons[key].items()):
-                rows.append(
-                    dict(
-                        stage=self.stage, source=source, lang=lang, reason=reason, read=0, kept=0, rejected=n,
-                        tokens=0, seconds=0.0,
-                    )
-                )
+                rows.append(dict(stage=self.stage, source=source, lang=lang, reason=reason, read=0, kept=0,
+                                 rejected=n, tokens=0, seconds=0.0))
+            for note, n in sorted(self.notes[key].items()):
+                rows.append(dict(stage=self.stage, source=source, lang=lang, reason=note, read=0, kept=n,
+                                 rejected=0, tokens=0, seconds=0.0))
         return rows
 
 
 def reason_key(reason: str) -> str:
-    """`quality:gopher_repetition dup_line_frac>0.30` groups under `quality:gopher_repetition`."""
-    return reason.split(" ", 1)[0]
+    """A reason without its threshold: `quality:gopher_repetition dup_line_frac>0.3` groups as
+    `quality:gopher_repetition dup_line_frac`, whatever each language's threshold."""
+    return re.split(r"[<>]", reason, maxsplit=1)[0].strip()
 
 
 class Stage(ABC):
@@ -93,6 +96,10 @@ class Stage(ABC):
         self.stats.rejected[key] += 1
         self.stats.reasons[key][reason_key(reason)] += 1
         self.rejects.append(Reject(doc.id, key[0], key[1], self.name, reason, doc.metadata.get("origin", ""), detail))
+
+    def note(self, doc: Document, label: str) -> None:
+        """Flag a kept document (counted per label in the stats, e.g. `lid:upstream_disagrees`)."""
+        self.stats.notes[self.key(doc)][label] += 1
 
     @contextmanager
     def track_time(self, docs: list[Document]) -> Iterator[None]:

@@ -9,10 +9,10 @@ CODE = "code"  # the language set entry that admits every `code_<language>` labe
 
 
 @cache
-def iso639_1_labels(path: Path = CONFIG_DIR / "languages.csv") -> dict[str, str]:
-    """ISO 639-1 code (`de`) -> `deu_Latn`, from configs/languages.csv."""
+def short_code_labels(path: Path = CONFIG_DIR / "languages.csv") -> dict[str, str]:
+    """Wikipedia / ISO 639-1 code (`de`, `als`) -> `deu_Latn`, `gsw_Latn`, from configs/languages.csv."""
     with open(path, newline="") as f:
-        return {row["iso639_1"]: f"{row['lang']}_{row['script']}" for row in csv.DictReader(f)}
+        return {row["code"]: f"{row['lang']}_{row['script']}" for row in csv.DictReader(f)}
 
 
 def base_language(label: str) -> str:

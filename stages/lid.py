@@ -1,18 +1,144 @@
-"""Language identification.
+"""Language identification: label every document `lang_Script`, check upstream labels, drop what fails.
 
-The vertical slice keeps the upstream label (FineWeb2 `language`/`language_script`, MegaWika's folder,
-StarCoder's programming language) or the language a Dolma subset / ProLong domain is configured to hold, and
-rejects documents that end up with no label. Model-based detection and per-language thresholds replace this
-in the LID issue.
+How a document is handled depends on where its label came from (the reader sets `metadata["lang_source"]`):
+- `upstream` (FineWeb2's GlotLID label, MegaWika's wiki): the label stays; the model's prediction is recorded
+  in `lid_predicted` and a disagreement is noted, or rejected when `upstream: verify`. An upstream score
+  below FineWeb2's per-language minimum is rejected as `lid:low_score`.
+- `expected` (Dolma subsets, ProLong domains): the model decides; below the minimum score -> `lid:low_score`.
+- `code`: programming languages are not natural languages; the label stays.
+Any label whose language is outside the configured set is rejected as `lid:other_language`.
+Model labels are normalized to FineWeb2's form: `__label__deu_Latn` stays; ISO 639-1 / Wikipedia codes
+(`__label__de`) map through configs/languages.csv, with the script taken from the text itself when the
+language is written in several (Serbian in Latin letters is `srp_Latn`).
 """
 
-from stages.base import Document, Filter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import cache
+
+from stages.assets import AssetSpec
+from stages.base import Document, Stage
+from stages.languages import base_language, short_code_labels
+from stages.text import dominant_script
+
+FIXED_SCRIPT = frozenset({"jpn", "kor", "cmn", "yue", "wuu"})  # Jpan, Hang, Hani whatever the letter mix
+IGNORED_SCRIPTS = frozenset({"Zyyy", "Zinh", "Zzzz"})  # common, inherited, unknown
 
 
-class LanguageLabel(Filter):
+@dataclass(frozen=True)
+class LidConfig:
+    model: AssetSpec
+    languages: frozenset[str]  # ISO 639-3 codes (and `code`) the pool keeps
+    upstream: str = "trust"  # or "verify"
+    unknown_to_model: str = "keep"  # or "reject"
+    min_score: float = 0.5
+    min_score_overrides: dict[str, float] = field(default_factory=dict)
+    upstream_min_score: dict[str, float] = field(default_factory=dict)  # FineWeb2's language_score per label
+    max_chars: int = 4000
+
+    def threshold(self, label: str, upstream: bool) -> float:
+        if upstream:
+            return self.upstream_min_score.get(label, 0.0)
+        overrides = self.min_score_overrides
+        return overrides.get(label, overrides.get(base_language(label), self.min_score))
+
+
+@cache
+def load_fasttext(path: str):  # noqa: ANN201 - fasttext's model; one per worker process
+    import fasttext
+
+    fasttext.FastText.eprint = lambda *args, **kwargs: None  # silence its load-time warning
+    return fasttext.load_model(path)
+
+
+class FastTextLid:
+    """A fastText LID model with labels normalized to `lang_Script`."""
+
+    def __init__(self, spec: AssetSpec, max_chars: int = 4000) -> None:
+        local = spec.check()
+        if local is None:
+            raise FileNotFoundError(f"LID model {spec.path} must be a local file")
+        self.model = load_fasttext(str(local))
+        self.max_chars = max_chars
+        self.short_codes = short_code_labels()
+        self.known = {base_language(self.normalize(label, "")) for label in self.model.get_labels()}
+
+    def normalize(self, label: str, text: str) -> str:
+        label = label.removeprefix("__label__")
+        if "_" in label:  # already lang_Script (GlotLID)
+            return label
+        mapped = self.short_codes.get(label, f"{label}_Zzzz")
+        lang, script = mapped.split("_")
+        if text and lang not in FIXED_SCRIPT:
+            found = dominant_script(text)
+            if found and found not in IGNORED_SCRIPTS:
+                script = found
+        return f"{lang}_{script}"
+
+    def predict(self, texts: list[str]) -> list[tuple[str, float]]:
+        """(label, probability) per text, in one batched call."""
+        cleaned = [" ".join(text[: self.max_chars].split()) for text in texts]
+        labels, scores = self.model.predict(cleaned, k=1)
+        return [(self.normalize(label[0], text), float(score[0]))
+                for label, score, text in zip(labels, scores, cleaned, strict=True)]
+
+
+class LanguageId(Stage):
     name = "lid"
 
-    def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        if not doc.metadata.get("lang"):
-            return False, "lid:no_label"
-        return True
+    def __init__(self, config: LidConfig, batch_size: int = 256) -> None:
+        super().__init__()
+        self.config = config
+        self.model = FastTextLid(config.model, config.max_chars)
+        self.batch_size = batch_size
+
+    def run(self, docs: Iterable[Document]) -> Iterator[Document]:
+        batch: list[Document] = []
+        for doc in docs:
+            self.count_read(doc)
+            batch.append(doc)
+            if len(batch) == self.batch_size:
+                yield from self._label(batch)
+                batch = []
+        yield from self._label(batch)
+
+    def _label(self, batch: list[Document]) -> Iterator[Document]:
+        text_docs = [doc for doc in batch if doc.metadata.get("lang_source") != "code"]
+        with self.track_time(batch):
+            predictions = dict(zip(map(id, text_docs), self.model.predict([d.text for d in text_docs]), strict=True))
+        for doc in batch:
+            prediction = predictions.get(id(doc))
+            reason = self._decide(doc, prediction) if prediction else None
+            if reason is None and base_language(doc.metadata["lang"]) not in self.config.languages:
+                reason = "lid:other_language"
+            if reason:
+                detail = f"predicted {prediction[0]} {prediction[1]:.2f}" if prediction else None
+                self.reject(doc, reason, detail)
+            else:
+                yield self.keep(doc)
+
+    def _decide(self, doc: Document, prediction: tuple[str, float]) -> str | None:
+        """Set the document's label and score from the prediction; return a reject reason or None."""
+        meta = doc.metadata
+        predicted, score = prediction
+        meta["lid_predicted"], meta["lid_score"] = predicted, score
+        if meta.get("lang_source") != "upstream":
+            meta["lang"], meta["lang_score"] = predicted, score
+            threshold = self.config.threshold(predicted, upstream=False)
+            return f"lid:low_score score<{threshold}" if score < threshold else None
+        upstream = meta["lang"]
+        if base_language(predicted) != base_language(upstream):
+            if base_language(upstream) not in self.model.known:
+                if self.config.unknown_to_model == "reject":
+                    return "lid:unknown_to_model"
+                self.note(doc, "lid:unknown_to_model")
+            elif self.config.upstream == "verify":
+                return "lid:disagrees_with_upstream"
+            else:
+                self.note(doc, "lid:upstream_disagrees")
+        elif meta.get("lang_score") is None:
+            meta["lang_score"] = score  # MegaWika has no score of its own: the agreeing model's
+        if meta.get("lang_score") is None:
+            return None
+        threshold = self.config.threshold(upstream, upstream=True)
+        return f"lid:low_score upstream_score<{threshold}" if meta["lang_score"] < threshold else None

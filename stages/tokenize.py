@@ -4,16 +4,13 @@ Both are set in configs/tokenizers.yaml by local path (or, for Gemma 2, a hub id
 downloaded at run time: `mmcorpus fetch-assets` puts the files in the cache once, at set-up.
 """
 
-import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 
 from manifests.writer import sha256_file
+from stages.assets import AssetSpec
 from stages.base import Document, Stage
 
-DEFAULT_CACHE = Path.home() / ".cache" / "mmcorpus"
 LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -21,41 +18,10 @@ LLAMA3_PATTERN = (
 LLAMA3_SPECIAL_START = 128000  # 256 special tokens follow the 128,000 BPE ranks
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("MMCORPUS_CACHE", DEFAULT_CACHE))
-
-
-def resolve(path: str) -> str:
-    """Expand `${MMCORPUS_CACHE}` (default ~/.cache/mmcorpus), `~` and other variables in a configured path."""
-    return os.path.expanduser(os.path.expandvars(path.replace("${MMCORPUS_CACHE}", str(cache_dir()))))
-
-
-@dataclass(frozen=True)
-class TokenizerSpec:
-    path: str
-    sha256: str | None = None
-
-    @property
-    def local(self) -> Path | None:
-        local = Path(resolve(self.path))
-        return local if local.exists() else None
-
-    def check(self) -> Path | None:
-        """The verified local file, None for a hub id; raise when a configured local file is missing or wrong."""
-        local = self.local
-        if local is None:
-            if os.sep in self.path or self.path.startswith(("$", "~", ".")):
-                raise FileNotFoundError(f"tokenizer file {resolve(self.path)} is missing: run `make setup`")
-            return None
-        if self.sha256 and sha256_file(local) != self.sha256:
-            raise ValueError(f"tokenizer file {local} does not match sha256 {self.sha256}")
-        return local
-
-
 class Gemma2Tokenizer:
     """Gemma 2 ids without bos/eos (chunking adds them): SentencePiece for a `.model`, else `tokenizers`."""
 
-    def __init__(self, spec: TokenizerSpec) -> None:
+    def __init__(self, spec: AssetSpec) -> None:
         self.spec = spec
         local = spec.check()
         if local is not None and local.suffix != ".json":
@@ -85,7 +51,7 @@ class Gemma2Tokenizer:
         return sha256_file(local) if local else None
 
 
-def llama3_encoding(spec: TokenizerSpec):  # noqa: ANN201 - tiktoken.Encoding, imported lazily
+def llama3_encoding(spec: AssetSpec):  # noqa: ANN201 - tiktoken.Encoding, imported lazily
     """Llama 3's tokenizer as a tiktoken Encoding, built from the `.tiktoken` ranks file."""
     import tiktoken
     from tiktoken.load import load_tiktoken_bpe

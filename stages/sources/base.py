@@ -54,8 +54,11 @@ class SourceReader(Stage):
         """Yield the documents of one file; raise on damage that ends the file."""
 
     def make_doc(self, doc_id: str, text: str, relative: str, row: int | str, lang: str | None,
-                 lang_score: float | None = None, url: str | None = None, **extra: object) -> Document:
-        metadata = dict(source=self.source, lang=lang, lang_score=lang_score, url=url,
+                 lang_source: str, lang_score: float | None = None, url: str | None = None,
+                 **extra: object) -> Document:
+        """`lang_source` says where `lang` comes from: `upstream` (the source's own label), `expected` (what the
+        subset is configured to hold, for LID to decide) or `code`."""
+        metadata = dict(source=self.source, lang=lang, lang_source=lang_source, lang_score=lang_score, url=url,
                         origin=f"{relative}:{row}", extra=extra)
         return Document(text=text, id=f"{self.source}/{doc_id}", metadata=metadata)
 

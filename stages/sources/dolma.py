@@ -29,9 +29,10 @@ class DolmaReader(SourceReader):
         expected = self.subsets[subset] if self.subsets else (CODE if subset == "starcoder" else DEFAULT_LANG)
         for line, record in iter_json_lines(self, relative):
             metadata = record.get("metadata") or {}
-            lang = code_label(metadata.get("language") or "unknown") if expected == CODE else expected
+            is_code = expected == CODE
             yield self.make_doc(
-                f"{subset}/{record.get('id') or f'{relative}:{line}'}", record["text"], relative, line, lang=lang,
+                f"{subset}/{record.get('id') or f'{relative}:{line}'}", record["text"], relative, line,
+                lang=code_label("unknown") if is_code else expected, lang_source="code" if is_code else "expected",
                 url=metadata.get("url"), subset=subset, dolma_source=record.get("source"),
                 added=record.get("added"), created=record.get("created"), metadata=metadata,
             )

@@ -44,6 +44,6 @@ class FineWeb2Reader(SourceReader):
                 except json.JSONDecodeError:
                     pass
             yield self.make_doc(
-                record.pop("id") or f"{relative}:{row}", text, relative, row, lang=lang,
+                record.pop("id") or f"{relative}:{row}", text, relative, row, lang=lang, lang_source="upstream",
                 lang_score=record.get("language_score"), url=record.pop("url", None), **record,
             )

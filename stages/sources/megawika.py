@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from urllib.parse import quote
 
 from stages.base import Document
-from stages.languages import iso639_1_labels
+from stages.languages import short_code_labels
 from stages.sources.base import SourceReader, iter_json_lines
 
 
@@ -18,13 +18,14 @@ class MegaWikaReader(SourceReader):
 
     def read_file(self, relative: str) -> Iterator[Document]:
         wiki = relative.split("/")[-2]
-        lang = iso639_1_labels().get(wiki)
+        lang = short_code_labels().get(wiki)
         if lang is None:
-            raise ValueError(f"folder {wiki!r} is no ISO 639-1 code in configs/languages.csv")
+            raise ValueError(f"folder {wiki!r} is no language code in configs/languages.csv")
         for line, record in iter_json_lines(self, relative):
             title = record.get("title") or ""
             yield self.make_doc(
                 f"{wiki}/{record.get('hash') or title or line}", record["text"], relative, line, lang=lang,
+                lang_source="upstream",
                 url=f"https://{wiki}.wikipedia.org/wiki/{quote(title.replace(' ', '_'))}" if title else None,
                 title=title, last_revision=record.get("last_revision"),
             )

@@ -15,11 +15,12 @@ from functools import cached_property
 
 import numpy as np
 
+from stages.assets import AssetSpec
 from stages.base import Document
 from stages.languages import CODE, code_label
 from stages.mds import MDSError, ShardInfo, decompress, iter_samples, read_index
 from stages.sources.base import SourceReader
-from stages.tokenize import LLAMA3_SPECIAL_START, TokenizerSpec, llama3_encoding
+from stages.tokenize import LLAMA3_SPECIAL_START, llama3_encoding
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class ProLongReader(SourceReader):
     patterns = ("*/shard.*.mds", "*/shard.*.mds.zstd", "*/*/shard.*.mds", "*/*/shard.*.mds.zstd")
     tokenizer_role = "llama3"
 
-    def __init__(self, path: str, tokenizer: TokenizerSpec, **options: object) -> None:
+    def __init__(self, path: str, tokenizer: AssetSpec, **options: object) -> None:
         super().__init__(path, **options)
         self.tokenizer = tokenizer
         self.domains: dict[str, str] | None = options.get("domains")  # type: ignore[assignment]
@@ -62,7 +63,7 @@ class ProLongReader(SourceReader):
         raw = decompress(data, info.compression if relative.endswith(".zstd") else None)
         domain = relative.split("/")[0]
         expected = self.domains[domain] if self.domains else (CODE if domain.startswith("thestack") else "eng_Latn")
-        lang = code_label("unknown") if expected == CODE else expected
+        lang, lang_source = (code_label("unknown"), "code") if expected == CODE else (expected, "expected")
         for sample_index, sample in enumerate(iter_samples(raw, info)):
             input_ids = np.asarray(sample["input_ids"]).reshape(-1)
             spans = np.asarray(sample.get("indices", [[0, len(input_ids)]])).reshape(-1, 2)
@@ -75,5 +76,5 @@ class ProLongReader(SourceReader):
                 ids = input_ids[start:end]
                 ids = ids[ids < LLAMA3_SPECIAL_START]
                 text = self.llama3.decode_bytes(ids.tolist()).decode("utf-8", errors="replace")
-                yield self.make_doc(f"{relative}:{row}", text, relative, row, lang=lang,
+                yield self.make_doc(f"{relative}:{row}", text, relative, row, lang=lang, lang_source=lang_source,
                                     domain=sample.get("domain"), llama3_tokens=int(end - start))

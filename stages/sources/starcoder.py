@@ -21,4 +21,4 @@ class StarCoderReader(SourceReader):
                 self.reject_record(relative, row, "read:bad_record", f"row {row}: content is not text")
                 continue
             yield self.make_doc(str(record.pop("id") or f"{relative}:{row}"), content, relative, row, lang=lang,
-                                **record)
+                                lang_source="code", **record)

@@ -74,9 +74,8 @@ def test_stage_counts_add_up_and_check_passes(sample_build, capsys):
 def test_every_reject_is_recorded_with_a_reason(sample_build, capsys):
     out, _ = sample_build
     reasons = query(out, "SELECT stage, reason, sum(docs) AS docs FROM reject_reasons GROUP BY 1, 2", capsys)
-    rejects = query(
-        out, "SELECT stage, split_part(reason, ' ', 1) AS reason, count(*) AS docs FROM rejects GROUP BY 1, 2", capsys
-    )
+    rejects = query(out, "SELECT stage, trim(regexp_extract(reason, '^[^<>]*')) AS reason, count(*) AS docs "
+                         "FROM rejects GROUP BY 1, 2", capsys)
     per_doc = {(r["stage"], r["reason"]): r["docs"] for r in rejects}
     for row in reasons:
         if row["reason"] != "mix:other_language":  # counted per language, not per document
@@ -90,7 +89,7 @@ def test_lineage_maps_every_shard_document_to_its_file(sample_build, capsys):
     rows = query(
         out, "SELECT count(*) AS n, count(DISTINCT doc_id) AS docs, min(origin) AS origin FROM lineage", capsys
     )
-    assert rows[0]["docs"] > 300
+    assert rows[0]["docs"] > 200
     shard_docs = query(
         out,
         f"SELECT count(DISTINCT doc_id) AS docs FROM read_parquet('{out.resolve()}/phase1/shards/*.parquet')",

@@ -2,8 +2,9 @@
 
 import pytest
 
+from stages.assets import AssetSpec
 from stages.base import Document
-from stages.tokenize import Gemma2Tokenizer, Tokenize, TokenizerSpec
+from stages.tokenize import Gemma2Tokenizer, Tokenize
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,6 @@ def test_tokenize_stage_counts_tokens_and_rejects_empty(gemma):
 
 def test_wrong_sha256_and_missing_file_are_refused(tmp_path, tokenizers):
     with pytest.raises(ValueError, match="does not match sha256"):
-        Gemma2Tokenizer(TokenizerSpec(tokenizers["gemma2"].path, "0" * 64))
+        Gemma2Tokenizer(AssetSpec(tokenizers["gemma2"].path, "0" * 64))
     with pytest.raises(FileNotFoundError, match="make setup"):
-        Gemma2Tokenizer(TokenizerSpec(str(tmp_path / "tokenizer.gemma")))
+        Gemma2Tokenizer(AssetSpec(str(tmp_path / "tokenizer.gemma")))

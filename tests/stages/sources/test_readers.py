@@ -111,7 +111,7 @@ def test_megawika_unknown_wiki_folder_is_a_file_reject(copy_samples):
     (root / "zz" / "zz-00000.jsonl").write_text(json.dumps({"title": "t", "text": "some text"}) + "\n")
     docs, rejects = read_all(MegaWikaReader(str(root)))
     assert [(r.id, r.reason) for r in rejects] == [("megawika/zz/zz-00000.jsonl:file", "read:corrupt_file")]
-    assert "no ISO 639-1 code" in rejects[0].detail
+    assert "no language code" in rejects[0].detail
 
 
 def test_starcoder_samples_label_code_by_folder():

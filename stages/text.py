@@ -1,0 +1,64 @@
+"""Text helpers shared by LID, quality and dedup: Unicode scripts and script-aware word segmentation.
+
+Scripts written without spaces (Chinese, Japanese, Thai, Khmer, Burmese, Lao, Tibetan) are segmented with
+ICU's dictionary-based word break iterator (PyICU); other scripts split on letters and digits.
+"""
+
+from collections import Counter
+from functools import cache
+
+import icu
+import regex
+
+# ISO 15924 scripts whose words are not separated by spaces.
+UNSPACED_SCRIPTS = frozenset({"Hani", "Hans", "Hant", "Jpan", "Hira", "Kana", "Thai", "Khmr", "Mymr", "Laoo",
+                              "Tibt"})
+JAPANESE_KANA = frozenset({"Hira", "Kana"})
+WORD = regex.compile(r"[\p{L}\p{M}\p{N}]+(?:['’\-][\p{L}\p{M}\p{N}]+)*")
+
+
+def dominant_script(text: str, sample: int = 2000) -> str | None:
+    """The ISO 15924 code most letters of the text's first `sample` letters are written in.
+
+    Japanese mixes Han and kana: any kana among them makes it `Jpan`. Korean Hangul is `Hang`.
+    """
+    counts: Counter[str] = Counter()
+    seen = 0
+    for char in text:
+        if char.isalpha():
+            counts[icu.Script.getScript(char).getShortName()] += 1
+            seen += 1
+            if seen >= sample:
+                break
+    if not counts:
+        return None
+    if counts.keys() & JAPANESE_KANA and counts["Hira"] + counts["Kana"] >= 0.05 * seen:
+        return "Jpan"
+    return counts.most_common(1)[0][0]
+
+
+@cache
+def _word_breaker() -> icu.BreakIterator:
+    return icu.BreakIterator.createWordInstance(icu.Locale.getRoot())
+
+
+def split_words(text: str, script: str | None) -> list[str]:
+    """Words of a text written mostly in `script` (ISO 15924); punctuation and spaces are not words."""
+    if script not in UNSPACED_SCRIPTS:
+        return WORD.findall(text)
+    breaker = _word_breaker()
+    breaker.setText(text)
+    words = []
+    start = breaker.first()
+    for end in breaker:
+        if breaker.getRuleStatus() != icu.UWordBreak.NONE:
+            words.append(text[start:end])
+        start = end
+    return words
+
+
+def script_of(label: str | None) -> str | None:
+    """`jpn_Jpan` -> `Jpan`; None for labels without a script (code)."""
+    if not label or label.startswith("code_") or "_" not in label:
+        return None
+    return label.rsplit("_", 1)[1]

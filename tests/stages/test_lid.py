@@ -1,0 +1,96 @@
+"""LID on real text in several scripts with the default model (lid.176), and the label rules around it."""
+
+import dataclasses
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import load_lid
+from stages.base import Document
+from stages.lid import FastTextLid, LanguageId
+from tests.conftest import SAMPLES
+
+
+def udhr(lang: str) -> str:
+    """Text of the FineWeb2 samples in that language: the first nine UDHR articles."""
+    texts = pq.read_table(SAMPLES / "fineweb2" / "data" / lang / "train" / "000_00000.parquet").column("text")
+    return "\n\n".join(texts.to_pylist()[1:4])
+
+
+def doc(text: str, lang: str | None, lang_source: str, score: float | None = None, source: str = "dolma") -> Document:
+    return Document(text=text, id=f"{source}/d", metadata=dict(source=source, lang=lang, lang_source=lang_source,
+                                                              lang_score=score, origin="f:0"))
+
+
+@pytest.fixture(scope="module")
+def config(tokenizers):  # the assets (model included) come with `make setup`
+    return load_lid()
+
+
+@pytest.mark.parametrize("lang", ["deu_Latn", "rus_Cyrl", "cmn_Hani", "arb_Arab", "hin_Deva", "jpn_Jpan",
+                                  "tha_Thai", "kor_Hang", "heb_Hebr", "ell_Grek", "khm_Khmr", "mya_Mymr"])
+def test_detects_lang_script_on_real_text(config, lang):
+    [(label, score)] = FastTextLid(config.model).predict([udhr(lang)])
+    assert label == lang
+    assert score > 0.5  # lid.176 gives short Chinese some Japanese probability (0.73 here)
+
+
+def test_script_comes_from_the_text():
+    model = FastTextLid(load_lid().model)
+    assert model.normalize("__label__sr", "Сва људска бића рађају се слободна") == "srp_Cyrl"
+    assert model.normalize("__label__sr", "Sva ljudska bića rađaju se slobodna") == "srp_Latn"
+    assert model.normalize("__label__ja", "人人生而自由") == "jpn_Jpan"
+    assert model.normalize("__label__deu_Latn", "") == "deu_Latn"  # GlotLID labels pass through
+
+
+def test_detected_label_replaces_the_expected_one(config):
+    stage = LanguageId(config)
+    [kept] = stage.run([doc(udhr("fra_Latn"), "eng_Latn", "expected")])
+    assert kept.metadata["lang"] == "fra_Latn" and kept.metadata["lang_score"] > 0.8
+
+
+def test_low_score_and_other_language_are_rejected_with_the_prediction(config):
+    strict = dataclasses.replace(config, min_score=0.9999)
+    stage = LanguageId(strict)
+    assert list(stage.run([doc("ok ok 123 yes", "eng_Latn", "expected")])) == []
+    [reject] = stage.rejects
+    assert reject.reason == "lid:low_score score<0.9999" and reject.detail.startswith("predicted ")
+    narrow = dataclasses.replace(config, languages=frozenset({"eng"}))
+    stage = LanguageId(narrow)
+    assert list(stage.run([doc(udhr("deu_Latn"), "eng_Latn", "expected")])) == []
+    assert [(r.reason, r.detail.split()[1]) for r in stage.rejects] == [("lid:other_language", "deu_Latn")]
+
+
+def test_upstream_label_unknown_to_the_model_is_kept_or_rejected_as_configured(config):
+    xhosa = udhr("xho_Latn")
+    assert "xho" not in FastTextLid(config.model).known
+    stage = LanguageId(config)
+    [kept] = stage.run([doc(xhosa, "xho_Latn", "upstream", 0.95, "fineweb2")])
+    assert kept.metadata["lang"] == "xho_Latn"  # never relabelled by a model that cannot know it
+    assert stage.stats.notes[("fineweb2", "xho_Latn")]["lid:unknown_to_model"] == 1
+    stage = LanguageId(dataclasses.replace(config, unknown_to_model="reject"))
+    assert list(stage.run([doc(xhosa, "xho_Latn", "upstream", 0.95, "fineweb2")])) == []
+    assert [r.reason for r in stage.rejects] == ["lid:unknown_to_model"]
+
+
+def test_upstream_disagreement_noted_or_rejected(config):
+    german_labelled_french = doc(udhr("deu_Latn"), "fra_Latn", "upstream", 0.95, "fineweb2")
+    stage = LanguageId(config)
+    [kept] = stage.run([german_labelled_french])
+    assert kept.metadata["lang"] == "fra_Latn" and kept.metadata["lid_predicted"] == "deu_Latn"
+    assert stage.stats.notes[("fineweb2", "fra_Latn")]["lid:upstream_disagrees"] == 1
+    stage = LanguageId(dataclasses.replace(config, upstream="verify"))
+    assert list(stage.run([doc(udhr("deu_Latn"), "fra_Latn", "upstream", 0.95, "fineweb2")])) == []
+    assert [r.reason for r in stage.rejects] == ["lid:disagrees_with_upstream"]
+
+
+def test_upstream_score_below_fineweb2_minimum(config):
+    stage = LanguageId(config)
+    assert list(stage.run([doc(udhr("deu_Latn"), "deu_Latn", "upstream", 0.5, "fineweb2")])) == []
+    assert [r.reason for r in stage.rejects] == ["lid:low_score upstream_score<0.821"]
+
+
+def test_code_is_not_run_through_the_text_model(config):
+    stage = LanguageId(config)
+    [kept] = stage.run([doc("def f():\n    return 1\n", "code_python", "code", source="starcoder")])
+    assert kept.metadata["lang"] == "code_python" and "lid_predicted" not in kept.metadata
