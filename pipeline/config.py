@@ -191,7 +191,7 @@ def load_lid(path: Path = LID_FILE, quality: Path | None = None) -> LidConfig:
             min_score=float(min_score.get("default", 0.5)),
             min_score_overrides={str(k): float(v) for k, v in (min_score.get("overrides") or {}).items()},
             upstream_min_score={lang: float(row["language_score"]) for lang, row in fineweb2.items()},
-            max_chars=int(data.get("max_chars", 4000)),
+            max_chars=int(data.get("max_chars", 1000)),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise ConfigError(f"{path}: {error}") from None

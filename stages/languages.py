@@ -9,10 +9,20 @@ CODE = "code"  # the language set entry that admits every `code_<language>` labe
 
 
 @cache
-def short_code_labels(path: Path = CONFIG_DIR / "languages.csv") -> dict[str, str]:
-    """Wikipedia / ISO 639-1 code (`de`, `als`) -> `deu_Latn`, `gsw_Latn`, from configs/languages.csv."""
+def _language_rows(path: Path = CONFIG_DIR / "languages.csv") -> list[dict]:
     with open(path, newline="") as f:
-        return {row["code"]: f"{row['lang']}_{row['script']}" for row in csv.DictReader(f)}
+        return list(csv.DictReader(f))
+
+
+def short_code_labels() -> dict[str, str]:
+    """Wikipedia / ISO 639-1 code (`de`, `als`) -> `deu_Latn`, `gsw_Latn`, from configs/languages.csv."""
+    return {row["code"]: f"{row['lang']}_{row['script']}" for row in _language_rows()}
+
+
+def other_scripts() -> dict[str, frozenset[str]]:
+    """ISO 639-3 code -> the scripts it is also written in besides its usual one (`srp` -> {Latn})."""
+    rows = _language_rows()
+    return {row["lang"]: frozenset(row["other_scripts"].split("|")) for row in rows if row["other_scripts"]}
 
 
 def base_language(label: str) -> str:

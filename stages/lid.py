@@ -9,7 +9,7 @@ How a document is handled depends on where its label came from (the reader sets 
 Any label whose language is outside the configured set is rejected as `lid:other_language`.
 Model labels are normalized to FineWeb2's form: `__label__deu_Latn` stays; ISO 639-1 / Wikipedia codes
 (`__label__de`) map through configs/languages.csv, with the script taken from the text itself when the
-language is written in several (Serbian in Latin letters is `srp_Latn`).
+language is written in several (`other_scripts` there: Serbian in Latin letters is `srp_Latn`).
 """
 
 from collections.abc import Iterable, Iterator
@@ -18,11 +18,8 @@ from functools import cache
 
 from stages.assets import AssetSpec
 from stages.base import Document, Stage
-from stages.languages import base_language, short_code_labels
+from stages.languages import base_language, other_scripts, short_code_labels
 from stages.text import dominant_script
-
-FIXED_SCRIPT = frozenset({"jpn", "kor", "cmn", "yue", "wuu"})  # Jpan, Hang, Hani whatever the letter mix
-IGNORED_SCRIPTS = frozenset({"Zyyy", "Zinh", "Zzzz"})  # common, inherited, unknown
 
 
 @dataclass(frozen=True)
@@ -34,7 +31,7 @@ class LidConfig:
     min_score: float = 0.5
     min_score_overrides: dict[str, float] = field(default_factory=dict)
     upstream_min_score: dict[str, float] = field(default_factory=dict)  # FineWeb2's language_score per label
-    max_chars: int = 4000
+    max_chars: int = 1000
 
     def threshold(self, label: str, upstream: bool) -> float:
         if upstream:
@@ -54,24 +51,24 @@ def load_fasttext(path: str):  # noqa: ANN201 - fasttext's model; one per worker
 class FastTextLid:
     """A fastText LID model with labels normalized to `lang_Script`."""
 
-    def __init__(self, spec: AssetSpec, max_chars: int = 4000) -> None:
+    def __init__(self, spec: AssetSpec, max_chars: int = 1000) -> None:
         local = spec.check()
         if local is None:
             raise FileNotFoundError(f"LID model {spec.path} must be a local file")
         self.model = load_fasttext(str(local))
         self.max_chars = max_chars
         self.short_codes = short_code_labels()
+        self.other_scripts = other_scripts()
         self.known = {base_language(self.normalize(label, "")) for label in self.model.get_labels()}
 
     def normalize(self, label: str, text: str) -> str:
         label = label.removeprefix("__label__")
         if "_" in label:  # already lang_Script (GlotLID)
             return label
-        mapped = self.short_codes.get(label, f"{label}_Zzzz")
-        lang, script = mapped.split("_")
-        if text and lang not in FIXED_SCRIPT:
-            found = dominant_script(text)
-            if found and found not in IGNORED_SCRIPTS:
+        lang, script = self.short_codes.get(label, f"{label}_Zzzz").split("_")
+        if text and lang in self.other_scripts:  # only these need a look at the letters
+            found = dominant_script(text, sample=200)
+            if found in self.other_scripts[lang]:
                 script = found
         return f"{lang}_{script}"
 

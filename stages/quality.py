@@ -23,12 +23,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 
-from datatrove.pipeline.filters.gopher_repetition_filter import (
-    find_all_duplicate,
-    find_duplicates,
-    find_top_duplicate,
-    get_n_grams,
-)
+import numpy as np
+from datatrove.pipeline.filters.gopher_repetition_filter import find_duplicates
 from datatrove.utils.text import TERMINAL_PUNCTUATION
 
 from stages.base import Document, Stage
@@ -109,8 +105,58 @@ def c4_lines(text: str, words_in: callable, row: dict) -> str:
     return cleaned
 
 
+class NGrams:
+    """Word n-grams as 64-bit hashes of word ids, so that repetition rules need no string joins.
+
+    `top_chars` and `duplicate_chars` give what datatrove's `find_top_duplicate` over space-joined n-grams and
+    `find_all_duplicate` return (tests/stages/test_quality.py checks them against datatrove's functions).
+    """
+
+    MULTIPLIERS = np.random.default_rng(0x5EED).integers(1, 2**63, size=16, dtype=np.uint64) | np.uint64(1)
+
+    def __init__(self, words: list[str]) -> None:
+        vocabulary: dict[str, int] = {}
+        self.ids = np.fromiter((vocabulary.setdefault(w, len(vocabulary)) for w in words), np.uint64, len(words))
+        self.chars = np.concatenate([[0], np.cumsum([len(w) for w in words])]).astype(np.int64)
+
+    def hashes(self, n: int) -> np.ndarray:
+        count = len(self.ids) - n + 1
+        result = np.zeros(max(count, 0), np.uint64)
+        with np.errstate(over="ignore"):
+            for k in range(n):
+                result = result * self.MULTIPLIERS[k] + self.ids[k:k + count] + np.uint64(k)
+        return result
+
+    def span_chars(self, start: int, n: int) -> int:
+        return int(self.chars[start + n] - self.chars[start])
+
+    def top_chars(self, n: int) -> int:
+        """Characters of the most frequent n-gram (joined by spaces) times its count; ties: the earliest."""
+        hashes = self.hashes(n)
+        if not len(hashes):
+            return 0
+        _, first, counts = np.unique(hashes, return_index=True, return_counts=True)
+        best = counts.max()
+        start = int(first[counts == best].min())
+        return (self.span_chars(start, n) + n - 1) * int(best)
+
+    def duplicate_chars(self, n: int) -> int:
+        """Characters in repeated n-grams, scanning left to right and skipping past each repeat."""
+        hashes = self.hashes(n).tolist()
+        seen: set[int] = set()
+        repeated, index = 0, 0
+        while index < len(hashes):
+            if hashes[index] in seen:
+                repeated += self.span_chars(index, n)
+                index += n
+            else:
+                seen.add(hashes[index])
+                index += 1
+        return repeated
+
+
 def gopher_repetition(text: str, words: list[str], row: dict, margins: Margins) -> None:
-    """Gopher (Rae et al. 2021, table A1) repetition rules, with datatrove's duplicate counting."""
+    """Gopher (Rae et al. 2021, table A1) repetition rules, counted as datatrove counts them."""
     paragraphs = PARAGRAPHS.split(text.strip())
     duplicates, chars = find_duplicates(paragraphs)
     margins.at_most("dup_para_frac", duplicates / len(paragraphs), row.get("dup_para_frac"))
@@ -119,12 +165,12 @@ def gopher_repetition(text: str, words: list[str], row: dict, margins: Margins) 
     duplicates, chars = find_duplicates(lines)
     margins.at_most("dup_line_frac", duplicates / len(lines), row.get("dup_line_frac"))
     margins.at_most("dup_line_char_frac", chars / len(text), row.get("dup_line_char_frac"))
+    n_grams = NGrams(words)
     for n, limit in row.get("top_n_grams", []):
-        n_grams = get_n_grams(words, n)
-        if n_grams:
-            margins.at_most(f"top_{n}_gram", find_top_duplicate(n_grams) / len(text), limit)
+        if len(words) >= n:
+            margins.at_most(f"top_{n}_gram", n_grams.top_chars(n) / len(text), limit)
     for n, limit in row.get("dup_n_grams", []):
-        margins.at_most(f"dup_{n}_gram", find_all_duplicate(words, n) / len(text), limit)
+        margins.at_most(f"dup_{n}_gram", n_grams.duplicate_chars(n) / len(text), limit)
 
 
 def fineweb(text: str, words: list[str], row: dict, margins: Margins) -> None:

@@ -135,3 +135,23 @@ def test_cleaner_text_scores_higher(stage):
     clean = verdict(stage, udhr("deu_Latn"), "deu_Latn")
     noisy = verdict(stage, udhr("deu_Latn") + "\nMehr lesen\n" * 3, "deu_Latn")
     assert clean > noisy
+
+
+@pytest.mark.parametrize("lang", ["deu_Latn", "cmn_Hani", "tha_Thai"])
+def test_ngram_counts_equal_datatroves(lang):
+    from datatrove.pipeline.filters.gopher_repetition_filter import (
+        find_all_duplicate,
+        find_top_duplicate,
+        get_n_grams,
+    )
+
+    from stages.quality import NGrams
+    from stages.text import split_words
+
+    text = udhr(lang)
+    words = split_words(text + text[: len(text) // 3] + "\n" + " ".join(text.split()[:40]) * 3, lang[-4:])
+    n_grams = NGrams(words)
+    for n in (2, 3, 4):
+        assert n_grams.top_chars(n) == find_top_duplicate(get_n_grams(words, n))
+    for n in range(5, 11):
+        assert n_grams.duplicate_chars(n) == find_all_duplicate(words, n)

@@ -1,0 +1,39 @@
+"""Benchmark input generated at run time from the bundled samples, with a fixed seed (nothing committed)."""
+
+import random
+from functools import cache
+
+import pyarrow.parquet as pq
+
+from stages.base import Document
+from tests.conftest import SAMPLES
+
+
+@cache
+def sample_texts() -> list[tuple[str, str]]:
+    """(lang, text) of every FineWeb2 sample document."""
+    texts = []
+    for path in sorted((SAMPLES / "fineweb2" / "data").glob("*/train/*.parquet")):
+        if "_removed" in str(path):
+            continue
+        table = pq.read_table(path, columns=["text", "language", "language_script"])
+        for row in table.to_pylist():
+            texts.append((f"{row['language']}_{row['language_script']}", row["text"]))
+    return texts
+
+
+def documents(n: int, seed: int = 0) -> list[Document]:
+    """n web-page-like documents: paragraphs of one language's samples, shuffled and regrouped."""
+    rng = random.Random(seed)
+    by_lang: dict[str, list[str]] = {}
+    for lang, text in sample_texts():
+        by_lang.setdefault(lang, []).extend(p for p in text.split("\n\n") if p.strip())
+    langs = sorted(by_lang)
+    docs = []
+    for i in range(n):
+        lang = langs[i % len(langs)]
+        paragraphs = rng.sample(by_lang[lang], k=min(len(by_lang[lang]), rng.randint(3, 8)))
+        docs.append(Document(text="\n\n".join(paragraphs), id=f"bench/{i}",
+                             metadata={"source": "bench", "lang": lang, "lang_source": "upstream",
+                                       "lang_score": 0.99}))
+    return docs
