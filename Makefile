@@ -6,7 +6,7 @@ OUT ?= out
 PHASE ?= 1
 export MMCORPUS_CACHE ?= $(HOME)/.cache/mmcorpus
 
-.PHONY: setup phase1-data phase2-data phase3-data test lint samples clean
+.PHONY: setup phase1-data phase2-data phase3-data test bench lint samples clean
 
 $(BIN)/mmcorpus: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ phase1-data phase2-data phase3-data: phase%-data: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# Throughput against baselines measured in the same run; writes bench/results.json.
+bench: setup
+	$(BIN)/python -m bench.run
 
 lint: setup
 	$(BIN)/ruff check .

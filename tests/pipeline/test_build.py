@@ -82,6 +82,16 @@ def test_every_reject_is_recorded_with_a_reason(sample_build, capsys):
             assert per_doc[(row["stage"], row["reason"])] == row["docs"]
     # the samples hold Dolma's redpajama subsets and MegaWika articles that phase 1 samples only in part
     assert any(r["reason"] == "mix:not_sampled" for r in reasons)
+    stages = {r["stage"] for r in query(out, "SELECT stage, reason, count(*) FROM rejects GROUP BY ALL", capsys)}
+    assert {"lid", "quality", "mix"} <= stages
+
+
+def test_language_unknown_to_the_model_is_kept_by_its_upstream_label(sample_build, capsys):
+    out, _ = sample_build
+    notes = query(out, "SELECT source, lang, note, docs FROM notes", capsys)
+    assert {"source": "fineweb2", "lang": "xho_Latn", "note": "lid:unknown_to_model", "docs": 11} in notes
+    pool = query(out, "SELECT count(*) AS docs FROM pool WHERE lang = 'xho_Latn'", capsys)
+    assert pool[0]["docs"] > 0
 
 
 def test_lineage_maps_every_shard_document_to_its_file(sample_build, capsys):
