@@ -136,3 +136,36 @@ STAGES = pa.schema(
 
 LINEAGE = pa.schema([("phase", pa.string()), ("doc_id", pa.string()), ("origin", pa.string()),
                      ("shard", pa.string())])
+
+# Dedup passes (stages/dedup.py): per-document signatures, candidate pairs, and the documents removed.
+SIGNATURES = pa.schema(
+    [
+        ("key", pa.int64()),  # file number << 32 | row: unique in one build
+        ("source", pa.string()),
+        ("part", pa.string()),
+        ("row", pa.int64()),
+        ("id", pa.string()),
+        ("lang", pa.string()),
+        ("quality", pa.float32()),
+        ("exact", pa.binary(16)),
+        ("url", pa.binary(16)),
+        ("signature", pa.list_(pa.uint32())),
+        ("bands", pa.list_(pa.uint64())),
+    ]
+)
+
+PAIRS = pa.schema([("a", pa.int64()), ("b", pa.int64())])
+
+DEDUP_CLUSTERS = pa.schema(
+    [
+        ("kind", pa.string()),
+        ("source", pa.string()),
+        ("part", pa.string()),
+        ("row", pa.int64()),
+        ("id", pa.string()),
+        ("lang", pa.string()),
+        ("kept", pa.bool_()),
+        ("kept_id", pa.string()),
+        ("cluster_size", pa.int64()),
+    ]
+)

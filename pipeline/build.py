@@ -2,6 +2,7 @@
 
 Ray stages, each one task per unit and resumable by completion markers:
     curate   one task per input file: read -> lid -> quality        -> <out>/curated/<source>/part-NNNNN.parquet
+    dedup-*  signatures per curated file, pairs per band, clusters   -> <out>/dedup/<config>/ (pipeline/dedup.py)
     pool     one task per curated file: dedup -> tokenize           -> <out>/pool/<source>/<lang>/part-NNNNN.parquet
     mix      one task per pool file: chunk + sample + place          -> <out>/<phase>/_placed/...
     shard    one task per shard: gather, shuffle by hash, write      -> <out>/<phase>/shards/shard-NNNNN.parquet
@@ -25,19 +26,22 @@ from manifests import catalog
 from manifests.schemas import CURATED, PLACED, POOL, REJECTS, STATS
 from manifests.writer import ParquetSink, write_parquet, write_text
 from pipeline.config import (
+    DEDUP_FILE,
     LID_FILE,
     QUALITY_FILE,
     ConfigError,
     PhaseConfig,
     SourceConfig,
     SourcesConfig,
+    load_dedup,
     load_lid,
     load_quality,
 )
+from pipeline.dedup import removed_rows, run_dedup
 from pipeline.runner import Runner, Task
 from stages.assets import AssetSpec
 from stages.base import Document, Stage
-from stages.dedup import ExactDedup
+from stages.dedup import DedupFilter, MinhashConfig
 from stages.languages import base_language
 from stages.lid import LanguageId
 from stages.mix import SampleChunks, plan_mixture, unit_hash
@@ -61,6 +65,7 @@ class BuildSettings:
     ray_address: str | None = None
     lid_config: Path = LID_FILE
     quality_config: Path = QUALITY_FILE
+    dedup_config: Path = DEDUP_FILE
 
 
 def make_reader(source: SourceConfig, tokenizers: dict[str, AssetSpec]) -> SourceReader:
@@ -114,8 +119,9 @@ def _curated_docs(path: Path) -> Iterator[Document]:
             yield Document(text=row.pop("text"), id=row.pop("id"), metadata=row)
 
 
-def pool_file(out: Path, source: str, part: str, tokenizer: AssetSpec) -> dict:
-    stages: list[Stage] = [ExactDedup(), Tokenize(Gemma2Tokenizer(tokenizer))]
+def pool_file(out: Path, source: str, part: str, tokenizer: AssetSpec, dedup: MinhashConfig | None) -> dict:
+    removed = removed_rows(out, dedup, source, part) if dedup else {}
+    stages: list[Stage] = [DedupFilter(removed), Tokenize(Gemma2Tokenizer(tokenizer))]
     docs = _curated_docs(out / "curated" / source / f"{part}.parquet")
     for stage in stages:
         docs = stage.run(docs)
@@ -198,6 +204,7 @@ def build(settings: BuildSettings) -> dict:
     gemma = Gemma2Tokenizer(settings.tokenizers["gemma2"])  # fail before any work if an asset is missing
     lid, _ = curation_configs(settings.lid_config, settings.quality_config)
     lid.model.check()
+    load_dedup(settings.dedup_config)
     inputs = {name: make_reader(source, settings.tokenizers).list_files()
               for name, source in settings.sources.sources.items()}
     for name, files in inputs.items():
@@ -219,9 +226,16 @@ def build(settings: BuildSettings) -> dict:
                                    f"{task.kwargs['relative']}): use a new --out")
         timings["curate"] = time.time() - t0
         t0 = time.time()
+        dedup, kinds = load_dedup(settings.dedup_config)
+        parts = [(task.kwargs["source"].name, task.kwargs["part"]) for task in curate_tasks]
+        dedup_summary = run_dedup(runner, out, parts, dedup, kinds) if kinds else {}
+        log.info("dedup: %s", ", ".join(f"{k} {v:,}" for k, v in dedup_summary.items()) or "off")
+        timings["dedup"] = time.time() - t0
+        t0 = time.time()
         runner.run("pool", [
             Task(task.key, pool_file, dict(out=out, source=task.kwargs["source"].name, part=task.kwargs["part"],
-                                           tokenizer=settings.tokenizers["gemma2"]))
+                                           tokenizer=settings.tokenizers["gemma2"],
+                                           dedup=dedup if kinds else None))
             for task in curate_tasks
         ])
         timings["pool"] = time.time() - t0

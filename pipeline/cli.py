@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import (
+    DEDUP_FILE,
     LID_FILE,
     QUALITY_FILE,
     SOURCES_FILE,
@@ -41,6 +42,7 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--tokenizers", type=Path, default=TOKENIZERS_FILE, help="tokenizers YAML")
     build.add_argument("--lid", type=Path, default=LID_FILE, help="language identification YAML")
     build.add_argument("--quality", type=Path, default=QUALITY_FILE, help="quality filtering YAML")
+    build.add_argument("--dedup", type=Path, default=DEDUP_FILE, help="deduplication YAML")
     build.add_argument("--out", type=Path, default=Path("out"), help="output directory (default: out/)")
     build.add_argument("--workers", type=positive_int, default=2, help="CPUs of the embedded Ray (default: 2)")
     build.add_argument("--seed", type=int, default=0, help="seed for sampling and shuffling (default: 0)")
@@ -74,7 +76,8 @@ def run_build(args: argparse.Namespace) -> int:
     settings = BuildSettings(out=args.out, phase=phase, sources=load_sources(args.sources),
                              tokenizers=load_tokenizers(args.tokenizers), seed=args.seed, workers=args.workers,
                              budget_tokens=args.budget, ray_address=args.ray_address,
-                             lid_config=args.lid.resolve(), quality_config=args.quality.resolve())
+                             lid_config=args.lid.resolve(), quality_config=args.quality.resolve(),
+                             dedup_config=args.dedup.resolve())
     if args.budget is not None and args.budget <= 0:
         raise ConfigError(f"--budget must be > 0, got {args.budget}")
     resolved = dict(phase=phase.to_dict() | {"languages": len(phase.languages)}, sources=settings.sources.to_dict(),

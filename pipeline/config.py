@@ -9,6 +9,7 @@ import fsspec
 import yaml
 
 from stages.assets import AssetSpec
+from stages.dedup import KINDS, MinhashConfig
 from stages.languages import CONFIG_DIR
 from stages.lid import LidConfig
 from stages.quality import QualityConfig
@@ -18,6 +19,7 @@ PHASES_FILE = CONFIG_DIR / "phases.yaml"
 SOURCES_FILE = CONFIG_DIR / "sources.yaml"
 TOKENIZERS_FILE = CONFIG_DIR / "tokenizers.yaml"
 LID_FILE = CONFIG_DIR / "lid.yaml"
+DEDUP_FILE = CONFIG_DIR / "dedup.yaml"
 QUALITY_FILE = CONFIG_DIR / "quality.yaml"
 COUNTS_FILE = CONFIG_DIR / "mmbert-language-counts.csv"
 
@@ -215,3 +217,19 @@ def load_quality(path: Path = QUALITY_FILE) -> QualityConfig:
             raise ConfigError(f"{path}: `{key}` must be a mapping of thresholds")
     return QualityConfig(default=data["default"], languages=fineweb2_rows(path),
                          overrides=data.get("overrides") or {}, fixed=data.get("fixed") or {}, code=data["code"])
+
+
+def load_dedup(path: Path = DEDUP_FILE) -> tuple[MinhashConfig, list[str]]:
+    """The MinHash parameters and the dedup passes to run, in pipeline order."""
+    data = read_yaml(path)
+    kinds = list(data.get("kinds") or [])
+    unknown = [kind for kind in kinds if kind not in KINDS]
+    if unknown:
+        raise ConfigError(f"{path}: unknown dedup kind(s) {unknown} (known: {', '.join(KINDS)})")
+    try:
+        config = MinhashConfig(**(data.get("minhash") or {}))
+    except TypeError as error:
+        raise ConfigError(f"{path}: minhash: {error}") from None
+    if config.bands < 1 or config.rows < 1 or config.n_grams < 1 or not 0 <= config.min_similarity <= 1:
+        raise ConfigError(f"{path}: minhash needs bands, rows, n_grams >= 1 and min_similarity in [0, 1]")
+    return config, [kind for kind in KINDS if kind in kinds]
