@@ -2,7 +2,8 @@
 
 Manifest tables under <out>/<phase>/manifest/: shards, mixture, stages, reject_reasons, notes (kept documents
 a stage flagged, e.g. an upstream language label the LID model disagrees with), lineage, run.
-The catalog <out>/catalog.duckdb holds views over every phase's tables plus `rejects` and `pool`, and the
+The catalog <out>/catalog.duckdb holds views over every phase's tables plus `rejects`, `pool` and
+`dedup_clusters` (every document of a duplicate cluster, with the kept one's id and the cluster size), and the
 named queries below as views, so `duckdb out/catalog.duckdb` answers the same questions as `mmcorpus query`.
 """
 
@@ -120,6 +121,9 @@ def build_catalog(out: Path) -> Path:
                    _glob(out, "phase*", "rejects", "*", "*", "*.parquet")]
         con.execute(f"CREATE VIEW rejects AS SELECT * FROM read_parquet({rejects}, union_by_name = true)")
         con.execute(f"CREATE VIEW pool AS SELECT * FROM read_parquet('{_glob(out, 'pool', '*', '*', '*.parquet')}')")
+        if list(out.glob("dedup/*/clusters.parquet")):
+            clusters = _glob(out, "dedup", "*", "clusters.parquet")
+            con.execute(f"CREATE VIEW dedup_clusters AS SELECT * FROM read_parquet('{clusters}')")
         for name, sql in NAMED_QUERIES.items():
             con.execute(f"CREATE VIEW {name} AS {sql}")
     os.replace(tmp, path)
