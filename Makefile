@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= out
 PHASE ?= 1
+VARIANT ?=
 export MMCORPUS_CACHE ?= $(HOME)/.cache/mmcorpus
 
 .PHONY: setup phase1-data phase2-data phase3-data test bench lint samples clean
@@ -21,8 +22,9 @@ $(ASSETS) &: configs/tokenizers.yaml configs/lid.yaml | $(BIN)/mmcorpus
 
 setup: $(BIN)/mmcorpus $(ASSETS)
 
+# Curation runs once into $(OUT)/pool; each phase only mixes it again. VARIANT=eng|cont picks a decay variant.
 phase1-data phase2-data phase3-data: phase%-data: setup
-	$(BIN)/mmcorpus build --phase $* --out $(OUT)
+	$(BIN)/mmcorpus build --phase $* --out $(OUT) $(if $(VARIANT),--variant $(VARIANT))
 
 test: setup
 	$(BIN)/python -m pytest

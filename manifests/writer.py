@@ -2,10 +2,13 @@
 
 import hashlib
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from manifests.schemas import REJECTS, STATS
 
 # Fixed writer options so that the same rows give the same bytes (shard sha256s are compared across runs).
 PARQUET_OPTIONS = dict(compression="zstd", compression_level=3, use_dictionary=True, write_statistics=True)
@@ -26,11 +29,15 @@ def write_parquet(path: Path, rows: list[dict] | pa.Table, schema: pa.Schema) ->
     return path
 
 
-def write_text(path: Path, text: str) -> None:
+def write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = atomic_path(path)
-    tmp.write_text(text)
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
 
 
 def sha256_file(path: Path) -> str:
@@ -79,3 +86,11 @@ class ParquetSink:
         else:
             self.writer.close()
             self.tmp.unlink(missing_ok=True)
+
+
+def write_task_records(out: Path, stage_group: str, source: str, part: str, stages: list) -> None:
+    """Stats and rejects of one task's stages (stages/base.py), named after the task, so reruns overwrite."""
+    stats = [row | {"task": f"{source}/{part}"} for stage in stages for row in stage.stats.rows()]
+    rejects = [asdict(reject) for stage in stages for reject in stage.rejects]
+    write_parquet(out / "stats" / stage_group / source / f"{part}.parquet", stats, STATS)
+    write_parquet(out / "rejects" / stage_group / source / f"{part}.parquet", rejects, REJECTS)

@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 the run failed, 2 bad usage or configuration (one line 
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from pipeline.config import (
     load_sources,
     load_tokenizers,
 )
+from stages.languages import base_language
 
 log = logging.getLogger("mmcorpus")
 
@@ -37,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True)
 
     build = commands.add_parser("build", help="curate the sources into the pool, then mix and shard a phase")
-    build.add_argument("--phase", type=int, required=True, help="phase number in configs/phases.yaml")
+    add_phase_arguments(build)
     build.add_argument("--sources", type=Path, default=SOURCES_FILE, help="sources YAML (default: the samples)")
     build.add_argument("--tokenizers", type=Path, default=TOKENIZERS_FILE, help="tokenizers YAML")
     build.add_argument("--lid", type=Path, default=LID_FILE, help="language identification YAML")
@@ -56,11 +58,31 @@ def parser() -> argparse.ArgumentParser:
     query.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
     check = commands.add_parser("check", help="verify a built phase: sha256s, row/token counts, stage counts")
-    check.add_argument("--phase", type=int, required=True)
+    add_phase_arguments(check)
     check.add_argument("--out", type=Path, default=Path("out"))
+
+    plan = commands.add_parser("plan", help="print a phase's targets per source and language; writes nothing")
+    add_phase_arguments(plan)
+    plan.add_argument("--counts", type=Path, help="CSV of available tokens: lang,tokens[,source], or mmBERT's "
+                                                  "counts file (default: the pool under --out)")
+    plan.add_argument("--scale", choices=["sample", "full"], default="sample",
+                      help="full: the recipe's budget (2.3T / 600B / 100B); sample: what the counts hold")
+    plan.add_argument("--budget", type=float, help="token budget (overrides --scale)")
+    plan.add_argument("--out", type=Path, default=Path("out"))
+    plan.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+    export = commands.add_parser("export-mds", help="write a built phase's shards as MosaicML MDS (zstd)")
+    add_phase_arguments(export)
+    export.add_argument("--out", type=Path, default=Path("out"))
+    export.add_argument("dest", type=Path, help="destination folder (index.json + shard.NNNNN.mds.zstd)")
 
     commands.add_parser("fetch-assets", help="download the tokenizer and LID model files into the cache (set-up)")
     return root
+
+
+def add_phase_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--phase", type=int, required=True, help="phase number in configs/phases.yaml")
+    command.add_argument("--variant", help="phase variant (phase 3: all, cont, eng; default: the phase's own)")
 
 
 def _named_queries() -> list[str]:
@@ -72,7 +94,7 @@ def _named_queries() -> list[str]:
 def run_build(args: argparse.Namespace) -> int:
     from pipeline.build import BuildSettings, build
 
-    phase = load_phase(args.phase)
+    phase = load_phase(args.phase, args.variant)
     settings = BuildSettings(out=args.out, phase=phase, sources=load_sources(args.sources),
                              tokenizers=load_tokenizers(args.tokenizers), seed=args.seed, workers=args.workers,
                              budget_tokens=args.budget, ray_address=args.ray_address,
@@ -143,16 +165,73 @@ def run_query(args: argparse.Namespace) -> int:
 def run_check(args: argparse.Namespace) -> int:
     from manifests.catalog import check
 
-    problems = check(args.out, f"phase{args.phase}")
+    phase_id = load_phase(args.phase, args.variant).id
+    problems = check(args.out, phase_id)
     for problem in problems:
         print(f"FAIL {problem}")
     if not problems:
-        print(f"phase{args.phase}: OK (shard sha256s, rows and tokens match the manifest; read = kept + rejected "
+        print(f"{phase_id}: OK (shard sha256s, rows and tokens match the manifest; read = kept + rejected "
               "for every stage and source)")
     return 1 if problems else 0
 
 
+def run_plan(args: argparse.Namespace) -> int:
+    from pipeline.mixing import plan_rows, read_counts, summarize_pool
+
+    phase = load_phase(args.phase, args.variant)
+    if args.counts:
+        available = read_counts(args.counts, phase)
+    elif (args.out / "pool").exists():
+        available = summarize_pool(args.out, phase).available
+    else:
+        raise ConfigError(f"no --counts and no pool under {args.out}: build first or give a counts CSV")
+    if not available:
+        raise ConfigError(f"no available tokens for the phase-{phase.number} languages")
+    if args.budget is not None and args.budget <= 0:
+        raise ConfigError(f"--budget must be > 0, got {args.budget}")
+    budget = args.budget or (phase.budget_tokens if args.scale == "full" else float(sum(available.values())))
+    rows = plan_rows(phase, available, budget)
+    columns = ["source", "lang", "available", "p", "target", "epochs"]
+    records = [dict(zip(columns, (r.source, r.lang, r.available_tokens, r.p, r.target_tokens, r.epochs),
+                        strict=True)) for r in rows]
+    if args.format == "json":
+        print(json.dumps(records, indent=2))
+        return 0
+    if args.format == "csv":
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        return 0
+    print(f"{'source':<10} {'lang':<16} {'available':>16} {'p':>9} {'target':>16} {'epochs':>7}")
+    for r in sorted(rows, key=lambda r: (r.source, -r.target_tokens)):
+        print(f"{r.source:<10} {r.lang:<16} {r.available_tokens:>16,} {r.p:>9.5f} {r.target_tokens:>16,} "
+              f"{r.epochs:>7.3f}{' cap' if r.capped else ''}")
+    languages = {base_language(r.lang) for r in rows}
+    repeated = sorted(rows, key=lambda r: -r.epochs)[:5]
+    print(f"\n{phase.id} ({phase.name}): budget {budget:,.0f} tokens, {len(languages)} languages "
+          f"({'with' if 'code' in languages else 'without'} code), target {sum(r.target_tokens for r in rows):,} "
+          f"tokens, {sum(r.capped for r in rows)} capped at {phase.max_epochs:g} epochs, tau {phase.temperature}")
+    print("most repeated: " + ", ".join(f"{r.lang} {r.epochs:.2f}x" for r in repeated))
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from stages.shards import export_mds
+
+    phase_id = load_phase(args.phase, args.variant).id
+    shards = sorted((args.out / phase_id / "shards").glob("shard-*.parquet"))
+    if not shards:
+        raise ConfigError(f"no shards under {args.out / phase_id / 'shards'}: build the phase first")
+    result = export_mds(shards, args.dest)
+    print(f"{phase_id}: {result['samples']:,} samples, {result['tokens']:,} tokens in {result['shards']} MDS "
+          f"shard(s) under {args.dest} (read back and checked)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `mmcorpus query ... | head` ends quietly
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parser().parse_args(argv)
     try:
@@ -162,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_query(args)
         if args.command == "check":
             return run_check(args)
+        if args.command == "plan":
+            return run_plan(args)
+        if args.command == "export-mds":
+            return run_export(args)
         from pipeline.assets import fetch_assets
 
         fetch_assets()

@@ -41,30 +41,6 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
-@dataclass(frozen=True)
-class PhaseConfig:
-    number: int
-    name: str
-    budget_tokens: float
-    languages: frozenset[str]  # ISO 639-3 codes as in mmBERT's counts, `code` for code
-    temperature: float
-    max_epochs: float
-    min_quality: float
-    seq_len: int
-    min_chunk_tokens: int
-    mask_rate: float
-    rope_theta: float
-    shard_tokens: int
-    source_shares: dict[str, float]
-
-    @property
-    def id(self) -> str:
-        return f"phase{self.number}"
-
-    def to_dict(self) -> dict:
-        return asdict(self) | {"languages": sorted(self.languages)}
-
-
 def language_set(column: str, counts: Path = COUNTS_FILE) -> frozenset[str]:
     """Languages with tokens in a column of mmBERT's counts; `any`: in any column (1,833 + code)."""
     with open(counts, newline="") as f:
@@ -76,37 +52,78 @@ def language_set(column: str, counts: Path = COUNTS_FILE) -> frozenset[str]:
     return frozenset(row["language"] for row in rows if any(float(row[c] or 0) > 0 for c in chosen))
 
 
-def load_phase(number: int, path: Path = PHASES_FILE) -> PhaseConfig:
+@dataclass(frozen=True)
+class PhaseConfig:
+    number: int
+    name: str
+    budget_tokens: float
+    languages: frozenset[str]  # ISO 639-3 codes as in mmBERT's counts, `code` for code
+    temperature: float
+    max_epochs: float
+    quality_quantile: float
+    seq_len: int
+    min_chunk_tokens: int
+    mask_rate: float
+    rope_theta: float
+    shard_tokens: int
+    fineweb2_share: float
+    other_sources: dict[str, float]
+    fixed_shares: dict[str, float] = field(default_factory=dict)
+    variant: str | None = None
+    default_variant: str | None = None
+
+    @property
+    def id(self) -> str:
+        """phase1, phase2, phase3 (its default variant), phase3-eng, phase3-cont."""
+        named = self.variant and self.variant != self.default_variant
+        return f"phase{self.number}-{self.variant}" if named else f"phase{self.number}"
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"languages": sorted(self.languages), "id": self.id}
+
+
+def load_phase(number: int, variant: str | None = None, path: Path = PHASES_FILE) -> PhaseConfig:
     phases = read_yaml(path)
     entry = phases.get(number)
     if entry is None:
         raise ConfigError(f"{path}: no phase {number} (phases: {', '.join(map(str, phases))})")
-    where = f"{path}: phase {number}"
+    variants = entry.get("variants") or {}
+    default = entry.get("default_variant")
+    variant = variant or default
+    if variant is not None and variant not in variants:
+        known = ", ".join(variants) or "none"
+        raise ConfigError(f"{path}: phase {number} has no variant {variant!r} (variants: {known})")
+    entry = {k: v for k, v in entry.items() if k not in ("variants", "default_variant")} | variants.get(variant, {})
+    where = f"{path}: phase {number}" + (f" variant {variant}" if variant else "")
     try:
-        languages = language_set(entry["languages"]["column"])
         phase = PhaseConfig(
             number=number, name=str(entry["name"]), budget_tokens=float(entry["budget_tokens"]),
-            languages=languages, temperature=float(entry["temperature"]), max_epochs=float(entry["max_epochs"]),
-            min_quality=float(entry["min_quality"]), seq_len=int(entry["seq_len"]),
-            min_chunk_tokens=int(entry["min_chunk_tokens"]), mask_rate=float(entry["mask_rate"]),
-            rope_theta=float(entry["rope_theta"]), shard_tokens=int(entry["shard_tokens"]),
-            source_shares={str(k): float(v) for k, v in entry["source_shares"].items()},
+            languages=language_set(str(entry["languages"]["column"])), temperature=float(entry["temperature"]),
+            max_epochs=float(entry["max_epochs"]), quality_quantile=float(entry.get("quality_quantile", 0.0)),
+            seq_len=int(entry["seq_len"]), min_chunk_tokens=int(entry["min_chunk_tokens"]),
+            mask_rate=float(entry["mask_rate"]), rope_theta=float(entry["rope_theta"]),
+            shard_tokens=int(entry["shard_tokens"]), fineweb2_share=float(entry["fineweb2_share"]),
+            other_sources={str(k): float(v) for k, v in (entry.get("other_sources") or {}).items()},
+            fixed_shares={str(k): float(v) for k, v in (entry.get("fixed_shares") or {}).items()},
+            variant=variant, default_variant=default,
         )
     except KeyError as error:
         raise ConfigError(f"{where}: missing field {error}") from None
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, AttributeError) as error:
         raise ConfigError(f"{where}: {error}") from None
     checks = [
         (0 < phase.temperature <= 1, f"temperature must be in (0, 1], got {phase.temperature}"),
         (phase.budget_tokens > 0, f"budget_tokens must be > 0, got {phase.budget_tokens}"),
         (phase.max_epochs >= 1, f"max_epochs must be >= 1, got {phase.max_epochs}"),
         (bool(phase.languages), "the language set is empty"),
-        (0 < phase.min_chunk_tokens <= phase.seq_len - 2, "min_chunk_tokens must be in (0, seq_len - 2]"),
-        (all(s >= 0 for s in phase.source_shares.values()) and sum(phase.source_shares.values()) > 0,
-         "source_shares must be >= 0 and not all 0"),
+        (0 <= phase.quality_quantile < 1, f"quality_quantile must be in [0, 1), got {phase.quality_quantile}"),
+        (2 < phase.min_chunk_tokens <= phase.seq_len, "min_chunk_tokens must be in (2, seq_len]"),
+        (0 <= phase.fineweb2_share <= 1, f"fineweb2_share must be in [0, 1], got {phase.fineweb2_share}"),
+        (all(w >= 0 for w in phase.other_sources.values()), "other_sources weights must be >= 0"),
+        (sum(phase.fixed_shares.values()) < 1, "fixed_shares must sum to less than 1"),
     ]
-    for unknown in set(phase.source_shares) - set(READERS):
-        checks.append((False, f"source_shares names unknown source {unknown!r} (known: {', '.join(READERS)})"))
+    for unknown in set(phase.other_sources) - set(READERS):
+        checks.append((False, f"other_sources names unknown source {unknown!r} (known: {', '.join(READERS)})"))
     for ok, message in checks:
         if not ok:
             raise ConfigError(f"{where}: {message}")

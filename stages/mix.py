@@ -1,20 +1,26 @@
 """Phase mixing: how many tokens of each (source, language) a phase takes, and which chunks carry them.
 
-Within a source, languages are sampled with p_i = n_i^τ / Σ_j n_j^τ over available tokens n_i; target
-t_i = p_i · B_source. A language whose target exceeds `max_epochs` · n_i is capped there and its shortfall is
-re-spread over the others in proportion to p (water-filling, repeated until stable). A document's tokens are
-repeated floor(r) times for r = t_i / n_i, and each of its chunks enters one more epoch when a hash of
-(seed, doc_id, epoch, chunk) falls below the fraction r - floor(r): no choice depends on arrival order.
+Budgets: FineWeb2 takes its share of the phase budget B; the other sources split the rest in the proportions
+the recipe gives them. Within a source, languages are sampled with p_i = n_i^τ / Σ_j n_j^τ over available
+tokens n_i; target t_i = p_i · B_source. A language whose target exceeds `max_epochs` · n_i is capped there and
+its shortfall re-spread over the others in proportion to p (water-filling, repeated until stable).
+
+Tokens are counted as one epoch writes them: chunks with bos/eos and backfilled tails, so targets and written
+tokens compare directly. With r = t_i / n_i, every eligible chunk is written floor(r) times; for the fraction
+r - floor(r), chunks are taken in the order of a hash of (seed, doc_id, epoch, chunk) up to the hash below
+which the fraction's tokens are reached (`FractionThreshold`). No choice depends on arrival order or workers.
 """
 
 import hashlib
-import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+
+import numpy as np
 
 from stages.base import Document, Stage
 
 UINT64 = 2**64
+HISTOGRAM_BITS = 16  # the first pass of FractionThreshold sums chunk tokens into 2^16 hash ranges
 
 
 @dataclass(frozen=True)
@@ -28,22 +34,24 @@ class MixRow:
     capped: bool
 
 
-def water_fill(available: dict[str, int], temperature: float, budget: float, max_epochs: float) -> dict[str, tuple]:
-    """lang -> (p, target, capped) for one source's budget."""
+def water_fill(available: dict[str, int], temperature: float, budget: float, max_epochs: float,
+               fixed_shares: dict[str, float] | None = None) -> dict[str, tuple]:
+    """lang -> (p, target, capped) for one source's budget. `fixed_shares` pins p for some languages (the
+    English-heavy decay variant); the others share the rest by n^τ."""
     langs = sorted(lang for lang, n in available.items() if n > 0)
     if not langs:
         return {}
-    weights = {lang: available[lang] ** temperature for lang in langs}
+    fixed = {lang: share for lang, share in (fixed_shares or {}).items() if lang in langs}
+    weights = {lang: available[lang] ** temperature for lang in langs if lang not in fixed}
     total = sum(weights.values())
-    p = {lang: weights[lang] / total for lang in langs}
+    free_share = 1.0 - sum(fixed.values())
+    p = {lang: fixed.get(lang, free_share * weights.get(lang, 0.0) / total if total else 0.0) for lang in langs}
     capped: dict[str, float] = {}
     while True:
         free = [lang for lang in langs if lang not in capped]
-        if not free:
-            break
         remaining = budget - sum(capped.values())
         free_p = sum(p[lang] for lang in free)
-        over = [lang for lang in free if remaining * p[lang] / free_p > max_epochs * available[lang]]
+        over = [lang for lang in free if free_p and remaining * p[lang] / free_p > max_epochs * available[lang]]
         if not over:
             break
         for lang in over:
@@ -54,16 +62,25 @@ def water_fill(available: dict[str, int], temperature: float, budget: float, max
     return {lang: (p[lang], targets[lang], lang in capped) for lang in langs}
 
 
-def plan_mixture(available: dict[tuple[str, str], int], shares: dict[str, float], temperature: float,
-                 budget: float, max_epochs: float) -> list[MixRow]:
-    """Targets per (source, lang): the budget split by source shares, then water-filled within each source."""
-    sources = sorted({source for source, _ in available if shares.get(source, 0) > 0})
-    share_total = sum(shares[s] for s in sources)
+def source_budgets(sources: Iterable[str], budget: float, fineweb2_share: float,
+                   other_sources: dict[str, float]) -> dict[str, float]:
+    """FineWeb2 gets its share of the budget; the other sources present split the rest by their weights."""
+    present = set(sources)
+    others = {s: w for s, w in other_sources.items() if s in present and w > 0}
+    fineweb2 = budget * fineweb2_share if "fineweb2" in present else 0.0
+    rest, weight = budget - fineweb2, sum(others.values())
+    return {s: fineweb2 if s == "fineweb2" else rest * others.get(s, 0.0) / weight if weight else 0.0
+            for s in sorted(present)}
+
+
+def plan_mixture(available: dict[tuple[str, str], int], budgets: dict[str, float], temperature: float,
+                 max_epochs: float, fixed_shares: dict[str, float] | None = None) -> list[MixRow]:
+    """Targets per (source, lang): each source's budget water-filled over its languages."""
     rows = []
     for source in sorted({source for source, _ in available}):
         per_lang = {lang: n for (s, lang), n in available.items() if s == source}
-        source_budget = budget * shares.get(source, 0) / share_total if source in sources else 0.0
-        for lang, (p, target, capped) in water_fill(per_lang, temperature, source_budget, max_epochs).items():
+        filled = water_fill(per_lang, temperature, budgets.get(source, 0.0), max_epochs, fixed_shares)
+        for lang, (p, target, capped) in filled.items():
             n = per_lang[lang]
             rows.append(MixRow(source, lang, n, p, round(target), target / n, capped))
     return rows
@@ -75,58 +92,100 @@ def unit_hash(*parts: object) -> int:
     return int.from_bytes(digest, "little")
 
 
-def chunk_document(ids: list[int], seq_len: int, min_chunk: int, bos: int, eos: int) -> list[list[int]]:
-    """bos + piece + eos chunks of at most seq_len tokens; a too-short tail is backfilled from earlier tokens.
-
-    Returns [] when even the whole document is shorter than min_chunk.
-    """
+def chunk_spans(n_tokens: int, seq_len: int, min_chunk: int) -> list[tuple[int, int]]:
+    """[start, end) of each chunk's body (bos/eos come on top): at most seq_len - 2 tokens each; a tail shorter
+    than min_chunk - 2 grows backwards into the previous chunk's tokens. [] when the document is shorter."""
     body, min_body = seq_len - 2, min_chunk - 2
-    if len(ids) < min_body:
+    if n_tokens < min_body:
         return []
-    pieces = [ids[start:start + body] for start in range(0, len(ids), body)]
-    if len(pieces) > 1 and len(pieces[-1]) < min_body:
-        pieces[-1] = ids[len(ids) - min_body:]
-    return [[bos, *piece, eos] for piece in pieces]
+    spans = [(start, min(start + body, n_tokens)) for start in range(0, n_tokens, body)]
+    if len(spans) > 1 and spans[-1][1] - spans[-1][0] < min_body:
+        spans[-1] = (n_tokens - min_body, n_tokens)
+    return spans
 
 
-def epochs_for_chunk(seed: int, doc_id: str, chunk: int, ratio: float) -> Iterator[int]:
-    """The epochs in which one chunk is written: every whole epoch of `ratio`, plus the fractional one by hash."""
-    whole = math.floor(ratio)
-    yield from range(whole)
-    fraction = ratio - whole
-    if fraction > 0 and unit_hash(seed, doc_id, whole, chunk) < fraction * UINT64:
-        yield whole
+def chunk_document(ids: list[int], seq_len: int, min_chunk: int, bos: int, eos: int) -> list[list[int]]:
+    return [[bos, *ids[start:end], eos] for start, end in chunk_spans(len(ids), seq_len, min_chunk)]
+
+
+def epoch_tokens_sql(n: str, seq_len: int, min_chunk: int) -> str:
+    """SQL for the tokens one epoch writes for a document of `n` tokens (0 when it is too short), as
+    `chunk_spans` cuts it: its tokens, the backfilled tail, and bos/eos per chunk."""
+    body, min_body = seq_len - 2, min_chunk - 2
+    chunks = f"(({n} + {body - 1}) // {body})"
+    tail = f"({n} - ({chunks} - 1) * {body})"
+    backfill = f"(CASE WHEN {chunks} > 1 AND {tail} < {min_body} THEN {min_body} - {tail} ELSE 0 END)"
+    return f"(CASE WHEN {n} < {min_body} THEN 0 ELSE {n} + {backfill} + 2 * {chunks} END)"
+
+
+class FractionThreshold:
+    """The hash up to which chunks carry a fraction of an epoch: taking chunks in hash order, the point where
+    their tokens come closest to `target` (within half a chunk). Two passes over (doc_id, n_tokens), in bounded
+    memory: token sums per hash range, then the chunks of the one range where the target falls."""
+
+    def __init__(self, seed: int, epoch: int, seq_len: int, min_chunk: int) -> None:
+        self.seed, self.epoch, self.seq_len, self.min_chunk = seed, epoch, seq_len, min_chunk
+        self.histogram = np.zeros(2**HISTOGRAM_BITS, np.int64)
+
+    def chunks(self, docs: Iterable[tuple[str, int]]) -> Iterator[tuple[int, int]]:
+        """(hash, tokens) of every chunk."""
+        for doc_id, n_tokens in docs:
+            for index, (start, end) in enumerate(chunk_spans(n_tokens, self.seq_len, self.min_chunk)):
+                yield unit_hash(self.seed, doc_id, self.epoch, index), end - start + 2
+
+    def count(self, docs: Iterable[tuple[str, int]]) -> None:
+        for value, tokens in self.chunks(docs):
+            self.histogram[value >> (64 - HISTOGRAM_BITS)] += tokens
+
+    def locate(self, target: float) -> tuple[int, float]:
+        """The hash range where the cumulative tokens reach the target, and the tokens still needed inside it."""
+        cumulative = np.cumsum(self.histogram)
+        bucket = min(int(np.searchsorted(cumulative, target)), len(cumulative) - 1)
+        before = float(cumulative[bucket - 1]) if bucket else 0.0
+        return bucket, target - before
+
+    def resolve(self, docs: Iterable[tuple[str, int]], bucket: int, needed: float) -> int:
+        inside = sorted((value, tokens) for value, tokens in self.chunks(docs)
+                        if value >> (64 - HISTOGRAM_BITS) == bucket)
+        threshold, total = (bucket << (64 - HISTOGRAM_BITS)) - 1, 0  # just below the range: none of it
+        for value, tokens in inside:
+            if total + tokens - needed > needed - total:  # this chunk would overshoot more than it fills
+                break
+            threshold, total = value, total + tokens
+        return threshold
 
 
 class SampleChunks(Stage):
-    """Chunks each pool document and keeps the chunks its (source, lang) ratio selects, epoch by epoch."""
+    """Chunks each pool document and writes its chunks `whole` times, plus once more for the chunks whose hash
+    is at most the fractional epoch's threshold. Documents below their (source, lang) quality tier or shorter
+    than the minimum chunk are rejected."""
 
     name = "mix"
 
-    def __init__(self, ratios: dict[tuple[str, str], float], seed: int, seq_len: int, min_chunk: int,
-                 min_quality: float, bos: int, eos: int) -> None:
+    def __init__(self, plan: dict[tuple[str, str], tuple[int, int | None, float]], seed: int, seq_len: int,
+                 min_chunk: int, bos: int, eos: int) -> None:
         super().__init__()
-        self.ratios, self.seed = ratios, seed
-        self.seq_len, self.min_chunk, self.min_quality = seq_len, min_chunk, min_quality
+        self.plan = plan  # (source, lang) -> (whole epochs, threshold of the fractional epoch or None, quality floor)
+        self.seed, self.seq_len, self.min_chunk = seed, seq_len, min_chunk
         self.bos, self.eos = bos, eos
 
     def run(self, docs: Iterable[Document]) -> Iterator[Document]:
         for doc in docs:
             self.count_read(doc)
-            if doc.metadata["quality"] < self.min_quality:
-                self.reject(doc, f"mix:below_quality_tier quality<{self.min_quality}")
+            whole, threshold, floor = self.plan.get(self.key(doc), (0, None, 0.0))
+            if doc.metadata["quality"] < floor:
+                self.reject(doc, f"mix:below_quality_tier quality<{floor:.4f}")
                 continue
             with self.track_time([doc]):
                 chunks = chunk_document(doc.metadata["input_ids"], self.seq_len, self.min_chunk, self.bos, self.eos)
-                ratio = self.ratios.get(self.key(doc), 0.0)
-                picked = [
-                    (epoch, index, chunk) for index, chunk in enumerate(chunks)
-                    for epoch in epochs_for_chunk(self.seed, doc.id, index, ratio)
-                ]
+                picked = [(epoch, index, chunk) for index, chunk in enumerate(chunks) for epoch in range(whole)]
+                if threshold is not None:
+                    picked += [(whole, index, chunk) for index, chunk in enumerate(chunks)
+                               if unit_hash(self.seed, doc.id, whole, index) <= threshold]
             if not chunks:
                 self.reject(doc, f"mix:shorter_than_min_chunk tokens<{self.min_chunk - 2}")
             elif not picked:
-                self.reject(doc, "mix:not_sampled", detail=f"ratio {ratio:.4f}")
+                self.reject(doc, "mix:not_sampled")
             else:
                 doc.metadata["chunks"] = picked
                 self.stats.tokens[self.key(doc)] += sum(len(chunk) for _, _, chunk in picked)

@@ -14,7 +14,7 @@ A reject's reason names the filter, the rule and the threshold, e.g.
 The score: every rule a document passes leaves a margin in [0, 1], how far its measured value sits from the
 threshold relative to the threshold's own range (0 at the threshold, 1 at the clean end: no duplicated
 lines, every line punctuated, ...). `quality` is the mean margin over the rules that applied to the
-document. It ranks documents within a language; phases take a tier by `min_quality`.
+document. It ranks documents within a language; phases take a tier by `quality_quantile`.
 """
 
 import re

@@ -1,8 +1,18 @@
-"""The mixing math on hand-checkable counts, chunking, and hash-based sampling."""
+"""The mixing math on hand-checkable counts, chunking, and hash-ordered fractional epochs."""
 
+import duckdb
 import pytest
 
-from stages.mix import chunk_document, epochs_for_chunk, plan_mixture, water_fill
+from stages.mix import (
+    FractionThreshold,
+    chunk_document,
+    chunk_spans,
+    epoch_tokens_sql,
+    plan_mixture,
+    source_budgets,
+    unit_hash,
+    water_fill,
+)
 
 
 def test_uncapped_shares_follow_n_to_the_tau():
@@ -16,42 +26,72 @@ def test_uncapped_shares_follow_n_to_the_tau():
 
 
 def test_capped_language_stops_at_max_epochs_and_others_absorb_the_rest():
-    available = {"big": 10_000, "small": 10}
-    budget = 10_010
+    available = {"big": 10_000, "mid": 1_000, "small": 10}
+    budget = 11_010
     plan = water_fill(available, 0.3, budget, max_epochs=5)
     assert plan["small"][1] == pytest.approx(50)  # 10 tokens x 5 epochs
-    assert plan["small"][2]
-    assert plan["big"][1] == pytest.approx(budget - 50)
+    assert plan["small"][2] and not plan["big"][2]
+    rest = budget - 50
+    free_p = plan["big"][0] + plan["mid"][0]
+    assert plan["big"][1] == pytest.approx(rest * plan["big"][0] / free_p)  # re-spread in proportion to p
     assert sum(target for _, target, _ in plan.values()) == pytest.approx(budget)
 
 
-def test_plan_splits_budget_by_source_shares():
+def test_fixed_shares_pin_a_language():
+    plan = water_fill({"eng": 1000, "deu": 100, "fra": 100}, 0.5, budget=1000, max_epochs=5, fixed_shares={"eng": 0.5})
+    assert plan["eng"][0] == 0.5 and plan["eng"][1] == pytest.approx(500)
+    assert plan["deu"][1] == pytest.approx(250)
+
+
+def test_fineweb2_takes_its_share_and_the_others_split_the_rest():
+    budgets = source_budgets(["fineweb2", "dolma", "starcoder"], 1000, 0.6, {"dolma": 3, "starcoder": 1, "prolong": 9})
+    assert budgets == {"fineweb2": 600, "dolma": 300, "starcoder": 100}
+
+
+def test_plan_water_fills_within_each_source():
     available = {("fineweb2", "deu_Latn"): 100, ("fineweb2", "fra_Latn"): 100, ("dolma", "eng_Latn"): 100}
-    rows = plan_mixture(available, {"fineweb2": 3, "dolma": 1}, temperature=0.5, budget=200, max_epochs=5)
+    rows = plan_mixture(available, {"fineweb2": 150, "dolma": 50}, temperature=0.5, max_epochs=5)
     targets = {(r.source, r.lang): r.target_tokens for r in rows}
     assert targets == {("dolma", "eng_Latn"): 50, ("fineweb2", "deu_Latn"): 75, ("fineweb2", "fra_Latn"): 75}
     assert {r.epochs for r in rows} == {0.5, 0.75}
 
 
-def test_source_without_share_gets_no_target():
-    rows = plan_mixture({("prolong", "eng_Latn"): 100, ("dolma", "eng_Latn"): 100}, {"dolma": 1}, 0.7, 100, 5)
-    assert {(r.source, r.target_tokens) for r in rows} == {("prolong", 0), ("dolma", 100)}
-
-
-def test_chunks_have_bos_eos_and_a_backfilled_tail():
-    ids = list(range(100, 125))  # 25 tokens
+@pytest.mark.parametrize(
+    "n, lengths",
+    [
+        (5, []),  # shorter than the minimum: no chunk
+        (6, [8]),  # exactly the minimum body
+        (20, [12, 12]),  # an exact multiple of the body: no tail
+        (25, [12, 12, 8]),  # a 5-token tail grows backwards to the 6-token minimum
+        (27, [12, 12, 9]),  # a tail long enough stays as it is
+    ],
+)
+def test_chunk_edge_cases(n, lengths):
+    ids = list(range(100, 100 + n))
     chunks = chunk_document(ids, seq_len=12, min_chunk=8, bos=2, eos=1)
-    assert [len(c) for c in chunks] == [12, 12, 8]  # bodies of 10, 10, then 5 tokens grown to 6
+    assert [len(c) for c in chunks] == lengths
     assert all(c[0] == 2 and c[-1] == 1 for c in chunks)
-    assert chunks[-1][1:-1] == ids[-6:]  # the 5-token tail grew backwards to 6
-    assert chunk_document(ids[:5], seq_len=12, min_chunk=8, bos=2, eos=1) == []
-    assert chunk_document(ids[:6], seq_len=12, min_chunk=8, bos=2, eos=1) == [[2, *ids[:6], 1]]
+    if n == 25:
+        assert chunks[-1][1:-1] == ids[-6:]
 
 
-def test_epochs_whole_and_fractional_by_hash():
-    assert list(epochs_for_chunk(0, "doc", 0, 3.0)) == [0, 1, 2]
-    picks = [list(epochs_for_chunk(7, f"doc{i}", 0, 1.25)) for i in range(4000)]
-    assert all(p[:1] == [0] for p in picks)
-    extra = sum(len(p) == 2 for p in picks) / len(picks)
-    assert extra == pytest.approx(0.25, abs=0.03)
-    assert picks == [list(epochs_for_chunk(7, f"doc{i}", 0, 1.25)) for i in range(4000)]  # deterministic
+def test_epoch_tokens_sql_matches_the_chunker():
+    for seq_len, min_chunk in ((1024, 64), (8192, 512), (12, 8)):
+        ns = list(range(0, 3 * seq_len, 7)) + [seq_len - 2, 2 * (seq_len - 2), 2 * (seq_len - 2) + 1]
+        expected = [sum(end - start + 2 for start, end in chunk_spans(n, seq_len, min_chunk)) for n in ns]
+        sql = epoch_tokens_sql("n", seq_len, min_chunk)
+        got = [row[0] for row in duckdb.sql(f"SELECT {sql} FROM unnest({ns}) t(n)").fetchall()]
+        assert got == expected
+
+
+def test_fraction_threshold_reaches_the_target_within_half_a_chunk():
+    docs = [(f"doc{i}", 100 + (i * 37) % 900) for i in range(3000)]
+    finder = FractionThreshold(seed=3, epoch=1, seq_len=1024, min_chunk=64)
+    finder.count(docs)
+    total = int(finder.histogram.sum())
+    for fraction in (0.01, 0.3, 0.77):
+        bucket, needed = finder.locate(fraction * total)
+        threshold = finder.resolve(docs, bucket, needed)
+        taken = sum(tokens for value, tokens in finder.chunks(docs) if value <= threshold)
+        assert abs(taken - fraction * total) <= 1024 / 2
+    assert FractionThreshold(3, 1, 1024, 64).chunks(docs[:1]).__next__()[0] == unit_hash(3, "doc0", 1, 0)

@@ -1,0 +1,223 @@
+"""Mix one phase from the pool: plan the targets, find each fractional epoch's hash threshold, place chunks,
+write shards. Only this runs again for another phase: curation is shared.
+
+Ray stages (resumable by markers, like curation):
+    <phase>-threshold  one task per (source, lang) with a fractional epoch: FractionThreshold's two passes
+    <phase>-mix        one task per pool file: chunk, select, place each chunk in a shard by hash
+    <phase>-shard      one task per shard: gather, order by hash, write
+"""
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+
+from manifests.schemas import PLACED, STATS
+from manifests.writer import ParquetSink, write_parquet, write_task_records, write_text
+from pipeline.config import PhaseConfig
+from pipeline.runner import Runner, Task
+from stages.base import Document
+from stages.languages import base_language
+from stages.mix import (
+    FractionThreshold,
+    MixRow,
+    SampleChunks,
+    epoch_tokens_sql,
+    plan_mixture,
+    source_budgets,
+    unit_hash,
+)
+from stages.shards import write_shard
+
+
+@dataclass(frozen=True)
+class PoolSummary:
+    """What a phase can take from the pool, per (source, lang)."""
+
+    available: dict[tuple[str, str], int]  # tokens one epoch writes (eligible documents, chunked)
+    floors: dict[tuple[str, str], float]  # quality tier: the minimum quality kept
+    files: dict[tuple[str, str], list[str]]  # pool files
+    outside: list[dict]  # stats rows for the pool documents outside the phase's languages
+
+
+def pool_glob(out: Path) -> str:
+    return str(out / "pool" / "*" / "*" / "*.parquet")
+
+
+def summarize_pool(out: Path, phase: PhaseConfig) -> PoolSummary:
+    with duckdb.connect() as con:
+        con.execute("SET threads = 2")
+        groups = con.execute(
+            f"""SELECT source, lang, count(*), quantile_disc(quality, {phase.quality_quantile}),
+                       list(DISTINCT filename ORDER BY filename)
+                FROM read_parquet(?, filename = true) GROUP BY 1, 2 ORDER BY 1, 2""", [pool_glob(out)]
+        ).fetchall()
+        inside = [(s, lang) for s, lang, *_ in groups if base_language(lang) in phase.languages]
+        floors = {(s, lang): float(q) if phase.quality_quantile > 0 else 0.0
+                  for s, lang, _, q, _ in groups if (s, lang) in inside}
+        con.register("floors", _floors_table(floors))
+        epoch = epoch_tokens_sql("p.n_tokens", phase.seq_len, phase.min_chunk_tokens)
+        available = dict(
+            ((s, lang), int(n)) for s, lang, n in con.execute(
+                f"""SELECT p.source, p.lang, sum({epoch}) FROM read_parquet(?) p
+                    JOIN floors f ON p.source = f.source AND p.lang = f.lang
+                    WHERE p.quality >= f.floor GROUP BY 1, 2""", [pool_glob(out)]
+            ).fetchall() if n
+        )
+    outside = []
+    for source, lang, docs, _, _ in groups:
+        if (source, lang) not in inside:
+            outside += [dict(stage="mix", source=source, lang=lang, reason=reason, read=read, kept=0, rejected=docs,
+                             tokens=0, seconds=0.0, task="plan") for reason, read in ((None, docs),
+                                                                                    ("mix:other_language", 0))]
+    files = {(s, lang): list(names) for s, lang, _, _, names in groups if (s, lang) in inside}
+    return PoolSummary(available, floors, files, outside)
+
+
+def _floors_table(floors: dict[tuple[str, str], float]):  # noqa: ANN202 - a pyarrow Table
+    import pyarrow as pa
+
+    keys = sorted(floors)
+    return pa.table({"source": [s for s, _ in keys], "lang": [lang for _, lang in keys],
+                     "floor": [floors[k] for k in keys]})
+
+
+def plan_phase(phase: PhaseConfig, available: dict[tuple[str, str], int], budget: float) -> list[MixRow]:
+    budgets = source_budgets({s for s, _ in available}, budget, phase.fineweb2_share, phase.other_sources)
+    return plan_mixture(available, budgets, phase.temperature, phase.max_epochs, phase.fixed_shares)
+
+
+def _eligible_docs(files: list[str], floor: float):  # noqa: ANN202 - an iterator of (doc_id, n_tokens)
+    for path in files:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=8192, columns=["id", "n_tokens", "quality"]):
+            for doc_id, n_tokens, quality in zip(*(batch.column(i).to_pylist() for i in range(3)), strict=True):
+                if quality >= floor:
+                    yield doc_id, n_tokens
+
+
+def fraction_threshold(files: list[str], floor: float, target: float, seed: int, epoch: int, seq_len: int,
+                       min_chunk: int) -> dict:
+    finder = FractionThreshold(seed, epoch, seq_len, min_chunk)
+    finder.count(_eligible_docs(files, floor))
+    bucket, needed = finder.locate(target)
+    return {"threshold": finder.resolve(_eligible_docs(files, floor), bucket, needed)}
+
+
+def mix_file(out: Path, phase_id: str, pool_path: str, plan: dict, seed: int, seq_len: int, min_chunk: int,
+             n_shards: int, bos: int, eos: int, key: str) -> dict:
+    sampler = SampleChunks(plan, seed, seq_len, min_chunk, bos, eos)
+    docs = (
+        Document(text="", id=row.pop("id"), metadata=row)
+        for batch in pq.ParquetFile(pool_path).iter_batches(batch_size=512)
+        for row in batch.to_pylist()
+    )
+    with ParquetSink(out / phase_id / "_placed" / f"{key}.parquet", PLACED) as sink:
+        for doc in sampler.run(docs):
+            meta = doc.metadata
+            for epoch, index, chunk in meta["chunks"]:
+                place = unit_hash(seed, "place", doc.id, epoch, index)
+                sink.write(dict(shard=place % n_shards, place=place, input_ids=chunk, doc_id=doc.id, chunk=index,
+                                source=meta["source"], lang=meta["lang"], epoch=epoch))
+    write_task_records(out / phase_id, "mix", *key.split("__", 1), [sampler])
+    return {"docs": sum(sampler.stats.kept.values()), "tokens": sum(sampler.stats.tokens.values())}
+
+
+def check_same_plan(phase_dir: Path, plan: dict) -> None:
+    """Resuming a phase is only safe with the same plan: refuse to mix two plans' tasks in one output."""
+    path = phase_dir / "plan.json"
+    text = json.dumps(plan, sort_keys=True, default=str)
+    if path.exists() and path.read_text() != text:
+        raise RuntimeError(f"{phase_dir} was mixed with another plan (seed, budget, config or pool changed): "
+                           "remove it or use a new --out")
+    write_text(path, text)
+
+
+def mix_phase(runner: Runner, out: Path, phase: PhaseConfig, seed: int, budget: float | None, shard_tokens: int,
+              bos: int, eos: int) -> tuple[list[MixRow], dict[str, dict], dict]:
+    """Plan and write one phase's shards; returns the plan, the shard summaries and the run settings."""
+    pool = summarize_pool(out, phase)
+    if not pool.available:
+        raise RuntimeError(f"no pool tokens in the phase-{phase.number} language set under {out / 'pool'}")
+    budget = budget or float(sum(pool.available.values()))
+    plan = plan_rows(phase, pool.available, budget)
+    n_shards = max(1, math.ceil(sum(row.target_tokens for row in plan) / shard_tokens))
+    phase_dir = out / phase.id
+    settings = dict(seed=seed, budget_tokens=budget, n_shards=n_shards, shard_tokens=shard_tokens)
+    check_same_plan(phase_dir, settings | dict(phase=phase.to_dict(), plan=[r.__dict__ for r in plan]))
+    write_parquet(phase_dir / "stats" / "mix" / "plan.parquet", pool.outside, STATS)
+    fractions = {(r.source, r.lang): r for r in plan if r.epochs % 1 > 0}
+    thresholds = runner.run(f"{phase.id}-threshold", [
+        Task(f"{source}__{lang}", fraction_threshold,
+             dict(files=pool.files[(source, lang)], floor=pool.floors[(source, lang)],
+                  target=(row.epochs % 1) * row.available_tokens, seed=seed, epoch=math.floor(row.epochs),
+                  seq_len=phase.seq_len, min_chunk=phase.min_chunk_tokens))
+        for (source, lang), row in sorted(fractions.items())
+    ])
+    selection = {
+        (r.source, r.lang): (math.floor(r.epochs), thresholds.get(f"{r.source}__{r.lang}", {}).get("threshold"),
+                             pool.floors[(r.source, r.lang)])
+        for r in plan
+    }
+    by_file: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for key, files in pool.files.items():
+        for path in files:
+            by_file[path].append(key)
+    runner.run(f"{phase.id}-mix", [
+        Task(key, mix_file, dict(out=out, phase_id=phase.id, pool_path=path, plan=selection, seed=seed,
+                                 seq_len=phase.seq_len, min_chunk=phase.min_chunk_tokens, n_shards=n_shards,
+                                 bos=bos, eos=eos, key=key))
+        for path in sorted(by_file)
+        for key in ["__".join(Path(path).parts[-3:]).removesuffix(".parquet")]
+    ])
+    placed = str(phase_dir / "_placed" / "*.parquet")
+    shards = runner.run(f"{phase.id}-shard", [
+        Task(f"shard-{s:05d}", write_shard,
+             dict(placed_glob=placed, shard=s, path=phase_dir / "shards" / f"shard-{s:05d}.parquet"))
+        for s in range(n_shards)
+    ])
+    return plan, shards, settings
+
+
+def read_counts(path: Path, phase: PhaseConfig) -> dict[tuple[str, str], int]:
+    """Available tokens per (source, lang) from a counts CSV: columns `lang,tokens` (and optionally `source`;
+    without it every row counts for the phase as a whole, source `all`), or mmBERT's counts file, where a phase
+    reads the column its language set comes from. Rows outside the phase's languages are left out."""
+    import csv
+
+    from pipeline.config import ConfigError
+
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ConfigError(f"{path}: no rows")
+    if "language" in rows[0]:  # mmBERT's counts: language + one column per phase
+        column = phase_column(phase)
+        pairs = [("all", row["language"], row[column]) for row in rows]
+    elif {"lang", "tokens"} <= set(rows[0]):
+        pairs = [(row.get("source") or "all", row["lang"], row["tokens"]) for row in rows]
+    else:
+        raise ConfigError(f"{path}: expected columns lang,tokens[,source] (got {', '.join(rows[0])})")
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for source, lang, tokens in pairs:
+        if base_language(lang) in phase.languages and float(tokens or 0) > 0:
+            counts[(source, lang)] += int(float(tokens))
+    return dict(counts)
+
+
+def phase_column(phase: PhaseConfig) -> str:
+    from pipeline.config import PHASES_FILE, read_yaml
+
+    entry = read_yaml(PHASES_FILE)[phase.number]
+    variant = (entry.get("variants") or {}).get(phase.variant) or {}
+    return str((variant.get("languages") or entry["languages"])["column"])
+
+
+def plan_rows(phase: PhaseConfig, available: dict[tuple[str, str], int], budget: float) -> list[MixRow]:
+    """The plan: per-source budgets when the counts name sources, else the whole budget over the languages."""
+    if {source for source, _ in available} == {"all"}:
+        return plan_mixture(available, {"all": budget}, phase.temperature, phase.max_epochs, phase.fixed_shares)
+    return plan_phase(phase, available, budget)

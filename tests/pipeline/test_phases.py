@@ -1,0 +1,112 @@
+"""Phases 2 and 3 mix again from the phase-1 pool; full-scale plans from mmBERT's counts; MDS export."""
+
+import json
+import logging
+
+import pyarrow.parquet as pq
+import pytest
+
+from manifests.catalog import check
+from pipeline.build import BuildSettings, build
+from pipeline.cli import main
+from pipeline.config import COUNTS_FILE, load_phase, load_sources
+from stages.shards import read_mds
+from tests.pipeline.test_build import query
+
+
+@pytest.fixture(scope="module")
+def later_phases(sample_build, tokenizers):
+    out, _ = sample_build
+    runs = {}
+    for number, variant in ((2, None), (3, None), (3, "eng")):
+        phase = load_phase(number, variant)
+        handler = logging.Handler()
+        messages = []
+        handler.emit = lambda record, messages=messages: messages.append(record.getMessage())
+        logging.getLogger("pipeline.runner").addHandler(handler)
+        logging.getLogger("pipeline.runner").setLevel(logging.INFO)
+        try:
+            build(BuildSettings(out=out, phase=phase, sources=load_sources(), tokenizers=tokenizers))
+        finally:
+            logging.getLogger("pipeline.runner").removeHandler(handler)
+        runs[phase.id] = messages
+    return out, runs
+
+
+def test_later_phases_only_mix_again(later_phases):
+    _, runs = later_phases
+    for phase_id, messages in runs.items():
+        curation = [m for m in messages if m.startswith(("curate:", "pool:", "dedup-"))]
+        assert curation and all(m.endswith(" 0 to run") for m in curation), (phase_id, curation)
+        assert any(m.startswith(f"{phase_id}-mix:") and not m.endswith(" 0 to run") for m in messages)
+
+
+@pytest.mark.parametrize("phase_id", ["phase2", "phase3", "phase3-eng"])
+def test_later_phase_shards_follow_their_recipe(later_phases, phase_id):
+    out, _ = later_phases
+    assert check(out, phase_id) == []
+    lengths = [len(ids) for ids in pq.read_table(out / phase_id / "shards").column("input_ids").to_pylist()]
+    assert lengths and 512 <= min(lengths) and max(lengths) <= 8192
+
+
+def test_phase2_takes_the_higher_quality_half(later_phases, capsys):
+    out, _ = later_phases
+    rows = query(
+        out,
+        "SELECT count(*) AS n FROM rejects WHERE reason LIKE 'mix:below_quality_tier%' "
+        "AND id IN (SELECT doc_id FROM read_parquet('" + str(out.resolve()) + "/phase1/shards/*.parquet'))",
+        capsys,
+    )
+    assert rows[0]["n"] > 0
+
+
+def test_written_tokens_meet_targets(later_phases, capsys):
+    """Within half a chunk per (source, lang): on the samples' FineWeb2 languages, a few percent at most."""
+    out, _ = later_phases
+    rows = query(
+        out, "SELECT phase, source, lang, target_tokens, tokens FROM mixture WHERE source = 'fineweb2'", capsys
+    )
+    assert rows
+    for row in rows:
+        chunk = 1024 if row["phase"] == "phase1" else 8192
+        assert abs(row["tokens"] - row["target_tokens"]) <= chunk / 2, row
+
+
+@pytest.mark.parametrize(
+    "number, variant, languages, budget",
+    [
+        (1, None, 61, 2.3e12),
+        (2, None, 110, 6e11),
+        (3, None, 1834, 1e11),
+        (3, "cont", 110, 1e11),
+        (3, "eng", 110, 1e11),
+    ],
+)
+def test_full_scale_plan_from_mmberts_counts(capsys, number, variant, languages, budget):
+    args = ["plan", "--phase", str(number), "--scale", "full", "--counts", str(COUNTS_FILE), "--format", "json"]
+    assert main(args + (["--variant", variant] if variant else [])) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == languages  # the languages (ISO 639-3) plus code
+    assert sum(r["target"] for r in rows) == pytest.approx(budget, rel=1e-9)
+    assert max(r["epochs"] for r in rows) <= 5 + 1e-9
+    assert sum(r["p"] for r in rows) == pytest.approx(1.0)
+
+
+def test_plan_from_the_pool_prints_a_table(sample_build, capsys):
+    out, _ = sample_build
+    assert main(["plan", "--phase", "1", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "fineweb2" in text and "most repeated:" in text
+
+
+def test_mds_export_reads_back(sample_build, tmp_path, capsys):
+    out, _ = sample_build
+    assert main(["export-mds", "--phase", "1", "--out", str(out), str(tmp_path / "mds")]) == 0
+    shards = pq.read_table(out / "phase1" / "shards")
+    lengths = [len(ids) for ids in shards.column("input_ids").to_pylist()]
+    assert read_mds(tmp_path / "mds") == (len(lengths), sum(lengths))
+    index = json.loads((tmp_path / "mds" / "index.json").read_text())
+    entry = index["shards"][0]
+    assert index["version"] == 2 and entry["compression"] == "zstd" and entry["format"] == "mds"
+    assert entry["column_names"] == ["id", "input_ids", "len"]
+    assert entry["column_encodings"] == ["str", "ndarray:uint32", "int"]
