@@ -7,7 +7,7 @@ PHASE ?= 1
 VARIANT ?=
 export MMCORPUS_CACHE ?= $(HOME)/.cache/mmcorpus
 
-.PHONY: setup phase1-data phase2-data phase3-data test bench lint samples clean
+.PHONY: setup phase1-data phase2-data phase3-data test bench ray-job lint samples clean
 
 $(BIN)/mmcorpus: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ phase1-data phase2-data phase3-data: phase%-data: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The same build as a Ray job on the cluster at RAY_ADDRESS (its dashboard, http://head:8265); OUT must be
+# storage every node sees.
+ray-job: setup
+	$(BIN)/mmcorpus build --phase $(PHASE) --out $(abspath $(OUT)) --ray-address $(RAY_ADDRESS) $(if $(VARIANT),--variant $(VARIANT))
 
 # Throughput against baselines measured in the same run; writes bench/results.json.
 bench: setup

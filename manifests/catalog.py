@@ -120,6 +120,9 @@ def build_catalog(out: Path) -> Path:
         rejects = [_glob(out, "rejects", "*", "*", "*.parquet"),
                    _glob(out, "phase*", "rejects", "*", "*", "*.parquet")]
         con.execute(f"CREATE VIEW rejects AS SELECT * FROM read_parquet({rejects}, union_by_name = true)")
+        con.execute("""CREATE VIEW quarantine AS SELECT source, regexp_replace(origin, ':[^:]*$', '') AS file,
+                       regexp_extract(origin, '[^:]*$') AS row, reason, detail
+                       FROM rejects WHERE stage = 'read' ORDER BY source, file, row""")
         con.execute(f"CREATE VIEW pool AS SELECT * FROM read_parquet('{_glob(out, 'pool', '*', '*', '*.parquet')}')")
         if list(out.glob("dedup/*/clusters.parquet")):
             clusters = _glob(out, "dedup", "*", "clusters.parquet")

@@ -89,7 +89,8 @@ class ParquetSink:
 
 
 def write_task_records(out: Path, stage_group: str, source: str, part: str, stages: list) -> None:
-    """Stats and rejects of one task's stages (stages/base.py), named after the task, so reruns overwrite."""
+    """Stats and rejects of one task's stages (stages/base.py Stage or Records), named after the task, so
+    reruns overwrite."""
     stats = [row | {"task": f"{source}/{part}"} for stage in stages for row in stage.stats.rows()]
     rejects = [asdict(reject) for stage in stages for reject in stage.rejects]
     write_parquet(out / "stats" / stage_group / source / f"{part}.parquet", stats, STATS)

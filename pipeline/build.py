@@ -15,14 +15,14 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from manifests import catalog
 from manifests.schemas import CURATED, POOL
-from manifests.writer import ParquetSink, write_task_records
+from manifests.writer import ParquetSink, write_parquet, write_task_records
 from pipeline.config import (
     DEDUP_FILE,
     LID_FILE,
@@ -39,7 +39,7 @@ from pipeline.dedup import removed_rows, run_dedup
 from pipeline.mixing import mix_phase
 from pipeline.runner import Runner, Task
 from stages.assets import AssetSpec
-from stages.base import Document, Stage
+from stages.base import Document, Stage, failed_file
 from stages.dedup import DedupFilter, MinhashConfig
 from stages.lid import LanguageId
 from stages.quality import QualityFilter
@@ -62,6 +62,7 @@ class BuildSettings:
     lid_config: Path = LID_FILE
     quality_config: Path = QUALITY_FILE
     dedup_config: Path = DEDUP_FILE
+    retries: int = 1  # a task that raises runs again this many times; an input file then is quarantined
 
 
 def make_reader(source: SourceConfig, tokenizers: dict[str, AssetSpec]) -> SourceReader:
@@ -98,6 +99,14 @@ def curate_file(out: Path, source: SourceConfig, tokenizers: dict[str, AssetSpec
                             origin=meta["origin"], extra=json.dumps(meta.get("extra") or {}, default=str)))
     write_task_records(out, "curate", source.name, part, [reader, *stages])
     return {"input": relative, "docs": sink.count}
+
+
+def quarantine_input(out: Path, source: str, relative: str, part: str, error: str) -> dict:
+    """A curation task that kept failing: its input file becomes one reject, its outputs empty."""
+    write_parquet(out / "curated" / source / f"{part}.parquet", [], CURATED)
+    write_task_records(out, "curate", source, part, [failed_file(source, relative, "read:task_failed", error)])
+    log.warning("%s: quarantined %s: %s", source, relative, error)
+    return {"input": relative, "docs": 0, "quarantined": error}
 
 
 def _curated_docs(path: Path) -> Iterator[Document]:
@@ -143,12 +152,13 @@ def build(settings: BuildSettings) -> dict:
     for name, files in inputs.items():
         log.info("%s: %d input file(s) under %s", name, len(files), settings.sources.sources[name].path)
     timings = {}
-    with Runner(out, settings.workers, settings.ray_address) as runner:
+    with Runner(out, settings.workers, settings.ray_address, retries=settings.retries) as runner:
         curate_tasks = [
             Task(f"{name}__part-{i:05d}", curate_file,
                  dict(out=out, source=settings.sources.sources[name], tokenizers=settings.tokenizers,
                       relative=relative, part=f"part-{i:05d}", lid_config=settings.lid_config,
-                      quality_config=settings.quality_config))
+                      quality_config=settings.quality_config),
+                 on_failure=partial(quarantine_input, out, name, relative, f"part-{i:05d}"))
             for name, files in inputs.items() for i, relative in enumerate(files)
         ]
         t0 = time.time()

@@ -13,6 +13,7 @@ from pathlib import Path
 from pipeline.config import (
     DEDUP_FILE,
     LID_FILE,
+    PHASES_FILE,
     QUALITY_FILE,
     SOURCES_FILE,
     TOKENIZERS_FILE,
@@ -48,8 +49,11 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--out", type=Path, default=Path("out"), help="output directory (default: out/)")
     build.add_argument("--workers", type=positive_int, default=2, help="CPUs of the embedded Ray (default: 2)")
     build.add_argument("--seed", type=int, default=0, help="seed for sampling and shuffling (default: 0)")
+    build.add_argument("--retries", type=int, default=1, help="retries of a failing task before its input file "
+                                                             "is quarantined (default: 1)")
     build.add_argument("--budget", type=float, help="phase token budget (default: the pool's eligible tokens)")
-    build.add_argument("--ray-address", help="a Ray cluster to run on (default: $RAY_ADDRESS, else embedded)")
+    build.add_argument("--ray-address", help="a Ray cluster: http://head:8265 submits the build as a Ray job; "
+                                             "ray://... or host:port joins it (default: $RAY_ADDRESS, else embedded)")
     build.add_argument("--dry-run", action="store_true", help="print the resolved configuration and stop")
 
     query = commands.add_parser("query", help="run SQL against <out>/catalog.duckdb")
@@ -81,8 +85,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def add_phase_arguments(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--phase", type=int, required=True, help="phase number in configs/phases.yaml")
+    command.add_argument("--phase", type=int, required=True, help="phase number in the phases YAML")
     command.add_argument("--variant", help="phase variant (phase 3: all, cont, eng; default: the phase's own)")
+    command.add_argument("--phases", type=Path, default=PHASES_FILE, help="phases YAML (default: configs/)")
 
 
 def _named_queries() -> list[str]:
@@ -91,15 +96,16 @@ def _named_queries() -> list[str]:
     return list(NAMED_QUERIES)
 
 
-def run_build(args: argparse.Namespace) -> int:
+def run_build(args: argparse.Namespace, argv: list[str]) -> int:
     from pipeline.build import BuildSettings, build
+    from pipeline.cluster import is_job_address, submit_build
 
-    phase = load_phase(args.phase, args.variant)
+    phase = load_phase(args.phase, args.variant, args.phases)
     settings = BuildSettings(out=args.out, phase=phase, sources=load_sources(args.sources),
                              tokenizers=load_tokenizers(args.tokenizers), seed=args.seed, workers=args.workers,
                              budget_tokens=args.budget, ray_address=args.ray_address,
                              lid_config=args.lid.resolve(), quality_config=args.quality.resolve(),
-                             dedup_config=args.dedup.resolve())
+                             dedup_config=args.dedup.resolve(), retries=args.retries)
     if args.budget is not None and args.budget <= 0:
         raise ConfigError(f"--budget must be > 0, got {args.budget}")
     resolved = dict(phase=phase.to_dict() | {"languages": len(phase.languages)}, sources=settings.sources.to_dict(),
@@ -107,9 +113,27 @@ def run_build(args: argparse.Namespace) -> int:
     print(json.dumps(resolved, indent=2, default=str))
     if args.dry_run:
         return 0
+    if is_job_address(args.ray_address):
+        return submit_build(args.ray_address, job_arguments(argv, args))
     info = build(settings)
     print_summary(args.out, phase.id, info)
     return 0
+
+
+def job_arguments(argv: list[str], args: argparse.Namespace) -> list[str]:
+    """The build's own arguments for the job: without --ray-address, with --out made absolute (the job runs in
+    a copy of the project, so a relative --out would land there)."""
+    kept, skip = [], False
+    for arg in argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--ray-address", "--out"):
+            skip = True
+            continue
+        if not arg.startswith(("--ray-address=", "--out=")):
+            kept.append(arg)
+    return [*kept, "--out", str(args.out.resolve())]
 
 
 def print_summary(out: Path, phase_id: str, info: dict) -> None:
@@ -165,7 +189,7 @@ def run_query(args: argparse.Namespace) -> int:
 def run_check(args: argparse.Namespace) -> int:
     from manifests.catalog import check
 
-    phase_id = load_phase(args.phase, args.variant).id
+    phase_id = load_phase(args.phase, args.variant, args.phases).id
     problems = check(args.out, phase_id)
     for problem in problems:
         print(f"FAIL {problem}")
@@ -178,7 +202,7 @@ def run_check(args: argparse.Namespace) -> int:
 def run_plan(args: argparse.Namespace) -> int:
     from pipeline.mixing import plan_rows, read_counts, summarize_pool
 
-    phase = load_phase(args.phase, args.variant)
+    phase = load_phase(args.phase, args.variant, args.phases)
     if args.counts:
         available = read_counts(args.counts, phase)
     elif (args.out / "pool").exists():
@@ -220,7 +244,7 @@ def run_plan(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from stages.shards import export_mds
 
-    phase_id = load_phase(args.phase, args.variant).id
+    phase_id = load_phase(args.phase, args.variant, args.phases).id
     shards = sorted((args.out / phase_id / "shards").glob("shard-*.parquet"))
     if not shards:
         raise ConfigError(f"no shards under {args.out / phase_id / 'shards'}: build the phase first")
@@ -233,10 +257,11 @@ def run_export(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `mmcorpus query ... | head` ends quietly
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
     try:
         if args.command == "build":
-            return run_build(args)
+            return run_build(args, argv)
         if args.command == "query":
             return run_query(args)
         if args.command == "check":

@@ -43,8 +43,11 @@ def read_yaml(path: Path) -> dict:
 
 def language_set(column: str, counts: Path = COUNTS_FILE) -> frozenset[str]:
     """Languages with tokens in a column of mmBERT's counts; `any`: in any column (1,833 + code)."""
-    with open(counts, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(counts, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise ConfigError(f"{counts}: no such file") from None
     columns = [c for c in rows[0] if c != "language"] if rows else []
     if column != "any" and column not in columns:
         raise ConfigError(f"{counts}: no column {column!r} (columns: {', '.join(columns)}, or any)")
@@ -58,6 +61,7 @@ class PhaseConfig:
     name: str
     budget_tokens: float
     languages: frozenset[str]  # ISO 639-3 codes as in mmBERT's counts, `code` for code
+    language_column: str  # the column of mmBERT's counts the set comes from
     temperature: float
     max_epochs: float
     quality_quantile: float
@@ -98,7 +102,9 @@ def load_phase(number: int, variant: str | None = None, path: Path = PHASES_FILE
     try:
         phase = PhaseConfig(
             number=number, name=str(entry["name"]), budget_tokens=float(entry["budget_tokens"]),
-            languages=language_set(str(entry["languages"]["column"])), temperature=float(entry["temperature"]),
+            languages=language_set(str(entry["languages"]["column"]),
+                                   path.parent / entry["languages"].get("counts", COUNTS_FILE.name)),
+            language_column=str(entry["languages"]["column"]), temperature=float(entry["temperature"]),
             max_epochs=float(entry["max_epochs"]), quality_quantile=float(entry.get("quality_quantile", 0.0)),
             seq_len=int(entry["seq_len"]), min_chunk_tokens=int(entry["min_chunk_tokens"]),
             mask_rate=float(entry["mask_rate"]), rope_theta=float(entry["rope_theta"]),

@@ -195,8 +195,7 @@ def read_counts(path: Path, phase: PhaseConfig) -> dict[tuple[str, str], int]:
     if not rows:
         raise ConfigError(f"{path}: no rows")
     if "language" in rows[0]:  # mmBERT's counts: language + one column per phase
-        column = phase_column(phase)
-        pairs = [("all", row["language"], row[column]) for row in rows]
+        pairs = [("all", row["language"], row[phase.language_column]) for row in rows]
     elif {"lang", "tokens"} <= set(rows[0]):
         pairs = [(row.get("source") or "all", row["lang"], row["tokens"]) for row in rows]
     else:
@@ -206,14 +205,6 @@ def read_counts(path: Path, phase: PhaseConfig) -> dict[tuple[str, str], int]:
         if base_language(lang) in phase.languages and float(tokens or 0) > 0:
             counts[(source, lang)] += int(float(tokens))
     return dict(counts)
-
-
-def phase_column(phase: PhaseConfig) -> str:
-    from pipeline.config import PHASES_FILE, read_yaml
-
-    entry = read_yaml(PHASES_FILE)[phase.number]
-    variant = (entry.get("variants") or {}).get(phase.variant) or {}
-    return str((variant.get("languages") or entry["languages"])["column"])
 
 
 def plan_rows(phase: PhaseConfig, available: dict[tuple[str, str], int], budget: float) -> list[MixRow]:

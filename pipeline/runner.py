@@ -29,6 +29,9 @@ class Task:
     key: str  # unique within its stage, safe as a file name
     fn: Callable[..., dict]
     kwargs: dict = field(default_factory=dict)
+    # Called with the error once the retries are spent: records the input as quarantined and returns the
+    # task's summary, so the stage goes on. Without it, a failing task fails the stage.
+    on_failure: Callable[[str], dict] | None = None
 
 
 def _run_task(fn: Callable[..., dict], kwargs: dict, marker: str) -> dict:
@@ -96,9 +99,15 @@ class Runner:
                 task = pending.pop(ready[0])
                 try:
                     summaries[task.key] = ray.get(ready[0])
-                except ray.exceptions.RayTaskError as error:
-                    failures.append(f"{task.key}: {error.cause!r}")
-                    continue
+                except (ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError) as error:
+                    cause = " ".join(repr(getattr(error, "cause", None) or error).split())[:500]
+                    if task.on_failure is None:
+                        failures.append(f"{task.key}: {cause}")
+                        continue
+                    log.warning("%s: task %s failed after %d retries, quarantined: %s", stage, task.key,
+                                self.retries, cause)
+                    summaries[task.key] = task.on_failure(cause)
+                    write_text(self.marker(stage, task.key), json.dumps(summaries[task.key], sort_keys=True))
                 progress.update(summaries[task.key])
         if failures:
             more = f"; and {len(failures) - 3} more" if len(failures) > 3 else ""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from datatrove.data import Document
 
-__all__ = ["Document", "Filter", "Reject", "Stage", "StageStats"]
+__all__ = ["Document", "Filter", "Records", "Reject", "Stage", "StageStats", "failed_file"]
 
 
 @dataclass(slots=True)
@@ -63,6 +63,24 @@ class StageStats:
                 rows.append(dict(stage=self.stage, source=source, lang=lang, reason=note, read=0, kept=n,
                                  rejected=0, tokens=0, seconds=0.0))
         return rows
+
+
+@dataclass
+class Records:
+    """What a stage leaves behind, counters and rejects; a Stage is one, so is a quarantined task."""
+
+    stats: StageStats
+    rejects: list[Reject]
+
+
+def failed_file(source: str, relative: str, reason: str, detail: str) -> Records:
+    """The records of an input file that produced nothing: read once, rejected once."""
+    key = (source, None)
+    stats = StageStats("read")
+    stats.read[key] = stats.rejected[key] = 1
+    stats.reasons[key][reason_key(reason)] = 1
+    origin = f"{relative}:file"
+    return Records(stats, [Reject(f"{source}/{origin}", source, None, "read", reason, origin, detail)])
 
 
 def reason_key(reason: str) -> str:

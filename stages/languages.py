@@ -1,11 +1,14 @@
 """Language labels in FineWeb2's `lang_Script` form, and the mappings from other label styles."""
 
 import csv
+import re
 from functools import cache
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CODE = "code"  # the language set entry that admits every `code_<language>` label
+# A label is also a folder name under pool/: nothing else may pass (no `..`, no `/`).
+LABEL = re.compile(r"(?:[a-z]{2,3}_[A-Z][a-z]{3}|code_[a-z0-9][a-z0-9+#._-]{0,40})")
 
 
 @cache
@@ -31,4 +34,10 @@ def base_language(label: str) -> str:
 
 
 def code_label(language: str) -> str:
-    return f"{CODE}_{language.strip().lower().replace(' ', '-') or 'unknown'}"
+    """`Python` -> `code_python`; characters a folder name should not hold become `-`."""
+    name = re.sub(r"[^a-z0-9+#._-]", "-", language.strip().lower()).lstrip(".-_")[:40]
+    return f"{CODE}_{name or 'unknown'}"
+
+
+def valid_label(label: str | None) -> bool:
+    return bool(label) and LABEL.fullmatch(label) is not None

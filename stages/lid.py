@@ -6,7 +6,8 @@ How a document is handled depends on where its label came from (the reader sets 
   below FineWeb2's per-language minimum is rejected as `lid:low_score`.
 - `expected` (Dolma subsets, ProLong domains): the model decides; below the minimum score -> `lid:low_score`.
 - `code`: programming languages are not natural languages; the label stays.
-Any label whose language is outside the configured set is rejected as `lid:other_language`.
+Any label whose language is outside the configured set is rejected as `lid:other_language`, and a label that is
+not of the form `lang_Script` or `code_<language>` (it becomes a folder name) as `lid:invalid_label`.
 Model labels are normalized to FineWeb2's form: `__label__deu_Latn` stays; ISO 639-1 / Wikipedia codes
 (`__label__de`) map through configs/languages.csv, with the script taken from the text itself when the
 language is written in several (`other_scripts` there: Serbian in Latin letters is `srp_Latn`).
@@ -18,7 +19,7 @@ from functools import cache
 
 from stages.assets import AssetSpec
 from stages.base import Document, Stage
-from stages.languages import base_language, other_scripts, short_code_labels
+from stages.languages import base_language, other_scripts, short_code_labels, valid_label
 from stages.text import dominant_script
 
 
@@ -106,10 +107,15 @@ class LanguageId(Stage):
         for doc in batch:
             prediction = predictions.get(id(doc))
             reason = self._decide(doc, prediction) if prediction else None
-            if reason is None and base_language(doc.metadata["lang"]) not in self.config.languages:
+            if reason is None and not valid_label(doc.metadata["lang"]):
+                reason = "lid:invalid_label"
+            elif reason is None and base_language(doc.metadata["lang"]) not in self.config.languages:
                 reason = "lid:other_language"
             if reason:
                 detail = f"predicted {prediction[0]} {prediction[1]:.2f}" if prediction else None
+                if reason == "lid:invalid_label":
+                    detail = f"label {doc.metadata['lang']!r:.80}"
+                    doc.metadata["lang"] = None  # never a folder name
                 self.reject(doc, reason, detail)
             else:
                 yield self.keep(doc)

@@ -17,6 +17,8 @@ from stages.base import Document, Stage
 
 log = logging.getLogger(__name__)
 
+MAX_CHARS = 5_000_000  # a longer text is cut here (option `max_chars`), noted as read:text_capped
+
 
 class SourceReader(Stage):
     name = "read"
@@ -69,14 +71,19 @@ class SourceReader(Stage):
         self.reject(doc, reason, detail)
 
     def run(self, files: Iterable[str]) -> Iterator[Document]:
+        max_chars = int(self.options.get("max_chars", MAX_CHARS))
         for relative in files:
             try:
                 for doc in self.read_file(relative):
                     self.count_read(doc)
+                    if len(doc.text) > max_chars:  # keep memory bounded downstream; the note records it
+                        doc.text = doc.text[:max_chars]
+                        self.note(doc, "read:text_capped")
                     yield self.keep(doc)
             except Exception as error:  # noqa: BLE001 - any damage ends this file, never the run
-                log.warning("%s: cannot read %s: %s", self.source, relative, error)
-                self.reject_record(relative, "file", "read:corrupt_file", f"{type(error).__name__}: {error}")
+                detail = " ".join(f"{type(error).__name__}: {error}".split())[:500]
+                log.warning("%s: quarantined %s: %s", self.source, relative, detail)
+                self.reject_record(relative, "file", "read:corrupt_file", detail)
 
 
 def iter_json_lines(reader: SourceReader, relative: str) -> Iterator[tuple[int, dict]]:

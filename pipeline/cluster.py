@@ -1,0 +1,52 @@
+"""Submitting a build to a Ray cluster as a Ray job (`mmcorpus build --ray-address http://head:8265`).
+
+The job carries the project as its working directory (configs, samples, code; not .venv or outputs) and runs
+the same `mmcorpus build` there, whose runner then joins the cluster (Ray sets RAY_ADDRESS inside jobs). The
+cluster's nodes need the pinned dependencies and the model files (`mmcorpus fetch-assets`, or MMCORPUS_CACHE
+pointing at shared storage), and `--out` must be storage every node sees.
+"""
+
+import asyncio
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+EXCLUDES = [".venv", ".git", "out", "**/__pycache__", "bench/results.json", "*.egg-info"]
+
+
+def is_job_address(address: str | None) -> bool:
+    """A dashboard URL means: submit a job. Anything else (`ray://`, `host:port`, `auto`): join directly."""
+    return bool(address) and address.startswith(("http://", "https://"))
+
+
+def submit_build(address: str, build_args: list[str], wait: bool = True) -> int:
+    """Submit `mmcorpus build <build_args>` as a Ray job, stream its logs, return 0 when it succeeded."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or Path(
+            os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token")).exists()):
+        os.environ["RAY_AUTH_MODE"] = "token"  # clusters started by `ray start` require the token by default
+    client = JobSubmissionClient(address)
+    entrypoint = shlex.join(["python", "-m", "pipeline.cli", "build", *build_args])
+    env = {key: os.environ[key] for key in ("MMCORPUS_CACHE",) if key in os.environ}
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env={
+        "working_dir": str(PROJECT_ROOT), "excludes": EXCLUDES, "env_vars": env,
+    })
+    log.info("submitted Ray job %s to %s: %s", job_id, address, entrypoint)
+    if not wait:
+        return 0
+
+    async def stream() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            sys.stdout.write(lines)
+            sys.stdout.flush()
+
+    asyncio.run(stream())
+    status = client.get_job_status(job_id)
+    log.info("Ray job %s: %s", job_id, status)
+    return 0 if status == JobStatus.SUCCEEDED else 1
