@@ -11,12 +11,15 @@ import logging
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-EXCLUDES = [".venv", ".git", "out", "**/__pycache__", "bench/results.json", "*.egg-info"]
+EXCLUDES = [".venv", ".git", "out", "**/__pycache__", ".pytest_cache", ".ruff_cache", "bench/results.json",
+            "*.egg-info"]
+AGENT_WAIT_S = 120  # a freshly started head answers HTTP before its job agent is up
 
 
 def is_job_address(address: str | None) -> bool:
@@ -34,9 +37,16 @@ def submit_build(address: str, build_args: list[str], wait: bool = True) -> int:
     client = JobSubmissionClient(address)
     entrypoint = shlex.join(["python", "-m", "pipeline.cli", "build", *build_args])
     env = {key: os.environ[key] for key in ("MMCORPUS_CACHE",) if key in os.environ}
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env={
-        "working_dir": str(PROJECT_ROOT), "excludes": EXCLUDES, "env_vars": env,
-    })
+    runtime_env = {"working_dir": str(PROJECT_ROOT), "excludes": EXCLUDES, "env_vars": env}
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+            break
+        except RuntimeError as error:
+            if "No available agent" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
     log.info("submitted Ray job %s to %s: %s", job_id, address, entrypoint)
     if not wait:
         return 0

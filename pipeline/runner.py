@@ -61,8 +61,9 @@ class Runner:
             if self.address:
                 ray.init(address=self.address, logging_level=logging.WARNING)
             else:
-                ray.init(num_cpus=self.workers, include_dashboard=False, logging_level=logging.WARNING,
-                         object_store_memory=self.object_store_mb * 2**20)
+                # address="local": a new embedded Ray, even where `ray start` left a cluster on this machine
+                ray.init(address="local", num_cpus=self.workers, include_dashboard=False,
+                         logging_level=logging.WARNING, object_store_memory=self.object_store_mb * 2**20)
             self._started = True
         return self
 

@@ -25,7 +25,8 @@ def tokenizers():
 def ray_session():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, logging_level=logging.WARNING)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20,
+             logging_level=logging.WARNING)
     yield
     ray.shutdown()
 
