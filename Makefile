@@ -7,12 +7,12 @@ PHASE ?= 1
 VARIANT ?=
 export MMCORPUS_CACHE ?= $(HOME)/.cache/mmcorpus
 
-.PHONY: setup phase1-data phase2-data phase3-data test bench ray-job lint samples clean
+.PHONY: setup phase1-data phase2-data phase3-data test bench ray-job reference-check lint samples clean
 
 $(BIN)/mmcorpus: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,reference]'
 	touch $@
 
 ASSETS := $(MMCORPUS_CACHE)/tokenizer.gemma $(MMCORPUS_CACHE)/tokenizer_llama3.tiktoken $(MMCORPUS_CACHE)/lid.176.ftz
@@ -33,6 +33,10 @@ test: setup
 # storage every node sees.
 ray-job: setup
 	$(BIN)/mmcorpus build --phase $(PHASE) --out $(abspath $(OUT)) --ray-address $(RAY_ADDRESS) $(if $(VARIANT),--variant $(VARIANT))
+
+# Train the tiny encoder on a phase's shards (built first); fails unless the MLM loss falls clearly.
+reference-check: setup
+	$(BIN)/python -m reference.check --phase $(PHASE) --out $(OUT) $(if $(VARIANT),--variant $(VARIANT))
 
 # Throughput against baselines measured in the same run; writes bench/results.json.
 bench: setup

@@ -1,0 +1,162 @@
+"""`make reference-check PHASE=1`: train the encoder briefly on a phase's shards; fail unless the MLM loss falls.
+
+    python -m reference.check --phase 1 [--out out] [--config tiny] [--steps 300] [--device cpu|cuda]
+
+Prints parameters, tokens/s (and MFU on a GPU), the initial and final loss (means of the first and last ten
+steps), and with --compare-padded the step time of the same batches padded to their longest sequence.
+Exit 1 unless final <= 0.8 x initial. On a CPU the 256,000-way softmax of the MLM head dominates a step.
+"""
+
+import argparse
+import itertools
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.config import PHASES_FILE, load_phase, load_tokenizers
+from reference.data import Batch, mask_tokens, pack, read_chunks
+from reference.model import ATTENTION, Encoder, EncoderConfig, config_for, default_backend
+from stages.tokenize import Gemma2Tokenizer
+
+log = logging.getLogger("reference")
+H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM
+
+
+def flops_per_step(config: EncoderConfig, batch: Batch, params_no_embedding: int) -> float:
+    """Training FLOPs (forward + backward = 3x forward) of one step: matmuls, attention scores, sparse head."""
+    tokens = batch.input_ids.numel()
+    lengths = batch.cu_seqlens.diff().double()
+    attention = 0.0
+    for layer in range(config.n_layers):
+        context = lengths if layer % config.global_every == 0 else lengths.clamp(max=config.local_window + 1)
+        attention += float((4 * lengths * context).sum()) * config.hidden  # QK^T and AV
+    masked = int((batch.labels != -100).sum()) if batch.labels is not None else tokens
+    head = 2 * masked * config.hidden * config.vocab_size
+    return 3 * (2 * params_no_embedding * tokens + attention + head)
+
+
+def batches(source: Path, max_tokens: int) -> itertools.cycle:
+    """The phase's batches, repeated as often as the steps need (packed once, kept in memory)."""
+    packed = list(pack(read_chunks(source), max_tokens))
+    if not packed:
+        raise SystemExit(f"no chunks under {source}")
+    return itertools.cycle(packed)
+
+
+def padded_twin(batch: Batch, pad_id: int) -> Batch:
+    """The same sequences padded to the batch's longest and computed in full: what padding costs."""
+    rows, _ = batch.padded(pad_id)
+    n, length = rows.shape
+    labels = None
+    if batch.labels is not None:
+        labels = torch.full((n, length), -100, dtype=torch.int64)
+        labels[torch.arange(length)[None, :] < batch.cu_seqlens.diff()[:, None]] = batch.labels
+        labels = labels.reshape(-1)
+    cu = torch.arange(n + 1, dtype=torch.int32) * length
+    return Batch(rows.reshape(-1), cu, length, labels)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--phase", type=int, required=True)
+    parser.add_argument("--variant")
+    parser.add_argument("--phases", type=Path, default=PHASES_FILE)
+    parser.add_argument("--out", type=Path, default=Path("out"))
+    parser.add_argument("--source", type=Path, help="shards folder or MDS export (default: <out>/<phase>/shards)")
+    parser.add_argument("--config", default="tiny", help="tiny, small or base")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--batch-tokens", type=int, help="tokens per batch (default: the phase's seq_len)")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backend", choices=sorted(ATTENTION), help="attention backend (default: the fastest)")
+    parser.add_argument("--compare-padded", action="store_true", help="also time the same batches padded")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--peak-flops", type=float, default=H100_BF16_PEAK, help="for MFU on a GPU")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    phase = load_phase(args.phase, args.variant, args.phases)
+    source = args.source or args.out / phase.id / "shards"
+    tokenizer = Gemma2Tokenizer(load_tokenizers()["gemma2"])
+    specials = {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.mask_id}
+    device = torch.device(args.device)
+    torch.set_num_threads(os.cpu_count() or 1)
+    backend = args.backend or default_backend(device)
+    torch.manual_seed(args.seed)
+    config = config_for(args.config, tokenizer.vocab_size, phase.rope_theta)
+    model = Encoder(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    warmup = max(1, args.steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    generator = torch.Generator().manual_seed(args.seed)
+    stream = batches(source, args.batch_tokens or phase.seq_len)
+    params = model.num_parameters(embeddings=False)
+    log.info("%s on %s: %s parameters (%s without embeddings), backend %s, mask rate %.2f, RoPE %.0f",
+             args.config, device, f"{model.num_parameters():,}", f"{params:,}", backend, phase.mask_rate,
+             phase.rope_theta)
+
+    def step(batch: Batch) -> float:
+        batch = batch.to(device)
+        with autocast:
+            _, loss = model(batch.input_ids, batch.cu_seqlens, batch.max_seqlen, batch.labels, backend)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    losses, tokens, flops, seconds = [], 0, 0.0, 0.0
+    for number in range(args.steps):
+        batch = mask_tokens(next(stream), phase.mask_rate, tokenizer.mask_id, config.vocab_size, specials, generator)
+        started = time.perf_counter()
+        losses.append(step(batch))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if number >= 2:  # the first steps warm kernels and allocators up
+            seconds += time.perf_counter() - started
+            tokens += batch.input_ids.numel()
+            flops += flops_per_step(config, batch, params)
+        if number % 50 == 0 or number == args.steps - 1:
+            log.info("step %d: loss %.3f", number, losses[-1])
+    initial, final = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    print(f"{args.config} {phase.id}: loss {initial:.3f} -> {final:.3f} in {args.steps} steps; "
+          f"{tokens / seconds:,.0f} tokens/s on {device} ({backend})")
+    if device.type == "cuda":
+        print(f"MFU {flops / seconds / args.peak_flops:.1%} of {args.peak_flops / 1e12:.0f} TFLOP/s")
+    if args.compare_padded:
+        compare_padded(step, stream, phase, tokenizer, config, specials, generator, device)
+    if not final <= 0.8 * initial:
+        print(f"FAIL: the loss did not fall clearly ({final:.3f} > 0.8 x {initial:.3f})")
+        return 1
+    return 0
+
+
+def compare_padded(step, stream, phase, tokenizer, config, specials, generator, device) -> None:  # noqa: ANN001
+    """Time the same batches unpadded (varlen) and padded to their longest sequence."""
+    unpadded = padded = 0.0
+    real = total = 0
+    for _ in range(20):
+        batch = mask_tokens(next(stream), phase.mask_rate, tokenizer.mask_id, config.vocab_size, specials, generator)
+        twin = padded_twin(batch, tokenizer.pad_id)
+        for which, b in (("unpadded", batch), ("padded", twin)):
+            started = time.perf_counter()
+            step(b)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - started
+            unpadded, padded = (unpadded + elapsed, padded) if which == "unpadded" else (unpadded, padded + elapsed)
+        real += batch.input_ids.numel()
+        total += twin.input_ids.numel()
+    print(f"padded batches: {total / real:.2f}x the tokens; varlen step time {unpadded / 20 * 1e3:.1f} ms vs "
+          f"padded {padded / 20 * 1e3:.1f} ms: {padded / unpadded:.2f}x speed-up from unpadding")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

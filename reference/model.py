@@ -1,0 +1,207 @@
+"""A ModernBERT-style encoder as mmBERT trains it, in one module, on unpadded (varlen) sequences.
+
+References: ModernBERT (Warner et al. 2024; HF transformers `modeling_modernbert.py`) and mmBERT (Marone et al.
+2025). Token embeddings + LayerNorm; pre-norm layers (LayerNorm without bias; the first layer's attention norm
+is the embeddings' own), fused Wqkv, RoPE, attention global every third layer and a 128-token sliding window
+(64 each side) otherwise, GeGLU MLP; final norm; an MLM head tied to the embeddings.
+
+Sequences arrive packed: `input_ids` (total,) with `cu_seqlens` (n + 1,) marking where each one starts, so
+no compute goes to padding and no token attends across sequences. Attention backends share one signature:
+    flash_attn  FlashAttention-2's varlen kernel (window_size for local layers), when the package is installed
+    sdpa        PyTorch's scaled_dot_product_attention with a block-diagonal (+ window) mask
+    eager       the same maths written out, the reference the others are tested against
+"""
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    vocab_size: int = 256_000  # Gemma 2's tokenizer
+    n_layers: int = 22
+    hidden: int = 768
+    heads: int = 12
+    intermediate: int = 1152
+    local_window: int = 128  # tokens a local layer sees: 64 on each side
+    global_every: int = 3  # layer i is global when i % global_every == 0
+    global_rope_theta: float = 160_000.0  # the phase's (10k in phase 1)
+    local_rope_theta: float = 10_000.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+    pad_id: int = 0
+
+
+CONFIGS = {
+    "base": EncoderConfig(),
+    "small": EncoderConfig(hidden=384, heads=6),
+    "tiny": EncoderConfig(n_layers=3, hidden=64, heads=4, intermediate=128),
+}
+
+
+def rotary(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape (total, head_dim / 2) for the given positions."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.float()[:, None] * inv_freq[None, :]
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (total, heads, head_dim), rotating the two halves of the head dimension (GPT-NeoX style)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+
+def attention_mask(cu_seqlens: torch.Tensor, total: int, window: int | None) -> torch.Tensor:
+    """(total, total) boolean: True where query i may attend to key j (same sequence, within the window)."""
+    seq = torch.bucketize(torch.arange(total, device=cu_seqlens.device), cu_seqlens[1:], right=True)
+    allowed = seq[:, None] == seq[None, :]
+    if window is not None:
+        position = torch.arange(total, device=cu_seqlens.device)
+        allowed &= (position[:, None] - position[None, :]).abs() <= window // 2
+    return allowed
+
+
+def eager_attention(q, k, v, cu_seqlens, max_seqlen, window):  # noqa: ANN001, ANN201 - shared signature
+    """q, k, v: (total, heads, head_dim) -> (total, heads, head_dim)."""
+    allowed = attention_mask(cu_seqlens, q.shape[0], window)
+    scores = torch.einsum("ihd,jhd->hij", q.float(), k.float()) / math.sqrt(q.shape[-1])
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.einsum("hij,jhd->ihd", scores.softmax(dim=-1), v.float()).to(q.dtype)
+
+
+def sdpa_attention(q, k, v, cu_seqlens, max_seqlen, window):  # noqa: ANN001, ANN201
+    allowed = attention_mask(cu_seqlens, q.shape[0], window)
+    out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+                                         attn_mask=allowed[None, None])
+    return out[0].transpose(0, 1)
+
+
+def flash_attention(q, k, v, cu_seqlens, max_seqlen, window):  # noqa: ANN001, ANN201
+    from flash_attn import flash_attn_varlen_func
+
+    dtype = q.dtype
+    half = dtype if dtype in (torch.float16, torch.bfloat16) else torch.bfloat16  # FA2 needs fp16/bf16
+    side = (window // 2, window // 2) if window is not None else (-1, -1)
+    out = flash_attn_varlen_func(q.to(half), k.to(half), v.to(half), cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
+                                 dropout_p=0.0, causal=False, window_size=side)
+    return out.to(dtype)
+
+
+ATTENTION = {"eager": eager_attention, "sdpa": sdpa_attention, "flash_attn": flash_attention}
+
+
+def default_backend(device: torch.device) -> str:
+    if device.type == "cuda":
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash_attn"
+        except ImportError:
+            pass
+    return "sdpa"
+
+
+class Attention(nn.Module):
+    def __init__(self, config: EncoderConfig, layer: int) -> None:
+        super().__init__()
+        assert config.hidden % config.heads == 0, f"hidden {config.hidden} must divide into {config.heads} heads"
+        self.heads, self.head_dim = config.heads, config.hidden // config.heads
+        self.is_global = layer % config.global_every == 0
+        self.window = None if self.is_global else config.local_window
+        self.theta = config.global_rope_theta if self.is_global else config.local_rope_theta
+        self.Wqkv = nn.Linear(config.hidden, 3 * config.hidden, bias=False)
+        self.Wo = nn.Linear(config.hidden, config.hidden, bias=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                backend: str) -> torch.Tensor:
+        total = x.shape[0]
+        q, k, v = self.Wqkv(x).view(total, 3, self.heads, self.head_dim).unbind(dim=1)  # each (total, nh, hd)
+        cos, sin = rotary(positions, self.head_dim, self.theta)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        out = ATTENTION[backend](q, k, v, cu_seqlens, max_seqlen, self.window)  # (total, nh, hd)
+        return self.Wo(out.reshape(total, -1))
+
+
+class GeGLU(nn.Module):
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.Wi = nn.Linear(config.hidden, 2 * config.intermediate, bias=False)
+        self.Wo = nn.Linear(config.intermediate, config.hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.Wi(x).chunk(2, dim=-1)
+        return self.Wo(F.gelu(value) * gate)
+
+
+class Layer(nn.Module):
+    def __init__(self, config: EncoderConfig, layer: int) -> None:
+        super().__init__()
+        # the embeddings end in a norm already: the first layer's attention takes them as they are
+        self.attn_norm = nn.Identity() if layer == 0 else nn.LayerNorm(config.hidden, config.norm_eps, bias=False)
+        self.attn = Attention(config, layer)
+        self.mlp_norm = nn.LayerNorm(config.hidden, config.norm_eps, bias=False)
+        self.mlp = GeGLU(config)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                backend: str) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), positions, cu_seqlens, max_seqlen, backend)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = nn.Embedding(config.vocab_size, config.hidden, padding_idx=config.pad_id)
+        self.embedding_norm = nn.LayerNorm(config.hidden, config.norm_eps, bias=False)
+        self.layers = nn.ModuleList(Layer(config, i) for i in range(config.n_layers))
+        self.final_norm = nn.LayerNorm(config.hidden, config.norm_eps, bias=False)
+        self.head = nn.Linear(config.hidden, config.hidden, bias=False)
+        self.head_norm = nn.LayerNorm(config.hidden, config.norm_eps, bias=False)
+        self.decoder_bias = nn.Parameter(torch.zeros(config.vocab_size))  # the decoder's weight is the embeddings'
+        self.apply(self._init_weights)
+        for name, parameter in self.named_parameters():  # residual outputs scaled by depth, as GPT-2 / ModernBERT
+            if name.endswith("Wo.weight"):
+                nn.init.trunc_normal_(parameter, std=config.init_std / math.sqrt(2 * config.n_layers),
+                                      a=-2 * config.init_std, b=2 * config.init_std)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.init_std
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+
+    def num_parameters(self, embeddings: bool = True) -> int:
+        total = sum(p.numel() for p in self.parameters())
+        return total if embeddings else total - self.embeddings.weight.numel()
+
+    def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                labels: torch.Tensor | None = None, backend: str | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """input_ids (total,) and cu_seqlens (n + 1,) int32 -> (logits, loss). With labels (-100 where not
+        masked), logits are computed at the masked positions only (sparse prediction) and loss is their mean
+        cross-entropy; without, logits cover every position."""
+        backend = backend or default_backend(input_ids.device)
+        starts = cu_seqlens[:-1].repeat_interleave(cu_seqlens.diff())
+        positions = torch.arange(input_ids.shape[0], device=input_ids.device) - starts  # within each sequence
+        x = self.embedding_norm(self.embeddings(input_ids))  # (total, hidden)
+        for layer in self.layers:
+            x = layer(x, positions, cu_seqlens, max_seqlen, backend)
+        x = self.final_norm(x)
+        if labels is not None:
+            keep = labels != -100
+            x, labels = x[keep], labels[keep]
+        logits = self.head_norm(F.gelu(self.head(x))) @ self.embeddings.weight.T + self.decoder_bias
+        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
+        return logits, loss
+
+
+def config_for(name: str, vocab_size: int, rope_theta: float) -> EncoderConfig:
+    if name not in CONFIGS:
+        raise ValueError(f"unknown configuration {name!r}; choose from {', '.join(CONFIGS)}")
+    return replace(CONFIGS[name], vocab_size=vocab_size, global_rope_theta=rope_theta)
