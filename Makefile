@@ -7,7 +7,7 @@ PHASE ?= 1
 VARIANT ?=
 export MMCORPUS_CACHE ?= $(HOME)/.cache/mmcorpus
 
-.PHONY: setup phase1-data phase2-data phase3-data test bench ray-job reference-check lint samples clean
+.PHONY: setup phase1-data phase2-data phase3-data test bench ray-job reference-check report report-check lint samples clean
 
 $(BIN)/mmcorpus: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,15 @@ ray-job: setup
 # Train the tiny encoder on a phase's shards (built first); fails unless the MLM loss falls clearly.
 reference-check: setup
 	$(BIN)/python -m reference.check --phase $(PHASE) --out $(OUT) $(if $(VARIANT),--variant $(VARIANT))
+
+# The phase's data card: $(OUT)/phase$(PHASE)/report/index.html, its figures (PNG) and tables (CSV).
+report: setup
+	$(BIN)/mmcorpus report --phase $(PHASE) --out $(OUT) $(if $(VARIANT),--variant $(VARIANT))
+
+# The data card rendered by headless Chromium (Debian's package, installed here if missing) to a screenshot.
+report-check: report
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+	$(BIN)/python -m manifests.screenshot $(OUT)/phase$(PHASE)$(if $(VARIANT),-$(VARIANT))/report
 
 # Throughput against baselines measured in the same run; writes bench/results.json.
 bench: setup

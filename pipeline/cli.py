@@ -80,6 +80,10 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, default=Path("out"))
     export.add_argument("dest", type=Path, help="destination folder (index.json + shard.NNNNN.mds.zstd)")
 
+    report = commands.add_parser("report", help="write a built phase's data card: <out>/<phase>/report/")
+    add_phase_arguments(report)
+    report.add_argument("--out", type=Path, default=Path("out"))
+
     commands.add_parser("fetch-assets", help="download the tokenizer and LID model files into the cache (set-up)")
     return root
 
@@ -270,6 +274,11 @@ def main(argv: list[str] | None = None) -> int:
             return run_plan(args)
         if args.command == "export-mds":
             return run_export(args)
+        if args.command == "report":
+            from manifests.report import build_report
+
+            print(build_report(args.out, load_phase(args.phase, args.variant, args.phases).id))
+            return 0
         from pipeline.assets import fetch_assets
 
         fetch_assets()

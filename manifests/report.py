@@ -1,0 +1,285 @@
+"""`mmcorpus report --phase N`: a data card per phase, from the manifest through DuckDB, nothing recomputed.
+
+Writes <out>/<phase>/report/: index.html (self-contained: inline CSS, figures as inline PNG, no JavaScript),
+the figures as PNG files and every table as CSV.
+"""
+
+import base64
+import csv
+import html
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless
+import matplotlib.pyplot as plt  # noqa: E402
+
+from manifests.catalog import connect  # noqa: E402
+from manifests.writer import write_bytes, write_text  # noqa: E402
+
+TEMPERATURES = {"phase 1": 0.7, "phase 2": 0.5, "phase 3": 0.3}
+CSS = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
+table { border-collapse: collapse; margin: .8em 0; font-size: 12px; }
+th, td { border: 1px solid #ddd; padding: 2px 8px; text-align: right; }
+th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+figure { margin: 1em 0; } img { max-width: 100%; } figcaption { color: #555; font-size: 12px; }
+.scroll { max-height: 420px; overflow: auto; display: inline-block; }
+"""
+
+
+@dataclass
+class Table:
+    name: str
+    columns: list[str]
+    rows: list[tuple]
+
+    def csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(self.columns)
+        writer.writerows(self.rows)
+        return buffer.getvalue()
+
+    def html(self) -> str:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
+                       for row in self.rows)
+        return f'<div class="scroll"><table id="table-{self.name}"><tr>{head}</tr>{body}</table></div>'
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4f}" if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "" if value is None else str(value)
+
+
+@dataclass
+class Section:
+    id: str
+    title: str
+    text: str = ""
+    tables: list[Table] = field(default_factory=list)
+    figures: list[tuple[str, str]] = field(default_factory=list)  # (file name, caption)
+
+
+class Report:
+    def __init__(self, out: Path, phase_id: str) -> None:
+        self.out, self.phase_id = out, phase_id
+        self.folder = out / phase_id / "report"
+        self.con = connect(out)
+        self.sections: list[Section] = []
+        self.images: dict[str, bytes] = {}
+
+    def query(self, name: str, sql: str, params: list | None = None) -> Table:
+        result = self.con.execute(sql, params if params is not None else [self.phase_id])
+        return Table(name, [d[0] for d in result.description], result.fetchall())
+
+    def figure(self, name: str, draw: Callable[[plt.Axes], None], size: tuple[float, float] = (10, 4)) -> str:
+        fig, ax = plt.subplots(figsize=size, dpi=110)
+        draw(ax)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        plt.close(fig)
+        self.images[f"{name}.png"] = buffer.getvalue()
+        return f"{name}.png"
+
+    def build(self) -> Path:
+        run = self.query("run", "SELECT * FROM run WHERE phase = ?")
+        if not run.rows:
+            raise FileNotFoundError(f"{self.out}: phase {self.phase_id} has no manifest: build it first")
+        config = json.loads(dict(zip(run.columns, run.rows[0], strict=True))["config"])
+        self.recipe(config, dict(zip(run.columns, run.rows[0], strict=True)))
+        self.languages()
+        self.annealing()
+        self.sources()
+        self.curation()
+        self.lengths()
+        self.shards()
+        return self.write(config)
+
+    def recipe(self, config: dict, run: dict) -> None:
+        phase = config["phase"]
+        rows = [
+            ("phase", f"{phase['id']} ({phase['name']})"), ("budget tokens", f"{config['budget_tokens']:,.0f}"),
+            ("full-scale budget", f"{phase['budget_tokens']:,.0f}"), ("temperature τ", phase["temperature"]),
+            ("languages", f"{len(phase['languages'])} (mmBERT counts column {phase['language_column']})"),
+            ("epoch cap", phase["max_epochs"]), ("sequence length", phase["seq_len"]),
+            ("minimum chunk", phase["min_chunk_tokens"]), ("mask rate", phase["mask_rate"]),
+            ("RoPE θ", phase["rope_theta"]), ("quality quantile", phase["quality_quantile"]),
+            ("FineWeb2 share", phase["fineweb2_share"]), ("other sources", json.dumps(phase["other_sources"])),
+            ("tokenizer", run["tokenizer"]), ("tokenizer sha256", run["tokenizer_sha256"]),
+            ("seed", run["seed"]), ("shards", config["n_shards"]),
+            ("versions", ", ".join(f"{k} {v}" for k, v in json.loads(run["versions"]).items())),
+        ] + [(f"source {name}", source["path"]) for name, source in config["sources"]["sources"].items()]
+        timings = Table("timings", ["stage", "seconds"],
+                        [(stage, round(seconds, 2)) for stage, seconds in config["timings"].items()]
+                        + [("total", round(run["seconds"], 2))])
+        self.sections.append(Section("recipe", "Recipe", tables=[Table("recipe", ["setting", "value"], rows),
+                                                                  timings]))
+
+    def languages(self) -> None:
+        table = self.query("languages", """
+            SELECT lang, sum(available_tokens) AS available, sum(target_tokens) AS target, sum(tokens) AS written,
+                   sum(tokens)::DOUBLE / nullif(sum(available_tokens), 0) AS epochs, bool_or(capped) AS capped
+            FROM mixture WHERE phase = ? GROUP BY lang ORDER BY written DESC""")
+        rows = table.rows
+
+        def draw(ax: plt.Axes) -> None:
+            x = range(len(rows))
+            ax.bar(x, [r[3] for r in rows], color=["#c0392b" if r[5] else "#2e86c1" for r in rows], label="written")
+            ax.scatter(x, [r[2] for r in rows], color="black", marker="_", s=120, zorder=3, label="target")
+            for i, r in enumerate(rows):
+                ax.text(i, max(r[3], 1) * 1.15, f"{r[4]:.1f}x", ha="center", fontsize=6, rotation=90)
+            ax.set_yscale("log")
+            ax.set_xticks(list(x), [r[0] for r in rows], rotation=90, fontsize=7)
+            ax.set_ylabel("tokens (log)")
+            ax.legend(title="red: capped at the epoch limit", fontsize=8, title_fontsize=8)
+
+        name = self.figure("tokens_per_language", draw, (max(8, len(rows) * 0.3), 4.5))
+        self.sections.append(Section("languages", "Tokens per language",
+                                     "Written (bars) against target (marks), sorted, log scale; each bar says how "
+                                     "many epochs of the language's available tokens it holds.",
+                                     [table], [(name, "tokens per language, target vs written")]))
+
+    def annealing(self) -> None:
+        table = self.query("annealing", """
+            SELECT lang, sum(available_tokens) AS available FROM mixture WHERE phase = ?
+            GROUP BY lang HAVING available > 0 ORDER BY available DESC""")
+        langs, counts = [r[0] for r in table.rows], [r[1] for r in table.rows]
+        shares = {label: [n ** tau / sum(c ** tau for c in counts) for n in counts]
+                  for label, tau in TEMPERATURES.items()}
+        curves = Table("annealing", ["lang", "available", *[f"p at τ={t}" for t in TEMPERATURES.values()]],
+                       [(lang, n, *(shares[label][i] for label in TEMPERATURES)) for i, (lang, n)
+                        in enumerate(zip(langs, counts, strict=True))])
+
+        def draw(ax: plt.Axes) -> None:
+            for label, tau in TEMPERATURES.items():
+                ax.plot(range(len(langs)), shares[label], marker="o", markersize=3, label=f"{label}: τ={tau}")
+            ax.set_yscale("log")
+            ax.set_xticks(range(len(langs)), langs, rotation=90, fontsize=7)
+            ax.set_ylabel("share p ∝ n^τ (log)")
+            ax.legend(fontsize=8)
+
+        name = self.figure("annealing", draw, (max(8, len(langs) * 0.3), 4))
+        self.sections.append(Section("annealing", "Annealing: the three temperatures over these languages",
+                                     "The share each language would get under each phase's temperature, from this "
+                                     "phase's available tokens: lower τ flattens toward uniform.",
+                                     [curves], [(name, "language shares at τ = 0.7, 0.5, 0.3")]))
+
+    def sources(self) -> None:
+        table = self.query("sources", """
+            SELECT source, count(*) AS languages, sum(available_tokens) AS available, sum(target_tokens) AS target,
+                   sum(tokens) AS written FROM mixture WHERE phase = ? GROUP BY source ORDER BY written DESC""")
+
+        def draw(ax: plt.Axes) -> None:
+            ax.barh([r[0] for r in table.rows], [r[4] for r in table.rows], color="#27ae60")
+            ax.set_xlabel("tokens written")
+
+        name = self.figure("tokens_per_source", draw, (8, 3))
+        self.sections.append(Section("sources", "Tokens per source", tables=[table],
+                                     figures=[(name, "tokens written per source")]))
+
+    def curation(self) -> None:
+        stages = self.query("stages", """
+            SELECT stage, source, sum(read) AS read, sum(kept) AS kept, sum(rejected) AS rejected,
+                   sum(tokens) AS tokens, round(sum(seconds), 3) AS seconds FROM stages WHERE phase = ?
+            GROUP BY stage, source ORDER BY CASE stage WHEN 'read' THEN 0 WHEN 'lid' THEN 1 WHEN 'quality' THEN 2
+                WHEN 'dedup' THEN 3 WHEN 'tokenize' THEN 4 ELSE 5 END, source""")
+        reasons = self.query("reject_reasons", """
+            SELECT stage, reason, sum(docs) AS documents FROM reject_reasons WHERE phase = ?
+            GROUP BY ALL ORDER BY documents DESC""")
+        notes = self.query("notes", "SELECT stage, note, sum(docs) AS documents FROM notes WHERE phase = ? "
+                                    "GROUP BY ALL ORDER BY documents DESC")
+        totals: dict[str, list[int]] = {}
+        for stage, _, _, kept, rejected, _, _ in stages.rows:
+            totals.setdefault(stage, [0, 0])
+            totals[stage][0] += kept
+            totals[stage][1] += rejected
+
+        def draw_stages(ax: plt.Axes) -> None:
+            names = list(totals)
+            ax.bar(names, [totals[s][0] for s in names], color="#2e86c1", label="kept")
+            ax.bar(names, [totals[s][1] for s in names], bottom=[totals[s][0] for s in names], color="#c0392b",
+                   label="rejected")
+            ax.set_ylabel("documents")
+            ax.legend(fontsize=8)
+
+        def draw_reasons(ax: plt.Axes) -> None:
+            top = reasons.rows[:20][::-1]
+            ax.barh([f"{r[1]}" for r in top], [r[2] for r in top], color="#c0392b")
+            ax.set_xlabel("documents rejected")
+            ax.tick_params(axis="y", labelsize=7)
+
+        first = self.figure("kept_vs_rejected", draw_stages, (8, 3.5))
+        second = self.figure("reject_reasons", draw_reasons, (9, max(3, len(reasons.rows[:20]) * 0.3)))
+        self.sections.append(Section("curation", "Kept and rejected, per stage and reason",
+                                     "Documents and tokens per stage and source (read = kept + rejected), the "
+                                     "reasons documents were dropped, and the notes on documents that were kept.",
+                                     [stages, reasons, notes],
+                                     [(first, "documents kept vs rejected per stage"),
+                                      (second, "rejected documents by reason (top 20)")]))
+
+    def lengths(self) -> None:
+        docs = [r[0] for r in self.con.execute("SELECT n_tokens FROM pool").fetchall()]
+        shard_glob = str(self.out.resolve() / self.phase_id / "shards" / "*.parquet")
+        chunks = [r[0] for r in self.con.execute("SELECT len(input_ids) FROM read_parquet(?)", [shard_glob])
+                  .fetchall()]
+        summary = Table("lengths", ["what", "count", "min", "median", "mean", "max"], [
+            (label, len(values), min(values), sorted(values)[len(values) // 2], round(sum(values) / len(values), 1),
+             max(values))
+            for label, values in (("pool documents (tokens)", docs), ("phase chunks (tokens)", chunks)) if values
+        ])
+
+        def draw(ax: plt.Axes) -> None:
+            ax.hist(docs, bins=40, alpha=0.6, label="pool documents", color="#8e44ad")
+            ax.hist(chunks, bins=40, alpha=0.6, label="phase chunks", color="#f39c12")
+            ax.set_xlabel("tokens")
+            ax.set_ylabel("count")
+            ax.legend(fontsize=8)
+
+        name = self.figure("lengths", draw, (8, 3.5))
+        self.sections.append(Section("lengths", "Length distributions", tables=[summary],
+                                     figures=[(name, "document and chunk lengths in tokens")]))
+
+    def shards(self) -> None:
+        table = self.query("shards", "SELECT path, rows, tokens, bytes, sha256 FROM shards WHERE phase = ? "
+                                     "ORDER BY path")
+        self.sections.append(Section("shards", "Shards", tables=[table]))
+
+    def write(self, config: dict) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for name, data in self.images.items():
+            write_bytes(self.folder / name, data)
+        parts = [f"<h1>Data card: {html.escape(config['phase']['id'])} — {html.escape(config['phase']['name'])}</h1>",
+                 "<nav>" + " · ".join(f'<a href="#{s.id}">{html.escape(s.title)}</a>' for s in self.sections)
+                 + "</nav>"]
+        for section in self.sections:
+            parts.append(f'<section id="{section.id}"><h2>{html.escape(section.title)}</h2>')
+            if section.text:
+                parts.append(f"<p>{html.escape(section.text)}</p>")
+            for name, caption in section.figures:
+                data = base64.b64encode(self.images[name]).decode()
+                parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+                             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+            for table in section.tables:
+                write_text(self.folder / f"{table.name}.csv", table.csv())
+                parts.append(table.html())
+            parts.append("</section>")
+        page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{self.phase_id} data card'
+                f"</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
+        write_text(self.folder / "index.html", page)
+        self.con.close()
+        return self.folder / "index.html"
+
+
+def build_report(out: Path, phase_id: str) -> Path:
+    return Report(out, phase_id).build()
