@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from datatrove.utils.word_tokenizers import WordTokenizer
 
 from bench.data import sample_texts
 from manifests.schemas import CURATED
@@ -114,6 +115,27 @@ def ours(root: Path, config: MinhashConfig) -> tuple[float, set[str]]:
     return seconds, {row["id"] for row in clusters if not row["kept"]}
 
 
+class SpaceTokenizer(WordTokenizer):
+    """Words split on spaces for datatrove's steps: its own fallback tokenizer needs spaCy (not installed) and
+    its English one NLTK's punkt data (a download)."""
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return text.split()
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return text.splitlines()
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        return [(0, len(text))]
+
+
+def quiet_datatrove() -> None:
+    from datatrove.utils.logging import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+
+
 def datatrove(root: Path) -> tuple[float, set[str]]:
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup import (
@@ -126,23 +148,8 @@ def datatrove(root: Path) -> tuple[float, set[str]]:
     from datatrove.pipeline.readers import ParquetReader
     from datatrove.pipeline.writers import JsonlWriter
     from datatrove.utils.hashing import HashConfig
-    from datatrove.utils.logging import logger
-    from datatrove.utils.word_tokenizers import WordTokenizer
 
-    class SpaceTokenizer(WordTokenizer):
-        """The bench text is space-separated; datatrove's own fallback needs spaCy, which is not installed."""
-
-        def word_tokenize(self, text: str) -> list[str]:
-            return text.split()
-
-        def sent_tokenize(self, text: str) -> list[str]:
-            return text.splitlines()
-
-        def span_tokenize(self, text: str) -> list[tuple[int, int]]:
-            return [(0, len(text))]
-
-    logger.remove()
-    logger.add(sys.stderr, level="WARNING")
+    quiet_datatrove()
     work = root / "datatrove"
     config = DatatroveConfig(hash_config=HashConfig(precision=64))
 

@@ -1,0 +1,243 @@
+"""End to end against datatrove, tokenization against the raw libraries, mixing against a disk copy, scale-out
+on Ray with 1 and 2 workers, and peak memory per stage for two input sizes.
+
+The input is generated at run time (fixed seed) as FineWeb2 Parquet in its upstream layout: web-page-like
+documents of UDHR paragraphs from the bundled samples, in 16 languages and ten scripts.
+"""
+
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bench.data import documents
+from pipeline.config import load_lid, load_tokenizers
+from stages.tokenize import Gemma2Tokenizer, Tokenize
+from tests.conftest import ROOT
+
+
+def generate_input(root: Path, megabytes: float, files: int = 16, seed: int = 0) -> dict:
+    """FineWeb2-layout Parquet of about `megabytes` of text, and a sources YAML pointing at it."""
+    per_doc = 3_300  # bytes, about what bench.data.documents makes
+    docs = documents(int(megabytes * 1e6 / per_doc), seed)
+    by_lang: dict[str, list] = {}
+    for doc in docs:
+        by_lang.setdefault(doc.metadata["lang"], []).append(doc)
+    per_lang_files = max(1, files // len(by_lang))
+    size = 0
+    for lang, lang_docs in sorted(by_lang.items()):
+        language, script = lang.split("_")
+        for part in range(per_lang_files):
+            chunk = lang_docs[part::per_lang_files]
+            path = root / "fineweb2" / "data" / lang / "train" / f"000_{part:05d}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.table({
+                "text": [d.text for d in chunk], "id": [f"<urn:bench:{d.id}>" for d in chunk],
+                "language": [language] * len(chunk), "language_script": [script] * len(chunk),
+                "language_score": [0.99] * len(chunk),
+            }), path)
+            size += sum(len(d.text.encode()) for d in chunk)
+    (root / "sources.yaml").write_text(f"sources:\n  fineweb2:\n    path: {root / 'fineweb2'}\n"
+                                       "shard_tokens: 1048576\n")
+    return {"docs": len(docs), "megabytes": size / 1e6}
+
+
+def build(root: Path, out: Path, workers: int) -> dict:
+    """A phase-1 build in its own process and embedded Ray; its per-stage timings from the manifest."""
+    subprocess.run([sys.executable, "-m", "pipeline.cli", "build", "--phase", "1", "--workers", str(workers),
+                    "--sources", str(root / "sources.yaml"), "--out", str(out)], cwd=ROOT, check=True,
+                   capture_output=True)
+    run = pq.read_table(out / "phase1" / "manifest" / "run.parquet").to_pylist()[0]
+    return json.loads(run["config"])["timings"]
+
+
+def curation_seconds(timings: dict) -> float:
+    return timings["curate"] + timings["dedup"] + timings["pool"]
+
+
+def datatrove_end_to_end(root: Path, work: Path) -> float:
+    """datatrove's stock steps doing the same work on one core: read, LID, Gopher and FineWeb quality,
+    MinHash dedup, Gemma 2 tokenization (its tokenizer.json)."""
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup import (
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
+    from datatrove.pipeline.dedup.minhash import MinhashConfig
+    from datatrove.pipeline.filters import (
+        FineWebQualityFilter,
+        GopherQualityFilter,
+        GopherRepetitionFilter,
+        LanguageFilter,
+    )
+    from datatrove.pipeline.readers import ParquetReader
+    from datatrove.pipeline.tokens import DocumentTokenizer
+    from datatrove.pipeline.writers import ParquetWriter
+    from datatrove.utils.hashing import HashConfig
+    from datatrove.utils.lid import FT176LID
+
+    from bench.dedup import SpaceTokenizer, quiet_datatrove
+
+    quiet_datatrove()
+    model_path = str(load_lid().model.check())
+
+    class LocalFT176(FT176LID):
+        """fastText lid.176 from the local file `make setup` fetched (datatrove would download it)."""
+
+        @property
+        def model(self):  # noqa: ANN202
+            if self._model is None:
+                from fasttext.FastText import _FastText
+
+                self._model = _FastText(model_path)
+            return self._model
+
+    def language_filter() -> LanguageFilter:
+        step = LanguageFilter(languages=None, language_threshold=0.5)
+        step.model = LocalFT176()
+        return step
+
+    words = SpaceTokenizer()
+    config = MinhashConfig(hash_config=HashConfig(precision=64))
+    data = str(root / "fineweb2" / "data")
+    files = len(list((root / "fineweb2" / "data").glob("*/train/*.parquet")))
+
+    def run(pipeline: list, tasks: int, name: str) -> None:
+        LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=1, logging_dir=str(work / "logs" / name)).run()
+
+    start = time.perf_counter()
+    run([ParquetReader(data, glob_pattern="*/train/*.parquet"), language_filter(),
+         GopherRepetitionFilter(language=words), FineWebQualityFilter(language=words),
+         GopherQualityFilter(language=words), ParquetWriter(str(work / "filtered"))], files, "filter")
+    filtered = str(work / "filtered")
+    run([ParquetReader(filtered), MinhashDedupSignature(str(work / "sig"), config=config, language=words)], files,
+        "sig")
+    run([MinhashDedupBuckets(str(work / "sig"), str(work / "buckets"), config=config)], config.num_buckets, "buckets")
+    run([MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=config)], 1, "cluster")
+    run([ParquetReader(filtered), MinhashDedupFilter(str(work / "remove")),
+         DocumentTokenizer(str(work / "tokens"), tokenizer_name_or_path=load_tokenizers()["gemma2_json"].check()
+                           .as_posix())], files, "tokenize")
+    return time.perf_counter() - start
+
+
+def bench_tokenization(n: int = 6_000) -> dict:
+    """Our Tokenize stage against the faster of raw SentencePiece and raw `tokenizers` on the same texts."""
+    import sentencepiece
+    from tokenizers import Tokenizer
+
+    specs = load_tokenizers()
+    docs = documents(n, seed=2)
+    texts = [d.text for d in docs]
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(specs["gemma2"].check()))
+    hf = Tokenizer.from_file(str(specs["gemma2_json"].check()))
+    timings = {}
+    start = time.perf_counter()
+    tokens = sum(map(len, sp.encode(texts)))
+    timings["sentencepiece"] = time.perf_counter() - start
+    start = time.perf_counter()
+    hf.encode_batch(texts, add_special_tokens=False)
+    timings["tokenizers"] = time.perf_counter() - start
+    stage = Tokenize(Gemma2Tokenizer(specs["gemma2"]))
+    start = time.perf_counter()
+    for _ in stage.run(docs):
+        pass
+    ours = time.perf_counter() - start
+    fastest = min(timings, key=timings.get)
+    return dict(name="tokenize_tokens_per_s", value=tokens / ours, baseline=tokens / timings[fastest],
+                ratio=timings[fastest] / ours,
+                baseline_name=f"raw {fastest} (sentencepiece {tokens / timings['sentencepiece']:,.0f}, "
+                              f"tokenizers encode_batch {tokens / timings['tokenizers']:,.0f} tokens/s)")
+
+
+def bench_mixing(out: Path, timings: dict) -> dict:
+    """Tokens written per second by mixing + sharding, against copying the same bytes with a plain copy."""
+    shards = sorted((out / "phase1" / "shards").glob("*.parquet"))
+    tokens = sum(row["tokens"] for row in pq.read_table(out / "phase1" / "manifest" / "shards.parquet").to_pylist())
+    copy_target = out / "copy"
+    copy_target.mkdir()
+    start = time.perf_counter()
+    for path in out.glob("pool/*/*/*.parquet"):
+        shutil.copyfile(path, copy_target / f"{path.parent.parent.name}-{path.parent.name}-{path.name}")
+    copied = time.perf_counter() - start
+    pool_bytes = sum(p.stat().st_size for p in copy_target.iterdir())
+    shard_bytes = sum(p.stat().st_size for p in shards)
+    mix_rate = shard_bytes / timings["mix"]
+    copy_rate = pool_bytes / copied
+    return dict(name="mix_shard_tokens_per_s", value=tokens / timings["mix"], baseline=copy_rate / 1e6,
+                ratio=mix_rate / copy_rate, baseline_name=f"plain copy MB/s; mixing wrote {mix_rate / 1e6:.1f} MB/s "
+                                                          f"of shards (ratio = shard MB/s over copy MB/s)")
+
+
+def peak_memory(stage: str, root: Path, out: Path) -> int:
+    """Peak RSS (KiB) of one stage's task on one input file, in a fresh process."""
+    code = f"from bench.pipeline import run_stage; run_stage({stage!r}, {str(root)!r}, {str(out)!r})"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True)
+    return int(result.stdout.strip().splitlines()[-1])
+
+
+def run_stage(stage: str, root: str, out: str) -> None:
+    """One task of a stage, in-process, on the largest input; prints the process's peak RSS in KiB."""
+    from pipeline.build import curate_file, pool_file
+    from pipeline.config import load_sources
+    from pipeline.dedup import signature_file
+    from pipeline.mixing import mix_file
+    from stages.dedup import MinhashConfig
+
+    out_path = Path(out)
+    source = load_sources(Path(root) / "sources.yaml").sources["fineweb2"]
+    relative = "data/deu_Latn/train/000_00000.parquet"
+    target = Path(out) / "memory"
+    if stage == "curate":
+        from pipeline.config import LID_FILE, QUALITY_FILE
+
+        curate_file(target, source, load_tokenizers(), relative, "part-00000", LID_FILE, QUALITY_FILE)
+    elif stage == "dedup":
+        curated = next((out_path / "curated" / "fineweb2").glob("*.parquet"))
+        signature_file(str(curated), str(target / "sig.parquet"), 0, "fineweb2", curated.stem, MinhashConfig())
+    elif stage == "tokenize":
+        curated = next((out_path / "curated" / "fineweb2").glob("*.parquet"))
+        shutil.copytree(out_path / "curated", target / "curated", dirs_exist_ok=True)
+        pool_file(target, "fineweb2", curated.stem, load_tokenizers()["gemma2"], None)
+    elif stage == "mix":
+        pool = max(out_path.glob("pool/*/*/*.parquet"), key=lambda p: p.stat().st_size)
+        lang = pool.parent.name
+        mix_file(target, "phase1", str(pool), {("fineweb2", lang): (2, None, 0.0)}, 0, 1024, 64, 4, 2, 1,
+                 f"fineweb2__{lang}__{pool.stem}")
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def bench_pipeline(work: Path, megabytes: float = 40) -> list[dict]:
+    small, large = work / "small", work / "large"
+    generated = generate_input(large, megabytes)
+    generate_input(small, megabytes / 4, seed=1)
+    one = build(large, large / "out1", 1)
+    two = build(large, large / "out2", 2)
+    build(small, small / "out", 1)
+    docs, mb = generated["docs"], generated["megabytes"]
+    theirs = datatrove_end_to_end(large, work / "datatrove")
+    ours = curation_seconds(one)
+    results = [
+        dict(name="e2e_docs_per_s_per_core", value=docs / ours, baseline=docs / theirs, ratio=theirs / ours,
+             baseline_name=f"datatrove stock pipeline on the same {mb:.0f} MB ({docs:,} docs), 1 core"),
+        dict(name="e2e_mb_per_s_per_core", value=mb / ours, baseline=mb / theirs, ratio=theirs / ours,
+             baseline_name="read -> LID -> quality -> dedup -> tokenize -> pool"),
+        dict(name="scale_out_2_workers", value=curation_seconds(one) / curation_seconds(two), baseline=1.0,
+             baseline_name=f"curation {curation_seconds(one):.1f} s on 1 worker, {curation_seconds(two):.1f} s on 2"),
+        bench_tokenization(),
+        bench_mixing(large / "out1", one),
+    ]
+    for stage in ("curate", "dedup", "tokenize", "mix"):
+        rss = {name: peak_memory(stage, root, root / ("out1" if name == "large" else "out"))
+               for name, root in (("small", small), ("large", large))}
+        results.append(dict(name=f"peak_rss_mb_{stage}", value=rss["large"] / 1024, baseline=rss["small"] / 1024,
+                            ratio=rss["large"] / rss["small"],
+                            baseline_name="same task on an input file 4x smaller (ratio ~1: memory does not grow)"))
+    return results
