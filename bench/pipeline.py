@@ -224,6 +224,8 @@ def bench_pipeline(work: Path, megabytes: float = 40) -> list[dict]:
     docs, mb = generated["docs"], generated["megabytes"]
     theirs = datatrove_end_to_end(large, work / "datatrove")
     ours = curation_seconds(one)
+    stages = pq.read_table(large / "out1" / "phase1" / "manifest" / "stages.parquet").to_pylist()
+    pool_tokens = sum(row["tokens"] for row in stages if row["stage"] == "tokenize")
     results = [
         dict(name="e2e_docs_per_s_per_core", value=docs / ours, baseline=docs / theirs, ratio=theirs / ours,
              baseline_name=f"datatrove stock pipeline on the same {mb:.0f} MB ({docs:,} docs), 1 core"),
@@ -231,6 +233,8 @@ def bench_pipeline(work: Path, megabytes: float = 40) -> list[dict]:
              baseline_name="read -> LID -> quality -> dedup -> tokenize -> pool"),
         dict(name="scale_out_2_workers", value=curation_seconds(one) / curation_seconds(two), baseline=1.0,
              baseline_name=f"curation {curation_seconds(one):.1f} s on 1 worker, {curation_seconds(two):.1f} s on 2"),
+        dict(name="pool_tokens_per_input_mb", value=pool_tokens / mb,
+             notes="Gemma 2 tokens the pool keeps per MB of upstream text (for `plan --cost`)"),
         bench_tokenization(),
         bench_mixing(large / "out1", one),
     ]

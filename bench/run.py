@@ -2,11 +2,13 @@
 
 import json
 import platform
+import tempfile
 import time
 from pathlib import Path
 
 from bench.curation import bench_lid, bench_stages
 from bench.dedup import bench_dedup
+from bench.pipeline import bench_pipeline
 
 RESULTS = Path(__file__).with_name("results.json")
 
@@ -19,7 +21,8 @@ def number(value: float | None) -> str:
 
 def main() -> None:
     started = time.time()
-    results = [bench_lid(), *bench_stages(), *bench_dedup()]
+    with tempfile.TemporaryDirectory() as work:
+        results = [bench_lid(), *bench_stages(), *bench_dedup(), *bench_pipeline(Path(work))]
     print(f"{'benchmark':<34} {'value':>12} {'baseline':>12} {'ratio':>7}  notes")
     for r in results:
         ratio = f"{r['ratio']:.2f}" if "ratio" in r else ""

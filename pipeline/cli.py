@@ -74,6 +74,10 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("--budget", type=float, help="token budget (overrides --scale)")
     plan.add_argument("--out", type=Path, default=Path("out"))
     plan.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    plan.add_argument("--cost", action="store_true", help="also estimate the full recipe's core-hours and wall time "
+                                                          "from the rates `make bench` measured")
+    plan.add_argument("--cost-workers", type=positive_int, default=64, help="Ray workers for the wall-time estimate")
+    plan.add_argument("--rates", type=Path, help="benchmark results (default: bench/results.json)")
 
     export = commands.add_parser("export-mds", help="write a built phase's shards as MosaicML MDS (zstd)")
     add_phase_arguments(export)
@@ -242,6 +246,11 @@ def run_plan(args: argparse.Namespace) -> int:
           f"({'with' if 'code' in languages else 'without'} code), target {sum(r.target_tokens for r in rows):,} "
           f"tokens, {sum(r.capped for r in rows)} capped at {phase.max_epochs:g} epochs, tau {phase.temperature}")
     print("most repeated: " + ", ".join(f"{r.lang} {r.epochs:.2f}x" for r in repeated))
+    if args.cost:
+        from pipeline.cost import RESULTS, describe, full_recipe, measured_rates
+
+        print("\n" + describe(full_recipe(measured_rates(args.rates or RESULTS), args.cost_workers,
+                                          phases=args.phases)))
     return 0
 
 
