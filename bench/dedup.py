@@ -6,12 +6,13 @@ distinct documents sharing a boilerplate header and footer. Both pipelines read 
 """
 
 import collections
+import contextlib
 import json
 import random
 import shutil
-import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -129,11 +130,11 @@ class SpaceTokenizer(WordTokenizer):
         return [(0, len(text))]
 
 
-def quiet_datatrove() -> None:
-    from datatrove.utils.logging import logger
-
-    logger.remove()
-    logger.add(sys.stderr, level="WARNING")
+@contextlib.contextmanager
+def quiet_datatrove(log: Path) -> Iterator[None]:
+    """datatrove's executors log every task to stderr (loguru sinks they add themselves): send that to a file."""
+    with open(log, "a") as sink, contextlib.redirect_stderr(sink):
+        yield
 
 
 def datatrove(root: Path) -> tuple[float, set[str]]:
@@ -149,15 +150,17 @@ def datatrove(root: Path) -> tuple[float, set[str]]:
     from datatrove.pipeline.writers import JsonlWriter
     from datatrove.utils.hashing import HashConfig
 
-    quiet_datatrove()
     work = root / "datatrove"
+    work.mkdir(parents=True, exist_ok=True)
     config = DatatroveConfig(hash_config=HashConfig(precision=64))
 
     def reader() -> ParquetReader:
         return ParquetReader(str(root / "fineweb2"), glob_pattern="*.parquet", text_key="text", id_key="id")
 
     def run(pipeline: list, tasks: int, name: str) -> None:
-        LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=1, logging_dir=str(work / "logs" / name)).run()
+        with quiet_datatrove(work / "datatrove.log"):
+            LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=1,
+                                  logging_dir=str(work / "logs" / name)).run()
 
     start = time.perf_counter()
     run([reader(), MinhashDedupSignature(output_folder=str(work / "sig"), config=config, language=SpaceTokenizer())],

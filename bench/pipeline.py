@@ -6,7 +6,6 @@ documents of UDHR paragraphs from the bundled samples, in 16 languages and ten s
 """
 
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.data import documents
-from pipeline.config import load_lid, load_tokenizers
+from pipeline.config import load_lid, load_quality, load_tokenizers
 from stages.tokenize import Gemma2Tokenizer, Tokenize
 from tests.conftest import ROOT
 
@@ -86,7 +85,7 @@ def datatrove_end_to_end(root: Path, work: Path) -> float:
 
     from bench.dedup import SpaceTokenizer, quiet_datatrove
 
-    quiet_datatrove()
+    work.mkdir(parents=True, exist_ok=True)
     model_path = str(load_lid().model.check())
 
     class LocalFT176(FT176LID):
@@ -107,16 +106,37 @@ def datatrove_end_to_end(root: Path, work: Path) -> float:
 
     words = SpaceTokenizer()
     config = MinhashConfig(hash_config=HashConfig(precision=64))
-    data = str(root / "fineweb2" / "data")
+    quality = load_quality()
+    folders = sorted((root / "fineweb2" / "data").glob("*/train"))
     files = len(list((root / "fineweb2" / "data").glob("*/train/*.parquet")))
 
+    def filters(lang: str) -> list:
+        """FineWeb2's per-language configuration of datatrove's filters, as its own pipeline sets them."""
+        row = quality.thresholds(lang)
+        return [
+            language_filter(),
+            GopherRepetitionFilter(dup_para_frac=0, dup_line_char_frac=0, dup_para_char_frac=0,
+                                   dup_line_frac=row["dup_line_frac"], top_n_grams=row["top_n_grams"],
+                                   dup_n_grams=row["dup_n_grams"], language=words),
+            FineWebQualityFilter(short_line_thr=999, char_duplicates_ratio=0.1, line_punct_thr=row["line_punct_thr"],
+                                 new_line_ratio=row["new_line_ratio"], language=words),
+            GopherQualityFilter(min_avg_word_length=row["min_avg_word_length"],
+                                max_avg_word_length=row["max_avg_word_length"], stop_words=row["stopwords"],
+                                max_non_alpha_words_ratio=row["max_non_alpha_words_ratio"], min_stop_words=2,
+                                language=words),
+        ]
+
     def run(pipeline: list, tasks: int, name: str) -> None:
-        LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=1, logging_dir=str(work / "logs" / name)).run()
+        with quiet_datatrove(work / "datatrove.log"):
+            LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=1,
+                                  logging_dir=str(work / "logs" / name)).run()
 
     start = time.perf_counter()
-    run([ParquetReader(data, glob_pattern="*/train/*.parquet"), language_filter(),
-         GopherRepetitionFilter(language=words), FineWebQualityFilter(language=words),
-         GopherQualityFilter(language=words), ParquetWriter(str(work / "filtered"))], files, "filter")
+    for folder in folders:
+        lang = folder.parent.name
+        run([ParquetReader(str(folder)), *filters(lang),
+             ParquetWriter(str(work / "filtered"), output_filename=f"{lang}-${{rank}}.parquet")],
+            len(list(folder.glob("*.parquet"))), f"filter-{lang}")
     filtered = str(work / "filtered")
     run([ParquetReader(filtered), MinhashDedupSignature(str(work / "sig"), config=config, language=words)], files,
         "sig")
@@ -129,7 +149,10 @@ def datatrove_end_to_end(root: Path, work: Path) -> float:
 
 
 def bench_tokenization(n: int = 6_000) -> dict:
-    """Our Tokenize stage against the faster of raw SentencePiece and raw `tokenizers` on the same texts."""
+    """Our Tokenize stage against the faster of raw SentencePiece `encode` and raw `tokenizers` `encode_batch`
+    on the same texts and the same cores (all of them; the pipeline itself runs one thread per Ray task)."""
+    import os
+
     import sentencepiece
     from tokenizers import Tokenizer
 
@@ -139,13 +162,14 @@ def bench_tokenization(n: int = 6_000) -> dict:
     sp = sentencepiece.SentencePieceProcessor(model_file=str(specs["gemma2"].check()))
     hf = Tokenizer.from_file(str(specs["gemma2_json"].check()))
     timings = {}
+    cores = os.cpu_count() or 1
     start = time.perf_counter()
-    tokens = sum(map(len, sp.encode(texts)))
+    tokens = sum(map(len, sp.encode(texts, num_threads=cores)))
     timings["sentencepiece"] = time.perf_counter() - start
     start = time.perf_counter()
     hf.encode_batch(texts, add_special_tokens=False)
     timings["tokenizers"] = time.perf_counter() - start
-    stage = Tokenize(Gemma2Tokenizer(specs["gemma2"]))
+    stage = Tokenize(Gemma2Tokenizer(specs["gemma2"], threads=cores))
     start = time.perf_counter()
     for _ in stage.run(docs):
         pass
@@ -153,7 +177,8 @@ def bench_tokenization(n: int = 6_000) -> dict:
     fastest = min(timings, key=timings.get)
     return dict(name="tokenize_tokens_per_s", value=tokens / ours, baseline=tokens / timings[fastest],
                 ratio=timings[fastest] / ours,
-                baseline_name=f"raw {fastest} (sentencepiece {tokens / timings['sentencepiece']:,.0f}, "
+                baseline_name=f"raw {fastest} on {cores} cores "
+                              f"(sentencepiece {tokens / timings['sentencepiece']:,.0f}, "
                               f"tokenizers encode_batch {tokens / timings['tokenizers']:,.0f} tokens/s)")
 
 
@@ -183,8 +208,13 @@ def peak_memory(stage: str, root: Path, out: Path) -> int:
     return int(result.stdout.strip().splitlines()[-1])
 
 
+def peak_rss_kib() -> int:
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1])
+
+
 def run_stage(stage: str, root: str, out: str) -> None:
-    """One task of a stage, in-process, on the largest input; prints the process's peak RSS in KiB."""
+    """One task of a stage, in-process, on one input file; prints the peak RSS (KiB) while it ran. The peak is
+    reset first: Linux carries a parent's peak into a child across fork and exec."""
     from pipeline.build import curate_file, pool_file
     from pipeline.config import load_sources
     from pipeline.dedup import signature_file
@@ -195,6 +225,7 @@ def run_stage(stage: str, root: str, out: str) -> None:
     source = load_sources(Path(root) / "sources.yaml").sources["fineweb2"]
     relative = "data/deu_Latn/train/000_00000.parquet"
     target = Path(out) / "memory"
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
     if stage == "curate":
         from pipeline.config import LID_FILE, QUALITY_FILE
 
@@ -211,10 +242,10 @@ def run_stage(stage: str, root: str, out: str) -> None:
         lang = pool.parent.name
         mix_file(target, "phase1", str(pool), {("fineweb2", lang): (2, None, 0.0)}, 0, 1024, 64, 4, 2, 1,
                  f"fineweb2__{lang}__{pool.stem}")
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    print(peak_rss_kib())
 
 
-def bench_pipeline(work: Path, megabytes: float = 40) -> list[dict]:
+def bench_pipeline(work: Path, megabytes: float = 100) -> list[dict]:
     small, large = work / "small", work / "large"
     generated = generate_input(large, megabytes)
     generate_input(small, megabytes / 4, seed=1)

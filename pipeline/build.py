@@ -44,7 +44,7 @@ from stages.dedup import DedupFilter, MinhashConfig
 from stages.lid import LanguageId
 from stages.quality import QualityFilter
 from stages.sources import READERS, SourceReader
-from stages.tokenize import Gemma2Tokenizer, Tokenize
+from stages.tokenize import Gemma2Tokenizer, Tokenize, load_gemma2
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def _curated_docs(path: Path) -> Iterator[Document]:
 
 def pool_file(out: Path, source: str, part: str, tokenizer: AssetSpec, dedup: MinhashConfig | None) -> dict:
     removed = removed_rows(out, dedup, source, part) if dedup else {}
-    stages: list[Stage] = [DedupFilter(removed), Tokenize(Gemma2Tokenizer(tokenizer))]
+    stages: list[Stage] = [DedupFilter(removed), Tokenize(load_gemma2(tokenizer))]
     docs = _curated_docs(out / "curated" / source / f"{part}.parquet")
     for stage in stages:
         docs = stage.run(docs)
@@ -147,8 +147,8 @@ def build(settings: BuildSettings) -> dict:
     lid, _ = curation_configs(settings.lid_config, settings.quality_config)
     lid.model.check()
     load_dedup(settings.dedup_config)
-    inputs = {name: make_reader(source, settings.tokenizers).list_files()
-              for name, source in settings.sources.sources.items()}
+    readers = {name: make_reader(source, settings.tokenizers) for name, source in settings.sources.sources.items()}
+    inputs = {name: reader.list_files() for name, reader in readers.items()}
     for name, files in inputs.items():
         log.info("%s: %d input file(s) under %s", name, len(files), settings.sources.sources[name].path)
     timings = {}
@@ -158,7 +158,8 @@ def build(settings: BuildSettings) -> dict:
                  dict(out=out, source=settings.sources.sources[name], tokenizers=settings.tokenizers,
                       relative=relative, part=f"part-{i:05d}", lid_config=settings.lid_config,
                       quality_config=settings.quality_config),
-                 on_failure=partial(quarantine_input, out, name, relative, f"part-{i:05d}"))
+                 on_failure=partial(quarantine_input, out, name, relative, f"part-{i:05d}"),
+                 size=readers[name].size(relative))
             for name, files in inputs.items() for i, relative in enumerate(files)
         ]
         t0 = time.time()
@@ -178,7 +179,8 @@ def build(settings: BuildSettings) -> dict:
         runner.run("pool", [
             Task(task.key, pool_file, dict(out=out, source=task.kwargs["source"].name, part=task.kwargs["part"],
                                            tokenizer=settings.tokenizers["gemma2"],
-                                           dedup=dedup if kinds else None))
+                                           dedup=dedup if kinds else None),
+                 size=(out / "curated" / task.kwargs["source"].name / f"{task.kwargs['part']}.parquet").stat().st_size)
             for task in curate_tasks
         ])
         timings["pool"] = time.time() - t0

@@ -100,7 +100,8 @@ def run_dedup(runner: Runner, out: Path, parts: list[tuple[str, str]], config: M
         Task(f"{source}__{part}", signature_file,
              dict(curated=str(out / "curated" / source / f"{part}.parquet"),
                   target=str(base / "signatures" / source / f"{part}.parquet"), file_no=file_no, source=source,
-                  part=part, config=config))
+                  part=part, config=config),
+             size=(out / "curated" / source / f"{part}.parquet").stat().st_size)
         for file_no, (source, part) in enumerate(ordered)
     ])
     signatures = str(base / "signatures" / "*" / "*.parquet")

@@ -169,7 +169,8 @@ def mix_phase(runner: Runner, out: Path, phase: PhaseConfig, seed: int, budget: 
     runner.run(f"{phase.id}-mix", [
         Task(key, mix_file, dict(out=out, phase_id=phase.id, pool_path=path, plan=selection, seed=seed,
                                  seq_len=phase.seq_len, min_chunk=phase.min_chunk_tokens, n_shards=n_shards,
-                                 bos=bos, eos=eos, key=key))
+                                 bos=bos, eos=eos, key=key),
+             size=Path(path).stat().st_size)
         for path in sorted(by_file)
         for key in ["__".join(Path(path).parts[-3:]).removesuffix(".parquet")]
     ])

@@ -32,6 +32,7 @@ class Task:
     # Called with the error once the retries are spent: records the input as quarantined and returns the
     # task's summary, so the stage goes on. Without it, a failing task fails the stage.
     on_failure: Callable[[str], dict] | None = None
+    size: int = 0  # bytes of input: the biggest tasks start first, so none is left running alone at the end
 
 
 def _run_task(fn: Callable[..., dict], kwargs: dict, marker: str) -> dict:
@@ -91,6 +92,7 @@ class Runner:
         log.info("%s: %d tasks, %d already done, %d to run", stage, len(tasks), len(summaries), len(todo))
         if not todo:
             return summaries
+        todo.sort(key=lambda task: -task.size)
         remote = ray.remote(_run_task).options(num_cpus=1, max_retries=self.retries, retry_exceptions=True)
         pending = {remote.remote(t.fn, t.kwargs, str(self.marker(stage, t.key))): t for t in todo}
         failures = []

@@ -5,7 +5,7 @@ downloaded at run time: `mmcorpus fetch-assets` puts the files in the cache once
 """
 
 from collections.abc import Iterable, Iterator
-from functools import cached_property
+from functools import cache, cached_property
 
 from manifests.writer import sha256_file
 from stages.assets import AssetSpec
@@ -21,8 +21,9 @@ LLAMA3_SPECIAL_START = 128000  # 256 special tokens follow the 128,000 BPE ranks
 class Gemma2Tokenizer:
     """Gemma 2 ids without bos/eos (chunking adds them): SentencePiece for a `.model`, else `tokenizers`."""
 
-    def __init__(self, spec: AssetSpec) -> None:
+    def __init__(self, spec: AssetSpec, threads: int = 1) -> None:
         self.spec = spec
+        self.threads = threads  # 1 in the pipeline: one Ray task, one core
         local = spec.check()
         if local is not None and local.suffix != ".json":
             import sentencepiece
@@ -42,13 +43,19 @@ class Gemma2Tokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         if hasattr(self, "sp"):
-            return self.sp.encode(texts)
+            return self.sp.encode(texts, num_threads=self.threads)
         return [enc.ids for enc in self.hf.encode_batch(texts, add_special_tokens=False)]
 
     @cached_property
     def sha256(self) -> str | None:
         local = self.spec.local
         return sha256_file(local) if local else None
+
+
+@cache
+def load_gemma2(spec: AssetSpec) -> Gemma2Tokenizer:
+    """One tokenizer per worker process: Ray reuses workers across tasks, and loading takes a tenth of a second."""
+    return Gemma2Tokenizer(spec)
 
 
 def llama3_encoding(spec: AssetSpec):  # noqa: ANN201 - tiktoken.Encoding, imported lazily

@@ -44,6 +44,9 @@ class SourceReader(Stage):
                     found.add(relative)
         return sorted(found)
 
+    def size(self, relative: str) -> int:
+        return int(self.fs.size(f"{self.fs_root}/{relative}") or 0)
+
     def accept(self, relative: str) -> bool:
         """Hook for readers that skip some files of the layout (with a log line saying so)."""
         return True
