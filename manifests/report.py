@@ -20,8 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from manifests.catalog import connect  # noqa: E402
 from manifests.writer import write_bytes, write_text  # noqa: E402
+from pipeline.config import PHASES_FILE, read_yaml  # noqa: E402
 
-TEMPERATURES = {"phase 1": 0.7, "phase 2": 0.5, "phase 3": 0.3}
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
@@ -155,14 +155,16 @@ class Report:
             SELECT lang, sum(available_tokens) AS available FROM mixture WHERE phase = ?
             GROUP BY lang HAVING available > 0 ORDER BY available DESC""")
         langs, counts = [r[0] for r in table.rows], [r[1] for r in table.rows]
+        phases = sorted(read_yaml(PHASES_FILE).items())
+        temperatures = {f"phase {n}": float(entry["temperature"]) for n, entry in phases}
         shares = {label: [n ** tau / sum(c ** tau for c in counts) for n in counts]
-                  for label, tau in TEMPERATURES.items()}
-        curves = Table("annealing", ["lang", "available", *[f"p at τ={t}" for t in TEMPERATURES.values()]],
-                       [(lang, n, *(shares[label][i] for label in TEMPERATURES)) for i, (lang, n)
+                  for label, tau in temperatures.items()}
+        curves = Table("annealing", ["lang", "available", *[f"p at τ={t}" for t in temperatures.values()]],
+                       [(lang, n, *(shares[label][i] for label in temperatures)) for i, (lang, n)
                         in enumerate(zip(langs, counts, strict=True))])
 
         def draw(ax: plt.Axes) -> None:
-            for label, tau in TEMPERATURES.items():
+            for label, tau in temperatures.items():
                 ax.plot(range(len(langs)), shares[label], marker="o", markersize=3, label=f"{label}: τ={tau}")
             ax.set_yscale("log")
             ax.set_xticks(range(len(langs)), langs, rotation=90, fontsize=7)
@@ -173,7 +175,7 @@ class Report:
         self.sections.append(Section("annealing", "Annealing: the three temperatures over these languages",
                                      "The share each language would get under each phase's temperature, from this "
                                      "phase's available tokens: lower τ flattens toward uniform.",
-                                     [curves], [(name, "language shares at τ = 0.7, 0.5, 0.3")]))
+                                     [curves], [(name, "language shares at each phase's τ")]))
 
     def sources(self) -> None:
         table = self.query("sources", """

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from datatrove.data import Document
 
-__all__ = ["Document", "Filter", "Records", "Reject", "Stage", "StageStats", "failed_file"]
+__all__ = ["BatchStage", "Document", "Filter", "Records", "Reject", "Stage", "StageStats", "failed_file"]
 
 
 @dataclass(slots=True)
@@ -132,6 +132,27 @@ class Stage(ABC):
 
     @abstractmethod
     def run(self, docs: Iterable[Document]) -> Iterator[Document]: ...
+
+
+class BatchStage(Stage):
+    """A stage that works on batches of documents (one model call per batch): implement `process(batch)`."""
+
+    batch_size: int = 256
+
+    def run(self, docs: Iterable[Document]) -> Iterator[Document]:
+        batch: list[Document] = []
+        for doc in docs:
+            self.count_read(doc)
+            batch.append(doc)
+            if len(batch) == self.batch_size:
+                yield from self.process(batch)
+                batch = []
+        if batch:
+            yield from self.process(batch)
+
+    @abstractmethod
+    def process(self, batch: list[Document]) -> Iterator[Document]:
+        """Keep or reject each document of the batch (already counted as read)."""
 
 
 class Filter(Stage):

@@ -13,12 +13,12 @@ Model labels are normalized to FineWeb2's form: `__label__deu_Latn` stays; ISO 6
 language is written in several (`other_scripts` there: Serbian in Latin letters is `srp_Latn`).
 """
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
 
 from stages.assets import AssetSpec
-from stages.base import Document, Stage
+from stages.base import BatchStage, Document
 from stages.languages import base_language, other_scripts, short_code_labels, valid_label
 from stages.text import dominant_script
 
@@ -81,26 +81,15 @@ class FastTextLid:
                 for label, score, text in zip(labels, scores, cleaned, strict=True)]
 
 
-class LanguageId(Stage):
+class LanguageId(BatchStage):
     name = "lid"
 
-    def __init__(self, config: LidConfig, batch_size: int = 256) -> None:
+    def __init__(self, config: LidConfig) -> None:
         super().__init__()
         self.config = config
         self.model = FastTextLid(config.model, config.max_chars)
-        self.batch_size = batch_size
 
-    def run(self, docs: Iterable[Document]) -> Iterator[Document]:
-        batch: list[Document] = []
-        for doc in docs:
-            self.count_read(doc)
-            batch.append(doc)
-            if len(batch) == self.batch_size:
-                yield from self._label(batch)
-                batch = []
-        yield from self._label(batch)
-
-    def _label(self, batch: list[Document]) -> Iterator[Document]:
+    def process(self, batch: list[Document]) -> Iterator[Document]:
         text_docs = [doc for doc in batch if doc.metadata.get("lang_source") != "code"]
         with self.track_time(batch):
             predictions = dict(zip(map(id, text_docs), self.model.predict([d.text for d in text_docs]), strict=True))

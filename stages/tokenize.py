@@ -4,12 +4,12 @@ Both are set in configs/tokenizers.yaml by local path (or, for Gemma 2, a hub id
 downloaded at run time: `mmcorpus fetch-assets` puts the files in the cache once, at set-up.
 """
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from functools import cache, cached_property
 
 from manifests.writer import sha256_file
 from stages.assets import AssetSpec
-from stages.base import Document, Stage
+from stages.base import BatchStage, Document
 
 LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -78,7 +78,7 @@ def llama3_encoding(spec: AssetSpec):  # noqa: ANN201 - tiktoken.Encoding, impor
     )
 
 
-class Tokenize(Stage):
+class Tokenize(BatchStage):
     """Adds `input_ids` (Gemma 2, no specials) and counts tokens; rejects documents that encode to nothing."""
 
     name = "tokenize"
@@ -88,19 +88,7 @@ class Tokenize(Stage):
         self.tokenizer = tokenizer
         self.batch_size = batch_size
 
-    def run(self, docs: Iterable[Document]) -> Iterator[Document]:
-        batch: list[Document] = []
-        for doc in docs:
-            self.count_read(doc)
-            batch.append(doc)
-            if len(batch) == self.batch_size:
-                yield from self._encode(batch)
-                batch = []
-        yield from self._encode(batch)
-
-    def _encode(self, batch: list[Document]) -> Iterator[Document]:
-        if not batch:
-            return
+    def process(self, batch: list[Document]) -> Iterator[Document]:
         with self.track_time(batch):
             ids = self.tokenizer.encode_batch([doc.text for doc in batch])
         for doc, input_ids in zip(batch, ids, strict=True):
