@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.data import documents
+from pipeline.config import PROJECT_ROOT as ROOT
 from pipeline.config import load_lid, load_quality, load_tokenizers
 from stages.tokenize import Gemma2Tokenizer, Tokenize
-from tests.conftest import ROOT
 
 
 def generate_input(root: Path, megabytes: float, files: int = 16, seed: int = 0) -> dict:
@@ -92,7 +92,7 @@ def datatrove_end_to_end(root: Path, work: Path) -> float:
         """fastText lid.176 from the local file `make setup` fetched (datatrove would download it)."""
 
         @property
-        def model(self):  # noqa: ANN202
+        def model(self) -> object:
             if self._model is None:
                 from fasttext.FastText import _FastText
 

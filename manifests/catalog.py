@@ -10,6 +10,7 @@ named queries below as views, so `duckdb out/catalog.duckdb` answers the same qu
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import pyarrow.compute as pc
@@ -17,6 +18,9 @@ import pyarrow.parquet as pq
 
 from manifests.schemas import MIXTURE, RUN, SHARDS
 from manifests.writer import atomic_path, sha256_file, write_parquet
+
+if TYPE_CHECKING:
+    from pipeline.config import PhaseConfig
 
 TABLES = ("shards", "mixture", "stages", "reject_reasons", "notes", "lineage", "run")
 CURATION_STAGES = ("read", "lid", "quality", "dedup", "tokenize")  # in pipeline order
@@ -51,7 +55,7 @@ def copy_query(con: duckdb.DuckDBPyConnection, sql: str, path: Path, params: lis
     os.replace(tmp, path)
 
 
-def write_manifest(out: Path, phase, plan: list, shards: list[dict], run_info: dict) -> Path:  # noqa: ANN001
+def write_manifest(out: Path, phase: "PhaseConfig", plan: list, shards: list[dict], run_info: dict) -> Path:
     phase_id = phase.id
     manifest = out / phase_id / "manifest"
     write_parquet(manifest / "shards.parquet",

@@ -14,9 +14,10 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.config import PROJECT_ROOT
+
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EXCLUDES = [".venv", ".git", "out", "**/__pycache__", ".pytest_cache", ".ruff_cache", "bench/results.json",
             "*.egg-info"]
 AGENT_WAIT_S = 120  # a freshly started head answers HTTP before its job agent is up

@@ -16,6 +16,8 @@ from stages.lid import LidConfig
 from stages.quality import QualityConfig
 from stages.sources import READERS
 
+PROJECT_ROOT = CONFIG_DIR.parent
+SAMPLES_DIR = PROJECT_ROOT / "samples"
 PHASES_FILE = CONFIG_DIR / "phases.yaml"
 SOURCES_FILE = CONFIG_DIR / "sources.yaml"
 TOKENIZERS_FILE = CONFIG_DIR / "tokenizers.yaml"

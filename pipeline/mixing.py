@@ -10,10 +10,12 @@ Ray stages (resumable by markers, like curation):
 import json
 import math
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from manifests.schemas import PLACED, STATS
@@ -78,9 +80,7 @@ def summarize_pool(out: Path, phase: PhaseConfig) -> PoolSummary:
     return PoolSummary(available, floors, files, outside)
 
 
-def _floors_table(floors: dict[tuple[str, str], float]):  # noqa: ANN202 - a pyarrow Table
-    import pyarrow as pa
-
+def _floors_table(floors: dict[tuple[str, str], float]) -> pa.Table:
     keys = sorted(floors)
     return pa.table({"source": [s for s, _ in keys], "lang": [lang for _, lang in keys],
                      "floor": [floors[k] for k in keys]})
@@ -91,7 +91,7 @@ def plan_phase(phase: PhaseConfig, available: dict[tuple[str, str], int], budget
     return plan_mixture(available, budgets, phase.temperature, phase.max_epochs, phase.fixed_shares)
 
 
-def _eligible_docs(files: list[str], floor: float):  # noqa: ANN202 - an iterator of (doc_id, n_tokens)
+def _eligible_docs(files: list[str], floor: float) -> Iterator[tuple[str, int]]:
     for path in files:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=8192, columns=["id", "n_tokens", "quality"]):
             for doc_id, n_tokens, quality in zip(*(batch.column(i).to_pylist() for i in range(3)), strict=True):

@@ -13,11 +13,12 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
-from pipeline.config import PHASES_FILE, load_phase, load_tokenizers
+from pipeline.config import PHASES_FILE, PhaseConfig, load_phase, load_tokenizers
 from reference.data import Batch, mask_tokens, pack, read_chunks
 from reference.model import ATTENTION, Encoder, EncoderConfig, config_for, default_backend
 from stages.tokenize import Gemma2Tokenizer
@@ -137,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def compare_padded(step, stream, phase, tokenizer, config, specials, generator, device) -> None:  # noqa: ANN001
+def compare_padded(step: Callable[[Batch], float], stream: Iterator[Batch], phase: PhaseConfig,
+                   tokenizer: Gemma2Tokenizer, config: EncoderConfig, specials: set[int], generator: torch.Generator,
+                   device: torch.device) -> None:
     """Time the same batches unpadded (varlen) and padded to their longest sequence."""
     unpadded = padded = 0.0
     real = total = 0

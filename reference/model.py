@@ -67,7 +67,8 @@ def attention_mask(cu_seqlens: torch.Tensor, total: int, window: int | None) -> 
     return allowed
 
 
-def eager_attention(q, k, v, cu_seqlens, max_seqlen, window):  # noqa: ANN001, ANN201 - shared signature
+def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                    window: int | None) -> torch.Tensor:
     """q, k, v: (total, heads, head_dim) -> (total, heads, head_dim)."""
     allowed = attention_mask(cu_seqlens, q.shape[0], window)
     scores = torch.einsum("ihd,jhd->hij", q.float(), k.float()) / math.sqrt(q.shape[-1])
@@ -75,14 +76,16 @@ def eager_attention(q, k, v, cu_seqlens, max_seqlen, window):  # noqa: ANN001, A
     return torch.einsum("hij,jhd->ihd", scores.softmax(dim=-1), v.float()).to(q.dtype)
 
 
-def sdpa_attention(q, k, v, cu_seqlens, max_seqlen, window):  # noqa: ANN001, ANN201
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                   window: int | None) -> torch.Tensor:
     allowed = attention_mask(cu_seqlens, q.shape[0], window)
     out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
                                          attn_mask=allowed[None, None])
     return out[0].transpose(0, 1)
 
 
-def flash_attention(q, k, v, cu_seqlens, max_seqlen, window):  # noqa: ANN001, ANN201
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                    window: int | None) -> torch.Tensor:
     from flash_attn import flash_attn_varlen_func
 
     dtype = q.dtype

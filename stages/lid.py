@@ -16,11 +16,15 @@ language is written in several (`other_scripts` there: Serbian in Latin letters 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
+from typing import TYPE_CHECKING
 
 from stages.assets import AssetSpec
 from stages.base import BatchStage, Document
 from stages.languages import base_language, other_scripts, short_code_labels, valid_label
 from stages.text import dominant_script
+
+if TYPE_CHECKING:
+    import fasttext
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,8 @@ class LidConfig:
 
 
 @cache
-def load_fasttext(path: str):  # noqa: ANN201 - fasttext's model; one per worker process
+def load_fasttext(path: str) -> "fasttext.FastText._FastText":
+    """One model per worker process: Ray reuses workers across tasks."""
     import fasttext
 
     fasttext.FastText.eprint = lambda *args, **kwargs: None  # silence its load-time warning

@@ -6,10 +6,14 @@ downloaded at run time: `mmcorpus fetch-assets` puts the files in the cache once
 
 from collections.abc import Iterator
 from functools import cache, cached_property
+from typing import TYPE_CHECKING
 
 from manifests.writer import sha256_file
 from stages.assets import AssetSpec
 from stages.base import BatchStage, Document
+
+if TYPE_CHECKING:
+    import tiktoken
 
 LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -58,7 +62,7 @@ def load_gemma2(spec: AssetSpec) -> Gemma2Tokenizer:
     return Gemma2Tokenizer(spec)
 
 
-def llama3_encoding(spec: AssetSpec):  # noqa: ANN201 - tiktoken.Encoding, imported lazily
+def llama3_encoding(spec: AssetSpec) -> "tiktoken.Encoding":
     """Llama 3's tokenizer as a tiktoken Encoding, built from the `.tiktoken` ranks file."""
     import tiktoken
     from tiktoken.load import load_tiktoken_bpe

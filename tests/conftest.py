@@ -6,10 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config import SAMPLES_DIR as SAMPLES
 from pipeline.config import load_phase, load_sources, load_tokenizers
-
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "samples"
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import json
 import logging
 from abc import abstractmethod
 from collections.abc import Iterable, Iterator
+from typing import IO
 
 import fsspec
 
@@ -51,7 +52,7 @@ class SourceReader(Stage):
         """Hook for readers that skip some files of the layout (with a log line saying so)."""
         return True
 
-    def open(self, relative: str, mode: str = "rb", compression: str | None = None):  # noqa: ANN201
+    def open(self, relative: str, mode: str = "rb", compression: str | None = None) -> IO[bytes]:
         return self.fs.open(f"{self.fs_root}/{relative}", mode, compression=compression)
 
     @abstractmethod

@@ -12,6 +12,7 @@ import logging
 import posixpath
 from collections.abc import Iterator
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from stages.languages import CODE, code_label
 from stages.mds import MDSError, ShardInfo, decompress, iter_samples, read_index
 from stages.sources.base import SourceReader
 from stages.tokenize import LLAMA3_SPECIAL_START, llama3_encoding
+
+if TYPE_CHECKING:
+    import tiktoken
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,7 @@ class ProLongReader(SourceReader):
         self.domains: dict[str, str] | None = options.get("domains")  # type: ignore[assignment]
 
     @cached_property
-    def llama3(self):  # noqa: ANN201
+    def llama3(self) -> "tiktoken.Encoding":
         return llama3_encoding(self.tokenizer)
 
     def accept(self, relative: str) -> bool:
