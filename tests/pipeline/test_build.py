@@ -11,9 +11,9 @@ import pytest
 from manifests.catalog import check
 from pipeline.build import BuildSettings, build
 from pipeline.cli import main
+from pipeline.config import PROJECT_ROOT as ROOT
 from pipeline.config import load_phase, load_sources
 from stages.base import Document
-from tests.conftest import ROOT
 
 SOURCES = {"fineweb2", "dolma", "megawika", "prolong", "starcoder"}
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from pipeline.config import PROJECT_ROOT as ROOT
 
 PHASE = """1:
   name: test

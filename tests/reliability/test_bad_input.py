@@ -12,8 +12,8 @@ import zstandard
 
 from manifests.catalog import check
 from pipeline.build import BuildSettings, build
+from pipeline.config import SAMPLES_DIR as SAMPLES
 from pipeline.config import load_phase, load_sources
-from tests.conftest import SAMPLES
 from tests.pipeline.test_build import query
 from tests.stages.test_lid import udhr
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from manifests.catalog import check
-from tests.conftest import ROOT
+from pipeline.config import PROJECT_ROOT as ROOT
 from tests.pipeline.test_build import shard_hashes
 
 

@@ -5,10 +5,10 @@ import dataclasses
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.config import SAMPLES_DIR as SAMPLES
 from pipeline.config import load_lid
 from stages.base import Document
 from stages.lid import FastTextLid, LanguageId
-from tests.conftest import SAMPLES
 
 
 def udhr(lang: str) -> str:

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.config import SAMPLES_DIR as SAMPLES
 from stages.sources import DolmaReader, FineWeb2Reader, MegaWikaReader, ProLongReader, StarCoderReader
-from tests.conftest import SAMPLES
 
 
 def read_all(reader):
