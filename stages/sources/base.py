@@ -45,6 +45,12 @@ class SourceReader(Stage):
                     found.add(relative)
         return sorted(found)
 
+    def folder(self, relative: str, up: int = 1) -> str:
+        """The name of the folder `up` levels above a file; the root's own name when the file sits higher (a
+        path that points straight at one language's or one subset's folder)."""
+        parts = [*self.fs_root.rstrip("/").split("/"), *relative.split("/")]
+        return parts[-1 - up]
+
     def size(self, relative: str) -> int:
         return int(self.fs.size(f"{self.fs_root}/{relative}") or 0)
 

@@ -23,9 +23,11 @@ class DolmaReader(SourceReader):
         self.subsets: dict[str, str] | None = options.get("subsets")  # type: ignore[assignment]
         folders = list(self.subsets) if self.subsets else ["*"]
         self.patterns = tuple(f"{folder}/*.json{ext}" for folder in folders for ext in (".gz", ".zst", "l", "l.gz"))
+        if not self.subsets:  # the path may be one subset's folder itself
+            self.patterns += tuple(f"*.json{ext}" for ext in (".gz", ".zst", "l", "l.gz"))
 
     def read_file(self, relative: str) -> Iterator[Document]:
-        subset = relative.split("/")[-2]
+        subset = self.folder(relative)
         expected = self.subsets[subset] if self.subsets else (CODE if subset == "starcoder" else DEFAULT_LANG)
         for line, record in iter_json_lines(self, relative):
             metadata = record.get("metadata") or {}

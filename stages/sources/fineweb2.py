@@ -19,17 +19,17 @@ COLUMNS = ["text", "id", "dump", "url", "date", "language", "language_score", "l
 
 class FineWeb2Reader(SourceReader):
     source = "fineweb2"
-    patterns = ("data/*/train/*.parquet", "*/train/*.parquet")
+    patterns = ("data/*/train/*.parquet", "*/train/*.parquet", "train/*.parquet")
 
     def accept(self, relative: str) -> bool:
-        folder = relative.split("/")[-3]
+        folder = self.folder(relative, up=2)
         if folder.endswith("_removed") and not self.options.get("include_removed", False):
             log.info("fineweb2: skipping %s (FineWeb2-removed; set include_removed to read it)", relative)
             return False
         return True
 
     def read_file(self, relative: str) -> Iterator[Document]:
-        folder_label = relative.split("/")[-3].removesuffix("_removed")
+        folder_label = self.folder(relative, up=2).removesuffix("_removed")
         for row, record in iter_parquet_rows(self, relative, COLUMNS, required=["text"]):
             text = record.pop("text")
             if not isinstance(text, str):

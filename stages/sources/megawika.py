@@ -14,10 +14,10 @@ from stages.sources.base import SourceReader, iter_json_lines
 
 class MegaWikaReader(SourceReader):
     source = "megawika"
-    patterns = ("*/*.jsonl", "*/*.jsonl.gz", "*/*.jsonl.zst", "*/*.json")
+    patterns = ("*/*.jsonl", "*/*.jsonl.gz", "*/*.jsonl.zst", "*/*.json", "*.jsonl", "*.jsonl.gz", "*.jsonl.zst")
 
     def read_file(self, relative: str) -> Iterator[Document]:
-        wiki = relative.split("/")[-2]
+        wiki = self.folder(relative)
         lang = short_code_labels().get(wiki)
         if lang is None:
             raise ValueError(f"folder {wiki!r} is no language code in configs/languages.csv")

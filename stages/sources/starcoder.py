@@ -11,10 +11,10 @@ COLUMNS = ["content", "id", "max_stars_repo_path", "max_stars_repo_name", "max_s
 
 class StarCoderReader(SourceReader):
     source = "starcoder"
-    patterns = ("*/train-*.parquet",)
+    patterns = ("*/*.parquet", "*.parquet")
 
     def read_file(self, relative: str) -> Iterator[Document]:
-        lang = code_label(relative.split("/")[-2])
+        lang = code_label(self.folder(relative))
         for row, record in iter_parquet_rows(self, relative, COLUMNS, required=["content"]):
             content = record.pop("content")
             if not isinstance(content, str):

@@ -169,3 +169,17 @@ def test_readers_take_fsspec_urls(protocol):
     docs, _ = read_all(StarCoderReader(url))
     local, _ = read_all(StarCoderReader(str(SAMPLES / "starcoder")))
     assert [d.id for d in docs] == [d.id for d in local]
+
+
+def test_a_path_may_point_at_one_language_or_subset_folder():
+    """Real datasets are often fetched one language (or subset) at a time."""
+    checks = [
+        (FineWeb2Reader(str(SAMPLES / "fineweb2" / "data" / "deu_Latn")), "deu_Latn"),
+        (StarCoderReader(str(SAMPLES / "starcoder" / "python")), "code_python"),
+        (MegaWikaReader(str(SAMPLES / "megawika" / "de")), "deu_Latn"),
+        (DolmaReader(str(SAMPLES / "dolma" / "cc_en_head")), "eng_Latn"),
+    ]
+    for reader, lang in checks:
+        docs, rejects = read_all(reader)
+        assert docs and not rejects
+        assert {doc.metadata["lang"] for doc in docs} == {lang}
