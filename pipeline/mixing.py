@@ -107,16 +107,22 @@ def fraction_threshold(files: list[str], floor: float, target: float, seed: int,
     return {"threshold": finder.resolve(_eligible_docs(files, floor), bucket, needed)}
 
 
+def pool_documents(path: str) -> Iterator[Document]:
+    """A pool file's documents with `input_ids` as NumPy views of the column (no Python ints)."""
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=512):
+        ids = batch.column("input_ids")
+        offsets, values = ids.offsets.to_numpy(), ids.values.to_numpy()
+        rows = batch.drop_columns(["input_ids"]).to_pylist()
+        for i, row in enumerate(rows):
+            row["input_ids"] = values[offsets[i]:offsets[i + 1]]
+            yield Document(text="", id=row.pop("id"), metadata=row)
+
+
 def mix_file(out: Path, phase_id: str, pool_path: str, plan: dict, seed: int, seq_len: int, min_chunk: int,
              n_shards: int, bos: int, eos: int, key: str) -> dict:
     sampler = SampleChunks(plan, seed, seq_len, min_chunk, bos, eos)
-    docs = (
-        Document(text="", id=row.pop("id"), metadata=row)
-        for batch in pq.ParquetFile(pool_path).iter_batches(batch_size=512)
-        for row in batch.to_pylist()
-    )
     with ParquetSink(out / phase_id / "_placed" / f"{key}.parquet", PLACED) as sink:
-        for doc in sampler.run(docs):
+        for doc in sampler.run(pool_documents(pool_path)):
             meta = doc.metadata
             for epoch, index, chunk in meta["chunks"]:
                 place = unit_hash(seed, "place", doc.id, epoch, index)

@@ -104,8 +104,12 @@ def chunk_spans(n_tokens: int, seq_len: int, min_chunk: int) -> list[tuple[int, 
     return spans
 
 
-def chunk_document(ids: list[int], seq_len: int, min_chunk: int, bos: int, eos: int) -> list[list[int]]:
-    return [[bos, *ids[start:end], eos] for start, end in chunk_spans(len(ids), seq_len, min_chunk)]
+def chunk_document(ids: list[int] | np.ndarray, seq_len: int, min_chunk: int, bos: int,
+                   eos: int) -> list[list[int]] | list[np.ndarray]:
+    spans = chunk_spans(len(ids), seq_len, min_chunk)
+    if isinstance(ids, np.ndarray):  # the pool's columns arrive as arrays: keep them so
+        return [np.concatenate(([bos], ids[start:end], [eos])).astype(ids.dtype) for start, end in spans]
+    return [[bos, *ids[start:end], eos] for start, end in spans]
 
 
 def epoch_tokens_sql(n: str, seq_len: int, min_chunk: int) -> str:
