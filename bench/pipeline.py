@@ -21,7 +21,7 @@ from pipeline.config import load_lid, load_quality, load_tokenizers
 from stages.tokenize import Gemma2Tokenizer, Tokenize
 
 
-def generate_input(root: Path, megabytes: float, files: int = 16, seed: int = 0) -> dict:
+def generate_input(root: Path, megabytes: float, files: int = 40, seed: int = 0) -> dict:
     """FineWeb2-layout Parquet of about `megabytes` of text, and a sources YAML pointing at it."""
     per_doc = 3_300  # bytes, about what bench.data.documents makes
     docs = documents(int(megabytes * 1e6 / per_doc), seed)
@@ -245,7 +245,7 @@ def run_stage(stage: str, root: str, out: str) -> None:
     print(peak_rss_kib())
 
 
-def bench_pipeline(work: Path, megabytes: float = 100) -> list[dict]:
+def bench_pipeline(work: Path, megabytes: float = 120) -> list[dict]:
     small, large = work / "small", work / "large"
     generated = generate_input(large, megabytes)
     generate_input(small, megabytes / 4, seed=1)
