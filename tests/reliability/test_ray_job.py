@@ -25,6 +25,9 @@ def ray_head(tmp_path):
     """`ray start --head --block` on loopback; stopping that process stops the cluster it started."""
     bin_dir = os.path.dirname(sys.executable)
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")  # jobs run `python` from this environment
+    # Ray 2.60's heads require an auth token; make sure this machine has one (a no-op when it does)
+    subprocess.run([os.path.join(bin_dir, "ray"), "get-auth-token", "--generate"], env=env, capture_output=True,
+                   check=True)
     dashboard = free_port()
     # Every port explicit: the session's embedded Ray runs beside it and holds the defaults.
     ports = [f"--{name}={free_port()}" for name in ("port", "ray-client-server-port", "dashboard-agent-listen-port",
