@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # headless
 import matplotlib.pyplot as plt  # noqa: E402
@@ -242,9 +243,12 @@ class Report:
         ])
 
         def draw(ax: plt.Axes) -> None:
-            ax.hist(docs, bins=40, alpha=0.6, label="pool documents", color="#8e44ad")
-            ax.hist(chunks, bins=40, alpha=0.6, label="phase chunks", color="#f39c12")
-            ax.set_xlabel("tokens")
+            values = [v for v in docs + chunks if v > 0] or [1]
+            bins = np.logspace(np.log10(min(values)), np.log10(max(values) + 1), 40)  # documents span 10^1..10^5
+            ax.hist(docs, bins=bins, alpha=0.6, label="pool documents", color="#8e44ad")
+            ax.hist(chunks, bins=bins, alpha=0.6, label="phase chunks", color="#f39c12")
+            ax.set_xscale("log")
+            ax.set_xlabel("tokens (log)")
             ax.set_ylabel("count")
             ax.legend(fontsize=8)
 

@@ -10,7 +10,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
 
 
-def screenshot(report: Path, width: int = 1200, height: int = 4000) -> Path:
+def screenshot(report: Path, width: int = 1200, height: int = 7000) -> Path:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         raise FileNotFoundError("chromium is not installed (Debian package `chromium`)")
