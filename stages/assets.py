@@ -2,11 +2,24 @@
 
 import os
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from manifests.writer import sha256_file
 
 DEFAULT_CACHE = Path.home() / ".cache" / "mmcorpus"
+
+
+@cache
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, once per process and version of it: every Ray task checks its models, and a GlotLID
+    model is 1.6 GB."""
+    return sha256_file(Path(path))
+
+
+def file_digest(path: Path) -> str:
+    stat = path.stat()
+    return _digest(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 def cache_dir() -> Path:
@@ -35,6 +48,6 @@ class AssetSpec:
             if os.sep in self.path or self.path.startswith(("$", "~", ".")):
                 raise FileNotFoundError(f"{resolve(self.path)} is missing: run `make setup`")
             return None
-        if self.sha256 and sha256_file(local) != self.sha256:
+        if self.sha256 and file_digest(local) != self.sha256:
             raise ValueError(f"{local} does not match sha256 {self.sha256}")
         return local

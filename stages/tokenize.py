@@ -8,8 +8,7 @@ from collections.abc import Iterator
 from functools import cache, cached_property
 from typing import TYPE_CHECKING
 
-from manifests.writer import sha256_file
-from stages.assets import AssetSpec
+from stages.assets import AssetSpec, file_digest
 from stages.base import BatchStage, Document
 
 if TYPE_CHECKING:
@@ -53,7 +52,7 @@ class Gemma2Tokenizer:
     @cached_property
     def sha256(self) -> str | None:
         local = self.spec.local
-        return sha256_file(local) if local else None
+        return file_digest(local) if local else None
 
 
 @cache
