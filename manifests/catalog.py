@@ -1,29 +1,33 @@
 """The per-phase manifest (Parquet tables), the DuckDB catalog over all outputs, named queries and `check`.
 
 Manifest tables under <out>/<phase>/manifest/: shards, mixture, stages, reject_reasons, notes (kept documents
-a stage flagged, e.g. an upstream language label the LID model disagrees with), lineage, run.
-The catalog <out>/catalog.duckdb holds views over every phase's tables plus `rejects`, `pool` and
-`dedup_clusters` (every document of a duplicate cluster, with the kept one's id and the cluster size), and the
-named queries below as views, so `duckdb out/catalog.duckdb` answers the same questions as `mmcorpus query`.
+a stage flagged, e.g. an upstream language label the LID model disagrees with), lineage, files (every file the
+build wrote, with its checksum), run (the whole recipe, model digests, versions, commit).
+Views: every phase's tables plus `rejects`, `quarantine`, `pool` and `dedup_clusters` (every document of a
+duplicate cluster, with the kept one's id and the cluster size), and the named queries below.
+
+`<out>/catalog.duckdb` holds those views with paths relative to <out> (run DuckDB from inside <out>), so a
+copied or moved output answers from itself. `mmcorpus query` opens the same views in a sandbox: DuckDB may read
+only the output tree, never write, attach, export, install or load anything, and its settings are locked.
 """
 
 import json
-import os
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from manifests.schemas import MIXTURE, RUN, SHARDS
-from manifests.writer import atomic_path, sha256_file, write_parquet
+from manifests.layout import Layout
+from manifests.schemas import FILES, LINEAGE, MIXTURE, NOTES, REJECT_REASONS, RUN, SHARDS, STAGES
+from manifests.writer import write_parquet
 
 if TYPE_CHECKING:
     from pipeline.config import PhaseConfig
 
-TABLES = ("shards", "mixture", "stages", "reject_reasons", "notes", "lineage", "run")
+TABLES = ("shards", "mixture", "stages", "reject_reasons", "notes", "lineage", "files", "run")
 CURATION_STAGES = ("read", "lid", "quality", "dedup", "tokenize")  # in pipeline order
+READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN")
 
 NAMED_QUERIES = {
     "tokens_per_language": """
@@ -43,147 +47,196 @@ NAMED_QUERIES = {
 }
 
 
-def _glob(*parts: object) -> str:
-    return str(Path(*map(str, parts)))
+def sql_text(value: str) -> str:
+    """A SQL string literal (view definitions cannot take parameters)."""
+    return "'" + value.replace("'", "''") + "'"
 
 
-def copy_query(con: duckdb.DuckDBPyConnection, sql: str, path: Path, params: list | None = None) -> None:
-    """Stream a query's result into a Parquet file, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    con.execute(f"COPY ({sql}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)", params or [])
-    os.replace(tmp, path)
+def _files(layout: Layout, globs: list[str], root: str) -> str | None:
+    """The globs that match something, as a SQL list literal rooted at `root` ("" for relative paths)."""
+    present = [pattern for pattern in globs if layout.glob(pattern)]
+    return "[" + ", ".join(sql_text(root + pattern) for pattern in present) + "]" if present else None
 
 
-def write_manifest(out: Path, phase: "PhaseConfig", plan: list, shards: list[dict], run_info: dict) -> Path:
+def view_definitions(layout: Layout, root: str) -> dict[str, str]:
+    """name -> SELECT for every view; paths rooted at `root` (a URL with a trailing slash, or "")."""
+    views = {}
+    for table in TABLES:
+        files = _files(layout, [Layout.manifest_glob(table)], root)
+        if files:
+            views[table] = f"SELECT * FROM read_parquet({files}, union_by_name = true)"
+    rejects = _files(layout, Layout.rejects_globs(), root)
+    if rejects:
+        views["rejects"] = f"SELECT * FROM read_parquet({rejects}, union_by_name = true)"
+        views["quarantine"] = """SELECT source, regexp_replace(origin, ':[^:]*$', '') AS file,
+                                 regexp_extract(origin, '[^:]*$') AS row, reason, detail
+                                 FROM rejects WHERE stage = 'read' ORDER BY source, file, row"""
+    pool = _files(layout, [Layout.POOL_GLOB], root)
+    if pool:
+        views["pool"] = f"SELECT * FROM read_parquet({pool})"
+    clusters = _files(layout, ["dedup/*/clusters.parquet"], root)
+    if clusters:
+        views["dedup_clusters"] = f"SELECT * FROM read_parquet({clusters})"
+    if {"mixture", "run", "reject_reasons"} <= views.keys():
+        views |= NAMED_QUERIES
+    return views
+
+
+def _rooted(layout: Layout) -> str:
+    return layout.url_of("") + "/"
+
+
+def write_manifest(layout: Layout, phase: "PhaseConfig", plan: list, shards: list[dict], run_info: dict,
+                   files: list[dict]) -> None:
     phase_id = phase.id
-    manifest = out / phase_id / "manifest"
-    write_parquet(manifest / "shards.parquet",
-                  [s | {"phase": phase_id, "path": f"{phase_id}/shards/{s['path']}"} for s in shards], SHARDS)
-    stats = [_glob(out, "stats", "*", "*", "*.parquet"), _glob(out, phase_id, "stats", "**", "*.parquet")]
-    shard_glob = _glob(out, phase_id, "shards", "*.parquet")
-    with duckdb.connect() as con:
-        con.execute("SET threads = 2")
+    write_parquet(layout, Layout.manifest(phase_id, "shards"), [s | {"phase": phase_id} for s in shards], SHARDS)
+    stats = [layout.url_of(name) for pattern in Layout.stats_globs(phase_id) for name in layout.glob(pattern)]
+    shard_files = [layout.url_of(s["path"]) for s in shards]
+    with layout.duckdb(threads=2) as con:
         written = dict(
             ((source, lang), tokens) for source, lang, tokens in con.execute(
-                "SELECT source, lang, sum(len(input_ids)) FROM read_parquet(?) GROUP BY 1, 2", [shard_glob]
+                "SELECT source, lang, sum(len(input_ids)) FROM read_parquet(?) GROUP BY 1, 2", [shard_files]
             ).fetchall()
         )
-        copy_query(con, f"""SELECT '{phase_id}' AS phase, stage, source, lang, sum(read)::BIGINT AS read,
-                           sum(kept)::BIGINT AS kept, sum(rejected)::BIGINT AS rejected,
-                           sum(tokens)::BIGINT AS tokens,
-                           sum(seconds) AS seconds
-                           FROM read_parquet({stats}, union_by_name = true) WHERE reason IS NULL
-                           GROUP BY ALL ORDER BY stage, source, lang""", manifest / "stages.parquet")
-        for table, column, count in (("reject_reasons", "reason", "rejected"), ("notes", "note", "kept")):
-            copy_query(con, f"""SELECT '{phase_id}' AS phase, stage, source, lang, reason AS {column},
-                               sum({count})::BIGINT AS docs
-                               FROM read_parquet({stats}, union_by_name = true) WHERE reason IS NOT NULL
-                               GROUP BY ALL HAVING docs > 0 ORDER BY stage, source, lang, {column}""",
-                       manifest / f"{table}.parquet")
-        copy_query(con, f"""SELECT DISTINCT '{phase_id}' AS phase, s.doc_id, p.origin,
-                           regexp_extract(s.filename, '[^/]+$') AS shard
-                           FROM read_parquet(?, filename = true) s
-                           JOIN read_parquet(?) p ON s.doc_id = p.id ORDER BY s.doc_id, shard""",
-                   manifest / "lineage.parquet", [shard_glob, _glob(out, "pool", "*", "*", "*.parquet")])
+        tables = {
+            "stages": ("""SELECT ? AS phase, stage, source, lang, sum(read)::BIGINT AS read,
+                          sum(kept)::BIGINT AS kept, sum(rejected)::BIGINT AS rejected, sum(tokens)::BIGINT AS tokens,
+                          sum(seconds) AS seconds
+                          FROM read_parquet(?, union_by_name = true) WHERE reason IS NULL
+                          GROUP BY ALL ORDER BY stage, source, lang""", [phase_id, stats], STAGES),
+            "reject_reasons": (_reasons_sql("reason", "rejected"), [phase_id, stats], REJECT_REASONS),
+            "notes": (_reasons_sql("note", "kept"), [phase_id, stats], NOTES),
+            "lineage": ("""SELECT DISTINCT ? AS phase, s.doc_id, p.origin,
+                                  regexp_extract(s.filename, '[^/]+$') AS shard
+                           FROM read_parquet(?, filename = true) s JOIN read_parquet(?) p ON s.doc_id = p.id
+                           ORDER BY s.doc_id, shard""",
+                        [phase_id, shard_files, [layout.url_of(n) for n in layout.glob(Layout.POOL_GLOB)]], LINEAGE),
+        }
+        for table, (sql, params, schema) in tables.items():
+            write_parquet(layout, Layout.manifest(phase_id, table), con.sql(sql, params=params).to_arrow_table(),
+                          schema)
     mixture = [
         dict(phase=phase_id, source=row.source, lang=row.lang, available_tokens=row.available_tokens, p=row.p,
              target_tokens=row.target_tokens, tokens=int(written.get((row.source, row.lang), 0)),
              epochs=row.epochs, capped=row.capped)
         for row in plan
     ]
-    write_parquet(manifest / "mixture.parquet", mixture, MIXTURE)
-    versions = {name: _version(name) for name in ("mmcorpus", "ray", "pyarrow", "duckdb", "sentencepiece",
-                                                  "tokenizers", "datatrove")}
+    write_parquet(layout, Layout.manifest(phase_id, "mixture"), mixture, MIXTURE)
+    write_parquet(layout, Layout.manifest(phase_id, "files"), [row | {"phase": phase_id} for row in files], FILES)
     run = dict(phase=phase_id, seed=run_info["seed"], config=json.dumps(run_info, default=str, sort_keys=True),
-               versions=json.dumps(versions), tokenizer=run_info["tokenizer"],
-               tokenizer_sha256=run_info["tokenizer_sha256"], started=str(run_info["started"]),
-               seconds=run_info["seconds"])
-    write_parquet(manifest / "run.parquet", [run], RUN)
-    return manifest
+               versions=json.dumps(run_info["versions"], sort_keys=True), tokenizer=run_info["tokenizer"],
+               tokenizer_sha256=run_info["tokenizer_sha256"], started=run_info["started"],
+               seconds=run_info["seconds"], git_commit=run_info.get("git_commit"))
+    write_parquet(layout, Layout.manifest(phase_id, "run"), [run], RUN)
 
 
-def _version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"
+def _reasons_sql(column: str, count: str) -> str:
+    return f"""SELECT ? AS phase, stage, source, lang, reason AS {column}, sum({count})::BIGINT AS docs
+               FROM read_parquet(?, union_by_name = true) WHERE reason IS NOT NULL
+               GROUP BY ALL HAVING docs > 0 ORDER BY stage, source, lang, {column}"""
 
 
-def build_catalog(out: Path) -> Path:
-    """(Re)create <out>/catalog.duckdb: views over every built phase's manifest, rejects and the pool."""
-    path = out / "catalog.duckdb"
-    tmp = atomic_path(path)
-    out = out.resolve()
-    with duckdb.connect(str(tmp)) as con:
-        for table in TABLES:
-            tables = _glob(out, "phase*", "manifest", f"{table}.parquet")
-            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{tables}', union_by_name = true)")
-        rejects = [_glob(out, "rejects", "*", "*", "*.parquet"),
-                   _glob(out, "phase*", "rejects", "*", "*", "*.parquet")]
-        con.execute(f"CREATE VIEW rejects AS SELECT * FROM read_parquet({rejects}, union_by_name = true)")
-        con.execute("""CREATE VIEW quarantine AS SELECT source, regexp_replace(origin, ':[^:]*$', '') AS file,
-                       regexp_extract(origin, '[^:]*$') AS row, reason, detail
-                       FROM rejects WHERE stage = 'read' ORDER BY source, file, row""")
-        con.execute(f"CREATE VIEW pool AS SELECT * FROM read_parquet('{_glob(out, 'pool', '*', '*', '*.parquet')}')")
-        if list(out.glob("dedup/*/clusters.parquet")):
-            clusters = _glob(out, "dedup", "*", "clusters.parquet")
-            con.execute(f"CREATE VIEW dedup_clusters AS SELECT * FROM read_parquet('{clusters}')")
-        for name, sql in NAMED_QUERIES.items():
+def file_rows(producers: dict[str, tuple[str, str, str]]) -> list[dict]:
+    """The `files` table: every file the build's tasks wrote (this build or an earlier one it reused)."""
+    rows = []
+    for name, (stage, key, checksum) in sorted(producers.items()):
+        algorithm, _, value = checksum.partition(":")
+        rows.append(dict(path=name, stage=stage, task=key, algorithm=algorithm, checksum=value))
+    return rows
+
+
+def build_catalog(layout: Layout) -> str:
+    """(Re)create <out>/catalog.duckdb: the views with paths relative to <out> (absolute URLs for an object
+    store, where DuckDB cannot resolve relative ones)."""
+    root = "" if layout.is_local else _rooted(layout)
+    with layout.writing(Layout.CATALOG) as spool, duckdb.connect(spool.local) as con:
+        if layout.is_local:
+            con.execute("SET file_search_path = ?", [layout.root])
+        else:
+            con.register_filesystem(layout.fs)
+        for name, sql in view_definitions(layout, root).items():
             con.execute(f"CREATE VIEW {name} AS {sql}")
-    os.replace(tmp, path)
-    return path
+    return layout.url_of(Layout.CATALOG)
 
 
-def connect(out: Path) -> duckdb.DuckDBPyConnection:
-    path = out / "catalog.duckdb"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: run `mmcorpus build` first")
-    return duckdb.connect(str(path), read_only=True)
+class QueryRefused(ValueError):
+    """SQL that would write, attach or load something: `mmcorpus query` only reads."""
 
 
-def check(out: Path, phase_id: str) -> list[str]:
+def connect(layout: Layout) -> duckdb.DuckDBPyConnection:
+    """A sandboxed in-memory DuckDB with the catalog's views over this output tree: it reads only files under
+    the tree, writes nothing, installs and loads no extension, and its settings are locked."""
+    if not layout.glob(Layout.manifest_glob("run")):
+        raise FileNotFoundError(f"{layout.url}: no built phase (no manifest): run `mmcorpus build` first")
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False,
+                                 "threads": 2})
+    if not layout.is_local:
+        con.register_filesystem(layout.fs)
+    allowed = _rooted(layout)
+    con.execute("SET allowed_directories = ?", [[allowed]])
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    for name, sql in view_definitions(layout, allowed).items():
+        con.execute(f"CREATE VIEW {name} AS {sql}")
+    return con
+
+
+def run_read_only(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> Any:
+    """Execute SQL that only reads (SELECT, DESCRIBE, SHOW, EXPLAIN); anything else is refused."""
+    statements = con.extract_statements(sql)
+    if not statements:
+        raise QueryRefused("no SQL statement given")
+    for statement in statements:
+        kind = statement.type.name
+        if kind not in READ_ONLY_STATEMENTS:
+            raise QueryRefused(f"{kind} statements are not allowed: `mmcorpus query` only reads")
+    for statement in statements[:-1]:
+        con.execute(statement.query)
+    return con.execute(statements[-1].query, params or [])
+
+
+def check(layout: Layout, phase_id: str) -> list[str]:
     """Every problem found in a built phase: shard files against the manifest, and the stage counts."""
-    manifest = out / phase_id / "manifest"
-    if not (manifest / "shards.parquet").exists():
-        return [f"{manifest} has no shards.parquet: phase not built"]
+    name = Layout.manifest(phase_id, "shards")
+    if not layout.exists(name):
+        return [f"{layout.url_of(name)} is missing: phase not built"]
     problems = []
-    listed = pq.read_table(manifest / "shards.parquet").to_pylist()
-    on_disk = {p.name for p in (out / phase_id / "shards").glob("*.parquet")}
-    for extra in sorted(on_disk - {Path(s["path"]).name for s in listed}):
-        problems.append(f"{phase_id}/shards/{extra}: on disk but not in the manifest")
+    with layout.open(name) as f:
+        listed = pq.read_table(f).to_pylist()
+    on_disk = set(layout.glob(Layout.shards_glob(phase_id)))
+    for extra in sorted(on_disk - {s["path"] for s in listed}):
+        problems.append(f"{extra}: on disk but not in the manifest")
     for shard in listed:
-        path = out / shard["path"]
-        if not path.exists():
-            problems.append(f"{shard['path']}: missing")
+        path = shard["path"]
+        if path not in on_disk:
+            problems.append(f"{path}: missing")
             continue
-        if sha256_file(path) != shard["sha256"]:
-            problems.append(f"{shard['path']}: sha256 differs from the manifest")
+        if layout.checksum(path, "sha256") != f"sha256:{shard['sha256']}":
+            problems.append(f"{path}: sha256 differs from the manifest")
         try:
-            table = pq.read_table(path, columns=["input_ids"])
+            with layout.open(path) as f:
+                table = pq.read_table(f, columns=["input_ids"])
         except (OSError, ValueError) as error:
-            problems.append(f"{shard['path']}: unreadable: {error}")
+            problems.append(f"{path}: unreadable: {error}")
             continue
         tokens = pc.sum(pc.list_value_length(table.column("input_ids"))).as_py() or 0
         if (table.num_rows, tokens) != (shard["rows"], shard["tokens"]):
-            problems.append(f"{shard['path']}: {table.num_rows} rows / {tokens} tokens, manifest says "
+            problems.append(f"{path}: {table.num_rows} rows / {tokens} tokens, manifest says "
                             f"{shard['rows']} / {shard['tokens']}")
-    with duckdb.connect() as con:
+    with layout.duckdb(threads=2) as con:
         stages = con.execute(
             "SELECT stage, source, sum(read), sum(kept), sum(rejected) FROM read_parquet(?) GROUP BY 1, 2",
-            [str(manifest / "stages.parquet")],
+            [layout.url_of(Layout.manifest(phase_id, "stages"))],
         ).fetchall()
         counts = {(stage, source): (read, kept, rejected) for stage, source, read, kept, rejected in stages}
         for (stage, source), (read, kept, rejected) in sorted(counts.items()):
             if read != kept + rejected:
                 problems.append(f"stage {stage}, source {source}: read {read} != kept {kept} + rejected {rejected}")
-        pool_docs = dict(con.execute(
-            "SELECT source, count(*) FROM read_parquet(?) GROUP BY 1",
-            [_glob(out, "pool", "*", "*", "*.parquet")]).fetchall())
+        pool = [layout.url_of(n) for n in layout.glob(Layout.POOL_GLOB)]
+        pool_docs = dict(con.execute("SELECT source, count(*) FROM read_parquet(?) GROUP BY 1", [pool]).fetchall()
+                         ) if pool else {}
         mixture_tokens = con.execute("SELECT sum(tokens) FROM read_parquet(?)",
-                                     [str(manifest / "mixture.parquet")]).fetchone()[0] or 0
+                                     [layout.url_of(Layout.manifest(phase_id, "mixture"))]).fetchone()[0] or 0
     for source in sorted({source for _, source in counts}):
         chain = [stage for stage in CURATION_STAGES if (stage, source) in counts]
         for before, after in zip(chain, chain[1:], strict=False):

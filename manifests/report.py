@@ -11,7 +11,6 @@ import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -20,8 +19,7 @@ matplotlib.use("Agg")  # headless
 import matplotlib.pyplot as plt  # noqa: E402
 
 from manifests.catalog import connect  # noqa: E402
-from manifests.writer import write_bytes, write_text  # noqa: E402
-from pipeline.config import PHASES_FILE, read_yaml  # noqa: E402
+from manifests.layout import Layout  # noqa: E402
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -72,10 +70,9 @@ class Section:
 
 
 class Report:
-    def __init__(self, out: Path, phase_id: str) -> None:
-        self.out, self.phase_id = out, phase_id
-        self.folder = out / phase_id / "report"
-        self.con = connect(out)
+    def __init__(self, layout: Layout, phase_id: str) -> None:
+        self.layout, self.phase_id = layout, phase_id
+        self.con = connect(layout)
         self.sections: list[Section] = []
         self.images: dict[str, bytes] = {}
 
@@ -93,14 +90,14 @@ class Report:
         self.images[f"{name}.png"] = buffer.getvalue()
         return f"{name}.png"
 
-    def build(self) -> Path:
+    def build(self) -> str:
         run = self.query("run", "SELECT * FROM run WHERE phase = ?")
         if not run.rows:
-            raise FileNotFoundError(f"{self.out}: phase {self.phase_id} has no manifest: build it first")
+            raise FileNotFoundError(f"{self.layout.url}: phase {self.phase_id} has no manifest: build it first")
         config = json.loads(dict(zip(run.columns, run.rows[0], strict=True))["config"])
         self.recipe(config, dict(zip(run.columns, run.rows[0], strict=True)))
         self.languages()
-        self.annealing()
+        self.annealing(config["recipe"]["phases"])
         self.sources()
         self.curation()
         self.lengths()
@@ -112,7 +109,7 @@ class Report:
         rows = [
             ("phase", f"{phase['id']} ({phase['name']})"), ("budget tokens", f"{config['budget_tokens']:,.0f}"),
             ("full-scale budget", f"{phase['budget_tokens']:,.0f}"), ("temperature τ", phase["temperature"]),
-            ("languages", f"{len(phase['languages'])} (mmBERT counts column {phase['language_column']})"),
+            ("languages", f"{phase['language_count']} (mmBERT counts column {phase['languages']['column']})"),
             ("epoch cap", phase["max_epochs"]), ("sequence length", phase["seq_len"]),
             ("minimum chunk", phase["min_chunk_tokens"]), ("mask rate", phase["mask_rate"]),
             ("RoPE θ", phase["rope_theta"]), ("quality quantile", phase["quality_quantile"]),
@@ -120,7 +117,8 @@ class Report:
             ("tokenizer", run["tokenizer"]), ("tokenizer sha256", run["tokenizer_sha256"]),
             ("seed", run["seed"]), ("shards", config["n_shards"]),
             ("versions", ", ".join(f"{k} {v}" for k, v in json.loads(run["versions"]).items())),
-        ] + [(f"source {name}", source["path"]) for name, source in config["sources"]["sources"].items()]
+        ] + [(f"source {name}", source["path"])
+             for name, source in config["recipe"]["sources"]["sources"].items()]
         timings = Table("timings", ["stage", "seconds"],
                         [(stage, round(seconds, 2)) for stage, seconds in config["timings"].items()]
                         + [("total", round(run["seconds"], 2))])
@@ -151,13 +149,12 @@ class Report:
                                      "many epochs of the language's available tokens it holds.",
                                      [table], [(name, "tokens per language, target vs written")]))
 
-    def annealing(self) -> None:
+    def annealing(self, phases: dict[str, dict]) -> None:
         table = self.query("annealing", """
             SELECT lang, sum(available_tokens) AS available FROM mixture WHERE phase = ?
             GROUP BY lang HAVING available > 0 ORDER BY available DESC""")
         langs, counts = [r[0] for r in table.rows], [r[1] for r in table.rows]
-        phases = sorted(read_yaml(PHASES_FILE).items())
-        temperatures = {f"phase {n}": float(entry["temperature"]) for n, entry in phases}
+        temperatures = {f"phase {n}": float(entry["temperature"]) for n, entry in sorted(phases.items())}
         shares = {label: [n ** tau / sum(c ** tau for c in counts) for n in counts]
                   for label, tau in temperatures.items()}
         curves = Table("annealing", ["lang", "available", *[f"p at τ={t}" for t in temperatures.values()]],
@@ -233,9 +230,9 @@ class Report:
 
     def lengths(self) -> None:
         docs = [r[0] for r in self.con.execute("SELECT n_tokens FROM pool").fetchall()]
-        shard_glob = str(self.out.resolve() / self.phase_id / "shards" / "*.parquet")
-        chunks = [r[0] for r in self.con.execute("SELECT len(input_ids) FROM read_parquet(?)", [shard_glob])
-                  .fetchall()]
+        chunks = [r[0] for r in self.con.execute(
+            "SELECT len(input_ids) FROM read_parquet(?)", [self.layout.url_of(Layout.shards_glob(self.phase_id))])
+            .fetchall()]
         summary = Table("lengths", ["what", "count", "min", "median", "mean", "max"], [
             (label, len(values), min(values), sorted(values)[len(values) // 2], round(sum(values) / len(values), 1),
              max(values))
@@ -261,10 +258,9 @@ class Report:
                                      "ORDER BY path")
         self.sections.append(Section("shards", "Shards", tables=[table]))
 
-    def write(self, config: dict) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
+    def write(self, config: dict) -> str:
         for name, data in self.images.items():
-            write_bytes(self.folder / name, data)
+            self.layout.write_bytes(Layout.report(self.phase_id, name), data)
         parts = [f"<h1>Data card: {html.escape(config['phase']['id'])} — {html.escape(config['phase']['name'])}</h1>",
                  "<nav>" + " · ".join(f'<a href="#{s.id}">{html.escape(s.title)}</a>' for s in self.sections)
                  + "</nav>"]
@@ -277,15 +273,15 @@ class Report:
                 parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
                              f"<figcaption>{html.escape(caption)}</figcaption></figure>")
             for table in section.tables:
-                write_text(self.folder / f"{table.name}.csv", table.csv())
+                self.layout.write_text(Layout.report(self.phase_id, f"{table.name}.csv"), table.csv())
                 parts.append(table.html())
             parts.append("</section>")
         page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{self.phase_id} data card'
                 f"</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
-        write_text(self.folder / "index.html", page)
+        self.layout.write_text(Layout.report(self.phase_id, "index.html"), page)
         self.con.close()
-        return self.folder / "index.html"
+        return self.layout.url_of(Layout.report(self.phase_id, "index.html"))
 
 
-def build_report(out: Path, phase_id: str) -> Path:
-    return Report(out, phase_id).build()
+def build_report(layout: Layout, phase_id: str) -> str:
+    return Report(layout, phase_id).build()

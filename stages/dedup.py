@@ -14,25 +14,34 @@ import hashlib
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 import xxhash
 
 from stages.base import Document, Stage
+from stages.settings import setting
 from stages.text import dominant_script, script_of, split_words
 
-KINDS = ("exact", "url", "minhash")  # removal passes, in this order
+KINDS = ("exact", "url", "minhash")  # the removal passes one may configure, in this order
+Kind = Literal["exact", "url", "minhash"]
+ID_PASS = "exact_id"  # always first: documents sharing an upstream id keep one copy, so shard ids are unique
 TRACKING = ("utm_", "fbclid", "gclid", "mc_cid", "mc_eid")
 
 
 @dataclass(frozen=True)
 class MinhashConfig:
-    n_grams: int = 5
-    bands: int = 14
-    rows: int = 8
-    seed: int = 1
-    min_similarity: float = 0.7  # estimated Jaccard a candidate pair must reach; 0 keeps every LSH candidate
+    n_grams: int = setting(5, help="words per shingle (FineWeb2: 5)")
+    bands: int = setting(14, help="LSH bands (FineWeb2: 14)")
+    rows: int = setting(8, help="MinHash values per band (FineWeb2: 8)")
+    seed: int = setting(1, help="seed of the hash permutations")
+    min_similarity: float = setting(
+        0.7, help="share of the MinHash values a candidate pair must agree on; 0 keeps every LSH candidate")
+
+    def __post_init__(self) -> None:
+        if self.bands < 1 or self.rows < 1 or self.n_grams < 1 or not 0 <= self.min_similarity <= 1:
+            raise ValueError("minhash needs bands, rows, n_grams >= 1 and min_similarity in [0, 1]")
 
     @property
     def hashes(self) -> int:
@@ -46,6 +55,18 @@ class MinhashConfig:
         a = rng.integers(1, 2**63, size=self.hashes, dtype=np.uint64) | np.uint64(1)
         b = rng.integers(0, 2**63, size=self.hashes, dtype=np.uint64)
         return a, b
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    """Deduplication passes (run in KINDS order; a document removed by one takes no part in the next)."""
+
+    kinds: tuple[Kind, ...] = setting(KINDS, help="the passes to run: exact, url, minhash")
+    minhash: MinhashConfig = setting(factory=MinhashConfig, help="MinHash LSH parameters")
+
+    @property
+    def passes(self) -> list[str]:
+        return [ID_PASS, *(kind for kind in KINDS if kind in self.kinds)]
 
 
 def exact_key(text: str) -> bytes:
@@ -137,15 +158,30 @@ class UnionFind:
 
 
 class MinhashClusters:
-    """Pass by pass (exact, url, minhash): connect pairs among the documents still kept, keep one per cluster."""
+    """Pass by pass (exact, url, minhash): connect pairs among the documents still kept, keep one per cluster.
+    First, documents sharing an upstream id get unique ids (the one with the smallest key keeps it, the others
+    become `id~1`, `id~2`, ...): they may be different documents, which the other passes judge."""
 
     def __init__(self, docs: dict[int, tuple[str, float]]) -> None:
         self.docs = docs  # key -> (id, quality)
         self.removed: dict[int, tuple[str, int, int]] = {}  # key -> (kind, kept key, cluster size)
+        self.renamed: dict[int, str] = {}  # key -> its new, unique id
         self.clusters: list[tuple[str, int, list[int]]] = []
 
+    def rename_shared_ids(self, pairs: Iterable[tuple[int, int]]) -> None:
+        union = UnionFind()
+        for a, b in pairs:
+            union.union(a, b)
+        for members in union.groups().values():
+            members = sorted(members)
+            self.clusters.append((ID_PASS, members[0], members))
+            for number, key in enumerate(members[1:], 1):
+                doc_id, quality = self.docs[key]
+                self.renamed[key] = f"{doc_id}~{number}"
+                self.docs[key] = (self.renamed[key], quality)
+
     def keeper(self, members: list[int]) -> int:
-        return min(members, key=lambda k: (-self.docs[k][1], self.docs[k][0]))
+        return min(members, key=lambda k: (-self.docs[k][1], self.docs[k][0], k))
 
     def add_pass(self, kind: str, pairs: Iterable[tuple[int, int]]) -> None:
         union = UnionFind()
@@ -163,16 +199,21 @@ class MinhashClusters:
 
 
 class DedupFilter(Stage):
-    """Drops the documents the cluster pass removed (by row of the curated file), naming the kept one."""
+    """Drops the documents the cluster pass removed (by row of the curated file), naming the kept one, and gives
+    documents that shared an upstream id their unique id (noted `dedup:duplicate_id`)."""
 
     name = "dedup"
 
-    def __init__(self, removed: dict[int, tuple[str, str]]) -> None:
+    def __init__(self, removed: dict[int, tuple[str, str]], renamed: dict[int, str] | None = None) -> None:
         super().__init__()
         self.removed = removed  # row -> (kind, kept id)
+        self.renamed = renamed or {}  # row -> new id
 
     def run(self, docs: Iterable[Document]) -> Iterator[Document]:
         for row, doc in enumerate(docs):
+            if row in self.renamed:
+                doc.id = self.renamed[row]
+                self.note(doc, "dedup:duplicate_id")
             self.count_read(doc)
             if row in self.removed:
                 kind, kept_id = self.removed[row]

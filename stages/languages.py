@@ -2,10 +2,14 @@
 
 import csv
 import re
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from stages.settings import setting
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+COUNTS_FILE = CONFIG_DIR / "mmbert-language-counts.csv"
 CODE = "code"  # the language set entry that admits every `code_<language>` label
 # A label is also a folder name under pool/: nothing else may pass (no `..`, no `/`).
 LABEL = re.compile(r"(?:[a-z]{2,3}_[A-Z][a-z]{3}|code_[a-z0-9][a-z0-9+#._-]{0,40})")
@@ -41,3 +45,33 @@ def code_label(language: str) -> str:
 
 def valid_label(label: str | None) -> bool:
     return bool(label) and LABEL.fullmatch(label) is not None
+
+
+@cache
+def language_set(column: str, counts: Path = COUNTS_FILE) -> frozenset[str]:
+    """Languages with tokens in a column of mmBERT's counts; `any`: in any column (1,833 + code)."""
+    try:
+        with open(counts, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise ValueError(f"{counts}: no such file") from None
+    columns = [c for c in rows[0] if c != "language"] if rows else []
+    if column != "any" and column not in columns:
+        raise ValueError(f"{counts}: no column {column!r} (columns: {', '.join(columns)}, or any)")
+    chosen = columns if column == "any" else [column]
+    return frozenset(row["language"] for row in rows if any(float(row[c] or 0) > 0 for c in chosen))
+
+
+@dataclass(frozen=True)
+class LanguageSet:
+    """A language set from a column of a counts file shaped like mmBERT's (language + one column per phase)."""
+
+    column: str = setting("any", help="the counts column whose languages with tokens form the set; any: all")
+    counts: Path = setting(COUNTS_FILE, help="CSV with a `language` column (ISO 639-3, `code`) and count columns")
+
+    def __post_init__(self) -> None:
+        if not self.resolve():
+            raise ValueError(f"the language set is empty (no tokens in column {self.column!r} of {self.counts})")
+
+    def resolve(self) -> frozenset[str]:
+        return language_set(self.column, self.counts)

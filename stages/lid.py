@@ -14,13 +14,14 @@ language is written in several (`other_scripts` there: Serbian in Latin letters 
 """
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from stages.assets import AssetSpec
 from stages.base import BatchStage, Document
-from stages.languages import base_language, other_scripts, short_code_labels, valid_label
+from stages.languages import LanguageSet, base_language, other_scripts, short_code_labels, valid_label
+from stages.settings import setting
 from stages.text import dominant_script
 
 if TYPE_CHECKING:
@@ -28,21 +29,32 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class LidConfig:
-    model: AssetSpec
-    languages: frozenset[str]  # ISO 639-3 codes (and `code`) the pool keeps
-    upstream: str = "trust"  # or "verify"
-    unknown_to_model: str = "keep"  # or "reject"
-    min_score: float = 0.5
-    min_score_overrides: dict[str, float] = field(default_factory=dict)
-    upstream_min_score: dict[str, float] = field(default_factory=dict)  # FineWeb2's language_score per label
-    max_chars: int = 1000
+class MinScore:
+    default: float = setting(0.5, help="minimum model probability for a detected label")
+    overrides: dict[str, float] = setting(factory=dict, help="minimum by lang_Script or ISO 639-3 code")
 
-    def threshold(self, label: str, upstream: bool) -> float:
-        if upstream:
-            return self.upstream_min_score.get(label, 0.0)
-        overrides = self.min_score_overrides
-        return overrides.get(label, overrides.get(base_language(label), self.min_score))
+
+@dataclass(frozen=True)
+class LidConfig:
+    """Language identification: a fastText-format model by local path, label handling, thresholds."""
+
+    model: AssetSpec = setting(help="the fastText-format model (lid.176 by default; GlotLID v3 for the recipe)")
+    languages: LanguageSet = setting(factory=LanguageSet, help="the labels the pool keeps; others are "
+                                                               "lid:other_language")
+    upstream: Literal["trust", "verify"] = setting(
+        "trust", help="a source's own label: keep it (trust; a disagreement is noted) or reject a disagreement")
+    unknown_to_model: Literal["keep", "reject"] = setting(
+        "keep", help="an upstream label the model has no class for: keep (noted) or reject")
+    min_score: MinScore = setting(factory=MinScore, help="minimum model probability for detected labels")
+    max_chars: int = setting(1000, help="characters of a document the model reads")
+
+    def __post_init__(self) -> None:
+        if self.max_chars < 1:
+            raise ValueError(f"max_chars must be >= 1, got {self.max_chars}")
+
+    def threshold(self, label: str) -> float:
+        overrides = self.min_score.overrides
+        return overrides.get(label, overrides.get(base_language(label), self.min_score.default))
 
 
 @cache
@@ -89,9 +101,11 @@ class FastTextLid:
 class LanguageId(BatchStage):
     name = "lid"
 
-    def __init__(self, config: LidConfig) -> None:
+    def __init__(self, config: LidConfig, upstream_min_score: dict[str, float] | None = None) -> None:
         super().__init__()
         self.config = config
+        self.languages = config.languages.resolve()
+        self.upstream_min_score = upstream_min_score or {}  # FineWeb2's language_score per label
         self.model = FastTextLid(config.model, config.max_chars)
 
     def process(self, batch: list[Document]) -> Iterator[Document]:
@@ -103,7 +117,7 @@ class LanguageId(BatchStage):
             reason = self._decide(doc, prediction) if prediction else None
             if reason is None and not valid_label(doc.metadata["lang"]):
                 reason = "lid:invalid_label"
-            elif reason is None and base_language(doc.metadata["lang"]) not in self.config.languages:
+            elif reason is None and base_language(doc.metadata["lang"]) not in self.languages:
                 reason = "lid:other_language"
             if reason:
                 detail = f"predicted {prediction[0]} {prediction[1]:.2f}" if prediction else None
@@ -121,7 +135,7 @@ class LanguageId(BatchStage):
         meta["lid_predicted"], meta["lid_score"] = predicted, score
         if meta.get("lang_source") != "upstream":
             meta["lang"], meta["lang_score"] = predicted, score
-            threshold = self.config.threshold(predicted, upstream=False)
+            threshold = self.config.threshold(predicted)
             return f"lid:low_score score<{threshold}" if score < threshold else None
         upstream = meta["lang"]
         if base_language(predicted) != base_language(upstream):
@@ -137,5 +151,5 @@ class LanguageId(BatchStage):
             meta["lang_score"] = score  # MegaWika has no score of its own: the agreeing model's
         if meta.get("lang_score") is None:
             return None
-        threshold = self.config.threshold(upstream, upstream=True)
+        threshold = self.upstream_min_score.get(upstream, 0.0)
         return f"lid:low_score upstream_score<{threshold}" if meta["lang_score"] < threshold else None

@@ -19,9 +19,10 @@ document. It ranks documents within a language; phases take a tier by `quality_q
 
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, fields, replace
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 from datatrove.pipeline.filters.gopher_repetition_filter import find_duplicates
@@ -29,6 +30,7 @@ from datatrove.utils.text import TERMINAL_PUNCTUATION
 
 from stages.base import Document, Stage
 from stages.languages import base_language
+from stages.settings import setting
 from stages.text import dominant_script, script_of, split_words
 
 STOP_CHARS = tuple(TERMINAL_PUNCTUATION)
@@ -47,19 +49,81 @@ class Rejected(Exception):
 
 
 @dataclass(frozen=True)
-class QualityConfig:
-    default: dict  # the row for languages FineWeb2 has no thresholds for
-    languages: dict[str, dict] = field(default_factory=dict)  # FineWeb2's rows, by lang_Script
-    overrides: dict[str, dict] = field(default_factory=dict)  # by lang_Script or ISO 639-3
-    fixed: dict = field(default_factory=dict)  # FineWeb2's pipeline constants, for every language
-    code: dict = field(default_factory=dict)
+class QualityRow:
+    """One language's thresholds (FineWeb2's per-language row, the default row, `fixed` or an override). A rule
+    whose threshold is 0 or -1 is off; a key left out (null) takes the value of the row below it."""
 
-    def thresholds(self, lang: str) -> dict:
-        row = dict(self.fixed)
-        row.update(self.languages.get(lang) or self.default)
-        row.update(self.overrides.get(base_language(lang), {}))
-        row.update(self.overrides.get(lang, {}))
-        return row
+    dup_para_frac: float | None = setting(None, help="Gopher: max fraction of duplicated paragraphs")
+    dup_para_char_frac: float | None = setting(None, help="Gopher: max character fraction in duplicated paragraphs")
+    dup_line_frac: float | None = setting(None, help="Gopher: max fraction of duplicated lines")
+    dup_line_char_frac: float | None = setting(None, help="Gopher: max character fraction in duplicated lines")
+    top_n_grams: tuple[tuple[int, float], ...] | None = setting(
+        None, help="Gopher: [n, max character fraction of the most frequent n-gram] pairs")
+    dup_n_grams: tuple[tuple[int, float], ...] | None = setting(
+        None, help="Gopher: [n, max character fraction in repeated n-grams] pairs")
+    line_punct_thr: float | None = setting(None, help="FineWeb: min fraction of lines ending in punctuation")
+    short_line_thr: float | None = setting(None, help="FineWeb: max fraction of short lines")
+    short_line_length: int | None = setting(None, help="FineWeb: a line this long or shorter is short (30)")
+    char_duplicates_ratio: float | None = setting(None, help="FineWeb: max fraction of characters in repeated lines")
+    new_line_ratio: float | None = setting(None, help="FineWeb: max newlines per word (list-like text)")
+    min_doc_words: int | None = setting(None, help="Gopher: min words per document")
+    max_doc_words: int | None = setting(None, help="Gopher: max words per document")
+    min_avg_word_length: float | None = setting(None, help="Gopher: min mean word length")
+    max_avg_word_length: float | None = setting(None, help="Gopher: max mean word length")
+    max_symbol_word_ratio: float | None = setting(None, help="Gopher: max '#' and ellipses per word")
+    max_bullet_lines_ratio: float | None = setting(None, help="Gopher: max fraction of lines starting with a bullet")
+    max_ellipsis_lines_ratio: float | None = setting(None, help="Gopher: max fraction of lines ending in an ellipsis")
+    max_non_alpha_words_ratio: float | None = setting(
+        None, help="Gopher: min fraction of words with a letter (datatrove's name for it)")
+    min_stop_words: int | None = setting(None, help="Gopher: min stop words per document")
+    stopwords: tuple[str, ...] | None = setting(None, help="the language's stop words")
+    stopword_suffixes: bool | None = setting(None, help="count words ending in a stop word (Korean particles)")
+    language_score: float | None = setting(None, help="FineWeb2: min upstream GlotLID score (used by LID)")
+    c4: bool | None = setting(None, help="apply C4's line filters first (FineWeb English; not FineWeb2)")
+    c4_curly_bracket: bool | None = setting(None, help="C4: reject documents with '{' (true)")
+    c4_min_words_per_line: int | None = setting(None, help="C4: drop lines with fewer words (3)")
+
+    def over(self, below: "QualityRow") -> "QualityRow":
+        """This row on top of `below`: its set values win."""
+        mine = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return replace(below, **mine)
+
+
+@dataclass(frozen=True)
+class CodeRow:
+    """Code filters (every `code_<language>` label), StarCoder / The Stack style."""
+
+    max_line_length: int | None = setting(1000, help="max characters in any line")
+    max_mean_line_length: float | None = setting(100, help="max mean characters per line")
+    min_alnum_fraction: float | None = setting(0.25, help="min fraction of alphanumeric characters")
+    marker_lines: int = setting(5, help="auto-generated markers are looked for in this many first lines")
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Quality filtering: a document's thresholds are `fixed`, then its language's row from `languages_file`
+    (or `default`), then `overrides` by ISO 639-3 code, then by lang_Script."""
+
+    languages_file: Path = setting(help="FineWeb2's per-language rows (thresholds, stop words), by lang_Script")
+    default: QualityRow = setting(help="the row for languages FineWeb2 has no thresholds for")
+    code: CodeRow = setting(factory=CodeRow, help="code filters")
+    fixed: QualityRow = setting(factory=QualityRow, help="FineWeb2's pipeline constants, for every language")
+    overrides: dict[str, QualityRow] = setting(factory=dict, help="rows by ISO 639-3 code or lang_Script")
+    # FineWeb2's rows, read from languages_file by the loader (not a YAML key)
+    languages: dict[str, QualityRow] = field(default_factory=dict, repr=False, metadata={"derived": True})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_merged", {})
+
+    def thresholds(self, lang: str) -> QualityRow:
+        merged = self._merged.get(lang)  # type: ignore[attr-defined]
+        if merged is None:
+            merged = self.fixed
+            for row in (self.languages.get(lang) or self.default, self.overrides.get(base_language(lang)),
+                        self.overrides.get(lang)):
+                merged = row.over(merged) if row is not None else merged
+            self._merged[lang] = merged  # type: ignore[attr-defined]
+        return merged
 
 
 class Margins:
@@ -84,19 +148,20 @@ class Margins:
         self.values.append(min(1.0, (value - limit) / (top - limit)) if top > limit else 1.0)
 
 
-def c4_lines(text: str, words_in: callable, row: dict) -> str:
+def c4_lines(text: str, words_in: Callable[[str], list[str]], row: QualityRow) -> str:
     """C4's line filters: drop JavaScript / policy lines and lines of few words; reject lorem ipsum, `{`."""
     lowered = text.lower()
     if "lorem ipsum" in lowered:
         raise Rejected("quality:c4 lorem_ipsum")
-    if row.get("c4_curly_bracket", True) and "{" in text:
+    if row.c4_curly_bracket is not False and "{" in text:
         raise Rejected("quality:c4 curly_bracket")
+    min_words = 3 if row.c4_min_words_per_line is None else row.c4_min_words_per_line
     kept = []
     for line in text.split("\n"):
         low = line.lower()
         if "javascript" in low or any(p in low for p in C4_POLICY):
             continue
-        if line.strip() and len(words_in(line)) < row.get("c4_min_words_per_line", 3):
+        if line.strip() and len(words_in(line)) < min_words:
             continue
         kept.append(line)
     cleaned = "\n".join(kept).strip()
@@ -155,68 +220,68 @@ class NGrams:
         return repeated
 
 
-def gopher_repetition(text: str, words: list[str], row: dict, margins: Margins) -> None:
+def gopher_repetition(text: str, words: list[str], row: QualityRow, margins: Margins) -> None:
     """Gopher (Rae et al. 2021, table A1) repetition rules, counted as datatrove counts them."""
     paragraphs = PARAGRAPHS.split(text.strip())
     duplicates, chars = find_duplicates(paragraphs)
-    margins.at_most("dup_para_frac", duplicates / len(paragraphs), row.get("dup_para_frac"))
-    margins.at_most("dup_para_char_frac", chars / len(text), row.get("dup_para_char_frac"))
+    margins.at_most("dup_para_frac", duplicates / len(paragraphs), row.dup_para_frac)
+    margins.at_most("dup_para_char_frac", chars / len(text), row.dup_para_char_frac)
     lines = LINES.split(text)
     duplicates, chars = find_duplicates(lines)
-    margins.at_most("dup_line_frac", duplicates / len(lines), row.get("dup_line_frac"))
-    margins.at_most("dup_line_char_frac", chars / len(text), row.get("dup_line_char_frac"))
+    margins.at_most("dup_line_frac", duplicates / len(lines), row.dup_line_frac)
+    margins.at_most("dup_line_char_frac", chars / len(text), row.dup_line_char_frac)
     n_grams = NGrams(words)
-    for n, limit in row.get("top_n_grams", []):
+    for n, limit in row.top_n_grams or ():
         if len(words) >= n:
             margins.at_most(f"top_{n}_gram", n_grams.top_chars(n) / len(text), limit)
-    for n, limit in row.get("dup_n_grams", []):
+    for n, limit in row.dup_n_grams or ():
         margins.at_most(f"dup_{n}_gram", n_grams.duplicate_chars(n) / len(text), limit)
 
 
-def fineweb(text: str, words: list[str], row: dict, margins: Margins) -> None:
+def fineweb(text: str, words: list[str], row: QualityRow, margins: Margins) -> None:
     """FineWeb's filters (Penedo et al. 2024): punctuated lines, duplicated characters, list-like text."""
     lines = [line for line in text.split("\n") if line.strip()]
     punctuated = sum(line.rstrip().endswith(STOP_CHARS) for line in lines) / max(len(lines), 1)
-    margins.at_least("line_punct_ratio", punctuated, row.get("line_punct_thr"))
-    short_length = row.get("short_line_length", 30)
+    margins.at_least("line_punct_ratio", punctuated, row.line_punct_thr)
+    short_length = 30 if row.short_line_length is None else row.short_line_length
     short = sum(len(line) <= short_length for line in lines) / max(len(lines), 1)
-    margins.at_most("short_line_ratio", short, row.get("short_line_thr"))
+    margins.at_most("short_line_ratio", short, row.short_line_thr)
     _, duplicated_chars = find_duplicates(lines)
     margins.at_most("char_dup_ratio", duplicated_chars / max(len(text.replace("\n", "")), 1),
-                    row.get("char_duplicates_ratio"))
-    margins.at_most("list_ratio", text.count("\n") / max(len(words), 1), row.get("new_line_ratio"))
+                    row.char_duplicates_ratio)
+    margins.at_most("list_ratio", text.count("\n") / max(len(words), 1), row.new_line_ratio)
 
 
-def gopher_length(words: list[str], row: dict, margins: Margins) -> None:
+def gopher_length(words: list[str], row: QualityRow, margins: Margins) -> None:
     """Gopher's document length rule, first because it is the cheapest and short texts fail every ratio."""
-    margins.at_least("doc_words", len(words), row.get("min_doc_words"), top=row.get("min_doc_words", 0) * 4)
-    margins.at_most("doc_words", len(words), row.get("max_doc_words"))
+    margins.at_least("doc_words", len(words), row.min_doc_words, top=(row.min_doc_words or 0) * 4)
+    margins.at_most("doc_words", len(words), row.max_doc_words)
     if not words:
         raise Rejected("quality:gopher_quality no_words")
 
 
-def gopher_quality(text: str, words: list[str], row: dict, margins: Margins) -> None:
+def gopher_quality(text: str, words: list[str], row: QualityRow, margins: Margins) -> None:
     """Gopher quality rules (Rae et al. 2021): word length, symbols, bullets, alphabetic words, stop words."""
     n_words = len(words)
     mean = sum(map(len, words)) / n_words
-    low, high = row.get("min_avg_word_length"), row.get("max_avg_word_length")
+    low, high = row.min_avg_word_length, row.max_avg_word_length
     margins.at_least("avg_word_length", mean, low, top=(low + high) / 2 if low and high else 1.0)
     margins.at_most("avg_word_length", mean, high)
-    margins.at_most("hash_word_ratio", text.count("#") / n_words, row.get("max_symbol_word_ratio"))
+    margins.at_most("hash_word_ratio", text.count("#") / n_words, row.max_symbol_word_ratio)
     ellipses = sum(text.count(e) for e in ELLIPSES)
-    margins.at_most("ellipsis_word_ratio", ellipses / n_words, row.get("max_symbol_word_ratio"))
+    margins.at_most("ellipsis_word_ratio", ellipses / n_words, row.max_symbol_word_ratio)
     lines = [line for line in text.splitlines() if line.strip()]
     if lines:
         bullets = sum(line.lstrip().startswith(BULLETS) for line in lines) / len(lines)
-        margins.at_most("bullet_lines_ratio", bullets, row.get("max_bullet_lines_ratio"))
+        margins.at_most("bullet_lines_ratio", bullets, row.max_bullet_lines_ratio)
         trailing = sum(line.rstrip().endswith(ELLIPSES) for line in lines) / len(lines)
-        margins.at_most("ellipsis_lines_ratio", trailing, row.get("max_ellipsis_lines_ratio"))
+        margins.at_most("ellipsis_lines_ratio", trailing, row.max_ellipsis_lines_ratio)
     alphabetic = sum(any(ch.isalpha() for ch in word) for word in words) / n_words
-    margins.at_least("alpha_words_ratio", alphabetic, row.get("max_non_alpha_words_ratio"))
-    stop_words = row.get("stopwords")
-    if stop_words and row.get("min_stop_words"):
-        found = count_stop_words(words, tuple(stop_words), row.get("stopword_suffixes", False))
-        margins.at_least("stop_words", found, row["min_stop_words"], top=row["min_stop_words"] * 4)
+    margins.at_least("alpha_words_ratio", alphabetic, row.max_non_alpha_words_ratio)
+    stop_words = row.stopwords
+    if stop_words and row.min_stop_words:
+        found = count_stop_words(words, tuple(stop_words), bool(row.stopword_suffixes))
+        margins.at_least("stop_words", found, row.min_stop_words, top=row.min_stop_words * 4)
 
 
 @cache
@@ -235,16 +300,16 @@ def count_stop_words(words: list[str], stop_words: tuple[str, ...], suffixes: bo
     return sum(any(word.endswith(s) for s in stop) for word in normalized)
 
 
-def code_quality(text: str, row: dict, margins: Margins) -> None:
+def code_quality(text: str, row: CodeRow, margins: Margins) -> None:
     """Code filters as in StarCoder / The Stack: line lengths, alphanumeric fraction, generated files."""
     lines = text.splitlines() or [""]
-    head = "\n".join(lines[: row.get("marker_lines", 5)])
+    head = "\n".join(lines[: row.marker_lines])
     if AUTOGENERATED.search(head):
         raise Rejected("quality:code autogenerated")
-    margins.at_most("max_line_length", max(map(len, lines)), row.get("max_line_length"))
-    margins.at_most("mean_line_length", sum(map(len, lines)) / len(lines), row.get("max_mean_line_length"))
+    margins.at_most("max_line_length", max(map(len, lines)), row.max_line_length)
+    margins.at_most("mean_line_length", sum(map(len, lines)) / len(lines), row.max_mean_line_length)
     alnum = sum(ch.isalnum() for ch in text) / max(len(text), 1)
-    margins.at_least("alnum_fraction", alnum, row.get("min_alnum_fraction"))
+    margins.at_least("alnum_fraction", alnum, row.min_alnum_fraction)
 
 
 class QualityFilter(Stage):
@@ -279,7 +344,7 @@ class QualityFilter(Stage):
             return round(sum(margins.values) / max(len(margins.values), 1), 4)
         row = self.config.thresholds(lang)
         script = script_of(lang) or dominant_script(doc.text)
-        if row.get("c4"):
+        if row.c4:
             doc.text = c4_lines(doc.text, lambda line: split_words(line, script), row)
         words = split_words(doc.text, script)
         margins = Margins("gopher_quality")

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import SAMPLES_DIR as SAMPLES
-from pipeline.config import load_phase, load_sources, load_tokenizers
+from pipeline.config import load_tokenizers
+from tests.helpers import settings_for
 
 
 @pytest.fixture(scope="session")
@@ -32,10 +33,10 @@ def ray_session():
 @pytest.fixture(scope="session")
 def sample_build(tmp_path_factory, ray_session, tokenizers):
     """Phase 1 built once from the bundled samples: (out directory, run info)."""
-    from pipeline.build import BuildSettings, build
+    from pipeline.build import build
 
     out = tmp_path_factory.mktemp("build") / "out"
-    settings = BuildSettings(out=out, phase=load_phase(1), sources=load_sources(), tokenizers=tokenizers)
+    settings = settings_for(out)
     return out, build(settings)
 
 

@@ -10,28 +10,53 @@ import json
 import logging
 from abc import abstractmethod
 from collections.abc import Iterable, Iterator
-from typing import IO
+from dataclasses import dataclass, fields
+from typing import IO, Any
 
 import fsspec
 
+from stages.assets import AssetSpec
 from stages.base import Document, Stage
+from stages.settings import ConfigError, Location, setting
 
 log = logging.getLogger(__name__)
 
+# fsspec `info` keys that change when a file's content does, best first (object stores, the Hub, local files)
+IDENTITY_KEYS = ("ETag", "etag", "md5Hash", "sha256", "blob_id", "generation", "mtime", "LastModified", "updated")
 MAX_CHARS = 5_000_000  # a longer text is cut here (option `max_chars`), noted as read:text_capped
+
+
+@dataclass(frozen=True)
+class ReaderOptions:
+    """What every source takes in the sources YAML; each reader adds its own options."""
+
+    path: Location = setting(help="local folder (relative to the YAML naming it) or fsspec URL, upstream layout")
+    max_chars: int = setting(MAX_CHARS, help="a longer text is cut here and noted read:text_capped")
 
 
 class SourceReader(Stage):
     name = "read"
     source: str  # the source's key in sources.yaml and in the pool
     patterns: tuple[str, ...]  # globs under the root, in the upstream layout
-    tokenizer_role: str | None = None  # a tokenizer from configs/tokenizers.yaml the reader needs, if any
+    Options: type[ReaderOptions] = ReaderOptions
 
-    def __init__(self, path: str, **options: object) -> None:
+    def __init__(self, path: str, **options: Any) -> None:
         super().__init__()
+        self.options = self.Options(path=path, **options)
         self.root = path.rstrip("/")
-        self.options = options
         self.fs, self.fs_root = fsspec.core.url_to_fs(self.root)
+
+    @classmethod
+    def create(cls, options: ReaderOptions, tokenizers: dict[str, AssetSpec]) -> "SourceReader":
+        """The reader for a configured source (readers that need a tokenizer look it up by role)."""
+        return cls(**{f.name: getattr(options, f.name) for f in fields(options)})
+
+    @staticmethod
+    def tokenizer_for(tokenizers: dict[str, AssetSpec], role: str, source: str) -> AssetSpec:
+        if role not in tokenizers:
+            raise ConfigError(f"source {source}: tokenizer {role!r} is not in the tokenizers config "
+                              f"(known: {', '.join(tokenizers)})")
+        return tokenizers[role]
 
     def list_files(self) -> list[str]:
         """Paths relative to the root, sorted, so that task keys and output names are stable."""
@@ -51,8 +76,12 @@ class SourceReader(Stage):
         parts = [*self.fs_root.rstrip("/").split("/"), *relative.split("/")]
         return parts[-1 - up]
 
-    def size(self, relative: str) -> int:
-        return int(self.fs.size(f"{self.fs_root}/{relative}") or 0)
+    def identity(self, relative: str) -> dict:
+        """What tells whether an upstream file changed: its size and its ETag, hash or modification time (raises
+        OSError for a path that cannot be read, such as a dangling or looping link)."""
+        info = self.fs.info(f"{self.fs_root}/{relative}")
+        version = next((info[key] for key in IDENTITY_KEYS if info.get(key) is not None), None)
+        return {"path": relative, "size": int(info.get("size") or 0), "version": str(version)}
 
     def accept(self, relative: str) -> bool:
         """Hook for readers that skip some files of the layout (with a log line saying so)."""
@@ -81,7 +110,7 @@ class SourceReader(Stage):
         self.reject(doc, reason, detail)
 
     def run(self, files: Iterable[str]) -> Iterator[Document]:
-        max_chars = int(self.options.get("max_chars", MAX_CHARS))
+        max_chars = self.options.max_chars
         for relative in files:
             try:
                 for doc in self.read_file(relative):

@@ -7,20 +7,30 @@ except `starcoder` as code.
 """
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from stages.base import Document
 from stages.languages import CODE, code_label
-from stages.sources.base import SourceReader, iter_json_lines
+from stages.settings import setting
+from stages.sources.base import ReaderOptions, SourceReader, iter_json_lines
 
 DEFAULT_LANG = "eng_Latn"
 
 
+@dataclass(frozen=True)
+class DolmaOptions(ReaderOptions):
+    subsets: dict[str, str] | None = setting(
+        None, help="subset folder -> the language it holds (lang_Script or code); unlisted folders are not read")
+
+
 class DolmaReader(SourceReader):
     source = "dolma"
+    Options = DolmaOptions
+    options: DolmaOptions
 
     def __init__(self, path: str, **options: object) -> None:
         super().__init__(path, **options)
-        self.subsets: dict[str, str] | None = options.get("subsets")  # type: ignore[assignment]
+        self.subsets = self.options.subsets
         folders = list(self.subsets) if self.subsets else ["*"]
         self.patterns = tuple(f"{folder}/*.json{ext}" for folder in folders for ext in (".gz", ".zst", "l", "l.gz"))
         if not self.subsets:  # the path may be one subset's folder itself

@@ -7,9 +7,11 @@ The `<lang>_<Script>_removed/` folders hold what FineWeb2's own filters removed;
 import json
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from stages.base import Document
-from stages.sources.base import SourceReader, iter_parquet_rows
+from stages.settings import setting
+from stages.sources.base import ReaderOptions, SourceReader, iter_parquet_rows
 
 log = logging.getLogger(__name__)
 
@@ -17,13 +19,20 @@ COLUMNS = ["text", "id", "dump", "url", "date", "language", "language_score", "l
            "minhash_cluster_size", "top_langs"]
 
 
+@dataclass(frozen=True)
+class FineWeb2Options(ReaderOptions):
+    include_removed: bool = setting(False, help="also read data/<lang>_<Script>_removed/ (what FineWeb2 filtered)")
+
+
 class FineWeb2Reader(SourceReader):
     source = "fineweb2"
+    Options = FineWeb2Options
+    options: FineWeb2Options
     patterns = ("data/*/train/*.parquet", "*/train/*.parquet", "train/*.parquet")
 
     def accept(self, relative: str) -> bool:
         folder = self.folder(relative, up=2)
-        if folder.endswith("_removed") and not self.options.get("include_removed", False):
+        if folder.endswith("_removed") and not self.options.include_removed:
             log.info("fineweb2: skipping %s (FineWeb2-removed; set include_removed to read it)", relative)
             return False
         return True

@@ -11,6 +11,7 @@ read as English, except `thestack*` as code.
 import logging
 import posixpath
 from collections.abc import Iterator
+from dataclasses import dataclass, fields
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,8 @@ from stages.assets import AssetSpec
 from stages.base import Document
 from stages.languages import CODE, code_label
 from stages.mds import MDSError, ShardInfo, decompress, iter_samples, read_index
-from stages.sources.base import SourceReader
+from stages.settings import setting
+from stages.sources.base import ReaderOptions, SourceReader
 from stages.tokenize import LLAMA3_SPECIAL_START, llama3_encoding
 
 if TYPE_CHECKING:
@@ -29,19 +31,33 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ProLongOptions(ReaderOptions):
+    tokenizer: str = setting("llama3", help="the tokenizers-config role of ProLong's Llama-3 ids")
+    domains: dict[str, str] | None = setting(
+        None, help="domain folder -> the language it holds (lang_Script or code); unlisted domains are not read")
+
+
 class ProLongReader(SourceReader):
     source = "prolong"
     patterns = ("*/shard.*.mds", "*/shard.*.mds.zstd", "*/*/shard.*.mds", "*/*/shard.*.mds.zstd")
-    tokenizer_role = "llama3"
+    Options = ProLongOptions
+    options: ProLongOptions
 
-    def __init__(self, path: str, tokenizer: AssetSpec, **options: object) -> None:
+    def __init__(self, path: str, llama3: AssetSpec, **options: object) -> None:
         super().__init__(path, **options)
-        self.tokenizer = tokenizer
-        self.domains: dict[str, str] | None = options.get("domains")  # type: ignore[assignment]
+        self.llama3_spec = llama3
+        self.domains = self.options.domains
+
+    @classmethod
+    def create(cls, options: ReaderOptions, tokenizers: dict[str, AssetSpec]) -> "ProLongReader":
+        assert isinstance(options, ProLongOptions)
+        llama3 = cls.tokenizer_for(tokenizers, options.tokenizer, cls.source)
+        return cls(**{f.name: getattr(options, f.name) for f in fields(options)}, llama3=llama3)
 
     @cached_property
     def llama3(self) -> "tiktoken.Encoding":
-        return llama3_encoding(self.tokenizer)
+        return llama3_encoding(self.llama3_spec)
 
     def accept(self, relative: str) -> bool:
         domain = relative.split("/")[0]

@@ -3,10 +3,12 @@
 import csv
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
 from manifests.catalog import connect
+from manifests.layout import Layout
 from manifests.report import build_report
 from manifests.screenshot import screenshot
 
@@ -17,7 +19,7 @@ FIGURES = ["tokens_per_language", "annealing", "tokens_per_source", "kept_vs_rej
 @pytest.fixture(scope="module")
 def report(sample_build):
     out, _ = sample_build
-    return out, build_report(out, "phase1")
+    return out, Path(build_report(Layout(out), "phase1"))
 
 
 def read_csv(path):
@@ -38,7 +40,7 @@ def test_every_section_and_figure_is_there(report):
 
 def test_tables_equal_the_manifest(report):
     out, page = report
-    with connect(out) as con:
+    with connect(Layout(out)) as con:
         mixture = {
             lang: (int(target), int(written))
             for lang, target, written in con.execute(

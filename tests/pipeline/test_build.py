@@ -9,11 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from manifests.catalog import check
-from pipeline.build import BuildSettings, build
+from manifests.layout import Layout
+from pipeline.build import build
 from pipeline.cli import main
 from pipeline.config import PROJECT_ROOT as ROOT
-from pipeline.config import load_phase, load_sources
+from pipeline.config import load_phase
 from stages.base import Document
+from tests.helpers import settings_for
 
 SOURCES = {"fineweb2", "dolma", "megawika", "prolong", "starcoder"}
 
@@ -58,7 +60,7 @@ def test_shard_rows_follow_the_contract(sample_build):
 
 def test_stage_counts_add_up_and_check_passes(sample_build, capsys):
     out, _ = sample_build
-    assert check(out, "phase1") == []
+    assert check(Layout(out), "phase1") == []
     assert main(["check", "--out", str(out), "--phase", "1"]) == 0
     stages = query(
         out,
@@ -118,7 +120,7 @@ def test_named_queries_run(sample_build, capsys):
 def test_rerun_skips_every_task_and_keeps_the_shards(sample_build, tokenizers, caplog):
     out, _ = sample_build
     before = shard_hashes(out)
-    settings = BuildSettings(out=out, phase=load_phase(1), sources=load_sources(), tokenizers=tokenizers)
+    settings = settings_for(out)
     with caplog.at_level(logging.INFO, logger="pipeline.runner"):
         build(settings)
     runs = [r.getMessage() for r in caplog.records if "to run" in r.getMessage()]
@@ -127,13 +129,6 @@ def test_rerun_skips_every_task_and_keeps_the_shards(sample_build, tokenizers, c
                       "phase1-mix", "phase1-shard"}
     assert all(m.endswith(" 0 to run") for m in runs), runs
     assert shard_hashes(out) == before
-
-
-def test_other_seed_is_refused_in_the_same_output(sample_build, tokenizers):
-    out, _ = sample_build
-    settings = BuildSettings(out=out, phase=load_phase(1), sources=load_sources(), tokenizers=tokenizers, seed=1)
-    with pytest.raises(RuntimeError, match="another plan"):
-        build(settings)
 
 
 def test_cli_build_with_one_worker_gives_identical_shards(sample_build, tmp_path):
@@ -172,8 +167,8 @@ def test_rejected_documents_from_a_corrupt_file_reach_the_manifest(tmp_path, ray
     config = tmp_path / "sources.yaml"
     config.write_text(f"sources:\n  fineweb2:\n    path: {tmp_path / 'fineweb2'}\nshard_tokens: 4096\n")
     out = tmp_path / "out"
-    build(BuildSettings(out=out, phase=load_phase(1), sources=load_sources(config), tokenizers=tokenizers))
-    assert check(out, "phase1") == []
+    build(settings_for(out, sources=config))
+    assert check(Layout(out), "phase1") == []
     rows = query(out, "SELECT id, reason, detail FROM rejects WHERE stage = 'read'", capsys)
     assert [(r["id"], r["reason"]) for r in rows] == [
         ("fineweb2/data/deu_Latn/train/000_00001.parquet:file", "read:corrupt_file")

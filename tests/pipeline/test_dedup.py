@@ -6,9 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.build import BuildSettings, build
+from pipeline.build import build
 from pipeline.config import SAMPLES_DIR as SAMPLES
-from pipeline.config import load_phase, load_sources
+from tests.helpers import settings_for
 from tests.pipeline.test_build import query
 from tests.stages.test_lid import udhr
 
@@ -73,7 +73,7 @@ def dedup_build(tmp_path_factory, ray_session, tokenizers):
         + "shard_tokens: 4096\n"
     )
     out = root / "out"
-    build(BuildSettings(out=out, phase=load_phase(1), sources=load_sources(config), tokenizers=tokenizers))
+    build(settings_for(out, sources=config))
     return out
 
 

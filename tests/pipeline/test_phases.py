@@ -7,10 +7,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from manifests.catalog import check
-from pipeline.build import BuildSettings, build
+from manifests.layout import Layout
+from pipeline.build import build
 from pipeline.cli import main
-from pipeline.config import COUNTS_FILE, load_phase, load_sources
+from pipeline.config import COUNTS_FILE, load_phase
 from stages.shards import read_mds
+from tests.helpers import settings_for
 from tests.pipeline.test_build import query
 
 
@@ -26,7 +28,7 @@ def later_phases(sample_build, tokenizers):
         logging.getLogger("pipeline.runner").addHandler(handler)
         logging.getLogger("pipeline.runner").setLevel(logging.INFO)
         try:
-            build(BuildSettings(out=out, phase=phase, sources=load_sources(), tokenizers=tokenizers))
+            build(settings_for(out, number, variant))
         finally:
             logging.getLogger("pipeline.runner").removeHandler(handler)
         runs[phase.id] = messages
@@ -44,7 +46,7 @@ def test_later_phases_only_mix_again(later_phases):
 @pytest.mark.parametrize("phase_id", ["phase2", "phase3", "phase3-eng"])
 def test_later_phase_shards_follow_their_recipe(later_phases, phase_id):
     out, _ = later_phases
-    assert check(out, phase_id) == []
+    assert check(Layout(out), phase_id) == []
     lengths = [len(ids) for ids in pq.read_table(out / phase_id / "shards").column("input_ids").to_pylist()]
     assert lengths and 512 <= min(lengths) and max(lengths) <= 8192
 
@@ -104,7 +106,7 @@ def test_mds_export_reads_back(sample_build, tmp_path, capsys):
     assert main(["export-mds", "--phase", "1", "--out", str(out), str(tmp_path / "mds")]) == 0
     shards = pq.read_table(out / "phase1" / "shards")
     lengths = [len(ids) for ids in shards.column("input_ids").to_pylist()]
-    assert read_mds(tmp_path / "mds") == (len(lengths), sum(lengths))
+    assert read_mds(Layout(tmp_path / "mds")) == (len(lengths), sum(lengths))
     index = json.loads((tmp_path / "mds" / "index.json").read_text())
     entry = index["shards"][0]
     assert index["version"] == 2 and entry["compression"] == "zstd" and entry["format"] == "mds"

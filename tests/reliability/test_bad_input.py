@@ -11,9 +11,10 @@ import pytest
 import zstandard
 
 from manifests.catalog import check
-from pipeline.build import BuildSettings, build
+from manifests.layout import Layout
+from pipeline.build import build
 from pipeline.config import SAMPLES_DIR as SAMPLES
-from pipeline.config import load_phase, load_sources
+from tests.helpers import settings_for
 from tests.pipeline.test_build import query
 from tests.stages.test_lid import udhr
 
@@ -81,7 +82,7 @@ def damaged(tmp_path_factory, ray_session, tokenizers):
         + "shard_tokens: 65536\n"
     )
     out = root / "out"
-    build(BuildSettings(out=out, phase=load_phase(1), sources=load_sources(config), tokenizers=tokenizers))
+    build(settings_for(out, sources=config))
     return root, out
 
 
@@ -119,7 +120,7 @@ def test_bad_records_are_quarantined_alone(damaged, capsys):
 
 def test_nothing_else_is_lost(damaged, capsys):
     root, out = damaged
-    assert check(out, "phase1") == []
+    assert check(Layout(out), "phase1") == []
     ids = {r["id"] for r in query(out, "SELECT id FROM rejects UNION SELECT id FROM pool", capsys)}
     good_ids = pq.read_table(root / FINEWEB2.replace("samples/", ""), columns=["id"]).column("id").to_pylist()
     assert {f"fineweb2/{i}" for i in good_ids} <= ids  # every document of the good file is accounted for

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from manifests.catalog import check
+from manifests.layout import Layout
 from pipeline.config import PROJECT_ROOT as ROOT
 from tests.pipeline.test_build import shard_hashes
 
@@ -68,5 +69,5 @@ def test_build_submitted_as_a_ray_job(ray_head, sample_build, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "phase1-shard:" in result.stdout  # the job's own log lines, streamed back
     assert "SUCCEEDED" in result.stderr
-    assert check(out, "phase1") == []
+    assert check(Layout(out), "phase1") == []
     assert shard_hashes(out) == shard_hashes(sample_build[0])  # same bytes as the embedded build

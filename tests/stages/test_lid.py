@@ -6,9 +6,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import SAMPLES_DIR as SAMPLES
-from pipeline.config import load_lid
+from pipeline.config import load_lid, load_quality, upstream_min_scores
 from stages.base import Document
-from stages.lid import FastTextLid, LanguageId
+from stages.languages import LanguageSet
+from stages.lid import FastTextLid, LanguageId, MinScore
+
+SCORES = upstream_min_scores(load_quality())  # FineWeb2's minimum upstream score per language
 
 
 def udhr(lang: str) -> str:
@@ -44,19 +47,20 @@ def test_script_comes_from_the_text():
 
 
 def test_detected_label_replaces_the_expected_one(config):
-    stage = LanguageId(config)
+    stage = LanguageId(config, SCORES)
     [kept] = stage.run([doc(udhr("fra_Latn"), "eng_Latn", "expected")])
     assert kept.metadata["lang"] == "fra_Latn" and kept.metadata["lang_score"] > 0.8
 
 
-def test_low_score_and_other_language_are_rejected_with_the_prediction(config):
-    strict = dataclasses.replace(config, min_score=0.9999)
-    stage = LanguageId(strict)
+def test_low_score_and_other_language_are_rejected_with_the_prediction(config, tmp_path):
+    strict = dataclasses.replace(config, min_score=MinScore(0.9999))
+    stage = LanguageId(strict, SCORES)
     assert list(stage.run([doc("ok ok 123 yes", "eng_Latn", "expected")])) == []
     [reject] = stage.rejects
     assert reject.reason == "lid:low_score score<0.9999" and reject.detail.startswith("predicted ")
-    narrow = dataclasses.replace(config, languages=frozenset({"eng"}))
-    stage = LanguageId(narrow)
+    (tmp_path / "counts.csv").write_text("language,only\neng,100\ndeu,0\n")
+    narrow = dataclasses.replace(config, languages=LanguageSet("only", tmp_path / "counts.csv"))
+    stage = LanguageId(narrow, SCORES)
     assert list(stage.run([doc(udhr("deu_Latn"), "eng_Latn", "expected")])) == []
     assert [(r.reason, r.detail.split()[1]) for r in stage.rejects] == [("lid:other_language", "deu_Latn")]
 
@@ -64,33 +68,33 @@ def test_low_score_and_other_language_are_rejected_with_the_prediction(config):
 def test_upstream_label_unknown_to_the_model_is_kept_or_rejected_as_configured(config):
     xhosa = udhr("xho_Latn")
     assert "xho" not in FastTextLid(config.model).known
-    stage = LanguageId(config)
+    stage = LanguageId(config, SCORES)
     [kept] = stage.run([doc(xhosa, "xho_Latn", "upstream", 0.95, "fineweb2")])
     assert kept.metadata["lang"] == "xho_Latn"  # never relabelled by a model that cannot know it
     assert stage.stats.notes[("fineweb2", "xho_Latn")]["lid:unknown_to_model"] == 1
-    stage = LanguageId(dataclasses.replace(config, unknown_to_model="reject"))
+    stage = LanguageId(dataclasses.replace(config, unknown_to_model="reject"), SCORES)
     assert list(stage.run([doc(xhosa, "xho_Latn", "upstream", 0.95, "fineweb2")])) == []
     assert [r.reason for r in stage.rejects] == ["lid:unknown_to_model"]
 
 
 def test_upstream_disagreement_noted_or_rejected(config):
     german_labelled_french = doc(udhr("deu_Latn"), "fra_Latn", "upstream", 0.95, "fineweb2")
-    stage = LanguageId(config)
+    stage = LanguageId(config, SCORES)
     [kept] = stage.run([german_labelled_french])
     assert kept.metadata["lang"] == "fra_Latn" and kept.metadata["lid_predicted"] == "deu_Latn"
     assert stage.stats.notes[("fineweb2", "fra_Latn")]["lid:upstream_disagrees"] == 1
-    stage = LanguageId(dataclasses.replace(config, upstream="verify"))
+    stage = LanguageId(dataclasses.replace(config, upstream="verify"), SCORES)
     assert list(stage.run([doc(udhr("deu_Latn"), "fra_Latn", "upstream", 0.95, "fineweb2")])) == []
     assert [r.reason for r in stage.rejects] == ["lid:disagrees_with_upstream"]
 
 
 def test_upstream_score_below_fineweb2_minimum(config):
-    stage = LanguageId(config)
+    stage = LanguageId(config, SCORES)
     assert list(stage.run([doc(udhr("deu_Latn"), "deu_Latn", "upstream", 0.5, "fineweb2")])) == []
     assert [r.reason for r in stage.rejects] == ["lid:low_score upstream_score<0.821"]
 
 
 def test_code_is_not_run_through_the_text_model(config):
-    stage = LanguageId(config)
+    stage = LanguageId(config, SCORES)
     [kept] = stage.run([doc("def f():\n    return 1\n", "code_python", "code", source="starcoder")])
     assert kept.metadata["lang"] == "code_python" and "lid_predicted" not in kept.metadata

@@ -130,7 +130,7 @@ def test_starcoder_missing_content_column(copy_samples):
 
 
 def test_prolong_splits_packs_by_indices_and_decodes_llama3(tokenizers):
-    reader = ProLongReader(str(SAMPLES / "prolong"), tokenizer=tokenizers["llama3"])
+    reader = ProLongReader(str(SAMPLES / "prolong"), llama3=tokenizers["llama3"])
     docs, rejects = read_all(reader)
     assert not rejects
     by_domain = {}
@@ -149,7 +149,7 @@ def test_prolong_index_disagreeing_with_shard_is_rejected(copy_samples, tokenize
     index = json.loads(index_path.read_text())
     index["shards"][0]["samples"] = 2
     index_path.write_text(json.dumps(index))
-    docs, rejects = read_all(ProLongReader(str(root), tokenizer=tokenizers["llama3"]))
+    docs, rejects = read_all(ProLongReader(str(root), llama3=tokenizers["llama3"]))
     assert [(r.id, r.reason) for r in rejects] == [
         ("prolong/textbooks/proc00-64/shard.00000.mds:file", "read:corrupt_file")
     ]

@@ -1,0 +1,312 @@
+"""The output tree: every path under `--out` named once, and the file operations on it, over fsspec.
+
+`--out` may be a local folder or any fsspec URL (`s3://bucket/prefix`, `gs://...`, `memory://` in tests). Names
+are relative to the root; `Layout` turns them into filesystem paths and URLs. Writes are atomic: a temporary
+name then a rename on a file system, one complete PUT (or a completed multipart upload) on an object store,
+so a file is either whole under its name or absent. Every write computes the file's checksum (xxhash64 for
+intermediates, sha256 for shards and MDS) and reports it to the task recording its outputs.
+
+This module is a leaf: it imports nothing of the project.
+"""
+
+import contextlib
+import hashlib
+import os
+import posixpath
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import fsspec
+import xxhash
+from fsspec.implementations.local import LocalFileSystem
+
+# What the current task wrote: name -> checksum. Set by the runner around each task (pipeline/runner.py).
+_written: ContextVar[dict[str, str] | None] = ContextVar("written", default=None)
+TMP_MARK = ".tmp-"
+BLOCK = 1 << 20
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[dict[str, str]]:
+    """Collect the names and checksums of every file written inside the block."""
+    written: dict[str, str] = {}
+    token = _written.set(written)
+    try:
+        yield written
+    finally:
+        _written.reset(token)
+
+
+def new_digest(algorithm: str) -> Any:
+    if algorithm == "xxh64":
+        return xxhash.xxh64()
+    if algorithm == "sha256":
+        return hashlib.sha256()
+    raise ValueError(f"unknown checksum algorithm {algorithm!r}")
+
+
+def checksum_bytes(data: bytes, algorithm: str = "xxh64") -> str:
+    digest = new_digest(algorithm)
+    digest.update(data)
+    return f"{algorithm}:{digest.hexdigest()}"
+
+
+def checksum_stream(f: IO[bytes], algorithm: str = "xxh64") -> str:
+    digest = new_digest(algorithm)
+    for block in iter(lambda: f.read(BLOCK), b""):
+        digest.update(block)
+    return f"{algorithm}:{digest.hexdigest()}"
+
+
+def sha256_file(path: Path | str) -> str:
+    """Hex sha256 of a local file."""
+    with open(path, "rb") as f:
+        return checksum_stream(f, "sha256").split(":", 1)[1]
+
+
+class Layout:
+    """An output tree rooted at a local folder or an fsspec URL."""
+
+    CATALOG = "catalog.duckdb"
+    POOL = "pool"
+    CURATED = "curated"
+    MARKERS = "_done"
+
+    def __init__(self, root: str | Path, **storage_options: Any) -> None:
+        text = str(root)
+        self.storage_options = storage_options
+        self.fs, path = fsspec.core.url_to_fs(text, **storage_options)
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+        self.root = os.path.abspath(path) if self.is_local else path.rstrip("/")
+        self.url = self.root if self.is_local else self.fs.unstrip_protocol(self.root)
+
+    def __reduce__(self) -> tuple:
+        return _layout, (self.url, self.storage_options)
+
+    def __repr__(self) -> str:
+        return f"Layout({self.url!r})"
+
+    # ---- names, relative to the root -------------------------------------------------------------------------
+    @staticmethod
+    def curated(source: str, part: str) -> str:
+        return f"curated/{source}/{part}.parquet"
+
+    @staticmethod
+    def stats(group: str, source: str, part: str, phase: str | None = None) -> str:
+        return f"{phase + '/' if phase else ''}stats/{group}/{source}/{part}.parquet"
+
+    @staticmethod
+    def rejects(group: str, source: str, part: str, phase: str | None = None) -> str:
+        return f"{phase + '/' if phase else ''}rejects/{group}/{source}/{part}.parquet"
+
+    @staticmethod
+    def stats_globs(phase: str | None = None) -> list[str]:
+        """The curation stats, and a phase's own (mixing) when given."""
+        return ["stats/*/*/*.parquet", *([f"{phase}/stats/*/*/*.parquet"] if phase else [])]
+
+    @staticmethod
+    def rejects_globs() -> list[str]:
+        return ["rejects/*/*/*.parquet", "phase*/rejects/*/*/*.parquet"]
+
+    @staticmethod
+    def dedup(config: object) -> str:
+        return f"dedup/{config}"
+
+    @classmethod
+    def signatures(cls, config: object, source: str, part: str) -> str:
+        return f"{cls.dedup(config)}/signatures/{source}/{part}.parquet"
+
+    @classmethod
+    def pairs(cls, config: object, name: str) -> str:
+        return f"{cls.dedup(config)}/pairs/{name}.parquet"
+
+    @classmethod
+    def clusters(cls, config: object) -> str:
+        return f"{cls.dedup(config)}/clusters.parquet"
+
+    @staticmethod
+    def pool(source: str, lang: str, part: str) -> str:
+        return f"pool/{source}/{lang}/{part}.parquet"
+
+    POOL_GLOB = "pool/*/*/*.parquet"
+
+    @staticmethod
+    def placed(phase: str, key: str) -> str:
+        return f"{phase}/_placed/{key}.parquet"
+
+    @staticmethod
+    def shard(phase: str, number: int) -> str:
+        return f"{phase}/shards/shard-{number:05d}.parquet"
+
+    @staticmethod
+    def shards_glob(phase: str) -> str:
+        return f"{phase}/shards/shard-*.parquet"
+
+    @staticmethod
+    def manifest(phase: str, table: str) -> str:
+        return f"{phase}/manifest/{table}.parquet"
+
+    @staticmethod
+    def manifest_glob(table: str) -> str:
+        return f"phase*/manifest/{table}.parquet"
+
+    @staticmethod
+    def report(phase: str, name: str = "") -> str:
+        return f"{phase}/report/{name}".rstrip("/")
+
+    @classmethod
+    def marker(cls, stage: str, key: str) -> str:
+        return f"{cls.MARKERS}/{stage}/{key}.json"
+
+    # ---- locations ---------------------------------------------------------------------------------------------
+    def path(self, name: str) -> str:
+        """The filesystem path of a name (for `self.fs`)."""
+        return posixpath.join(self.root, name) if name else self.root
+
+    def url_of(self, name: str) -> str:
+        """What other readers (DuckDB, pyarrow, a person) open: a local path or a full URL."""
+        return posixpath.join(self.url, name) if name else self.url
+
+    def relative(self, path: str) -> str:
+        """A filesystem path (from `fs.glob`) back to its name."""
+        stripped = self.fs._strip_protocol(path) if not self.is_local else path
+        return posixpath.relpath(stripped, self.root)
+
+    # ---- reading ------------------------------------------------------------------------------------------------
+    def exists(self, name: str) -> bool:
+        return self.fs.exists(self.path(name))
+
+    def size(self, name: str) -> int:
+        return int(self.fs.size(self.path(name)) or 0)
+
+    def open(self, name: str, mode: str = "rb") -> IO[bytes]:
+        return self.fs.open(self.path(name), mode)
+
+    def read_bytes(self, name: str) -> bytes:
+        return self.fs.cat_file(self.path(name))
+
+    def read_text(self, name: str) -> str:
+        return self.read_bytes(name).decode("utf-8")
+
+    def glob(self, pattern: str) -> list[str]:
+        """Names matching a glob under the root, sorted; temporary files are never listed."""
+        found = self.fs.glob(self.path(pattern))
+        return sorted(name for name in map(self.relative, found) if TMP_MARK not in posixpath.basename(name))
+
+    def checksum(self, name: str, algorithm: str = "xxh64") -> str:
+        with self.open(name) as f:
+            return checksum_stream(f, algorithm)
+
+    def verify(self, name: str, expected: str) -> str | None:
+        """None when the file is there with the expected checksum, else what is wrong."""
+        try:
+            found = self.checksum(name, expected.split(":", 1)[0])
+        except FileNotFoundError:
+            return "missing"
+        return None if found == expected else f"checksum {found} != {expected}"
+
+    # ---- writing -------------------------------------------------------------------------------------------------
+    def write_bytes(self, name: str, data: bytes, algorithm: str = "xxh64") -> str:
+        """Write a whole file atomically; returns (and records) its checksum."""
+        checksum = checksum_bytes(data, algorithm)
+        target = self.path(name)
+        if self.is_local:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            tmp = temporary_name(target)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        else:
+            self.fs.pipe_file(target, data)  # one PUT: the object appears whole or not at all
+        self._record(name, checksum)
+        return checksum
+
+    def write_text(self, name: str, text: str) -> str:
+        return self.write_bytes(name, text.encode("utf-8"))
+
+    @contextlib.contextmanager
+    def writing(self, name: str, algorithm: str = "xxh64") -> Iterator["Spool"]:
+        """A local file (`spool.local`) to write `name` through: it lands under its name (renamed, or uploaded in
+        one piece) when the block ends without an error, and is removed otherwise; then `spool.checksum` is set."""
+        target = self.path(name)
+        if self.is_local:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            spool = Spool(temporary_name(target))
+        else:
+            handle, local = tempfile.mkstemp(prefix="mmcorpus-", suffix=TMP_MARK + posixpath.basename(name))
+            os.close(handle)
+            spool = Spool(local)
+        try:
+            yield spool
+            with open(spool.local, "rb") as f:
+                spool.checksum = checksum_stream(f, algorithm)
+            if self.is_local:
+                os.replace(spool.local, target)
+            else:
+                self.fs.put_file(spool.local, target)  # a completed (multipart) upload, or nothing
+            self._record(name, spool.checksum)
+        finally:
+            if os.path.exists(spool.local):
+                os.unlink(spool.local)
+
+    def delete(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self.path(name))
+
+    def delete_tree(self, name: str) -> None:
+        if self.is_local:
+            shutil.rmtree(self.path(name), ignore_errors=True)
+        elif self.fs.exists(self.path(name)):
+            self.fs.rm(self.path(name), recursive=True)
+
+    def remove_temporaries(self) -> int:
+        """Temporary files a killed run left (local trees only: object stores never see partial objects)."""
+        if not self.is_local or not os.path.isdir(self.root):
+            return 0
+        removed = 0
+        for folder, _, files in os.walk(self.root):
+            for name in files:
+                if name.startswith(".") and TMP_MARK in name:
+                    os.unlink(os.path.join(folder, name))
+                    removed += 1
+        return removed
+
+    @staticmethod
+    def _record(name: str, checksum: str) -> None:
+        written = _written.get()
+        if written is not None:
+            written[name] = checksum
+
+    # ---- SQL -----------------------------------------------------------------------------------------------------
+    def duckdb(self, threads: int = 1, **config: Any) -> Any:
+        """A DuckDB connection that reads this tree (through fsspec when it is not local)."""
+        import duckdb
+
+        con = duckdb.connect(config={"threads": threads, **config})
+        if not self.is_local:
+            con.register_filesystem(self.fs)
+        return con
+
+
+@dataclass
+class Spool:
+    local: str
+    checksum: str = ""
+
+
+def _layout(url: str, storage_options: dict) -> Layout:
+    return Layout(url, **storage_options)
+
+
+def temporary_name(target: str) -> str:
+    folder, name = os.path.split(target)
+    return os.path.join(folder, f".{name}{TMP_MARK}{os.getpid()}")
