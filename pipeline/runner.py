@@ -320,18 +320,20 @@ class Runner:
 
     def _repair(self, damaged: dict[str, str]) -> None:
         """Run again the tasks that wrote the damaged files (their own inputs checked in turn)."""
-        by_stage: dict[str, list[Task]] = defaultdict(list)
+        by_stage: dict[str, dict[str, Task]] = defaultdict(dict)
+        problems: dict[str, list[str]] = defaultdict(list)
         for name, problem in sorted(damaged.items()):
             producer = self.producers.get(name)
             if producer is None:
                 raise TaskFailed(f"{self.layout.url_of(name)}: {problem}, and no task of this build writes it")
             stage, key, _ = producer
-            log.warning("%s: %s: running %s task %s again", self.layout.url_of(name), problem, stage, key)
-            if self.tasks[(stage, key)] not in by_stage[stage]:
-                by_stage[stage].append(self.tasks[(stage, key)])
+            by_stage[stage][key] = self.tasks[(stage, key)]
+            problems[stage].append(f"{self.layout.url_of(name)}: {problem}")
         for stage, tasks in by_stage.items():
-            old = {task.key: self.done[stage].pop(task.key) for task in tasks if task.key in self.done[stage]}
-            self._execute(stage, tasks, old)
+            more = f" and {len(problems[stage]) - 1} more" if len(problems[stage]) > 1 else ""
+            log.warning("%s%s: running %d %s task(s) again", problems[stage][0], more, len(tasks), stage)
+            old = {key: self.done[stage].pop(key) for key in tasks if key in self.done[stage]}
+            self._execute(stage, list(tasks.values()), old)
 
 
 def _in_main_thread() -> bool:

@@ -80,7 +80,10 @@ def url_key(url: str | None) -> bytes | None:
     no trailing slash; http and https alike."""
     if not url:
         return None
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:  # `http://[bad2/x`: readers drop such URLs (noted read:bad_url); never fail a whole pass
+        return None
     if not parts.netloc:
         return None
     host = parts.netloc.lower().removeprefix("www.")

@@ -19,6 +19,7 @@ LLAMA3_PATTERN = (
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 LLAMA3_SPECIAL_START = 128000  # 256 special tokens follow the 128,000 BPE ranks
+LLAMA3_VOCAB = 128256
 
 
 class Gemma2Tokenizer:

@@ -8,10 +8,10 @@ and the error, after whatever documents came out of it before the damage.
 
 import json
 import logging
-from abc import abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import fsspec
 
@@ -32,6 +32,36 @@ class ReaderOptions:
 
     path: Location = setting(help="local folder (relative to the YAML naming it) or fsspec URL, upstream layout")
     max_chars: int = setting(MAX_CHARS, help="a longer text is cut here and noted read:text_capped")
+
+
+class BadRecord(ValueError):
+    """A record that cannot become a document (a field of the wrong type, text that is not valid Unicode): it is
+    rejected alone as read:bad_record, naming the field; the rest of the file goes on."""
+
+
+def text_field(record: dict, name: str, required: bool = False) -> str | None:
+    """A text field of a record, checked: None when absent (BadRecord if required), BadRecord when it is not
+    text or holds what UTF-8 cannot encode (a lone surrogate from a JSON `\\ud800` escape)."""
+    value = record.get(name)
+    if value is None:
+        if required:
+            raise BadRecord(f"no {name} field")
+        return None
+    if not isinstance(value, str):
+        raise BadRecord(f"{name} is {type(value).__name__}, not text")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise BadRecord(f"{name} is not valid Unicode ({error.reason} at {error.start})") from None
+    return value
+
+
+def id_field(record: dict, name: str = "id") -> str | None:
+    """An upstream id: text or a number; None when absent or empty (the reader then names it by file and row)."""
+    value = record.get(name)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return text_field(record, name) or None
 
 
 class SourceReader(Stage):
@@ -90,24 +120,44 @@ class SourceReader(Stage):
     def open(self, relative: str, mode: str = "rb", compression: str | None = None) -> IO[bytes]:
         return self.fs.open(f"{self.fs_root}/{relative}", mode, compression=compression)
 
-    @abstractmethod
-    def read_file(self, relative: str) -> Iterator[Document]:
-        """Yield the documents of one file; raise on damage that ends the file."""
-
     def make_doc(self, doc_id: str, text: str, relative: str, row: int | str, lang: str | None,
                  lang_source: str, lang_score: float | None = None, url: str | None = None,
                  **extra: object) -> Document:
         """`lang_source` says where `lang` comes from: `upstream` (the source's own label), `expected` (what the
         subset is configured to hold, for LID to decide) or `code`."""
-        metadata = dict(source=self.source, lang=lang, lang_source=lang_source, lang_score=lang_score, url=url,
-                        origin=f"{relative}:{row}", extra=extra)
-        return Document(text=text, id=f"{self.source}/{doc_id}", metadata=metadata)
+        text = text_field({"text": text}, "text", required=True)  # type: ignore[assignment]
+        doc_id = text_field({"id": doc_id}, "id", required=True)  # type: ignore[assignment]
+        url = text_field({"url": url}, "url")
+        metadata = dict(source=self.source, lang=lang, lang_source=lang_source, lang_score=lang_score,
+                        url=url if valid_url(url) else None, origin=f"{relative}:{row}", extra=extra)
+        doc = Document(text=text, id=f"{self.source}/{doc_id}", metadata=metadata)
+        if url and metadata["url"] is None:
+            self.note(doc, "read:bad_url")
+        return doc
 
     def reject_record(self, relative: str, row: int | str, reason: str, detail: str) -> None:
         doc = Document(text="", id=f"{self.source}/{relative}:{row}",
                        metadata=dict(source=self.source, lang=None, origin=f"{relative}:{row}"))
         self.count_read(doc)
         self.reject(doc, reason, detail)
+
+    def records(self, relative: str) -> Iterator[tuple[int | str, dict]]:
+        """(row, record) of one file, for readers that build one document per record with `document`."""
+        raise NotImplementedError
+
+    def document(self, relative: str, row: int | str, record: dict) -> Document:
+        """The document of one record; raises BadRecord for a record that cannot be one."""
+        raise NotImplementedError
+
+    def read_file(self, relative: str) -> Iterator[Document]:
+        """Yield the documents of one file; raise on damage that ends the file."""
+        for row, record in self.records(relative):
+            try:
+                doc = self.document(relative, row, record)
+            except BadRecord as error:
+                self.reject_record(relative, row, "read:bad_record", f"row {row}: {error}")
+                continue
+            yield doc
 
     def run(self, files: Iterable[str]) -> Iterator[Document]:
         max_chars = self.options.max_chars
@@ -125,6 +175,18 @@ class SourceReader(Stage):
                 self.reject_record(relative, "file", "read:corrupt_file", detail)
 
 
+def valid_url(url: str | None) -> bool:
+    """An absolute URL that parses (`http://[bad2/x` does not: its IPv6 host is unclosed)."""
+    if not url:
+        return False
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        return False
+    return bool(parts.scheme and parts.netloc)
+
+
 def iter_json_lines(reader: SourceReader, relative: str) -> Iterator[tuple[int, dict]]:
     """(line number, record) for a JSON-lines file, compressed or not; bad lines become rejects."""
     with reader.open(relative, "rb", compression="infer") as f:
@@ -136,8 +198,8 @@ def iter_json_lines(reader: SourceReader, relative: str) -> Iterator[tuple[int, 
             except (UnicodeDecodeError, json.JSONDecodeError) as error:
                 reader.reject_record(relative, number, "read:bad_record", f"line {number}: {error}")
                 continue
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                reader.reject_record(relative, number, "read:bad_record", f"line {number}: no text field")
+            if not isinstance(record, dict):
+                reader.reject_record(relative, number, "read:bad_record", f"line {number}: not a JSON object")
                 continue
             yield number, record
 

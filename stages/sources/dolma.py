@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from stages.base import Document
 from stages.languages import CODE, code_label
 from stages.settings import setting
-from stages.sources.base import ReaderOptions, SourceReader, iter_json_lines
+from stages.sources.base import BadRecord, ReaderOptions, SourceReader, id_field, iter_json_lines, text_field
 
 DEFAULT_LANG = "eng_Latn"
 
@@ -36,15 +36,20 @@ class DolmaReader(SourceReader):
         if not self.subsets:  # the path may be one subset's folder itself
             self.patterns += tuple(f"*.json{ext}" for ext in (".gz", ".zst", "l", "l.gz"))
 
-    def read_file(self, relative: str) -> Iterator[Document]:
+    def records(self, relative: str) -> Iterator[tuple[int, dict]]:
+        return iter_json_lines(self, relative)
+
+    def document(self, relative: str, row: int | str, record: dict) -> Document:
         subset = self.folder(relative)
         expected = self.subsets[subset] if self.subsets else (CODE if subset == "starcoder" else DEFAULT_LANG)
-        for line, record in iter_json_lines(self, relative):
-            metadata = record.get("metadata") or {}
-            is_code = expected == CODE
-            yield self.make_doc(
-                f"{subset}/{record.get('id') or f'{relative}:{line}'}", record["text"], relative, line,
-                lang=code_label("unknown") if is_code else expected, lang_source="code" if is_code else "expected",
-                url=metadata.get("url"), subset=subset, dolma_source=record.get("source"),
-                added=record.get("added"), created=record.get("created"), metadata=metadata,
-            )
+        metadata = record.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise BadRecord(f"metadata is {type(metadata).__name__}, not a mapping")
+        is_code = expected == CODE
+        text = text_field(record, "text", required=True)
+        return self.make_doc(
+            f"{subset}/{id_field(record) or f'{relative}:{row}'}", text, relative, row,
+            lang=code_label("unknown") if is_code else expected, lang_source="code" if is_code else "expected",
+            url=text_field(metadata, "url"), subset=subset, dolma_source=record.get("source"),
+            added=record.get("added"), created=record.get("created"), metadata=metadata,
+        )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from stages.base import Document
 from stages.settings import setting
-from stages.sources.base import ReaderOptions, SourceReader, iter_parquet_rows
+from stages.sources.base import BadRecord, ReaderOptions, SourceReader, id_field, iter_parquet_rows, text_field
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +37,24 @@ class FineWeb2Reader(SourceReader):
             return False
         return True
 
-    def read_file(self, relative: str) -> Iterator[Document]:
+    def records(self, relative: str) -> Iterator[tuple[int, dict]]:
+        return iter_parquet_rows(self, relative, COLUMNS, required=["text"])
+
+    def document(self, relative: str, row: int | str, record: dict) -> Document:
         folder_label = self.folder(relative, up=2).removesuffix("_removed")
-        for row, record in iter_parquet_rows(self, relative, COLUMNS, required=["text"]):
-            text = record.pop("text")
-            if not isinstance(text, str):
-                self.reject_record(relative, row, "read:bad_record", f"row {row}: text is {type(text).__name__}")
-                continue
-            language, script = record.get("language"), record.get("language_script")
-            lang = f"{language}_{script}" if language and script else folder_label
-            top_langs = record.get("top_langs")
-            if isinstance(top_langs, str):
-                try:
-                    record["top_langs"] = json.loads(top_langs)
-                except json.JSONDecodeError:
-                    pass
-            yield self.make_doc(
-                record.pop("id") or f"{relative}:{row}", text, relative, row, lang=lang, lang_source="upstream",
-                lang_score=record.get("language_score"), url=record.pop("url", None), **record,
-            )
+        text = text_field(record, "text", required=True)
+        language, script = text_field(record, "language"), text_field(record, "language_script")
+        lang = f"{language}_{script}" if language and script else folder_label
+        score = record.get("language_score")
+        if score is not None and not isinstance(score, int | float):
+            raise BadRecord(f"language_score is {type(score).__name__}, not a number")
+        top_langs = record.get("top_langs")
+        if isinstance(top_langs, str):
+            try:
+                record["top_langs"] = json.loads(top_langs)
+            except json.JSONDecodeError:
+                pass
+        doc_id = id_field(record) or f"{relative}:{row}"
+        extra = {k: v for k, v in record.items() if k not in ("text", "id", "url")}
+        return self.make_doc(doc_id, text, relative, row, lang=lang, lang_source="upstream", lang_score=score,
+                             url=text_field(record, "url"), **extra)

@@ -9,23 +9,26 @@ from urllib.parse import quote
 
 from stages.base import Document
 from stages.languages import short_code_labels
-from stages.sources.base import SourceReader, iter_json_lines
+from stages.sources.base import SourceReader, id_field, iter_json_lines, text_field
 
 
 class MegaWikaReader(SourceReader):
     source = "megawika"
     patterns = ("*/*.jsonl", "*/*.jsonl.gz", "*/*.jsonl.zst", "*/*.json", "*.jsonl", "*.jsonl.gz", "*.jsonl.zst")
 
-    def read_file(self, relative: str) -> Iterator[Document]:
+    def records(self, relative: str) -> Iterator[tuple[int, dict]]:
         wiki = self.folder(relative)
-        lang = short_code_labels().get(wiki)
-        if lang is None:
+        if wiki not in short_code_labels():
             raise ValueError(f"folder {wiki!r} is no language code in configs/languages.csv")
-        for line, record in iter_json_lines(self, relative):
-            title = record.get("title") or ""
-            yield self.make_doc(
-                f"{wiki}/{record.get('hash') or title or line}", record["text"], relative, line, lang=lang,
-                lang_source="upstream",
-                url=f"https://{wiki}.wikipedia.org/wiki/{quote(title.replace(' ', '_'))}" if title else None,
-                title=title, last_revision=record.get("last_revision"),
-            )
+        return iter_json_lines(self, relative)
+
+    def document(self, relative: str, row: int | str, record: dict) -> Document:
+        wiki = self.folder(relative)
+        title = text_field(record, "title") or ""
+        text = text_field(record, "text", required=True)
+        return self.make_doc(
+            f"{wiki}/{id_field(record, 'hash') or title or row}", text, relative, row, lang=short_code_labels()[wiki],
+            lang_source="upstream",
+            url=f"https://{wiki}.wikipedia.org/wiki/{quote(title.replace(' ', '_'))}" if title else None,
+            title=title, last_revision=record.get("last_revision"),
+        )

@@ -23,7 +23,7 @@ from stages.languages import CODE, code_label
 from stages.mds import MDSError, ShardInfo, decompress, iter_samples, read_index
 from stages.settings import setting
 from stages.sources.base import ReaderOptions, SourceReader
-from stages.tokenize import LLAMA3_SPECIAL_START, llama3_encoding
+from stages.tokenize import LLAMA3_SPECIAL_START, LLAMA3_VOCAB, llama3_encoding
 
 if TYPE_CHECKING:
     import tiktoken
@@ -78,6 +78,8 @@ class ProLongReader(SourceReader):
 
     def read_file(self, relative: str) -> Iterator[Document]:
         info = self.shard_info(relative)
+        if "input_ids" not in info.column_names:
+            raise MDSError(f"missing column(s) ['input_ids']; shard has {sorted(info.column_names)}")
         with self.open(relative) as f:
             data = f.read()
         raw = decompress(data, info.compression if relative.endswith(".zstd") else None)
@@ -94,7 +96,11 @@ class ProLongReader(SourceReader):
                                        f"indices [{start}, {end}) outside {len(input_ids)} ids")
                     continue
                 ids = input_ids[start:end]
-                ids = ids[ids < LLAMA3_SPECIAL_START]
+                outside = int(np.count_nonzero(ids >= LLAMA3_VOCAB))
+                ids = ids[ids < LLAMA3_SPECIAL_START]  # bos/eos and the other specials carry no text
                 text = self.llama3.decode_bytes(ids.tolist()).decode("utf-8", errors="replace")
-                yield self.make_doc(f"{relative}:{row}", text, relative, row, lang=lang, lang_source=lang_source,
+                doc = self.make_doc(f"{relative}:{row}", text, relative, row, lang=lang, lang_source=lang_source,
                                     domain=sample.get("domain"), llama3_tokens=int(end - start))
+                if outside:
+                    self.note(doc, "read:bad_token_id")  # ids past Llama-3's vocabulary: dropped from the text
+                yield doc

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 from stages.base import Document
 from stages.languages import code_label
-from stages.sources.base import SourceReader, iter_parquet_rows
+from stages.sources.base import SourceReader, id_field, iter_parquet_rows, text_field
 
 COLUMNS = ["content", "id", "max_stars_repo_path", "max_stars_repo_name", "max_stars_count"]
 
@@ -13,12 +13,12 @@ class StarCoderReader(SourceReader):
     source = "starcoder"
     patterns = ("*/*.parquet", "*.parquet")
 
-    def read_file(self, relative: str) -> Iterator[Document]:
-        lang = code_label(self.folder(relative))
-        for row, record in iter_parquet_rows(self, relative, COLUMNS, required=["content"]):
-            content = record.pop("content")
-            if not isinstance(content, str):
-                self.reject_record(relative, row, "read:bad_record", f"row {row}: content is not text")
-                continue
-            yield self.make_doc(str(record.pop("id") or f"{relative}:{row}"), content, relative, row, lang=lang,
-                                lang_source="code", **record)
+    def records(self, relative: str) -> Iterator[tuple[int, dict]]:
+        return iter_parquet_rows(self, relative, COLUMNS, required=["content"])
+
+    def document(self, relative: str, row: int | str, record: dict) -> Document:
+        content = text_field(record, "content", required=True)
+        doc_id = id_field(record) or f"{relative}:{row}"
+        extra = {k: v for k, v in record.items() if k not in ("content", "id")}
+        return self.make_doc(doc_id, content, relative, row, lang=code_label(self.folder(relative)),
+                             lang_source="code", **extra)

@@ -1,0 +1,84 @@
+"""`mmcorpus query` reads the output tree and nothing else: no writing, exporting, attaching, installing or
+loading, no file outside --out; paths never pasted into SQL; the catalog answers from wherever the output is."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.build import build
+from pipeline.cli import main
+from pipeline.config import SAMPLES_DIR as SAMPLES
+from tests.helpers import settings_for
+
+
+def run_query(out, sql, capsys):
+    capsys.readouterr()
+    code = main(["query", "--out", str(out), "--format", "json", sql])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err.strip().splitlines()
+
+
+@pytest.mark.parametrize("sql", [
+    "COPY (SELECT 1 AS a) TO '{tmp}/x.csv'",
+    "COPY (SELECT 1 AS a) TO '{out}/phase1/shards/shard-00000.parquet' (FORMAT parquet)",
+    "EXPORT DATABASE '{tmp}/exported'",
+    "SELECT * FROM read_text('/etc/passwd')",
+    "SELECT * FROM read_csv('{out}/../../../../etc/passwd')",
+    "ATTACH '{tmp}/other.duckdb' AS other",
+    "INSTALL httpfs",
+    "LOAD httpfs",
+    "SET enable_external_access = true",
+    "SELECT 1; COPY (SELECT 1) TO '{tmp}/y.csv'",
+    "CREATE TABLE t AS SELECT 1",
+])
+def test_the_sandbox_refuses(sample_build, tmp_path, capsys, sql):
+    out, _ = sample_build
+    shard = out / "phase1" / "shards" / "shard-00000.parquet"
+    before = shard.read_bytes()
+    code, _, err = run_query(out, sql.format(out=out, tmp=tmp_path), capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith("mmcorpus: error: query"), err
+    assert "Traceback" not in err[0]
+    assert list(tmp_path.iterdir()) == [] and shard.read_bytes() == before
+
+
+def test_reading_inside_the_output_is_allowed(sample_build, capsys):
+    out, _ = sample_build
+    code, text, _ = run_query(out, f"SELECT count(*) AS n FROM read_parquet('{out}/phase1/shards/*.parquet')", capsys)
+    assert code == 0 and json.loads(text)[0]["n"] > 0
+    code, text, _ = run_query(out, "DESCRIBE shards", capsys)
+    assert code == 0 and "sha256" in text
+
+
+@pytest.fixture(scope="module")
+def quoted_build(tmp_path_factory, ray_session, tokenizers):
+    """An output whose path holds an apostrophe, built from one FineWeb2 language."""
+    root = tmp_path_factory.mktemp("quoted")
+    shutil.copytree(SAMPLES / "fineweb2" / "data" / "deu_Latn", root / "in" / "data" / "deu_Latn")
+    (root / "sources.yaml").write_text(f"sources:\n  fineweb2: {{path: {root / 'in'}}}\nshard_tokens: 4096\n")
+    out = root / "o'brien's out"
+    build(settings_for(out, sources=root / "sources.yaml"))
+    return out
+
+
+def test_an_output_path_with_an_apostrophe(quoted_build, capsys):
+    code, text, _ = run_query(quoted_build, "SELECT count(*) AS n FROM pool", capsys)
+    assert code == 0 and json.loads(text)[0]["n"] > 0
+    assert main(["check", "--phase", "1", "--out", str(quoted_build)]) == 0
+
+
+def test_a_copied_output_answers_from_itself(quoted_build, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(quoted_build, copy)
+    shutil.rmtree(quoted_build / "pool")  # the original loses its pool: the copy must not notice
+    try:
+        code, text, _ = run_query(copy, "SELECT count(*) AS n FROM pool", capsys)
+        assert code == 0 and json.loads(text)[0]["n"] > 0
+        script = "import duckdb; print(duckdb.connect('catalog.duckdb', read_only=True).execute(" \
+                 "'SELECT count(*) FROM pool').fetchone()[0])"
+        result = subprocess.run([sys.executable, "-c", script], cwd=copy, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and int(result.stdout) > 0, result.stderr  # DuckDB run inside the copy
+    finally:
+        shutil.copytree(copy / "pool", quoted_build / "pool")
