@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from datatrove.utils.word_tokenizers import WordTokenizer
 
 from bench.data import sample_texts
+from manifests.layout import Layout
 from manifests.schemas import CURATED
 from pipeline.dedup import bucket_file, cluster_pass, signature_file
 from stages.dedup import MinhashConfig, MinhashSignatures
@@ -95,24 +96,27 @@ def planted_corpus(root: Path, n_base: int, seed: int = 0) -> tuple[list[dict], 
         pq.write_table(upstream, root / "fineweb2" / f"{n:05d}.parquet")
         curated = [dict(id=d["id"], text=d["text"], source="bench", lang=d["lang"], lang_score=1.0, url=None,
                         quality=1.0, origin="", extra="{}") for d in part]
-        (root / "curated").mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(curated, schema=CURATED), root / "curated" / f"part-{n:05d}.parquet")
+        target = root / "ours" / Layout.curated("bench", f"part-{n:05d}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(curated, schema=CURATED), target)
     return docs, pairs
 
 
 def ours(root: Path, config: MinhashConfig) -> tuple[float, set[str]]:
-    work = root / "ours"
+    layout = Layout(root / "ours")
+    parts = [("bench", f"part-{n:05d}") for n in range(FILES)]
     start = time.perf_counter()
-    for n in range(FILES):
-        signature_file(str(root / "curated" / f"part-{n:05d}.parquet"), str(work / "sig" / f"{n:05d}.parquet"), n,
-                       "bench", f"part-{n:05d}", config)
-    signatures = str(work / "sig" / "*.parquet")
+    for source, part in parts:
+        signature_file(layout, source, part, config)
+    signatures = [Layout.signatures(config, source, part) for source, part in parts]
+    pairs: dict[str, list[str]] = {}
     for kind, band in [("exact", None)] + [("minhash", b) for b in range(config.bands)]:
-        bucket_file(signatures, str(work / "pairs" / f"{kind}-{band or 0:02d}.parquet"), kind, band)
-    cluster_pass(signatures, str(work / "pairs"), str(work / "clusters.parquet"), ["exact", "minhash"],
-                 config.min_similarity)
+        target = Layout.pairs(config, f"{kind}-{band or 0:02d}")
+        pairs.setdefault(kind, []).append(target)
+        bucket_file(layout, signatures, parts, target, kind, band)
+    cluster_pass(layout, signatures, pairs, parts, config)
     seconds = time.perf_counter() - start
-    clusters = pq.read_table(work / "clusters.parquet").to_pylist()
+    clusters = pq.read_table(layout.path(Layout.clusters(config))).to_pylist()
     return seconds, {row["id"] for row in clusters if not row["kept"]}
 
 

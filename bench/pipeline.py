@@ -116,13 +116,13 @@ def datatrove_end_to_end(root: Path, work: Path) -> float:
         return [
             language_filter(),
             GopherRepetitionFilter(dup_para_frac=0, dup_line_char_frac=0, dup_para_char_frac=0,
-                                   dup_line_frac=row["dup_line_frac"], top_n_grams=row["top_n_grams"],
-                                   dup_n_grams=row["dup_n_grams"], language=words),
-            FineWebQualityFilter(short_line_thr=999, char_duplicates_ratio=0.1, line_punct_thr=row["line_punct_thr"],
-                                 new_line_ratio=row["new_line_ratio"], language=words),
-            GopherQualityFilter(min_avg_word_length=row["min_avg_word_length"],
-                                max_avg_word_length=row["max_avg_word_length"], stop_words=row["stopwords"],
-                                max_non_alpha_words_ratio=row["max_non_alpha_words_ratio"], min_stop_words=2,
+                                   dup_line_frac=row.dup_line_frac, top_n_grams=row.top_n_grams,
+                                   dup_n_grams=row.dup_n_grams, language=words),
+            FineWebQualityFilter(short_line_thr=999, char_duplicates_ratio=0.1, line_punct_thr=row.line_punct_thr,
+                                 new_line_ratio=row.new_line_ratio, language=words),
+            GopherQualityFilter(min_avg_word_length=row.min_avg_word_length,
+                                max_avg_word_length=row.max_avg_word_length, stop_words=row.stopwords,
+                                max_non_alpha_words_ratio=row.max_non_alpha_words_ratio, min_stop_words=2,
                                 language=words),
         ]
 
@@ -215,33 +215,35 @@ def peak_rss_kib() -> int:
 def run_stage(stage: str, root: str, out: str) -> None:
     """One task of a stage, in-process, on one input file; prints the peak RSS (KiB) while it ran. The peak is
     reset first: Linux carries a parent's peak into a child across fork and exec."""
-    from pipeline.build import curate_file, pool_file
+    from manifests.layout import Layout
+    from pipeline.build import CurationConfig, curate_file, part_name, pool_file
     from pipeline.config import load_sources
     from pipeline.dedup import signature_file
     from pipeline.mixing import mix_file
     from stages.dedup import MinhashConfig
 
     out_path = Path(out)
-    source = load_sources(Path(root) / "sources.yaml").sources["fineweb2"]
+    options = load_sources(Path(root) / "sources.yaml").sources["fineweb2"]
     relative = "data/deu_Latn/train/000_00000.parquet"
-    target = Path(out) / "memory"
+    target = Layout(Path(out) / "memory")
+    curated = next((out_path / "curated" / "fineweb2").glob("*.parquet"))
+    if stage in ("dedup", "tokenize"):
+        shutil.copytree(out_path / "curated", Path(target.root) / "curated", dirs_exist_ok=True)
+    pool = max(out_path.glob("pool/*/*/*.parquet"), key=lambda p: p.stat().st_size)
+    if stage == "mix":
+        shutil.copytree(out_path / "pool", Path(target.root) / "pool", dirs_exist_ok=True)
+    curation = CurationConfig(load_lid(), load_quality())
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
     if stage == "curate":
-        from pipeline.config import LID_FILE, QUALITY_FILE
-
-        curate_file(target, source, load_tokenizers(), relative, "part-00000", LID_FILE, QUALITY_FILE)
+        curate_file(target, "fineweb2", options, load_tokenizers(), relative, part_name(relative), curation)
     elif stage == "dedup":
-        curated = next((out_path / "curated" / "fineweb2").glob("*.parquet"))
-        signature_file(str(curated), str(target / "sig.parquet"), 0, "fineweb2", curated.stem, MinhashConfig())
+        signature_file(target, "fineweb2", curated.stem, MinhashConfig())
     elif stage == "tokenize":
-        curated = next((out_path / "curated" / "fineweb2").glob("*.parquet"))
-        shutil.copytree(out_path / "curated", target / "curated", dirs_exist_ok=True)
         pool_file(target, "fineweb2", curated.stem, load_tokenizers()["gemma2"], None)
     elif stage == "mix":
-        pool = max(out_path.glob("pool/*/*/*.parquet"), key=lambda p: p.stat().st_size)
         lang = pool.parent.name
-        mix_file(target, "phase1", str(pool), {("fineweb2", lang): (2, None, 0.0)}, 0, 1024, 64, 4, 2, 1,
-                 f"fineweb2__{lang}__{pool.stem}")
+        mix_file(target, "phase1", str(pool.relative_to(out_path)), {("fineweb2", lang): (2, None, 0.0)}, seed=0,
+                 seq_len=1024, min_chunk=64, n_shards=4, bos=2, eos=1, key=f"fineweb2__{lang}__{pool.stem}")
     print(peak_rss_kib())
 
 
