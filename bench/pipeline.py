@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.data import documents
+from manifests.layout import Layout
 from pipeline.config import PROJECT_ROOT as ROOT
 from pipeline.config import load_lid, load_quality, load_tokenizers
 from stages.tokenize import Gemma2Tokenizer, Tokenize
@@ -52,7 +53,7 @@ def build(root: Path, out: Path, workers: int) -> dict:
     subprocess.run([sys.executable, "-m", "pipeline.cli", "build", "--phase", "1", "--workers", str(workers),
                     "--sources", str(root / "sources.yaml"), "--out", str(out)], cwd=ROOT, check=True,
                    capture_output=True)
-    run = pq.read_table(out / "phase1" / "manifest" / "run.parquet").to_pylist()[0]
+    run = pq.read_table(out / Layout.manifest("phase1", "run")).to_pylist()[0]
     return json.loads(run["config"])["timings"]
 
 
@@ -184,12 +185,13 @@ def bench_tokenization(n: int = 6_000) -> dict:
 
 def bench_mixing(out: Path, timings: dict) -> dict:
     """Tokens written per second by mixing + sharding, against copying the same bytes with a plain copy."""
-    shards = sorted((out / "phase1" / "shards").glob("*.parquet"))
-    tokens = sum(row["tokens"] for row in pq.read_table(out / "phase1" / "manifest" / "shards.parquet").to_pylist())
+    layout = Layout(out)
+    shards = [out / name for name in layout.glob(Layout.shards_glob("phase1"))]
+    tokens = sum(row["tokens"] for row in pq.read_table(out / Layout.manifest("phase1", "shards")).to_pylist())
     copy_target = out / "copy"
     copy_target.mkdir()
     start = time.perf_counter()
-    for path in out.glob("pool/*/*/*.parquet"):
+    for path in (out / name for name in layout.glob(Layout.POOL_GLOB)):
         shutil.copyfile(path, copy_target / f"{path.parent.parent.name}-{path.parent.name}-{path.name}")
     copied = time.perf_counter() - start
     pool_bytes = sum(p.stat().st_size for p in copy_target.iterdir())
@@ -215,7 +217,6 @@ def peak_rss_kib() -> int:
 def run_stage(stage: str, root: str, out: str) -> None:
     """One task of a stage, in-process, on one input file; prints the peak RSS (KiB) while it ran. The peak is
     reset first: Linux carries a parent's peak into a child across fork and exec."""
-    from manifests.layout import Layout
     from pipeline.build import CurationConfig, curate_file, part_name, pool_file
     from pipeline.config import load_sources
     from pipeline.dedup import signature_file
@@ -257,7 +258,7 @@ def bench_pipeline(work: Path, megabytes: float = 120) -> list[dict]:
     docs, mb = generated["docs"], generated["megabytes"]
     theirs = datatrove_end_to_end(large, work / "datatrove")
     ours = curation_seconds(one)
-    stages = pq.read_table(large / "out1" / "phase1" / "manifest" / "stages.parquet").to_pylist()
+    stages = pq.read_table(large / "out1" / Layout.manifest("phase1", "stages")).to_pylist()
     pool_tokens = sum(row["tokens"] for row in stages if row["stage"] == "tokenize")
     results = [
         dict(name="e2e_docs_per_s_per_core", value=docs / ours, baseline=docs / theirs, ratio=theirs / ours,

@@ -12,7 +12,7 @@ only the output tree, never write, attach, export, install or load anything, and
 """
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import duckdb
 import pyarrow.compute as pc
@@ -21,9 +21,6 @@ import pyarrow.parquet as pq
 from manifests.layout import Layout
 from manifests.schemas import FILES, LINEAGE, MIXTURE, NOTES, REJECT_REASONS, RUN, SHARDS, STAGES
 from manifests.writer import write_parquet
-
-if TYPE_CHECKING:
-    from pipeline.config import PhaseConfig
 
 TABLES = ("shards", "mixture", "stages", "reject_reasons", "notes", "lineage", "files", "run")
 CURATION_STAGES = ("read", "lid", "quality", "dedup", "tokenize")  # in pipeline order
@@ -86,9 +83,8 @@ def _rooted(layout: Layout) -> str:
     return layout.url_of("") + "/"
 
 
-def write_manifest(layout: Layout, phase: "PhaseConfig", plan: list, shards: list[dict], run_info: dict,
+def write_manifest(layout: Layout, phase_id: str, plan: list, shards: list[dict], run_info: dict,
                    files: list[dict]) -> None:
-    phase_id = phase.id
     write_parquet(layout, Layout.manifest(phase_id, "shards"), [s | {"phase": phase_id} for s in shards], SHARDS)
     stats = [layout.url_of(name) for pattern in Layout.stats_globs(phase_id) for name in layout.glob(pattern)]
     shard_files = [layout.url_of(s["path"]) for s in shards]

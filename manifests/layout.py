@@ -136,20 +136,33 @@ class Layout:
     POOL_GLOB = "pool/*/*/*.parquet"
 
     @staticmethod
-    def placed(phase: str, key: str) -> str:
-        return f"{phase}/_placed/{key}.parquet"
+    def placed_dir(phase: str) -> str:
+        """Chunks placed by mixing, until the shards are written (then removed)."""
+        return f"{phase}/_placed"
+
+    @classmethod
+    def placed(cls, phase: str, key: str) -> str:
+        return f"{cls.placed_dir(phase)}/{key}.parquet"
 
     @staticmethod
-    def shard(phase: str, number: int) -> str:
-        return f"{phase}/shards/shard-{number:05d}.parquet"
+    def shards_dir(phase: str) -> str:
+        return f"{phase}/shards"
+
+    @classmethod
+    def shard(cls, phase: str, number: int) -> str:
+        return f"{cls.shards_dir(phase)}/shard-{number:05d}.parquet"
+
+    @classmethod
+    def shards_glob(cls, phase: str) -> str:
+        return f"{cls.shards_dir(phase)}/shard-*.parquet"
 
     @staticmethod
-    def shards_glob(phase: str) -> str:
-        return f"{phase}/shards/shard-*.parquet"
+    def manifest_dir(phase: str) -> str:
+        return f"{phase}/manifest"
 
-    @staticmethod
-    def manifest(phase: str, table: str) -> str:
-        return f"{phase}/manifest/{table}.parquet"
+    @classmethod
+    def manifest(cls, phase: str, table: str) -> str:
+        return f"{cls.manifest_dir(phase)}/{table}.parquet"
 
     @staticmethod
     def manifest_glob(table: str) -> str:

@@ -200,8 +200,8 @@ def build(settings: BuildSettings) -> dict:
                     seconds=time.time() - started, tokenizer=recipe.tokenizers["gemma2"].path,
                     tokenizer_sha256=gemma.sha256, assets=asset_digests(recipe), versions=package_versions(),
                     git_commit=git_commit())
-    catalog.write_manifest(layout, phase, plan, [shards[k] for k in sorted(shards)], run_info, files)
-    layout.delete_tree(f"{phase.id}/_placed")
+    catalog.write_manifest(layout, phase.id, plan, [shards[k] for k in sorted(shards)], run_info, files)
+    layout.delete_tree(Layout.placed_dir(phase.id))
     catalog.build_catalog(layout)
     return run_info
 

@@ -169,8 +169,8 @@ def print_summary(out: str, phase_id: str, info: dict) -> None:
                             [layout.url_of(Layout.manifest(phase_id, "shards"))]).fetchone()
     print(f"\n{phase_id}: {total[0]} shards, {total[1]:,} tokens, {total[2] / 1e6:.1f} MB "
           f"in {info['seconds']:.1f} s (seed {info['seed']})")
-    print(f"  shards   {layout.url_of(phase_id + '/shards')}/")
-    print(f"  manifest {layout.url_of(phase_id + '/manifest')}/")
+    print(f"  shards   {layout.url_of(Layout.shards_dir(phase_id))}/")
+    print(f"  manifest {layout.url_of(Layout.manifest_dir(phase_id))}/")
     print(f"  catalog  {layout.url_of(Layout.CATALOG)}   (mmcorpus query --out {out} \"SELECT * FROM mixture\")")
     print(f"\n  {'source':<10} {'documents':>10} {'tokens':>12}")
     for source, docs, tokens in per_source:
@@ -311,7 +311,7 @@ def run_export(args: argparse.Namespace) -> int:
     layout = Layout(args.out)
     shards = layout.glob(Layout.shards_glob(phase_id))
     if not shards:
-        raise ConfigError(f"no shards under {layout.url_of(phase_id + '/shards')}: build the phase first")
+        raise ConfigError(f"no shards under {layout.url_of(Layout.shards_dir(phase_id))}: build the phase first")
     problems = check(layout, phase_id)
     if problems:
         raise RuntimeError(f"{phase_id} does not check out ({problems[0]}; {len(problems)} problem(s)): run "

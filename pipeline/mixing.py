@@ -174,7 +174,7 @@ def mix_phase(runner: Runner, layout: Layout, phase: PhaseConfig, seed: int, bud
         for name in sorted(by_file)
         for key in ["__".join(name.split("/")[-3:]).removesuffix(".parquet")]
     ])
-    placed = sorted(name for name in runner.outputs(f"{phase.id}-mix") if "/_placed/" in name)
+    placed = sorted(name for name in runner.outputs(f"{phase.id}-mix") if name.startswith(Layout.placed_dir(phase.id)))
     shards = runner.run(f"{phase.id}-shard", [
         Task(f"shard-{s:05d}", write_shard, dict(layout=layout, placed=placed, shard=s,
                                                  target=Layout.shard(phase.id, s)), inputs=tuple(placed))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from manifests.layout import Layout
 from pipeline.config import PHASES_FILE, PhaseConfig, load_phase, load_tokenizers
 from reference.data import Batch, mask_tokens, pack, read_chunks
 from reference.model import ATTENTION, Encoder, EncoderConfig, config_for, default_backend
@@ -40,11 +41,11 @@ def flops_per_step(config: EncoderConfig, batch: Batch, params_no_embedding: int
     return 3 * (2 * params_no_embedding * tokens + attention + head)
 
 
-def batches(source: Path, max_tokens: int) -> itertools.cycle:
+def batches(source: Layout, max_tokens: int) -> itertools.cycle:
     """The phase's batches, repeated as often as the steps need (packed once, kept in memory)."""
     packed = list(pack(read_chunks(source), max_tokens))
     if not packed:
-        raise SystemExit(f"no chunks under {source}")
+        raise SystemExit(f"no chunks under {source.url}")
     return itertools.cycle(packed)
 
 
@@ -66,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phase", type=int, required=True)
     parser.add_argument("--variant")
     parser.add_argument("--phases", type=Path, default=PHASES_FILE)
-    parser.add_argument("--out", type=Path, default=Path("out"))
-    parser.add_argument("--source", type=Path, help="shards folder or MDS export (default: <out>/<phase>/shards)")
+    parser.add_argument("--out", default="out", help="output folder or fsspec URL (default: out)")
+    parser.add_argument("--source", help="shards folder or MDS export, a path or URL (default: <out>/<phase>/shards)")
     parser.add_argument("--config", default="tiny", help="tiny, small or base")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-tokens", type=int, help="tokens per batch (default: the phase's seq_len)")
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     phase = load_phase(args.phase, args.variant, args.phases)
-    source = args.source or args.out / phase.id / "shards"
+    source = Layout(args.source) if args.source else Layout(Layout(args.out).url_of(Layout.shards_dir(phase.id)))
     tokenizer = Gemma2Tokenizer(load_tokenizers()["gemma2"])
     specials = {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.mask_id}
     device = torch.device(args.device)

@@ -6,33 +6,38 @@ Chunks come from the Parquet shards (`<out>/<phase>/shards/`) or from an MDS exp
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from manifests.layout import Layout
 from stages.mds import decompress, iter_samples, read_index
 
 
-def read_chunks(source: Path) -> Iterator[np.ndarray]:
-    """Token chunks (uint32) of a phase: a folder of Parquet shards or an MDS folder."""
-    if (source / "index.json").exists():
-        for info in read_index((source / "index.json").read_text()):
-            raw = decompress((source / info.basename).read_bytes(), info.compression)
+def read_chunks(source: Layout) -> Iterator[np.ndarray]:
+    """Token chunks (uint32) of a phase: a folder (or object-store prefix) of Parquet shards or an MDS export."""
+    if source.exists("index.json"):
+        for info in read_index(source.read_text("index.json")):
+            raw = decompress(source.read_bytes(info.basename), info.compression)
             for sample in iter_samples(raw, info):
                 yield np.asarray(sample["input_ids"], np.uint32)
         return
-    shards = sorted(source.glob("*.parquet"))
+    shards = source.glob("*.parquet")
     if not shards:
-        raise FileNotFoundError(f"no shards (*.parquet or index.json) under {source}")
+        raise FileNotFoundError(f"no shards (*.parquet or index.json) under {source.url}")
     for shard in shards:
-        for batch in pq.ParquetFile(shard).iter_batches(batch_size=256, columns=["input_ids"]):
-            column = batch.column(0)
-            offsets = column.offsets.to_numpy()
-            values = column.values.to_numpy()
-            for start, end in zip(offsets[:-1], offsets[1:], strict=True):
-                yield values[start:end]
+        with source.open(shard) as f:
+            yield from _parquet_chunks(f)
+
+
+def _parquet_chunks(f: object) -> Iterator[np.ndarray]:
+    for batch in pq.ParquetFile(f).iter_batches(batch_size=256, columns=["input_ids"]):
+        column = batch.column(0)
+        offsets = column.offsets.to_numpy()
+        values = column.values.to_numpy()
+        for start, end in zip(offsets[:-1], offsets[1:], strict=True):
+            yield values[start:end]
 
 
 @dataclass

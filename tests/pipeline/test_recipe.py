@@ -122,7 +122,8 @@ def test_config_fields_lists_every_setting_with_help(capsys):
 
 def test_run_table_records_the_whole_recipe(sample_build, capsys):
     out, _ = sample_build
-    assert main(["query", "--out", str(out), "--format", "json", "SELECT config, versions, git_commit FROM run"]) == 0
+    sql = "SELECT config, versions, git_commit FROM run WHERE phase = 'phase1'"
+    assert main(["query", "--out", str(out), "--format", "json", sql]) == 0
     [row] = json.loads(capsys.readouterr().out)
     config = json.loads(row["config"])
     assert config["recipe"]["quality"]["fixed"]["min_doc_words"] == 50

@@ -6,6 +6,7 @@ torch = pytest.importorskip("torch")
 
 import numpy as np  # noqa: E402
 
+from manifests.layout import Layout  # noqa: E402
 from pipeline.cli import main  # noqa: E402
 from reference.data import make_batch, mask_tokens, pack, read_chunks  # noqa: E402
 
@@ -13,8 +14,8 @@ from reference.data import make_batch, mask_tokens, pack, read_chunks  # noqa: E
 def test_parquet_shards_and_mds_export_give_the_same_chunks(sample_build, tmp_path):
     out, _ = sample_build
     assert main(["export-mds", "--phase", "1", "--out", str(out), str(tmp_path / "mds")]) == 0
-    parquet = list(read_chunks(out / "phase1" / "shards"))
-    mds = list(read_chunks(tmp_path / "mds"))
+    parquet = list(read_chunks(Layout(out / "phase1" / "shards")))
+    mds = list(read_chunks(Layout(tmp_path / "mds")))
     assert len(parquet) == len(mds) > 100
     assert all(np.array_equal(a, b) for a, b in zip(parquet, mds, strict=True))
     assert all(chunk[0] == 2 and chunk[-1] == 1 for chunk in parquet)
