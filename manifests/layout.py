@@ -192,6 +192,8 @@ class Layout:
 
     # ---- reading ------------------------------------------------------------------------------------------------
     def exists(self, name: str) -> bool:
+        if not self.is_local:
+            self.fs.invalidate_cache(self.path(name))
         return self.fs.exists(self.path(name))
 
     def size(self, name: str) -> int:
@@ -207,7 +209,10 @@ class Layout:
         return self.read_bytes(name).decode("utf-8")
 
     def glob(self, pattern: str) -> list[str]:
-        """Names matching a glob under the root, sorted; temporary files are never listed."""
+        """Names matching a glob under the root, sorted; temporary files are never listed. Object stores are
+        listed afresh: other processes (Ray workers) write there."""
+        if not self.is_local:
+            self.fs.invalidate_cache()
         found = self.fs.glob(self.path(pattern))
         return sorted(name for name in map(self.relative, found) if TMP_MARK not in posixpath.basename(name))
 
@@ -254,10 +259,8 @@ class Layout:
         if self.is_local:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             spool = Spool(temporary_name(target))
-        else:
-            handle, local = tempfile.mkstemp(prefix="mmcorpus-", suffix=TMP_MARK + posixpath.basename(name))
-            os.close(handle)
-            spool = Spool(local)
+        else:  # a fresh folder, no file yet: some writers (DuckDB) refuse an existing empty one
+            spool = Spool(os.path.join(tempfile.mkdtemp(prefix="mmcorpus-"), posixpath.basename(name)))
         try:
             yield spool
             with open(spool.local, "rb") as f:
@@ -270,6 +273,8 @@ class Layout:
         finally:
             if os.path.exists(spool.local):
                 os.unlink(spool.local)
+            if not self.is_local:
+                os.rmdir(os.path.dirname(spool.local))
 
     def delete(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -10,9 +10,10 @@ written last, holding:
     summary      the small dict the task returned
 A rerun skips a task whose marker holds the same fingerprint. A task whose fingerprint changed runs again and
 its old outputs that it no longer writes are removed; the tasks downstream of it see new checksums, so they
-run again too. Markers of tasks no longer asked for (a removed input) go, with their outputs. Before a task
-runs, the files it reads are checked against the checksums their producers recorded: a damaged or missing
-one makes its producer run again first, or, when no task of this build makes it, fails naming the file.
+run again too. Markers of tasks no longer asked for (a removed input) go, with their outputs. Before tasks
+run, the files they read that an earlier build wrote are checked (once each) against the checksums their
+producers recorded: a damaged or missing one makes its producer run again first, or, when no task of this build
+makes it, fails naming the file.
 """
 
 import hashlib
@@ -33,7 +34,7 @@ from tqdm import tqdm
 from manifests.layout import Layout, recording
 
 log = logging.getLogger(__name__)
-DAMAGED = "__damaged__"  # a task's answer when the files it reads are damaged: its producers run again
+VERIFY_BATCH = 64  # files one verification task reads
 
 
 class TaskFailed(RuntimeError):
@@ -121,12 +122,9 @@ def digest(value: Any) -> str:
 
 
 def _run_task(fn: Callable[..., dict], kwargs: dict, layout: Layout, marker: str, fingerprint: str,
-              inputs: dict[str, str], stale: list[str]) -> dict:
-    """One task on a worker: check what it reads, run it, drop its outputs of an earlier run that it no longer
-    writes, write its marker last."""
-    damaged = {name: problem for name, expected in inputs.items() if (problem := layout.verify(name, expected))}
-    if damaged:
-        return {DAMAGED: damaged}
+              stale: list[str]) -> dict:
+    """One task on a worker: run it, drop its outputs of an earlier run that it no longer writes, write its
+    marker last."""
     with recording() as written:
         summary = fn(**{name: _resolve(value) for name, value in kwargs.items()})
     return _finish(layout, marker, fingerprint, written, summary, stale)
@@ -163,6 +161,7 @@ class Runner:
         self.tasks: dict[tuple[str, str], Task] = {}  # every task asked for in this build
         self.done: dict[str, dict[str, Done]] = defaultdict(dict)  # stage -> key -> its marker
         self.producers: dict[str, tuple[str, str, str]] = {}  # file name -> (stage, key, checksum)
+        self.trusted: set[str] = set()  # files written or verified in this build
         self.ran: dict[str, int] = defaultdict(int)  # stage -> tasks run in this build (repairs included)
 
     def __enter__(self) -> "Runner":
@@ -260,57 +259,69 @@ class Runner:
                             "; ".join(f"{name} {problem}" for name, problem in problems.items()))
                 damaged.append(tasks[key])
                 del self.done[stage][key]
+            else:
+                self.trusted.update(self.done[stage][key].outputs)
         return damaged
 
     def _execute(self, stage: str, todo: list[Task], markers: dict[str, Done]) -> None:
         import ray
 
+        if not todo:
+            return
+        self._check_inputs(todo)
         remote = ray.remote(_run_task).options(num_cpus=1, max_retries=self.retries, retry_exceptions=True)
-        for _ in range(3):  # a damaged input's producers run again, then its readers
-            if not todo:
-                return
-            todo.sort(key=lambda task: -task.size)
-            pending = {}
-            for task in todo:
-                marker = Layout.marker(stage, task.key)
-                old = markers.get(task.key)
-                if old is not None:
-                    self.layout.delete(marker)  # a crash from here on leaves the task to run again
-                reads = {name: self.checksum(name) for name in task.inputs}
-                pending[remote.remote(task.fn, task.kwargs, self.layout, marker, self.fingerprint(task),
-                                      {n: c for n, c in reads.items() if c}, list(old.outputs) if old else [])] = task
-            retry: list[Task] = []
-            damaged: dict[str, str] = {}
-            failures = []
-            with Progress(stage, len(pending)) as progress:
-                while pending:
-                    ready, _ = ray.wait(list(pending), num_returns=1)
-                    task = pending.pop(ready[0])
-                    try:
-                        record = ray.get(ready[0])
-                    except (ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError) as error:
-                        cause = " ".join(repr(getattr(error, "cause", None) or error).split())[:500]
-                        if task.on_failure is None:
-                            failures.append(f"{task.key}: {cause}")
-                            continue
-                        log.warning("%s: task %s failed after %d retries, quarantined: %s", stage, task.key,
-                                    self.retries, cause)
-                        record = self._quarantine(stage, task, cause, markers.get(task.key))
-                    if DAMAGED in record:
-                        damaged.update(record[DAMAGED])
-                        retry.append(task)
+        todo.sort(key=lambda task: -task.size)
+        pending = {}
+        for task in todo:
+            marker = Layout.marker(stage, task.key)
+            old = markers.get(task.key)
+            if old is not None:
+                self.layout.delete(marker)  # a crash from here on leaves the task to run again
+            pending[remote.remote(task.fn, task.kwargs, self.layout, marker, self.fingerprint(task),
+                                  list(old.outputs) if old else [])] = task
+        failures = []
+        with Progress(stage, len(pending)) as progress:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                task = pending.pop(ready[0])
+                try:
+                    record = ray.get(ready[0])
+                except (ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError) as error:
+                    cause = " ".join(repr(getattr(error, "cause", None) or error).split())[:500]
+                    if task.on_failure is None:
+                        failures.append(f"{task.key}: {cause}")
                         continue
-                    self._register(stage, task.key, Done(record["fingerprint"], record["outputs"], record["summary"]))
-                    self.ran[stage] += 1
-                    progress.update(record["summary"])
-            if failures:
-                more = f"; and {len(failures) - 3} more" if len(failures) > 3 else ""
-                raise TaskFailed(f"{stage}: {len(failures)} task(s) failed: " + "; ".join(failures[:3]) + more)
-            if damaged:
-                self._repair(damaged)
-            todo = retry
-        if todo:
-            raise TaskFailed(f"{stage}: the inputs of {len(todo)} task(s) stay damaged after repair")
+                    log.warning("%s: task %s failed after %d retries, quarantined: %s", stage, task.key,
+                                self.retries, cause)
+                    record = self._quarantine(stage, task, cause, markers.get(task.key))
+                self._register(stage, task.key, Done(record["fingerprint"], record["outputs"], record["summary"]))
+                self.trusted.update(record["outputs"])
+                self.ran[stage] += 1
+                progress.update(record["summary"])
+        if failures:
+            more = f"; and {len(failures) - 3} more" if len(failures) > 3 else ""
+            raise TaskFailed(f"{stage}: {len(failures)} task(s) failed: " + "; ".join(failures[:3]) + more)
+
+    def _check_inputs(self, tasks: list[Task]) -> None:
+        """Verify, once each and in parallel, the files these tasks read that an earlier build wrote; run again
+        the producers of those that are damaged or missing."""
+        import ray
+
+        names = sorted({name for task in tasks for name in task.inputs if name not in self.trusted})
+        unknown = [name for name in names if name not in self.producers]
+        if unknown:
+            raise TaskFailed(f"{self.layout.url_of(unknown[0])}: read by a task, but no task of this build writes it")
+        if not names:
+            return
+        verify = ray.remote(_verify_outputs).options(num_cpus=1)
+        batches = [names[i:i + VERIFY_BATCH] for i in range(0, len(names), VERIFY_BATCH)]
+        damaged: dict[str, str] = {}
+        for problems in ray.get([verify.remote(self.layout, {n: self.producers[n][2] for n in batch})
+                                 for batch in batches]):
+            damaged.update(problems)
+        self.trusted.update(name for name in names if name not in damaged)
+        if damaged:
+            self._repair(damaged)
 
     def _quarantine(self, stage: str, task: Task, cause: str, old: Done | None) -> dict:
         with recording() as written:
@@ -328,9 +339,9 @@ class Runner:
                 raise TaskFailed(f"{self.layout.url_of(name)}: {problem}, and no task of this build writes it")
             stage, key, _ = producer
             by_stage[stage][key] = self.tasks[(stage, key)]
-            problems[stage].append(f"{self.layout.url_of(name)}: {problem}")
+            problems[stage].append(f"{self.layout.url_of(name)} {problem}")
         for stage, tasks in by_stage.items():
-            more = f" and {len(problems[stage]) - 1} more" if len(problems[stage]) > 1 else ""
+            more = f" (and {len(problems[stage]) - 1} more)" if len(problems[stage]) > 1 else ""
             log.warning("%s%s: running %d %s task(s) again", problems[stage][0], more, len(tasks), stage)
             old = {key: self.done[stage].pop(key) for key in tasks if key in self.done[stage]}
             self._execute(stage, list(tasks.values()), old)

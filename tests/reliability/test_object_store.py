@@ -1,0 +1,139 @@
+"""--out on an object store: the phase-1 build of the samples to s3:// on a real S3-protocol server (moto's
+standalone server on loopback) gives the local build's shards byte for byte; killed part-way it resumes; check,
+query, report, export-mds and the encoder reference's reader work on it."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from manifests.catalog import check
+from manifests.layout import Layout
+from pipeline.cli import main
+from pipeline.config import PROJECT_ROOT as ROOT
+from tests.pipeline.test_build import shard_hashes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server on 127.0.0.1 and a bucket; credentials and endpoint through the usual variables."""
+    pytest.importorskip("moto")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    env = dict(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+               AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "moto's server did not come up"
+                time.sleep(0.2)
+        import fsspec
+
+        fsspec.filesystem("s3", skip_instance_cache=True).mkdir("corpus")
+        yield dict(os.environ)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def build_process(out: str, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "build", "--phase", "1", "--out", out], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def remote_hashes(url: str) -> dict[str, str]:
+    import pyarrow.parquet as pq
+
+    layout = Layout(url)
+    with layout.open(Layout.manifest("phase1", "shards")) as f:
+        return {row["path"]: row["sha256"] for row in pq.read_table(f).to_pylist()}
+
+
+@pytest.fixture(scope="module")
+def s3_build(s3, sample_build):
+    url = "s3://corpus/phase-one"
+    started = time.monotonic()
+    process = build_process(url, s3)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    seconds = time.monotonic() - started
+    print(f"object-store build {seconds:.1f} s; local build {sample_build[1]['seconds']:.1f} s (in-process)")
+    return url, seconds
+
+
+def test_the_object_store_build_gives_the_local_shards(s3_build, sample_build):
+    url, _ = s3_build
+    assert remote_hashes(url) == shard_hashes(sample_build[0])
+    layout = Layout(url)
+    assert check(layout, "phase1") == []
+    assert layout.exists(Layout.CATALOG) and not layout.glob(f"{Layout.placed_dir('phase1')}/*")
+
+
+def test_query_check_report_and_export_on_the_object_store(s3_build, sample_build, capsys):
+    url, _ = s3_build
+    capsys.readouterr()
+    assert main(["query", "--out", url, "--format", "json", "SELECT sum(tokens) AS tokens FROM shards"]) == 0
+    tokens = json.loads(capsys.readouterr().out)[0]["tokens"]
+    assert tokens == sum(_local_tokens(sample_build[0]))
+    assert main(["query", "--out", url, "SELECT * FROM read_text('/etc/passwd')"]) == 2
+    assert main(["check", "--phase", "1", "--out", url]) == 0
+    assert main(["report", "--phase", "1", "--out", url]) == 0
+    assert Layout(url).exists(Layout.report("phase1", "index.html"))
+    assert main(["export-mds", "--phase", "1", "--out", url, "s3://corpus/phase-one-mds"]) == 0
+    assert Layout("s3://corpus/phase-one-mds").exists("index.json")
+
+
+def _local_tokens(out) -> list[int]:
+    import pyarrow.parquet as pq
+
+    return [row["tokens"] for row in pq.read_table(out / "phase1" / "manifest" / "shards.parquet").to_pylist()]
+
+
+def test_the_encoder_reference_reads_shards_from_the_object_store(s3_build):
+    pytest.importorskip("torch")
+    from reference.data import read_chunks
+
+    url, _ = s3_build
+    chunks = list(read_chunks(Layout(Layout(url).url_of(Layout.shards_dir("phase1")))))
+    assert chunks and all(chunk[0] == 2 and chunk[-1] == 1 for chunk in chunks)
+
+
+def test_a_killed_object_store_build_resumes(s3, s3_build, sample_build):
+    url = "s3://corpus/killed"
+    layout = Layout(url)
+    process = build_process(url, s3)
+    deadline = time.monotonic() + 120
+    while len(layout.glob(f"{Layout.MARKERS}/curate/*.json")) < 3:
+        assert process.poll() is None and time.monotonic() < deadline, "the build ended before the kill"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not layout.exists(Layout.CATALOG)
+    resumed = build_process(url, s3)
+    _, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr[-3000:]
+    assert "already done" in stderr and remote_hashes(url) == shard_hashes(sample_build[0])
