@@ -35,6 +35,7 @@ from manifests.layout import Layout, recording
 
 log = logging.getLogger(__name__)
 VERIFY_BATCH = 64  # files one verification task reads
+SYSTEM_RETRIES = 3  # a task lost with its node (beyond Ray's own retries) is placed again this many times
 
 
 class TaskFailed(RuntimeError):
@@ -56,6 +57,7 @@ class Task:
     # task's summary, so the stage goes on. Without it, a failing task fails the stage.
     on_failure: Callable[[str], dict] | None = None
     size: int = 0  # bytes of input: the biggest tasks start first, so none is left running alone at the end
+    memory: int = 1 << 30  # bytes the task may hold at once: Ray places it on a node with that much to spare
 
 
 @dataclass(frozen=True)
@@ -269,16 +271,20 @@ class Runner:
         if not todo:
             return
         self._check_inputs(todo)
-        remote = ray.remote(_run_task).options(num_cpus=1, max_retries=self.retries, retry_exceptions=True)
+        remote = ray.remote(_run_task)
         todo.sort(key=lambda task: -task.size)
-        pending = {}
-        for task in todo:
+
+        def submit(task: Task) -> Any:
             marker = Layout.marker(stage, task.key)
             old = markers.get(task.key)
             if old is not None:
                 self.layout.delete(marker)  # a crash from here on leaves the task to run again
-            pending[remote.remote(task.fn, task.kwargs, self.layout, marker, self.fingerprint(task),
-                                  list(old.outputs) if old else [])] = task
+            return remote.options(num_cpus=1, memory=task.memory, max_retries=self.retries,
+                                  retry_exceptions=True).remote(
+                task.fn, task.kwargs, self.layout, marker, self.fingerprint(task), list(old.outputs) if old else [])
+
+        pending = {submit(task): task for task in todo}
+        lost: dict[str, int] = defaultdict(int)
         failures = []
         with Progress(stage, len(pending)) as progress:
             while pending:
@@ -294,6 +300,15 @@ class Runner:
                     log.warning("%s: task %s failed after %d retries, quarantined: %s", stage, task.key,
                                 self.retries, cause)
                     record = self._quarantine(stage, task, cause, markers.get(task.key))
+                except ray.exceptions.RayError as error:  # the node, or an object the task needed, was lost
+                    lost[task.key] += 1
+                    if lost[task.key] > SYSTEM_RETRIES:
+                        failures.append(f"{task.key}: {type(error).__name__} {SYSTEM_RETRIES + 1} times")
+                        continue
+                    log.warning("%s: task %s lost with its node (%s): placing it again", stage, task.key,
+                                type(error).__name__)
+                    pending[submit(task)] = task
+                    continue
                 self._register(stage, task.key, Done(record["fingerprint"], record["outputs"], record["summary"]))
                 self.trusted.update(record["outputs"])
                 self.ran[stage] += 1

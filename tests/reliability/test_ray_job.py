@@ -14,21 +14,57 @@ from manifests.layout import Layout
 from pipeline.config import PROJECT_ROOT as ROOT
 from tests.pipeline.test_build import shard_hashes
 
+_given: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port free now and not handed out before in this session (the OS may offer a just-released one again)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _given:
+            _given.add(port)
+            return port
+
+
+def ray_env() -> tuple[str, dict]:
+    """The virtualenv's bin folder and an environment whose `python` is this one (jobs run `python`), with Ray's
+    auth token generated on this machine (a no-op when it has one: Ray 2.60's heads require it)."""
+    bin_dir = os.path.dirname(sys.executable)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    subprocess.run([os.path.join(bin_dir, "ray"), "get-auth-token", "--generate"], env=env, capture_output=True,
+                   check=True)
+    return bin_dir, env
+
+
+def wait_for_port(port: int, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            assert process.poll() is None and time.monotonic() < deadline, "the Ray head did not come up"
+            time.sleep(0.5)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a `ray start --block` process group this test started (never `ray stop`: it ends others' runs)."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 @pytest.fixture
 def ray_head(tmp_path):
     """`ray start --head --block` on loopback; stopping that process stops the cluster it started."""
-    bin_dir = os.path.dirname(sys.executable)
-    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")  # jobs run `python` from this environment
-    # Ray 2.60's heads require an auth token; make sure this machine has one (a no-op when it does)
-    subprocess.run([os.path.join(bin_dir, "ray"), "get-auth-token", "--generate"], env=env, capture_output=True,
-                   check=True)
+    bin_dir, env = ray_env()
     dashboard = free_port()
     # Every port explicit: the session's embedded Ray runs beside it and holds the defaults.
     ports = [f"--{name}={free_port()}" for name in ("port", "ray-client-server-port", "dashboard-agent-listen-port",
@@ -40,23 +76,11 @@ def ray_head(tmp_path):
          "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", *ports],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
-    address = f"http://127.0.0.1:{dashboard}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", dashboard), timeout=1):
-                break
-        except OSError:
-            assert head.poll() is None and time.monotonic() < deadline, "the Ray head did not come up"
-            time.sleep(0.5)
+    wait_for_port(dashboard, head)
     try:
-        yield address, env
+        yield f"http://127.0.0.1:{dashboard}", env
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        stop(head)
 
 
 def test_build_submitted_as_a_ray_job(ray_head, sample_build, tmp_path):

@@ -1,0 +1,80 @@
+"""A Ray cluster of three nodes on this machine (a head and two workers, separate `ray start` processes with
+explicit ports, one CPU each), the build submitted as a Ray job, one worker node killed during curation: the job
+finishes on the nodes left and writes the embedded build's shards, byte for byte."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from manifests.layout import Layout
+from pipeline.config import PROJECT_ROOT as ROOT
+from tests.pipeline.test_build import shard_hashes
+from tests.reliability.test_ray_job import free_port, ray_env, stop, wait_for_port
+
+
+def node(bin_dir: str, env: dict, log, *args: str) -> subprocess.Popen:
+    """One `ray start --block` node in its own process group, every port explicit (the test session's embedded
+    Ray holds the defaults)."""
+    ports = [f"--{name}={free_port()}" for name in ("node-manager-port", "object-manager-port", "metrics-export-port",
+                                                     "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                     "runtime-env-agent-port")]
+    return subprocess.Popen([os.path.join(bin_dir, "ray"), "start", "--block", "--num-cpus=1",
+                             "--disable-usage-stats", "--node-ip-address=127.0.0.1", *ports, *args],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.mark.slow
+def test_losing_a_worker_node_during_curation(sample_build, tmp_path):
+    bin_dir, env = ray_env()
+    gcs, dashboard = free_port(), free_port()
+    logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("head", "a", "b")}  # noqa: SIM115
+    head = node(bin_dir, env, logs["head"], "--head", f"--port={gcs}", f"--ray-client-server-port={free_port()}",
+                "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", '--resources={"head": 1}')
+    workers = []
+    try:
+        wait_for_port(dashboard, head)
+        workers = [node(bin_dir, env, logs[name], f"--address=127.0.0.1:{gcs}",
+                        f'--resources={{"worker_{name}": 1}}') for name in ("a", "b")]
+        wait_for_nodes(bin_dir, env, gcs, 3, tmp_path)
+        out = tmp_path / "out"
+        job = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "build", "--phase", "1", "--out", str(out), "--ray-address",
+             f"http://127.0.0.1:{dashboard}"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        markers = out / Layout.MARKERS / "curate"
+        deadline = time.monotonic() + 240
+        while not markers.exists() or len(list(markers.iterdir())) < 4:
+            assert job.poll() is None and time.monotonic() < deadline, "the job ended before the node was lost"
+            time.sleep(0.1)
+        started = time.monotonic()
+        os.killpg(workers[0].pid, signal.SIGKILL)  # worker node a: its raylet and its workers, mid-task
+        workers[0].wait()
+        stdout, stderr = job.communicate(timeout=400)
+        print(f"job finished {time.monotonic() - started:.1f} s after the node was killed")
+        print("\n".join(line for line in (stdout + stderr).splitlines()
+                        if any(word in line for word in ("lost", "died", "Died", "retr", "curate:"))))
+        assert job.returncode == 0, stdout[-3000:] + stderr[-3000:]
+        assert shard_hashes(out) == shard_hashes(sample_build[0])
+    finally:
+        for process in [*workers, head]:
+            stop(process)
+        for log in logs.values():
+            log.close()
+
+
+def wait_for_nodes(bin_dir: str, env: dict, gcs: int, count: int, logs) -> None:
+    code = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+            "print(sum(n['Alive'] for n in ray.nodes()))")
+    deadline = time.monotonic() + 150
+    while True:
+        result = subprocess.run([os.path.join(bin_dir, "python"), "-c", code, f"127.0.0.1:{gcs}"], env=env,
+                                capture_output=True, text=True, timeout=60)
+        if result.returncode == 0 and int(result.stdout.strip().splitlines()[-1]) >= count:
+            return
+        node_logs = " | ".join(path.read_text()[-400:] for path in sorted(logs.glob("*.log")))
+        assert time.monotonic() < deadline, f"the cluster did not reach {count} nodes: {node_logs}"
+        time.sleep(1)
