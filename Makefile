@@ -30,9 +30,9 @@ test: setup
 	$(BIN)/python -m pytest
 
 # The same build as a Ray job on the cluster at RAY_ADDRESS (its dashboard, http://head:8265); OUT must be
-# storage every node sees.
+# storage every node sees: an object store (s3://bucket/prefix) or a shared mount.
 ray-job: setup
-	$(BIN)/mmcorpus build --phase $(PHASE) --out $(abspath $(OUT)) --ray-address $(RAY_ADDRESS) $(if $(VARIANT),--variant $(VARIANT))
+	$(BIN)/mmcorpus build --phase $(PHASE) --out $(OUT) --ray-address $(RAY_ADDRESS) $(if $(VARIANT),--variant $(VARIANT))
 
 # Train the tiny encoder on a phase's shards (built first); fails unless the MLM loss falls clearly.
 reference-check: setup

@@ -15,7 +15,6 @@ import datetime
 import json
 import logging
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from manifests import catalog
 from manifests.layout import Layout
 from manifests.schemas import CURATED, POOL
 from manifests.writer import ParquetSink, write_parquet, write_task_records
-from pipeline.config import PROJECT_ROOT, PhaseConfig, Recipe, upstream_min_scores
+from pipeline.config import PhaseConfig, Recipe, git_commit, upstream_min_scores
 from pipeline.dedup import read_removals, run_dedup
 from pipeline.mixing import mix_phase
 from pipeline.runner import Runner, Task
@@ -227,21 +226,3 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             found[name] = "not installed"
     return found
-
-
-def git_commit() -> str | None:
-    """The project's commit (a Ray job's copy has no .git: the submitter passes it as MMCORPUS_GIT_COMMIT)."""
-    import os
-
-    if os.environ.get("MMCORPUS_GIT_COMMIT"):
-        return os.environ["MMCORPUS_GIT_COMMIT"]
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                                timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if result.returncode != 0:
-        return None
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
-                           capture_output=True, text=True, timeout=10).stdout.strip()
-    return result.stdout.strip() + ("-dirty" if dirty else "")

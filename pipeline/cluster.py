@@ -14,13 +14,17 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.config import PROJECT_ROOT
+from pipeline.config import PROJECT_ROOT, git_commit
 
 log = logging.getLogger(__name__)
 
 EXCLUDES = [".venv", ".git", "out", "**/__pycache__", ".pytest_cache", ".ruff_cache", "bench/results.json",
             "*.egg-info"]
 AGENT_WAIT_S = 120  # a freshly started head answers HTTP before its job agent is up
+# Where outputs and models live, passed to the job; credentials are not: the nodes hold their own (an IAM role,
+# their environment), as a secret in a job's environment shows on the dashboard.
+FORWARDED = ("MMCORPUS_CACHE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
+             "AWS_PROFILE")
 
 
 def is_job_address(address: str | None) -> bool:
@@ -37,7 +41,9 @@ def submit_build(address: str, build_args: list[str], wait: bool = True) -> int:
         os.environ["RAY_AUTH_MODE"] = "token"  # clusters started by `ray start` require the token by default
     client = JobSubmissionClient(address)
     entrypoint = shlex.join(["python", "-m", "pipeline.cli", "build", *build_args])
-    env = {key: os.environ[key] for key in ("MMCORPUS_CACHE",) if key in os.environ}
+    env = {key: value for key, value in os.environ.items() if key in FORWARDED or key.startswith("FSSPEC_")}
+    if commit := git_commit():
+        env["MMCORPUS_GIT_COMMIT"] = commit  # the job's copy of the project has no .git
     runtime_env = {"working_dir": str(PROJECT_ROOT), "excludes": EXCLUDES, "env_vars": env}
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:

@@ -8,6 +8,7 @@ a ConfigError naming the file and the key; the CLI prints it as one line and exi
 """
 
 import os
+import subprocess
 from dataclasses import dataclass, fields, is_dataclass
 from functools import cache
 from pathlib import Path
@@ -356,3 +357,19 @@ def load_phase(number: int, variant: str | None = None, path: Path = PHASES_FILE
 def upstream_min_scores(quality: QualityConfig) -> dict[str, float]:
     """FineWeb2's minimum GlotLID score per lang_Script, which LID holds upstream labels to."""
     return {lang: row.language_score for lang, row in quality.languages.items() if row.language_score is not None}
+
+
+def git_commit() -> str | None:
+    """The project's commit (a Ray job's copy has no .git: the submitter passes it as MMCORPUS_GIT_COMMIT)."""
+    if os.environ.get("MMCORPUS_GIT_COMMIT"):
+        return os.environ["MMCORPUS_GIT_COMMIT"]
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                                timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if result.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+    return result.stdout.strip() + ("-dirty" if dirty else "")
