@@ -37,9 +37,18 @@ def test_losing_a_worker_node_during_curation(sample_build, tmp_path):
     workers = []
     try:
         wait_for_port(dashboard, head)
-        workers = [node(bin_dir, env, logs[name], f"--address=127.0.0.1:{gcs}",
-                        f'--resources={{"worker_{name}": 1}}') for name in ("a", "b")]
-        wait_for_nodes(bin_dir, env, gcs, 3, tmp_path)
+        def worker(name: str) -> subprocess.Popen:
+            return node(bin_dir, env, logs[name], f"--address=127.0.0.1:{gcs}", f'--resources={{"worker_{name}": 1}}')
+
+        workers = [worker(name) for name in ("a", "b")]
+        for _ in range(3):  # a node whose port was taken in the meantime (ports picked here are ephemeral) exits
+            if wait_for_nodes(bin_dir, env, gcs, 3, workers):
+                break
+            workers = [process if process.poll() is None else worker(name)
+                       for name, process in zip(("a", "b"), workers, strict=True)]
+        else:
+            logs_text = " | ".join(path.read_text()[-1500:] for path in sorted(tmp_path.glob("*.log")))
+            pytest.fail(f"the cluster did not reach 3 nodes: {logs_text}")
         out = tmp_path / "out"
         job = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "build", "--phase", "1", "--out", str(out), "--ray-address",
@@ -66,15 +75,18 @@ def test_losing_a_worker_node_during_curation(sample_build, tmp_path):
             log.close()
 
 
-def wait_for_nodes(bin_dir: str, env: dict, gcs: int, count: int, logs) -> None:
+def wait_for_nodes(bin_dir: str, env: dict, gcs: int, count: int, workers: list[subprocess.Popen]) -> bool:
+    """True once `count` nodes are alive; False as soon as a worker node's process has ended."""
     code = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
-            "print(sum(n['Alive'] for n in ray.nodes()))")
+            "print('alive', sum(n['Alive'] for n in ray.nodes()))")
     deadline = time.monotonic() + 150
-    while True:
+    while time.monotonic() < deadline:
+        if any(process.poll() is not None for process in workers):
+            return False
         result = subprocess.run([os.path.join(bin_dir, "python"), "-c", code, f"127.0.0.1:{gcs}"], env=env,
                                 capture_output=True, text=True, timeout=60)
-        if result.returncode == 0 and int(result.stdout.strip().splitlines()[-1]) >= count:
-            return
-        node_logs = " | ".join(path.read_text()[-400:] for path in sorted(logs.glob("*.log")))
-        assert time.monotonic() < deadline, f"the cluster did not reach {count} nodes: {node_logs}"
+        alive = [int(line.split()[1]) for line in result.stdout.splitlines() if line.startswith("alive ")]
+        if result.returncode == 0 and alive and alive[-1] >= count:
+            return True
         time.sleep(1)
+    return False
