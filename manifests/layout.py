@@ -74,7 +74,6 @@ class Layout:
 
     CATALOG = "catalog.duckdb"
     POOL = "pool"
-    CURATED = "curated"
     MARKERS = "_done"
 
     def __init__(self, root: str | Path, **storage_options: Any) -> None:

@@ -198,11 +198,6 @@ class Runner:
         reads = {name: self.producers[name][2] if name in self.producers else None for name in task.inputs}
         return digest([task.fn, task.kwargs, reads, task.identity])
 
-    def checksum(self, name: str) -> str | None:
-        """The checksum this build's producer recorded for a file, None if no task of the build wrote it."""
-        producer = self.producers.get(name)
-        return producer[2] if producer else None
-
     def outputs(self, stage: str) -> dict[str, str]:
         return {name: checksum for done in self.done[stage].values() for name, checksum in done.outputs.items()}
 

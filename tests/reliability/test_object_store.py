@@ -5,7 +5,6 @@ query, report, export-mds and the encoder reference's reader work on it."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,12 +16,7 @@ from manifests.layout import Layout
 from pipeline.cli import main
 from pipeline.config import PROJECT_ROOT as ROOT
 from tests.pipeline.test_build import shard_hashes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.reliability.test_ray_job import free_port, wait_for_port
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +31,7 @@ def s3():
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "moto's server did not come up"
-                time.sleep(0.2)
+        wait_for_port(port, server)
         import fsspec
 
         fsspec.filesystem("s3", skip_instance_cache=True).mkdir("corpus")

@@ -45,7 +45,7 @@ def wait_for_port(port: int, process: subprocess.Popen) -> None:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
                 return
         except OSError:
-            assert process.poll() is None and time.monotonic() < deadline, "the Ray head did not come up"
+            assert process.poll() is None and time.monotonic() < deadline, f"nothing answers on port {port}"
             time.sleep(0.5)
 
 
