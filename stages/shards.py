@@ -8,7 +8,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import zstandard
 
-from manifests.layout import Layout
+from manifests.layout import Layout, checksum_bytes
 from manifests.schemas import SHARD
 from manifests.writer import write_parquet
 from stages.mds import MDSError, decompress, encode_shard, index_entry, iter_samples, read_index
@@ -46,8 +46,11 @@ def export_mds(source: Layout, shards: list[str], dest: Layout, size_limit: int 
         raw, config = encode_shard(pending, MDS_COLUMNS)
         packed = zstandard.ZstdCompressor(level=3).compress(raw)
         basename = f"shard.{len(entries):05d}.mds"
-        dest.write_bytes(f"{basename}.zstd", packed, algorithm="sha256")
-        entries.append(index_entry(raw, config | {"size_limit": size_limit}, len(pending), basename, packed))
+        checksum = dest.write_bytes(f"{basename}.zstd", packed, algorithm="sha256")
+        entry = index_entry(raw, config | {"size_limit": size_limit}, len(pending), basename, packed)
+        entry["raw_data"]["hashes"]["sha256"] = checksum_bytes(raw, "sha256").split(":", 1)[1]
+        entry["zip_data"]["hashes"]["sha256"] = checksum.split(":", 1)[1]  # streaming's validate_hash reads these
+        entries.append(entry)
         pending, pending_bytes = [], 0
 
     for shard in shards:
@@ -71,10 +74,16 @@ def export_mds(source: Layout, shards: list[str], dest: Layout, size_limit: int 
 
 
 def read_mds(folder: Layout) -> tuple[int, int]:
-    """(samples, tokens) of an MDS folder, decoding every sample."""
+    """(samples, tokens) of an MDS folder, decoding every sample; files whose index entry has a sha256 are checked
+    against it."""
     samples = tokens = 0
-    for info in read_index(folder.read_text("index.json")):
+    text = folder.read_text("index.json")
+    for info, entry in zip(read_index(text), json.loads(text)["shards"], strict=True):
         data = folder.read_bytes(info.basename)
+        stored = entry.get("zip_data") if info.compression else entry.get("raw_data")
+        expected = (stored or {}).get("hashes") or {}
+        if "sha256" in expected and checksum_bytes(data, "sha256") != f"sha256:{expected['sha256']}":
+            raise MDSError(f"{folder.url_of(info.basename)}: sha256 differs from index.json")
         for row in iter_samples(decompress(data, info.compression), info):
             samples += 1
             tokens += len(row["input_ids"])

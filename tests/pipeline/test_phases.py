@@ -1,5 +1,6 @@
 """Phases 2 and 3 mix again from the phase-1 pool; full-scale plans from mmBERT's counts; MDS export."""
 
+import hashlib
 import json
 import logging
 
@@ -11,6 +12,7 @@ from manifests.layout import Layout
 from pipeline.build import build
 from pipeline.cli import main
 from pipeline.config import COUNTS_FILE, load_phase
+from stages.mds import MDSError
 from stages.shards import read_mds
 from tests.helpers import settings_for
 from tests.pipeline.test_build import query
@@ -111,4 +113,11 @@ def test_mds_export_reads_back(sample_build, tmp_path, capsys):
     entry = index["shards"][0]
     assert index["version"] == 2 and entry["compression"] == "zstd" and entry["format"] == "mds"
     assert entry["column_names"] == ["id", "input_ids", "len"]
+    mds = tmp_path / "mds" / entry["zip_data"]["basename"]
+    assert hashlib.sha256(mds.read_bytes()).hexdigest() == entry["zip_data"]["hashes"]["sha256"]
+    data = bytearray(mds.read_bytes())
+    data[len(data) // 2] ^= 1
+    mds.write_bytes(bytes(data))
+    with pytest.raises(MDSError, match="sha256 differs"):
+        read_mds(Layout(tmp_path / "mds"))
     assert entry["column_encodings"] == ["str", "ndarray:uint32", "int"]
