@@ -11,6 +11,7 @@ copied or moved output answers from itself. `mmcorpus query` opens the same view
 only the output tree, never write, attach, export, install or load anything, and its settings are locked.
 """
 
+import fnmatch
 import json
 from typing import Any
 
@@ -49,29 +50,30 @@ def sql_text(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _files(layout: Layout, globs: list[str], root: str) -> str | None:
-    """The globs that match something, as a SQL list literal rooted at `root` ("" for relative paths)."""
-    present = [pattern for pattern in globs if layout.glob(pattern)]
+def _files(names: list[str], globs: list[str], root: str) -> str | None:
+    """The globs that match one of `names`, as a SQL list literal rooted at `root` ("" for relative paths)."""
+    present = [pattern for pattern in globs if any(fnmatch.fnmatchcase(name, pattern) for name in names)]
     return "[" + ", ".join(sql_text(root + pattern) for pattern in present) + "]" if present else None
 
 
 def view_definitions(layout: Layout, root: str) -> dict[str, str]:
     """name -> SELECT for every view; paths rooted at `root` (a URL with a trailing slash, or "")."""
+    names = layout.glob("**/*.parquet")  # one listing of the tree (on an object store, each is a round trip)
     views = {}
     for table in TABLES:
-        files = _files(layout, [Layout.manifest_glob(table)], root)
+        files = _files(names, [Layout.manifest_glob(table)], root)
         if files:
             views[table] = f"SELECT * FROM read_parquet({files}, union_by_name = true)"
-    rejects = _files(layout, Layout.rejects_globs(), root)
+    rejects = _files(names, Layout.rejects_globs(), root)
     if rejects:
         views["rejects"] = f"SELECT * FROM read_parquet({rejects}, union_by_name = true)"
         views["quarantine"] = """SELECT source, regexp_replace(origin, ':[^:]*$', '') AS file,
                                  regexp_extract(origin, '[^:]*$') AS row, reason, detail
                                  FROM rejects WHERE stage = 'read' ORDER BY source, file, row"""
-    pool = _files(layout, [Layout.POOL_GLOB], root)
+    pool = _files(names, [Layout.POOL_GLOB], root)
     if pool:
         views["pool"] = f"SELECT * FROM read_parquet({pool})"
-    clusters = _files(layout, ["dedup/*/clusters.parquet"], root)
+    clusters = _files(names, [Layout.clusters("*")], root)
     if clusters:
         views["dedup_clusters"] = f"SELECT * FROM read_parquet({clusters})"
     if {"mixture", "run", "reject_reasons"} <= views.keys():
