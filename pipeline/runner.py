@@ -32,6 +32,7 @@ from typing import Any
 from tqdm import tqdm
 
 from manifests.layout import Layout, recording
+from pipeline.config import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 VERIFY_BATCH = 64  # files one verification task reads
@@ -106,8 +107,8 @@ def canonical(value: Any) -> Any:
         return [canonical(v) for v in value]
     if isinstance(value, set | frozenset):
         return sorted(canonical(v) for v in value)
-    if isinstance(value, Path):
-        return str(value)
+    if isinstance(value, Path):  # the project's own data files count by their place in it, wherever it lives
+        return f"<project>/{value.relative_to(PROJECT_ROOT)}" if value.is_relative_to(PROJECT_ROOT) else str(value)
     if isinstance(value, bytes):
         return value.hex()
     if callable(value):
