@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(os.cpu_count() or 1)
     backend = args.backend or default_backend(device)
     torch.manual_seed(args.seed)
-    config = config_for(args.config, tokenizer.vocab_size, phase.rope_theta)
+    config = config_for(args.config, tokenizer.vocab_size, phase.global_rope_theta, phase.local_rope_theta)
     model = Encoder(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     warmup = max(1, args.steps // 20)
@@ -98,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     stream = batches(source, args.batch_tokens or phase.seq_len)
     params = model.num_parameters(embeddings=False)
-    log.info("%s on %s: %s parameters (%s without embeddings), backend %s, mask rate %.2f, RoPE %.0f",
+    log.info("%s on %s: %s parameters (%s without embeddings), backend %s, mask rate %.2f, RoPE %.0f / %.0f",
              args.config, device, f"{model.num_parameters():,}", f"{params:,}", backend, phase.mask_rate,
-             phase.rope_theta)
+             phase.global_rope_theta, phase.local_rope_theta)
 
     def step(batch: Batch) -> float:
         batch = batch.to(device)

@@ -29,8 +29,8 @@ class EncoderConfig:
     intermediate: int = 1152
     local_window: int = 128  # tokens a local layer sees: 64 on each side
     global_every: int = 3  # layer i is global when i % global_every == 0
-    global_rope_theta: float = 160_000.0  # the phase's (10k in phase 1)
-    local_rope_theta: float = 10_000.0
+    global_rope_theta: float = 160_000.0  # the phase's, for global and local layers alike (10k in phase 1)
+    local_rope_theta: float = 160_000.0
     norm_eps: float = 1e-5
     init_std: float = 0.02
     pad_id: int = 0
@@ -204,7 +204,10 @@ class Encoder(nn.Module):
         return logits, loss
 
 
-def config_for(name: str, vocab_size: int, rope_theta: float) -> EncoderConfig:
+def config_for(name: str, vocab_size: int, global_rope_theta: float, local_rope_theta: float) -> EncoderConfig:
+    """A named configuration with the phase's vocabulary and RoPE θ (mmBERT: 10k / 10k in phase 1, 160k / 160k
+    after)."""
     if name not in CONFIGS:
         raise ValueError(f"unknown configuration {name!r}; choose from {', '.join(CONFIGS)}")
-    return replace(CONFIGS[name], vocab_size=vocab_size, global_rope_theta=rope_theta)
+    return replace(CONFIGS[name], vocab_size=vocab_size, global_rope_theta=global_rope_theta,
+                   local_rope_theta=local_rope_theta)

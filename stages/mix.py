@@ -93,11 +93,12 @@ def unit_hash(*parts: object) -> int:
 
 
 def chunk_spans(n_tokens: int, seq_len: int, min_chunk: int) -> list[tuple[int, int]]:
-    """[start, end) of each chunk's body (bos/eos come on top): at most seq_len - 2 tokens each; a tail shorter
-    than min_chunk - 2 grows backwards into the previous chunk's tokens. [] when the document is shorter."""
+    """[start, end) of each chunk's body (bos/eos come on top): at most seq_len - 2 tokens each; a split
+    document's tail shorter than min_chunk - 2 grows backwards into the previous chunk's tokens. The minimum is
+    for the pieces of a split document only: a document shorter than it is one chunk, whole."""
     body, min_body = seq_len - 2, min_chunk - 2
-    if n_tokens < min_body:
-        return []
+    if n_tokens <= body:
+        return [(0, n_tokens)] if n_tokens else []
     spans = [(start, min(start + body, n_tokens)) for start in range(0, n_tokens, body)]
     if len(spans) > 1 and spans[-1][1] - spans[-1][0] < min_body:
         spans[-1] = (n_tokens - min_body, n_tokens)
@@ -113,13 +114,13 @@ def chunk_document(ids: list[int] | np.ndarray, seq_len: int, min_chunk: int, bo
 
 
 def epoch_tokens_sql(n: str, seq_len: int, min_chunk: int) -> str:
-    """SQL for the tokens one epoch writes for a document of `n` tokens (0 when it is too short), as
-    `chunk_spans` cuts it: its tokens, the backfilled tail, and bos/eos per chunk."""
+    """SQL for the tokens one epoch writes for a document of `n` tokens, as `chunk_spans` cuts it: its tokens,
+    the backfilled tail, and bos/eos per chunk."""
     body, min_body = seq_len - 2, min_chunk - 2
     chunks = f"(({n} + {body - 1}) // {body})"
     tail = f"({n} - ({chunks} - 1) * {body})"
     backfill = f"(CASE WHEN {chunks} > 1 AND {tail} < {min_body} THEN {min_body} - {tail} ELSE 0 END)"
-    return f"(CASE WHEN {n} < {min_body} THEN 0 ELSE {n} + {backfill} + 2 * {chunks} END)"
+    return f"(CASE WHEN {n} < 1 THEN 0 ELSE {n} + {backfill} + 2 * {chunks} END)"
 
 
 class FractionThreshold:
@@ -161,8 +162,8 @@ class FractionThreshold:
 
 class SampleChunks(Stage):
     """Chunks each pool document and writes its chunks `whole` times, plus once more for the chunks whose hash
-    is at most the fractional epoch's threshold. Documents below their (source, lang) quality tier or shorter
-    than the minimum chunk are rejected."""
+    is at most the fractional epoch's threshold. Documents below their (source, lang) quality tier are
+    rejected."""
 
     name = "mix"
 
@@ -186,9 +187,7 @@ class SampleChunks(Stage):
                 if threshold is not None:
                     picked += [(whole, index, chunk) for index, chunk in enumerate(chunks)
                                if unit_hash(self.seed, doc.id, whole, index) <= threshold]
-            if not chunks:
-                self.reject(doc, f"mix:shorter_than_min_chunk tokens<{self.min_chunk - 2}")
-            elif not picked:
+            if not picked:
                 self.reject(doc, "mix:not_sampled")
             else:
                 doc.metadata["chunks"] = picked

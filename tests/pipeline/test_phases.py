@@ -50,7 +50,16 @@ def test_later_phase_shards_follow_their_recipe(later_phases, phase_id):
     out, _ = later_phases
     assert check(Layout(out), phase_id) == []
     lengths = [len(ids) for ids in pq.read_table(out / phase_id / "shards").column("input_ids").to_pylist()]
-    assert lengths and 512 <= min(lengths) and max(lengths) <= 8192
+    assert lengths and max(lengths) <= 8192
+
+
+def test_short_documents_are_kept_whole(later_phases, capsys):
+    """Phases 2 and 3 cut at 8,192 with a 512-token minimum: documents shorter than that are one chunk each."""
+    out, _ = later_phases
+    rows = query(out, f"""SELECT count(*) AS n, max(len(input_ids)) AS longest, max(chunk) AS chunk
+                          FROM read_parquet('{out}/phase2/shards/*.parquet') WHERE len(input_ids) < 512""", capsys)
+    assert rows[0]["n"] > 0 and rows[0]["chunk"] == 0
+    assert query(out, "SELECT count(*) AS n FROM rejects WHERE reason LIKE 'mix:shorter%'", capsys)[0]["n"] == 0
 
 
 def test_phase2_takes_the_higher_quality_half(later_phases, capsys):

@@ -4,6 +4,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from dataclasses import replace  # noqa: E402
+
+from pipeline.config import load_phase  # noqa: E402
 from reference.data import Batch, make_batch, mask_tokens  # noqa: E402
 from reference.model import ATTENTION, Attention, Encoder, EncoderConfig, config_for  # noqa: E402
 
@@ -16,10 +19,20 @@ def batch_of(*lengths: int, seed: int = 0) -> Batch:
 
 
 def test_configurations():
-    assert (config_for("base", 256_000, 10_000).n_layers, config_for("base", 256_000, 10_000).hidden) == (22, 768)
-    small = config_for("small", 256_000, 160_000)
+    base = config_for("base", 256_000, 10_000, 10_000)
+    assert (base.n_layers, base.hidden) == (22, 768)
+    small = config_for("small", 256_000, 160_000, 160_000)
     assert (small.n_layers, small.hidden, small.heads, small.intermediate) == (22, 384, 6, 1152)
-    assert small.global_rope_theta == 160_000 and small.local_rope_theta == 10_000
+    assert small.global_rope_theta == 160_000 and small.local_rope_theta == 160_000
+
+
+@pytest.mark.parametrize("number, theta", [(1, 10_000), (2, 160_000), (3, 160_000)])
+def test_rope_theta_per_phase_for_global_and_local_layers(number, theta):
+    """mmBERT: both at 10k in pre-training, both at 160k from mid-training on (its published config)."""
+    phase = load_phase(number)
+    config = config_for("small", 256_000, phase.global_rope_theta, phase.local_rope_theta)
+    layers = Encoder(replace(config, n_layers=3, hidden=64, heads=2, intermediate=64, vocab_size=64)).layers
+    assert {layer.attn.theta for layer in layers} == {theta}
     layers = Encoder(TINY).layers
     assert [layer.attn.is_global for layer in layers] == [True, False, False]
     assert isinstance(layers[0].attn_norm, torch.nn.Identity)

@@ -16,7 +16,8 @@ PHASE = """1:
   seq_len: 1024
   min_chunk_tokens: 64
   mask_rate: 0.3
-  rope_theta: 10000
+  global_rope_theta: 10000
+  local_rope_theta: 10000
   shard_tokens: 65536
   fineweb2_share: 0.6
   other_sources: {{dolma: 1}}

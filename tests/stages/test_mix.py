@@ -59,7 +59,8 @@ def test_plan_water_fills_within_each_source():
 @pytest.mark.parametrize(
     "n, lengths",
     [
-        (5, []),  # shorter than the minimum: no chunk
+        (1, [3]),  # a one-token document: kept whole
+        (5, [7]),  # shorter than the minimum chunk: kept whole, as one chunk (DESIGN section 3)
         (6, [8]),  # exactly the minimum body
         (20, [12, 12]),  # an exact multiple of the body: no tail
         (25, [12, 12, 8]),  # a 5-token tail grows backwards to the 6-token minimum
@@ -73,6 +74,8 @@ def test_chunk_edge_cases(n, lengths):
     assert all(c[0] == 2 and c[-1] == 1 for c in chunks)
     if n == 25:
         assert chunks[-1][1:-1] == ids[-6:]
+    if n <= 10:  # one chunk, holding the whole document
+        assert chunks == [[2, *ids, 1]]
 
 
 def test_epoch_tokens_sql_matches_the_chunker():
