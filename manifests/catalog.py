@@ -209,7 +209,7 @@ def check(layout: Layout, phase_id: str) -> list[str]:
         if path not in on_disk:
             problems.append(f"{path}: missing")
             continue
-        if layout.checksum(path, "sha256") != f"sha256:{shard['sha256']}":
+        if layout.verify(path, f"sha256:{shard['sha256']}") is not None:
             problems.append(f"{path}: sha256 differs from the manifest")
         try:
             with layout.open(path) as f:

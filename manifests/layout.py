@@ -230,22 +230,9 @@ class Layout:
     # ---- writing -------------------------------------------------------------------------------------------------
     def write_bytes(self, name: str, data: bytes, algorithm: str = "xxh64") -> str:
         """Write a whole file atomically; returns (and records) its checksum."""
-        checksum = checksum_bytes(data, algorithm)
-        target = self.path(name)
-        if self.is_local:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            tmp = temporary_name(target)
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, target)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        else:
-            self.fs.pipe_file(target, data)  # one PUT: the object appears whole or not at all
-        self._record(name, checksum)
-        return checksum
+        with self.writing(name, algorithm) as spool, open(spool.local, "wb") as f:
+            f.write(data)
+        return spool.checksum
 
     def write_text(self, name: str, text: str) -> str:
         return self.write_bytes(name, text.encode("utf-8"))

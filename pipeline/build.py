@@ -36,7 +36,7 @@ from stages.base import Document, Stage, failed_file
 from stages.dedup import DedupFilter
 from stages.lid import LanguageId, LidConfig
 from stages.quality import QualityConfig, QualityFilter
-from stages.sources import READERS, SourceReader
+from stages.sources import READERS
 from stages.sources.base import ReaderOptions
 from stages.tokenize import Gemma2Tokenizer, Tokenize, load_gemma2
 
@@ -71,13 +71,9 @@ def part_name(relative: str) -> str:
     return f"{slug}-{xxhash.xxh64_hexdigest(relative)[:8]}"
 
 
-def make_reader(name: str, options: ReaderOptions, tokenizers: dict[str, AssetSpec]) -> SourceReader:
-    return READERS[name].create(options, tokenizers)
-
-
 def curate_file(layout: Layout, source: str, options: ReaderOptions, tokenizers: dict[str, AssetSpec],
                 relative: str, part: str, curation: CurationConfig) -> dict:
-    reader = make_reader(source, options, tokenizers)
+    reader = READERS[source].create(options, tokenizers)
     stages: list[Stage] = [LanguageId(curation.lid, upstream_min_scores(curation.quality)),
                            QualityFilter(curation.quality)]
     docs: Iterator[Document] = reader.run([relative])
@@ -138,7 +134,7 @@ def curate_tasks(layout: Layout, recipe: Recipe, runner: Runner) -> list[Task]:
     curation = runner.share(CurationConfig(recipe.lid, recipe.quality))
     tasks = []
     for name, options in recipe.sources.sources.items():
-        reader = make_reader(name, options, recipe.tokenizers)
+        reader = READERS[name].create(options, recipe.tokenizers)
         files = reader.list_files()
         log.info("%s: %d input file(s) under %s", name, len(files), options.path)
         for relative in files:
@@ -182,9 +178,9 @@ def build(settings: BuildSettings) -> dict:
         runner.run("pool", [
             Task(f"{source}__{part}", pool_file,
                  dict(layout=layout, source=source, part=part, tokenizer=recipe.tokenizers["gemma2"],
-                      removals=removals.get((source, part))),
-                 inputs=(Layout.curated(source, part), *filter(None, [removals.get((source, part))])))
-            for source, part in parts
+                      removals=removed),
+                 inputs=(Layout.curated(source, part), *([removed] if removed else [])))
+            for source, part in parts for removed in [removals.get((source, part))]
         ])
         timings["pool"] = time.time() - t0
         t0 = time.time()
@@ -211,8 +207,8 @@ def asset_digests(recipe: Recipe) -> dict[str, dict]:
     for role, spec in recipe.assets().items():
         local = spec.local
         digests[role] = {"path": str(local or spec.path), "sha256": file_digest(local) if local else None}
-    for name, path in (("languages_file", recipe.quality.languages_file),):
-        digests[name] = {"path": str(path), "sha256": file_digest(path)}
+    languages = recipe.quality.languages_file
+    digests["languages_file"] = {"path": str(languages), "sha256": file_digest(languages)}
     return digests
 
 

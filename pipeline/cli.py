@@ -111,8 +111,9 @@ def recipe_from(args: argparse.Namespace) -> Recipe:
 
 
 def run_build(args: argparse.Namespace, argv: list[str]) -> int:
-    from pipeline.build import BuildSettings, build, make_reader
+    from pipeline.build import BuildSettings, build
     from pipeline.cluster import is_job_address, submit_build
+    from stages.sources import READERS
 
     recipe = recipe_from(args)
     phase = recipe.phases.phase(args.phase, args.variant)
@@ -122,7 +123,7 @@ def run_build(args: argparse.Namespace, argv: list[str]) -> int:
                              budget_tokens=args.budget, ray_address=args.ray_address, retries=args.retries)
     if args.dry_run:
         for name, options in recipe.sources.sources.items():
-            files = make_reader(name, options, recipe.tokenizers).list_files()
+            files = READERS[name].create(options, recipe.tokenizers).list_files()
             print(f"{name}: {len(files)} input file(s) under {options.path}")
         for role, spec in recipe.assets().items():
             print(f"{role}: {spec.check() or spec.path}")

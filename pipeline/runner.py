@@ -244,23 +244,6 @@ class Runner:
         self._execute(stage, todo, markers)
         return {key: self.done[stage][key].summary for key in sorted(wanted)}
 
-    def _damaged_outputs(self, stage: str, tasks: dict[str, Task]) -> list[Task]:
-        import ray
-
-        verify = ray.remote(_verify_outputs).options(num_cpus=1)
-        checks = {key: verify.remote(self.layout, done.outputs) for key, done in self.done[stage].items()}
-        damaged = []
-        for key, ref in checks.items():
-            problems = ray.get(ref)
-            if problems:
-                log.warning("%s: %s: %s: writing it again", stage, key,
-                            "; ".join(f"{name} {problem}" for name, problem in problems.items()))
-                damaged.append(tasks[key])
-                del self.done[stage][key]
-            else:
-                self.trusted.update(self.done[stage][key].outputs)
-        return damaged
-
     def _execute(self, stage: str, todo: list[Task], markers: dict[str, Done]) -> None:
         import ray
 
@@ -313,25 +296,38 @@ class Runner:
             more = f"; and {len(failures) - 3} more" if len(failures) > 3 else ""
             raise TaskFailed(f"{stage}: {len(failures)} task(s) failed: " + "; ".join(failures[:3]) + more)
 
-    def _check_inputs(self, tasks: list[Task]) -> None:
-        """Verify, once each and in parallel, the files these tasks read that an earlier build wrote; run again
-        the producers of those that are damaged or missing."""
+    def _verify(self, files: dict[str, str]) -> dict[str, str]:
+        """Check files against their checksums, in parallel Ray tasks of VERIFY_BATCH files; those that pass are
+        trusted for the rest of the build. Returns the damaged or missing ones, with what is wrong."""
         import ray
 
+        verify = ray.remote(_verify_outputs).options(num_cpus=1)
+        names = sorted(files)
+        batches = [names[i:i + VERIFY_BATCH] for i in range(0, len(names), VERIFY_BATCH)]
+        damaged: dict[str, str] = {}
+        for problems in ray.get([verify.remote(self.layout, {n: files[n] for n in batch}) for batch in batches]):
+            damaged.update(problems)
+        self.trusted.update(name for name in names if name not in damaged)
+        return damaged
+
+    def _damaged_outputs(self, stage: str, tasks: dict[str, Task]) -> list[Task]:
+        """The stage's skipped tasks whose outputs are damaged or missing: they run again."""
+        damaged = self._verify(self.outputs(stage))
+        keys = sorted({self.producers[name][1] for name in damaged})
+        for key in keys:
+            log.warning("%s: %s: %s: writing it again", stage, key, "; ".join(
+                f"{name} {problem}" for name, problem in damaged.items() if self.producers[name][1] == key))
+            del self.done[stage][key]
+        return [tasks[key] for key in keys]
+
+    def _check_inputs(self, tasks: list[Task]) -> None:
+        """Verify, once each, the files these tasks read that an earlier build wrote; run again the producers of
+        those that are damaged or missing."""
         names = sorted({name for task in tasks for name in task.inputs if name not in self.trusted})
         unknown = [name for name in names if name not in self.producers]
         if unknown:
             raise TaskFailed(f"{self.layout.url_of(unknown[0])}: read by a task, but no task of this build writes it")
-        if not names:
-            return
-        verify = ray.remote(_verify_outputs).options(num_cpus=1)
-        batches = [names[i:i + VERIFY_BATCH] for i in range(0, len(names), VERIFY_BATCH)]
-        damaged: dict[str, str] = {}
-        for problems in ray.get([verify.remote(self.layout, {n: self.producers[n][2] for n in batch})
-                                 for batch in batches]):
-            damaged.update(problems)
-        self.trusted.update(name for name in names if name not in damaged)
-        if damaged:
+        if damaged := self._verify({name: self.producers[name][2] for name in names}):
             self._repair(damaged)
 
     def _quarantine(self, stage: str, task: Task, cause: str, old: Done | None) -> dict:
