@@ -7,7 +7,7 @@ PHASE ?= 1
 VARIANT ?=
 export MMCORPUS_CACHE ?= $(HOME)/.cache/mmcorpus
 
-.PHONY: setup phase1-data phase2-data phase3-data test bench ray-job reference-check report report-check lint samples clean
+.PHONY: setup phase1-data phase2-data phase3-data test bench ray-job reference-check reference-eval report report-check lint samples clean
 
 $(BIN)/mmcorpus: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ ray-job: setup
 # Train the tiny encoder on a phase's shards (built first); fails unless the MLM loss falls clearly.
 reference-check: setup
 	$(BIN)/python -m reference.check --phase $(PHASE) --out $(OUT) $(if $(VARIANT),--variant $(VARIANT))
+
+# A checkpoint's MLM loss per language on a built phase (CHECKPOINT: a Hugging Face ModernBERT/mmBERT folder),
+# into the phase's manifest (mlm_eval) and its data card.
+reference-eval: setup
+	$(BIN)/mmcorpus eval-mlm --phase $(PHASE) --out $(OUT) --checkpoint $(CHECKPOINT) $(if $(VARIANT),--variant $(VARIANT))
 
 # The phase's data card: $(OUT)/phase$(PHASE)/report/index.html, its figures (PNG) and tables (CSV).
 report: setup

@@ -23,7 +23,7 @@ from manifests.layout import Layout
 from manifests.schemas import FILES, LINEAGE, MIXTURE, NOTES, REJECT_REASONS, RUN, SHARDS, STAGES
 from manifests.writer import write_parquet
 
-TABLES = ("shards", "mixture", "stages", "reject_reasons", "notes", "lineage", "files", "run")
+TABLES = ("shards", "mixture", "stages", "reject_reasons", "notes", "lineage", "files", "run", "mlm_eval")
 CURATION_STAGES = ("read", "lid", "quality", "dedup", "tokenize")  # in pipeline order
 READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN")
 

@@ -102,6 +102,7 @@ class Report:
         self.curation()
         self.lengths()
         self.shards()
+        self.mlm_eval()
         return self.write(config)
 
     def recipe(self, config: dict, run: dict) -> None:
@@ -258,6 +259,19 @@ class Report:
         table = self.query("shards", "SELECT path, rows, tokens, bytes, sha256 FROM shards WHERE phase = ? "
                                      "ORDER BY path")
         self.sections.append(Section("shards", "Shards", tables=[table]))
+
+    def mlm_eval(self) -> None:
+        """Present once `mmcorpus eval-mlm` has run on the phase."""
+        if not self.con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'mlm_eval'").fetchone()[0]:
+            return
+        table = self.query("mlm_eval", """
+            SELECT lang, chunks, tokens, masked_tokens, round(loss, 4) AS loss, round(perplexity, 2) AS perplexity,
+                   checkpoint FROM mlm_eval WHERE phase = ? ORDER BY loss DESC""")
+        if table.rows:
+            text = (f"MLM loss of {table.rows[0][-1]} on a sample of each language's chunks at the phase's mask "
+                    "rate (`mmcorpus eval-mlm`), highest first: a language far above its neighbours holds text the "
+                    "model did not learn (mislabelled language, boilerplate, broken encoding).")
+            self.sections.append(Section("mlm", "MLM loss per language", text, tables=[table]))
 
     def write(self, config: dict) -> str:
         for name, data in self.images.items():

@@ -111,6 +111,11 @@ RUN = pa.schema(
 FILES = pa.schema([("phase", pa.string()), ("path", pa.string()), ("stage", pa.string()), ("task", pa.string()),
                    ("algorithm", pa.string()), ("checksum", pa.string())])
 
+# `mmcorpus eval-mlm`: a checkpoint's MLM loss per language on a sample of the phase's chunks.
+MLM_EVAL = pa.schema([("phase", pa.string()), ("lang", pa.string()), ("chunks", pa.int64()), ("tokens", pa.int64()),
+                      ("masked_tokens", pa.int64()), ("loss", pa.float64()), ("perplexity", pa.float64()),
+                      ("mask_rate", pa.float64()), ("checkpoint", pa.string()), ("seed", pa.int64())])
+
 # Chunks placed by mixing, before the shard tasks gather them: SHARD columns plus the placement hash.
 PLACED = pa.schema([("shard", pa.int64()), ("place", pa.uint64()), *SHARD])
 

@@ -80,6 +80,17 @@ def parser() -> argparse.ArgumentParser:
     add_phase_arguments(report)
     add_out_argument(report)
 
+    evaluate = commands.add_parser("eval-mlm", help="a checkpoint's MLM loss per language on a built phase, into "
+                                                    "its manifest and data card (needs the reference extra)")
+    add_phase_arguments(evaluate)
+    add_out_argument(evaluate)
+    evaluate.add_argument("--checkpoint", type=Path, required=True,
+                          help="Hugging Face ModernBERT/mmBERT folder (config.json + model.safetensors)")
+    evaluate.add_argument("--chunks-per-language", type=positive_int, default=64, help="sample size (default: 64)")
+    evaluate.add_argument("--batch-tokens", type=positive_int, help="tokens per batch (default: the phase's seq_len)")
+    evaluate.add_argument("--seed", type=int, default=0, help="chooses the sample and the masks (default: 0)")
+    evaluate.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+
     commands.add_parser("fetch-assets", help="download the tokenizer and LID model files into the cache (set-up)")
     return root
 
@@ -331,6 +342,30 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_eval(args: argparse.Namespace) -> int:
+    from manifests.layout import Layout
+    from stages.tokenize import load_gemma2
+
+    try:
+        from reference.checkpoint import CheckpointError
+        from reference.evaluate import EvalSettings, evaluate
+    except ImportError as error:
+        raise ConfigError(f"eval-mlm needs the reference extra (pip install -e '.[reference]'): {error}") from None
+    phase = phase_of(args)
+    settings = EvalSettings(args.chunks_per_language, args.seed, args.batch_tokens, args.device)
+    try:
+        rows = evaluate(Layout(args.out), phase, args.checkpoint, load_gemma2(load_recipe().tokenizers["gemma2"]),
+                        settings)
+    except CheckpointError as error:
+        raise ConfigError(str(error)) from None
+    print(f"{'lang':<16} {'chunks':>7} {'masked':>9} {'loss':>8}")
+    for row in rows:
+        print(f"{row['lang']:<16} {row['chunks']:>7} {row['masked_tokens']:>9,} {row['loss']:>8.3f}")
+    print(f"{phase.id}: {len(rows)} languages at mask rate {phase.mask_rate:g}; written to "
+          f"{Layout(args.out).url_of(Layout.manifest(phase.id, 'mlm_eval'))} (the mlm_eval view)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipeline.runner import Terminated
 
@@ -340,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     commands = {"build": lambda: run_build(args, argv), "config": lambda: run_config(args),
                 "query": lambda: run_query(args), "check": lambda: run_check(args), "plan": lambda: run_plan(args),
-                "export-mds": lambda: run_export(args), "report": lambda: run_report(args)}
+                "export-mds": lambda: run_export(args), "report": lambda: run_report(args),
+                "eval-mlm": lambda: run_eval(args)}
     try:
         if args.command in commands:
             return commands[args.command]()

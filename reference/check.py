@@ -1,10 +1,13 @@
 """`make reference-check PHASE=1`: train the encoder briefly on a phase's shards; fail unless the MLM loss falls.
 
     python -m reference.check --phase 1 [--out out] [--config tiny] [--steps 300] [--device cpu|cuda]
+                              [--init-from CHECKPOINT_DIR] [--save CHECKPOINT_DIR]
 
 Prints parameters, tokens/s (and MFU on a GPU), the initial and final loss (means of the first and last ten
 steps), and with --compare-padded the step time of the same batches padded to their longest sequence.
-Exit 1 unless final <= 0.8 x initial. On a CPU the 256,000-way softmax of the MLM head dominates a step.
+Exit 1 unless final <= 0.8 x initial (from random weights; from --init-from, unless final <= initial). With
+--init-from the shapes are the checkpoint's and the RoPE θ the phase's. On a CPU the 256,000-way softmax of the
+MLM head dominates a step.
 """
 
 import argparse
@@ -14,12 +17,14 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from manifests.layout import Layout
 from pipeline.config import PHASES_FILE, PhaseConfig, load_phase, load_tokenizers
+from reference import checkpoint
 from reference.data import Batch, mask_tokens, pack, read_chunks
 from reference.model import ATTENTION, Encoder, EncoderConfig, config_for, default_backend
 from stages.tokenize import Gemma2Tokenizer
@@ -77,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=sorted(ATTENTION), help="attention backend (default: the fastest)")
     parser.add_argument("--compare-padded", action="store_true", help="also time the same batches padded")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init-from", type=Path, help="start from a Hugging Face ModernBERT/mmBERT checkpoint folder")
+    parser.add_argument("--save", type=Path, help="write the trained weights there as a Hugging Face checkpoint")
     parser.add_argument("--peak-flops", type=float, default=H100_BF16_PEAK, help="for MFU on a GPU")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -84,13 +91,21 @@ def main(argv: list[str] | None = None) -> int:
     phase = load_phase(args.phase, args.variant, args.phases)
     source = Layout(args.source) if args.source else Layout(Layout(args.out).url_of(Layout.shards_dir(phase.id)))
     tokenizer = Gemma2Tokenizer(load_tokenizers()["gemma2"])
-    specials = {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.mask_id}
+    specials = tokenizer.special_ids
     device = torch.device(args.device)
     torch.set_num_threads(os.cpu_count() or 1)
     backend = args.backend or default_backend(device)
     torch.manual_seed(args.seed)
     config = config_for(args.config, tokenizer.vocab_size, phase.global_rope_theta, phase.local_rope_theta)
-    model = Encoder(config).to(device)
+    if args.init_from:
+        stored = checkpoint.read_config(args.init_from)
+        if stored.vocab_size < tokenizer.vocab_size:
+            raise SystemExit(f"{args.init_from}: a vocabulary of {stored.vocab_size:,} cannot take the tokenizer's "
+                             f"{tokenizer.vocab_size:,} ids")
+        config = replace(stored, global_rope_theta=config.global_rope_theta, local_rope_theta=config.local_rope_theta)
+        model = checkpoint.load(args.init_from, config).to(device)
+    else:
+        model = Encoder(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     warmup = max(1, args.steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
@@ -133,8 +148,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"MFU {flops / seconds / args.peak_flops:.1%} of {args.peak_flops / 1e12:.0f} TFLOP/s")
     if args.compare_padded:
         compare_padded(step, stream, phase, tokenizer, config, specials, generator, device)
-    if not final <= 0.8 * initial:
-        print(f"FAIL: the loss did not fall clearly ({final:.3f} > 0.8 x {initial:.3f})")
+    if args.save:
+        print(f"weights written to {checkpoint.save(model, args.save)}")
+    required = 1.0 if args.init_from else 0.8
+    if not final <= required * initial:
+        print(f"FAIL: the loss did not fall clearly ({final:.3f} > {required} x {initial:.3f})")
         return 1
     return 0
 

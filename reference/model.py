@@ -183,19 +183,24 @@ class Encoder(nn.Module):
         total = sum(p.numel() for p in self.parameters())
         return total if embeddings else total - self.embeddings.weight.numel()
 
-    def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-                labels: torch.Tensor | None = None, backend: str | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """input_ids (total,) and cu_seqlens (n + 1,) int32 -> (logits, loss). With labels (-100 where not
-        masked), logits are computed at the masked positions only (sparse prediction) and loss is their mean
-        cross-entropy; without, logits cover every position."""
+    def encode(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+               backend: str | None = None) -> torch.Tensor:
+        """The final hidden states (total, hidden) of packed sequences."""
         backend = backend or default_backend(input_ids.device)
         starts = cu_seqlens[:-1].repeat_interleave(cu_seqlens.diff())
         positions = torch.arange(input_ids.shape[0], device=input_ids.device) - starts  # within each sequence
         x = self.embedding_norm(self.embeddings(input_ids))  # (total, hidden)
         for layer in self.layers:
             x = layer(x, positions, cu_seqlens, max_seqlen, backend)
-        x = self.final_norm(x)
+        return self.final_norm(x)
+
+    def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                labels: torch.Tensor | None = None, backend: str | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """input_ids (total,) and cu_seqlens (n + 1,) int32 -> (logits, loss). With labels (-100 where not
+        masked), logits are computed at the masked positions only (sparse prediction) and loss is their mean
+        cross-entropy; without, logits cover every position."""
+        x = self.encode(input_ids, cu_seqlens, max_seqlen, backend)
         if labels is not None:
             keep = labels != -100
             x, labels = x[keep], labels[keep]

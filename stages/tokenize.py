@@ -50,6 +50,11 @@ class Gemma2Tokenizer:
             return self.sp.encode(texts, num_threads=self.threads)
         return [enc.ids for enc in self.hf.encode_batch(texts, add_special_tokens=False)]
 
+    @property
+    def special_ids(self) -> set[int]:
+        """Ids that masking never makes targets."""
+        return {self.pad_id, self.bos_id, self.eos_id, self.mask_id}
+
     @cached_property
     def sha256(self) -> str | None:
         local = self.spec.local
