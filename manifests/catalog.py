@@ -1,8 +1,9 @@
 """The per-phase manifest (Parquet tables), the DuckDB catalog over all outputs, named queries and `check`.
 
 Manifest tables under <out>/<phase>/manifest/: shards, mixture, stages, reject_reasons, notes (kept documents
-a stage flagged, e.g. an upstream language label the LID model disagrees with), lineage, files (every file the
-build wrote, with its checksum), run (the whole recipe, model digests, versions, commit).
+a stage flagged, e.g. an upstream language label the LID model disagrees with), lineage (document -> upstream
+file and row, crawl dump and WARC path where the source gives them, shard), mlm_eval (after `mmcorpus eval-mlm`),
+files (every file the build wrote, with its checksum), run (the whole recipe, model digests, versions, commit).
 Views: every phase's tables plus `rejects`, `quarantine`, `pool` and `dedup_clusters` (every document of a
 duplicate cluster, with the kept one's id and the cluster size), and the named queries below.
 
@@ -104,7 +105,7 @@ def write_manifest(layout: Layout, phase_id: str, plan: list, shards: list[dict]
                           GROUP BY ALL ORDER BY stage, source, lang""", [phase_id, stats], STAGES),
             "reject_reasons": (_reasons_sql("reason", "rejected"), [phase_id, stats], REJECT_REASONS),
             "notes": (_reasons_sql("note", "kept"), [phase_id, stats], NOTES),
-            "lineage": ("""SELECT DISTINCT ? AS phase, s.doc_id, p.origin,
+            "lineage": ("""SELECT DISTINCT ? AS phase, s.doc_id, p.origin, p.dump, p.file_path,
                                   regexp_extract(s.filename, '[^/]+$') AS shard
                            FROM read_parquet(?, filename = true) s JOIN read_parquet(?) p ON s.doc_id = p.id
                            ORDER BY s.doc_id, shard""",

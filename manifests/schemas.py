@@ -2,6 +2,11 @@
 
 import pyarrow as pa
 
+# Where a document came from upstream, carried from the reader to the pool and the lineage: the crawl
+# snapshot, the upstream's own record of the file (FineWeb2: the WARC path), and the size of the near-duplicate
+# cluster upstream dedup found (FineWeb2's minhash_cluster_size, for re-hydration). Null where a source lacks it.
+UPSTREAM = [("dump", pa.string()), ("file_path", pa.string()), ("cluster_size", pa.int64())]
+
 # Curated documents between curation and tokenization: text plus the Document metadata we carry on.
 CURATED = pa.schema(
     [
@@ -13,6 +18,7 @@ CURATED = pa.schema(
         ("url", pa.string()),
         ("quality", pa.float32()),
         ("origin", pa.string()),
+        *UPSTREAM,
         ("extra", pa.string()),  # the source's own fields, JSON
     ]
 )
@@ -26,6 +32,7 @@ POOL = pa.schema(
         ("n_tokens", pa.int64()),
         ("input_ids", pa.list_(pa.uint32())),
         ("origin", pa.string()),
+        *UPSTREAM,
     ]
 )
 
@@ -156,7 +163,7 @@ NOTES = pa.schema(
 )
 
 LINEAGE = pa.schema([("phase", pa.string()), ("doc_id", pa.string()), ("origin", pa.string()),
-                     ("shard", pa.string())])
+                     ("dump", pa.string()), ("file_path", pa.string()), ("shard", pa.string())])
 
 # Dedup passes (stages/dedup.py): per-document signatures, candidate pairs, and the documents removed.
 SIGNATURES = pa.schema(

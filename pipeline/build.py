@@ -25,7 +25,7 @@ import xxhash
 
 from manifests import catalog
 from manifests.layout import Layout
-from manifests.schemas import CURATED, POOL
+from manifests.schemas import CURATED, POOL, UPSTREAM
 from manifests.writer import ParquetSink, write_parquet, write_task_records
 from pipeline.config import PhaseConfig, Recipe, git_commit, upstream_min_scores
 from pipeline.dedup import read_removals, run_dedup
@@ -84,9 +84,15 @@ def curate_file(layout: Layout, source: str, options: ReaderOptions, tokenizers:
             meta = doc.metadata
             sink.write(dict(id=doc.id, text=doc.text, source=meta["source"], lang=meta["lang"],
                             lang_score=meta.get("lang_score"), url=meta.get("url"), quality=meta.get("quality"),
-                            origin=meta["origin"], extra=json.dumps(meta.get("extra") or {}, default=str)))
+                            origin=meta["origin"], **_upstream_fields(meta),
+                            extra=json.dumps(meta.get("extra") or {}, default=str)))
     write_task_records(layout, "curate", source, part, [reader, *stages])
     return {"input": relative, "docs": sink.count}
+
+
+def _upstream_fields(meta: dict) -> dict:
+    upstream = meta.get("upstream") or {}
+    return {name: upstream.get(name) for name, _ in UPSTREAM}
 
 
 def quarantine_input(layout: Layout, source: str, relative: str, part: str, error: str) -> dict:
@@ -100,8 +106,8 @@ def quarantine_input(layout: Layout, source: str, relative: str, part: str, erro
 
 def _curated_docs(layout: Layout, name: str) -> Iterator[Document]:
     with layout.open(name) as f:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=1024, columns=["id", "text", "source", "lang",
-                                                                              "quality", "origin"]):
+        columns = ["id", "text", "source", "lang", "quality", "origin", *(name for name, _ in UPSTREAM)]
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=1024, columns=columns):
             for row in batch.to_pylist():
                 yield Document(text=row.pop("text"), id=row.pop("id"), metadata=row)
 
@@ -120,7 +126,8 @@ def pool_file(layout: Layout, source: str, part: str, tokenizer: AssetSpec, remo
                 sinks[lang] = ParquetSink(layout, Layout.pool(source, lang, part), POOL)
             ids = doc.metadata["input_ids"]
             sinks[lang].write(dict(id=doc.id, source=source, lang=lang, quality=doc.metadata["quality"],
-                                   n_tokens=len(ids), input_ids=ids, origin=doc.metadata["origin"]))
+                                   n_tokens=len(ids), input_ids=ids, origin=doc.metadata["origin"],
+                                   **{name: doc.metadata[name] for name, _ in UPSTREAM}))
     finally:
         for sink in sinks.values():
             sink.close()

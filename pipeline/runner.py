@@ -29,8 +29,10 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from tqdm import tqdm
 
+from manifests import schemas
 from manifests.layout import Layout, recording
 from pipeline.config import PROJECT_ROOT
 
@@ -90,6 +92,11 @@ def _resolve(value: Any) -> Any:
 
         _shared_cache[value.digest] = ray.get(value.ref)
     return _shared_cache[value.digest]
+
+
+# The files' schemas are part of every fingerprint: outputs of an older format are rewritten, never read.
+FORMATS = hashlib.sha256("".join(str(value) for _, value in sorted(vars(schemas).items())
+                                 if isinstance(value, pa.Schema)).encode()).hexdigest()
 
 
 def canonical(value: Any) -> Any:
@@ -197,7 +204,7 @@ class Runner:
 
     def fingerprint(self, task: Task) -> str:
         reads = {name: self.producers[name][2] if name in self.producers else None for name in task.inputs}
-        return digest([task.fn, task.kwargs, reads, task.identity])
+        return digest([task.fn, task.kwargs, reads, task.identity, FORMATS])
 
     def outputs(self, stage: str) -> dict[str, str]:
         return {name: checksum for done in self.done[stage].values() for name, checksum in done.outputs.items()}

@@ -21,6 +21,7 @@ def _language_rows(path: Path = CONFIG_DIR / "languages.csv") -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@cache
 def short_code_labels() -> dict[str, str]:
     """Wikipedia / ISO 639-1 code (`de`, `als`) -> `deu_Latn`, `gsw_Latn`, from configs/languages.csv."""
     return {row["code"]: f"{row['lang']}_{row['script']}" for row in _language_rows()}
@@ -35,6 +36,16 @@ def other_scripts() -> dict[str, frozenset[str]]:
 def base_language(label: str) -> str:
     """`deu_Latn` -> `deu`; every `code_<language>` -> `code` (how mmBERT's counts name languages)."""
     return CODE if label.startswith(f"{CODE}_") else label.split("_", 1)[0]
+
+
+def iso639_3(code: str) -> str | None:
+    """The ISO 639-3 code of a language named as `en`, `eng` or `eng_Latn` (None when not recognised)."""
+    code = code.strip()
+    if valid_label(code):
+        return base_language(code)
+    if code in (short := short_code_labels()):
+        return base_language(short[code])
+    return code if re.fullmatch(r"[a-z]{3}", code) else None
 
 
 def code_label(language: str) -> str:

@@ -5,6 +5,8 @@ How a document is handled depends on where its label came from (the reader sets 
   in `lid_predicted` and a disagreement is noted, or rejected when `upstream: verify`. An upstream score
   below FineWeb2's per-language minimum is rejected as `lid:low_score`.
 - `expected` (Dolma subsets, ProLong domains): the model decides; below the minimum score -> `lid:low_score`.
+  A language the record's own metadata names (Dolma's `metadata.language`) is checked against the expected
+  label as an upstream label is against the model: a disagreement is noted, or rejected when `upstream: verify`.
 - `code`: programming languages are not natural languages; the label stays.
 Any label whose language is outside the configured set is rejected as `lid:other_language`, and a label that is
 not of the form `lang_Script` or `code_<language>` (it becomes a folder name) as `lid:invalid_label`.
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 
 from stages.assets import AssetSpec
 from stages.base import BatchStage, Document
-from stages.languages import LanguageSet, base_language, other_scripts, short_code_labels, valid_label
+from stages.languages import LanguageSet, base_language, iso639_3, other_scripts, short_code_labels, valid_label
 from stages.settings import setting
 from stages.text import dominant_script
 
@@ -134,7 +136,12 @@ class LanguageId(BatchStage):
         predicted, score = prediction
         meta["lid_predicted"], meta["lid_score"] = predicted, score
         if meta.get("lang_source") != "upstream":
+            expected = meta["lang"]
             meta["lang"], meta["lang_score"] = predicted, score
+            if meta.get("upstream_lang") and iso639_3(meta["upstream_lang"]) != base_language(expected):
+                if self.config.upstream == "verify":
+                    return "lid:disagrees_with_upstream"
+                self.note(doc, "lid:upstream_disagrees")
             threshold = self.config.threshold(predicted)
             return f"lid:low_score score<{threshold}" if score < threshold else None
         upstream = meta["lang"]

@@ -122,14 +122,17 @@ class SourceReader(Stage):
 
     def make_doc(self, doc_id: str, text: str, relative: str, row: int | str, lang: str | None,
                  lang_source: str, lang_score: float | None = None, url: str | None = None,
-                 **extra: object) -> Document:
+                 upstream: dict | None = None, upstream_lang: str | None = None, **extra: object) -> Document:
         """`lang_source` says where `lang` comes from: `upstream` (the source's own label), `expected` (what the
-        subset is configured to hold, for LID to decide) or `code`."""
+        subset is configured to hold, for LID to decide) or `code`. `upstream` holds the lineage fields of
+        manifests.schemas.UPSTREAM that the source has (dump, file_path, cluster_size); `upstream_lang` a language
+        the source's metadata names beside an `expected` label (Dolma's), which LID checks against it."""
         text = text_field({"text": text}, "text", required=True)  # type: ignore[assignment]
         doc_id = text_field({"id": doc_id}, "id", required=True)  # type: ignore[assignment]
         url = text_field({"url": url}, "url")
         metadata = dict(source=self.source, lang=lang, lang_source=lang_source, lang_score=lang_score,
-                        url=url if valid_url(url) else None, origin=f"{relative}:{row}", extra=extra)
+                        url=url if valid_url(url) else None, origin=f"{relative}:{row}", upstream=upstream or {},
+                        upstream_lang=upstream_lang, extra=extra)
         doc = Document(text=text, id=f"{self.source}/{doc_id}", metadata=metadata)
         if url and metadata["url"] is None:
             self.note(doc, "read:bad_url")

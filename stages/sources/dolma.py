@@ -1,9 +1,10 @@
 """Dolma v1.7 (allenai/dolma): gzipped JSON lines, `<subset>/<name>-NNNN.json.gz`.
 
-Records carry `id, text, source, added, created, metadata`. Dolma has no language label: each subset folder
-is configured with the language it is expected to hold (`subsets: {cc_en_head: eng_Latn, starcoder: code}`),
-which LID checks, and folders not configured are not read. Without `subsets`, every folder is read as English,
-except `starcoder` as code.
+Records carry `id, text, source, added, created, metadata`. Each subset folder is configured with the language
+it is expected to hold (`subsets: {cc_en_head: eng_Latn, starcoder: code}`), which LID checks, and folders not
+configured are not read. Where a record's metadata names a language (`metadata.language`, e.g. `en`, with
+`language_score`), LID checks it against the expected label as it checks an upstream label. Without `subsets`,
+every folder is read as English, except `starcoder` as code.
 """
 
 from collections.abc import Iterator
@@ -47,9 +48,11 @@ class DolmaReader(SourceReader):
             raise BadRecord(f"metadata is {type(metadata).__name__}, not a mapping")
         is_code = expected == CODE
         text = text_field(record, "text", required=True)
+        language = metadata.get("language")  # a label beside the text, not the text: a malformed one is ignored
         return self.make_doc(
             f"{subset}/{id_field(record) or f'{relative}:{row}'}", text, relative, row,
             lang=code_label("unknown") if is_code else expected, lang_source="code" if is_code else "expected",
-            url=text_field(metadata, "url"), subset=subset, dolma_source=record.get("source"),
+            url=text_field(metadata, "url"), upstream_lang=language if isinstance(language, str) and not is_code
+            else None, subset=subset, dolma_source=record.get("source"),
             added=record.get("added"), created=record.get("created"), metadata=metadata,
         )

@@ -1,7 +1,8 @@
 """FineWeb2 (HuggingFaceFW/fineweb-2): Parquet under `data/<lang>_<Script>/train/NNN_NNNNN.parquet`.
 
 The `<lang>_<Script>_removed/` folders hold what FineWeb2's own filters removed; they are skipped unless
-`include_removed: true`. The upstream label (`language`, `language_script`, `language_score`) is kept for LID.
+`include_removed: true`. The upstream label (`language`, `language_script`, `language_score`) is kept for LID;
+`dump` and `file_path` (the WARC) go into the lineage, `minhash_cluster_size` into the pool for re-hydration.
 """
 
 import json
@@ -15,8 +16,9 @@ from stages.sources.base import BadRecord, ReaderOptions, SourceReader, id_field
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["text", "id", "dump", "url", "date", "language", "language_score", "language_script",
+COLUMNS = ["text", "id", "dump", "url", "date", "file_path", "language", "language_score", "language_script",
            "minhash_cluster_size", "top_langs"]
+LINEAGE = ("dump", "file_path", "minhash_cluster_size")
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,15 @@ class FineWeb2Reader(SourceReader):
                 record["top_langs"] = json.loads(top_langs)
             except json.JSONDecodeError:
                 pass
+        cluster_size = record.get("minhash_cluster_size")
+        valid_size = cluster_size is None or (isinstance(cluster_size, int) and not isinstance(cluster_size, bool)
+                                              and cluster_size >= 1)
+        upstream = dict(dump=text_field(record, "dump"), file_path=text_field(record, "file_path"),
+                        cluster_size=cluster_size if valid_size else None)
         doc_id = id_field(record) or f"{relative}:{row}"
-        extra = {k: v for k, v in record.items() if k not in ("text", "id", "url")}
-        return self.make_doc(doc_id, text, relative, row, lang=lang, lang_source="upstream", lang_score=score,
-                             url=text_field(record, "url"), **extra)
+        extra = {k: v for k, v in record.items() if k not in ("text", "id", "url", *LINEAGE)}
+        doc = self.make_doc(doc_id, text, relative, row, lang=lang, lang_source="upstream", lang_score=score,
+                            url=text_field(record, "url"), upstream=upstream, **extra)
+        if not valid_size:
+            self.note(doc, "read:bad_cluster_size")
+        return doc
