@@ -21,6 +21,7 @@ from stages.assets import AssetSpec
 from stages.dedup import DedupConfig
 from stages.languages import CONFIG_DIR, COUNTS_FILE, LanguageSet
 from stages.lid import LidConfig
+from stages.mix import FINEWEB2_BANDS, RehydrateBand, check_bands
 from stages.quality import QualityConfig, QualityRow
 from stages.settings import ConfigError, Where, check_keys, closest, convert, load, plain, setting
 from stages.sources import READERS
@@ -72,6 +73,10 @@ class PhaseConfig:
     other_sources: dict[str, float] = setting(factory=dict, help="the rest of the budget, in these proportions")
     fixed_shares: dict[str, float] = setting(factory=dict, help="languages with a pinned share (decay-eng)")
     quality_quantile: float = setting(0.0, help="keep documents at or above this quality quantile per language")
+    rehydrate: bool = setting(False, help="repeat FineWeb2 documents by their upstream minhash_cluster_size band "
+                                          "(re-hydration), within the epoch cap")
+    rehydrate_bands: tuple[RehydrateBand, ...] = setting(
+        FINEWEB2_BANDS, help="cluster-size bands and the copies each counts for (the last band open: null)")
     number: int = setting(0, help="the phase number (from the YAML key)")
     variant: str | None = setting(None, help="the variant built (from --variant or default_variant)")
     default_variant: str | None = setting(None, help="the variant `--phase N` builds")
@@ -93,6 +98,7 @@ class PhaseConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        check_bands(self.rehydrate_bands)
 
     @property
     def id(self) -> str:
@@ -104,6 +110,11 @@ class PhaseConfig:
     def language_codes(self) -> frozenset[str]:
         """ISO 639-3 codes as in mmBERT's counts, `code` for code."""
         return self.languages.resolve()
+
+    @property
+    def bands(self) -> tuple[RehydrateBand, ...] | None:
+        """The re-hydration bands when the phase re-hydrates."""
+        return self.rehydrate_bands if self.rehydrate else None
 
     def to_dict(self) -> dict:
         return plain(self) | {"id": self.id, "language_count": len(self.language_codes)}

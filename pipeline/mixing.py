@@ -27,7 +27,12 @@ from stages.languages import base_language
 from stages.mix import (
     FractionThreshold,
     MixRow,
+    RehydrateBand,
     SampleChunks,
+    Selection,
+    band_repeats,
+    band_repeats_sql,
+    copies_per_weight,
     epoch_tokens_sql,
     plan_mixture,
     source_budgets,
@@ -41,6 +46,7 @@ class PoolSummary:
     """What a phase can take from the pool, per (source, lang)."""
 
     available: dict[tuple[str, str], int]  # tokens one epoch writes (eligible documents, chunked)
+    by_weight: dict[tuple[str, str], dict[int, int]]  # the same split by re-hydration weight (all 1 without)
     floors: dict[tuple[str, str], float]  # quality tier: the minimum quality kept
     files: dict[tuple[str, str], list[str]]  # pool files (names in the layout)
     outside: list[dict]  # stats rows for the pool documents outside the phase's languages
@@ -52,7 +58,7 @@ def pool_files(layout: Layout) -> list[str]:
 
 def summarize_pool(layout: Layout, phase: PhaseConfig, files: list[str]) -> PoolSummary:
     if not files:
-        return PoolSummary({}, {}, {}, [])
+        return PoolSummary({}, {}, {}, {}, [])
     urls = {layout.url_of(name): name for name in files}
     with layout.duckdb(threads=2) as con:
         groups = con.execute(
@@ -65,13 +71,16 @@ def summarize_pool(layout: Layout, phase: PhaseConfig, files: list[str]) -> Pool
                   for s, lang, _, q, _ in groups if (s, lang) in inside}
         con.register("floors", _floors_table(floors))
         epoch = epoch_tokens_sql("p.n_tokens", phase.seq_len, phase.min_chunk_tokens)
-        available = dict(
-            ((s, lang), int(n)) for s, lang, n in con.execute(
-                f"""SELECT p.source, p.lang, sum({epoch}) FROM read_parquet(?) p
-                    JOIN floors f ON p.source = f.source AND p.lang = f.lang
-                    WHERE p.quality >= f.floor GROUP BY 1, 2""", [list(urls)]
-            ).fetchall() if n
-        )
+        by_weight: dict[tuple[str, str], dict[int, int]] = defaultdict(dict)
+        for s, lang, weight, n in con.execute(
+            f"""SELECT p.source, p.lang, {band_repeats_sql('p.cluster_size', phase.bands)}, sum({epoch})
+                FROM read_parquet(?, union_by_name = true) p
+                JOIN floors f ON p.source = f.source AND p.lang = f.lang
+                WHERE p.quality >= f.floor GROUP BY 1, 2, 3""", [list(urls)]
+        ).fetchall():
+            if n:
+                by_weight[(s, lang)][int(weight)] = int(n)
+        available = {key: sum(tokens.values()) for key, tokens in by_weight.items()}
     outside = []
     for source, lang, docs, _, _ in groups:
         if (source, lang) not in inside:
@@ -79,7 +88,7 @@ def summarize_pool(layout: Layout, phase: PhaseConfig, files: list[str]) -> Pool
                              tokens=0, seconds=0.0, task="plan") for reason, read in ((None, docs),
                                                                                     ("mix:other_language", 0))]
     found = {(s, lang): [urls[url] for url in names] for s, lang, _, _, names in groups if (s, lang) in inside}
-    return PoolSummary(available, floors, found, outside)
+    return PoolSummary(available, dict(by_weight), floors, found, outside)
 
 
 def _floors_table(floors: dict[tuple[str, str], float]) -> pa.Table:
@@ -93,21 +102,26 @@ def plan_phase(phase: PhaseConfig, available: dict[tuple[str, str], int], budget
     return plan_mixture(available, budgets, phase.temperature, phase.max_epochs, phase.fixed_shares)
 
 
-def _eligible_docs(layout: Layout, files: list[str], floor: float) -> Iterator[tuple[str, int]]:
+def _eligible_docs(layout: Layout, files: list[str], floor: float, bands: tuple[RehydrateBand, ...] | None,
+                   weight: int) -> Iterator[tuple[str, int]]:
+    """(id, tokens) of the documents at or above the quality floor whose re-hydration weight is `weight`."""
+    columns = ["id", "n_tokens", "quality", "cluster_size"] if bands else ["id", "n_tokens", "quality"]
     for name in files:
         with layout.open(name) as f:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=8192, columns=["id", "n_tokens", "quality"]):
-                for doc_id, n_tokens, quality in zip(*(batch.column(i).to_pylist() for i in range(3)), strict=True):
-                    if quality >= floor:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=8192, columns=columns):
+                rows = zip(*(batch.column(i).to_pylist() for i in range(len(columns))), strict=True)
+                for doc_id, n_tokens, quality, *cluster_size in rows:
+                    if quality >= floor and band_repeats(cluster_size[0] if bands else None, bands) == weight:
                         yield doc_id, n_tokens
 
 
 def fraction_threshold(layout: Layout, files: list[str], floor: float, target: float, seed: int, epoch: int,
-                       seq_len: int, min_chunk: int) -> dict:
+                       seq_len: int, min_chunk: int, bands: tuple[RehydrateBand, ...] | None = None,
+                       weight: int = 1) -> dict:
     finder = FractionThreshold(seed, epoch, seq_len, min_chunk)
-    finder.count(_eligible_docs(layout, files, floor))
+    finder.count(_eligible_docs(layout, files, floor, bands, weight))
     bucket, needed = finder.locate(target)
-    return {"threshold": finder.resolve(_eligible_docs(layout, files, floor), bucket, needed)}
+    return {"threshold": finder.resolve(_eligible_docs(layout, files, floor, bands, weight), bucket, needed)}
 
 
 def pool_documents(layout: Layout, name: str) -> Iterator[Document]:
@@ -122,9 +136,10 @@ def pool_documents(layout: Layout, name: str) -> Iterator[Document]:
                 yield Document(text="", id=row.pop("id"), metadata=row)
 
 
-def mix_file(layout: Layout, phase_id: str, pool: str, plan: dict, seed: int, seq_len: int, min_chunk: int,
-             n_shards: int, bos: int, eos: int, key: str) -> dict:
-    sampler = SampleChunks(plan, seed, seq_len, min_chunk, bos, eos)
+def mix_file(layout: Layout, phase_id: str, pool: str, plan: dict[tuple[str, str], Selection], seed: int,
+             seq_len: int, min_chunk: int, n_shards: int, bos: int, eos: int, key: str,
+             bands: tuple[RehydrateBand, ...] | None = None) -> dict:
+    sampler = SampleChunks(plan, seed, seq_len, min_chunk, bos, eos, bands)
     with ParquetSink(layout, Layout.placed(phase_id, key), PLACED) as sink:
         for doc in sampler.run(pool_documents(layout, pool)):
             meta = doc.metadata
@@ -148,19 +163,23 @@ def mix_phase(runner: Runner, layout: Layout, phase: PhaseConfig, seed: int, bud
     n_shards = max(1, math.ceil(sum(row.target_tokens for row in plan) / shard_tokens))
     settings = dict(seed=seed, budget_tokens=budget, n_shards=n_shards, shard_tokens=shard_tokens)
     write_parquet(layout, Layout.stats("mix", "plan", "outside", phase.id), pool.outside, STATS)
-    fractions = {(r.source, r.lang): r for r in plan if r.epochs % 1 > 0}
+    copies = {(r.source, r.lang): copies_per_weight(pool.by_weight[(r.source, r.lang)], r.epochs, phase.max_epochs)
+              for r in plan}
+    fractions = {(source, lang, weight): k for (source, lang), by_weight in copies.items()
+                 for weight, k in by_weight.items() if k % 1 > 0}
     thresholds = runner.run(f"{phase.id}-threshold", [
-        Task(f"{source}__{lang}", fraction_threshold,
+        Task(threshold_key(source, lang, weight), fraction_threshold,
              dict(layout=layout, files=pool.files[(source, lang)], floor=pool.floors[(source, lang)],
-                  target=(row.epochs % 1) * row.available_tokens, seed=seed, epoch=math.floor(row.epochs),
-                  seq_len=phase.seq_len, min_chunk=phase.min_chunk_tokens),
+                  target=(k % 1) * pool.by_weight[(source, lang)][weight], seed=seed, epoch=math.floor(k),
+                  seq_len=phase.seq_len, min_chunk=phase.min_chunk_tokens, bands=phase.bands, weight=weight),
              inputs=tuple(pool.files[(source, lang)]))
-        for (source, lang), row in sorted(fractions.items())
+        for (source, lang, weight), k in sorted(fractions.items())
     ])
     selection = {
-        (r.source, r.lang): (math.floor(r.epochs), thresholds.get(f"{r.source}__{r.lang}", {}).get("threshold"),
-                             pool.floors[(r.source, r.lang)])
-        for r in plan
+        key: Selection(pool.floors[key], {
+            weight: (math.floor(k), thresholds.get(threshold_key(*key, weight), {}).get("threshold"))
+            for weight, k in by_weight.items()})
+        for key, by_weight in copies.items()
     }
     by_file: dict[str, tuple[str, str]] = {}
     for key, names in pool.files.items():
@@ -169,7 +188,8 @@ def mix_phase(runner: Runner, layout: Layout, phase: PhaseConfig, seed: int, bud
     runner.run(f"{phase.id}-mix", [
         Task(key, mix_file, dict(layout=layout, phase_id=phase.id, pool=name, seed=seed, seq_len=phase.seq_len,
                                  plan={k: v for k, v in selection.items() if k == by_file[name]},
-                                 min_chunk=phase.min_chunk_tokens, n_shards=n_shards, bos=bos, eos=eos, key=key),
+                                 min_chunk=phase.min_chunk_tokens, n_shards=n_shards, bos=bos, eos=eos, key=key,
+                                 bands=phase.bands),
              inputs=(name,), size=layout.size(name))
         for name in sorted(by_file)
         for key in ["__".join(name.split("/")[-3:]).removesuffix(".parquet")]
@@ -181,6 +201,10 @@ def mix_phase(runner: Runner, layout: Layout, phase: PhaseConfig, seed: int, bud
         for s in range(n_shards)
     ], final=True)
     return plan, shards, settings
+
+
+def threshold_key(source: str, lang: str, weight: int) -> str:
+    return f"{source}__{lang}" if weight == 1 else f"{source}__{lang}__x{weight}"
 
 
 def read_counts(path: Path, phase: PhaseConfig) -> dict[tuple[str, str], int]:

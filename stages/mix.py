@@ -9,6 +9,13 @@ Tokens are counted as one epoch writes them: chunks with bos/eos and backfilled 
 tokens compare directly. With r = t_i / n_i, every eligible chunk is written floor(r) times; for the fraction
 r - floor(r), chunks are taken in the order of a hash of (seed, doc_id, epoch, chunk) up to the hash below
 which the fraction's tokens are reached (`FractionThreshold`). No choice depends on arrival order or workers.
+
+Re-hydration (`rehydrate: true`, FineWeb2's idea): a document gives `repeats` copies by the band its upstream
+near-duplicate cluster size falls in, so text that was duplicated a moderate number of times in the wild (and
+kept once by dedup) weighs more than a singleton. The language's target stays as planned; it is reached with
+copies k_w = min(r · w, max_epochs) of each document of weight w, r solved so that Σ_w k_w · T_w = target
+(T_w: the epoch tokens of weight w). No document exceeds the epoch cap, and without re-hydration (every weight 1)
+k_1 is the plan's epochs, as before.
 """
 
 import hashlib
@@ -18,9 +25,76 @@ from dataclasses import dataclass
 import numpy as np
 
 from stages.base import Document, Stage
+from stages.settings import setting
 
 UINT64 = 2**64
 HISTOGRAM_BITS = 16  # the first pass of FractionThreshold sums chunk tokens into 2^16 hash ranges
+
+
+@dataclass(frozen=True)
+class RehydrateBand:
+    """Documents whose upstream cluster size is at most `max_cluster_size` (and above the band before) count
+    `repeats` times."""
+
+    max_cluster_size: int | None = setting(help="the band's largest cluster size (null: no upper end)")
+    repeats: int = setting(help="copies a document of the band counts for")
+
+
+# The FineWeb2 card's bands (1, 2, 3, 4, 5-100, 101-1000, larger); the weights are an example of its method,
+# which derives them per language from each band's filtering rate: set your own per phase.
+FINEWEB2_BANDS = (RehydrateBand(1, 1), RehydrateBand(2, 2), RehydrateBand(3, 3), RehydrateBand(4, 4),
+                  RehydrateBand(100, 5), RehydrateBand(1000, 8), RehydrateBand(None, 1))
+
+
+def check_bands(bands: tuple[RehydrateBand, ...]) -> None:
+    limits = [band.max_cluster_size for band in bands]
+    if not bands or limits[-1] is not None or None in limits[:-1] or limits[:-1] != sorted(set(limits[:-1])):
+        raise ValueError("rehydrate_bands must rise by max_cluster_size and end with an open band (null)")
+    if any(band.repeats < 1 for band in bands):
+        raise ValueError("rehydrate_bands repeats must be >= 1")
+
+
+def band_repeats(cluster_size: int | None, bands: tuple[RehydrateBand, ...] | None) -> int:
+    """A document's weight: 1 without re-hydration or without a cluster size (sources other than FineWeb2)."""
+    if bands is None or cluster_size is None:
+        return 1
+    return next(band.repeats for band in bands
+                if band.max_cluster_size is None or cluster_size <= band.max_cluster_size)
+
+
+def band_repeats_sql(column: str, bands: tuple[RehydrateBand, ...] | None) -> str:
+    """`band_repeats` as a SQL expression over a cluster-size column."""
+    if bands is None:
+        return "1"
+    cases = " ".join(f"WHEN {column} <= {band.max_cluster_size} THEN {band.repeats}"
+                     for band in bands if band.max_cluster_size is not None)
+    return f"(CASE WHEN {column} IS NULL THEN 1 {cases} ELSE {bands[-1].repeats} END)"
+
+
+def copies_per_weight(tokens_by_weight: dict[int, int], epochs: float, max_epochs: float) -> dict[int, float]:
+    """weight -> copies of each document of that weight, so that the language writes `epochs` × its tokens:
+    k_w = min(r · w, max_epochs) with r solved (the heaviest weights reach the cap first)."""
+    if set(tokens_by_weight) <= {1}:
+        return {1: epochs}
+    target = epochs * sum(tokens_by_weight.values())
+    capped: set[int] = set()
+    while True:
+        free = sum(w * t for w, t in tokens_by_weight.items() if w not in capped)
+        rest = target - sum(max_epochs * tokens_by_weight[w] for w in capped)
+        r = rest / free if free else 0.0
+        over = [w for w in tokens_by_weight if w not in capped and r * w > max_epochs]
+        if not over:
+            return {w: max_epochs if w in capped else r * w for w in tokens_by_weight}
+        capped.add(max(over))
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How a (source, lang) is written: documents below `floor` quality are left out; a document of weight w is
+    written `copies[w][0]` whole times, plus once for the chunks whose hash is at most `copies[w][1]`."""
+
+    floor: float
+    copies: dict[int, tuple[int, int | None]]
 
 
 @dataclass(frozen=True)
@@ -161,26 +235,29 @@ class FractionThreshold:
 
 
 class SampleChunks(Stage):
-    """Chunks each pool document and writes its chunks `whole` times, plus once more for the chunks whose hash
-    is at most the fractional epoch's threshold. Documents below their (source, lang) quality tier are
-    rejected."""
+    """Chunks each pool document and writes its chunks as its (source, lang) `Selection` says: whole times, plus
+    once more for the chunks whose hash is at most the fractional epoch's threshold. Documents below their
+    (source, lang) quality tier are rejected."""
 
     name = "mix"
 
-    def __init__(self, plan: dict[tuple[str, str], tuple[int, int | None, float]], seed: int, seq_len: int,
-                 min_chunk: int, bos: int, eos: int) -> None:
+    def __init__(self, plan: dict[tuple[str, str], Selection], seed: int, seq_len: int, min_chunk: int, bos: int,
+                 eos: int, bands: tuple[RehydrateBand, ...] | None = None) -> None:
         super().__init__()
-        self.plan = plan  # (source, lang) -> (whole epochs, threshold of the fractional epoch or None, quality floor)
+        self.plan = plan
         self.seed, self.seq_len, self.min_chunk = seed, seq_len, min_chunk
         self.bos, self.eos = bos, eos
+        self.bands = bands  # re-hydration's, or None
 
     def run(self, docs: Iterable[Document]) -> Iterator[Document]:
         for doc in docs:
             self.count_read(doc)
-            whole, threshold, floor = self.plan.get(self.key(doc), (0, None, 0.0))
-            if doc.metadata["quality"] < floor:
-                self.reject(doc, f"mix:below_quality_tier quality<{floor:.4f}")
+            selection = self.plan.get(self.key(doc), Selection(0.0, {}))
+            if doc.metadata["quality"] < selection.floor:
+                self.reject(doc, f"mix:below_quality_tier quality<{selection.floor:.4f}")
                 continue
+            weight = band_repeats(doc.metadata.get("cluster_size"), self.bands)
+            whole, threshold = selection.copies.get(weight, (0, None))
             with self.track_time([doc]):
                 chunks = chunk_document(doc.metadata["input_ids"], self.seq_len, self.min_chunk, self.bos, self.eos)
                 picked = [(epoch, index, chunk) for index, chunk in enumerate(chunks) for epoch in range(whole)]
