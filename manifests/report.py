@@ -115,6 +115,9 @@ class Report:
             ("minimum chunk", phase["min_chunk_tokens"]), ("mask rate", phase["mask_rate"]),
             ("RoPE θ global / local", f"{phase['global_rope_theta']:g} / {phase['local_rope_theta']:g}"),
             ("quality quantile", phase["quality_quantile"]),
+            ("re-hydration", "by minhash_cluster_size band: " + ", ".join(
+                f"≤{band['max_cluster_size'] or '∞'}→{band['repeats']}" for band in phase["rehydrate_bands"])
+             if phase.get("rehydrate") else "off"),
             ("FineWeb2 share", phase["fineweb2_share"]), ("other sources", json.dumps(phase["other_sources"])),
             ("tokenizer", run["tokenizer"]), ("tokenizer sha256", run["tokenizer_sha256"]),
             ("seed", run["seed"]), ("shards", config["n_shards"]),

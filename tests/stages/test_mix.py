@@ -4,9 +4,15 @@ import duckdb
 import pytest
 
 from stages.mix import (
+    FINEWEB2_BANDS,
     FractionThreshold,
+    RehydrateBand,
+    band_repeats,
+    band_repeats_sql,
+    check_bands,
     chunk_document,
     chunk_spans,
+    copies_per_weight,
     epoch_tokens_sql,
     plan_mixture,
     source_budgets,
@@ -98,3 +104,28 @@ def test_fraction_threshold_reaches_the_target_within_half_a_chunk():
         taken = sum(tokens for value, tokens in finder.chunks(docs) if value <= threshold)
         assert abs(taken - fraction * total) <= 1024 / 2
     assert FractionThreshold(3, 1, 1024, 64).chunks(docs[:1]).__next__()[0] == unit_hash(3, "doc0", 1, 0)
+
+
+def test_copies_per_weight_keep_the_target_within_the_cap():
+    assert copies_per_weight({1: 1000}, 2.5, 5) == {1: 2.5}
+    tokens = {1: 1000, 2: 500, 8: 100}
+    k = copies_per_weight(tokens, 1.5, 5)
+    assert sum(k[w] * t for w, t in tokens.items()) == pytest.approx(1.5 * 1600)
+    assert k[2] == pytest.approx(2 * k[1]) and k[8] == 5  # the heaviest reach the cap first
+    assert copies_per_weight(tokens, 5, 5) == {1: 5, 2: 5, 8: 5}
+
+
+@pytest.mark.parametrize("size", [None, 1, 2, 3, 4, 5, 100, 101, 1000, 1001, 10**6])
+def test_band_repeats_in_python_and_sql_agree(size):
+    with duckdb.connect() as con:
+        in_sql = con.execute(f"SELECT {band_repeats_sql('s', FINEWEB2_BANDS)} FROM (SELECT ?::BIGINT AS s)",
+                             [size]).fetchone()[0]
+    assert in_sql == band_repeats(size, FINEWEB2_BANDS)
+    assert band_repeats(size, None) == 1
+
+
+def test_bands_must_rise_and_end_open():
+    with pytest.raises(ValueError, match="open band"):
+        check_bands((RehydrateBand(10, 2), RehydrateBand(5, 3), RehydrateBand(None, 1)))
+    with pytest.raises(ValueError, match="open band"):
+        check_bands((RehydrateBand(10, 2),))
