@@ -113,6 +113,12 @@ def test_lineage_maps_every_shard_document_to_its_file(sample_build, capsys):
         capsys,
     )
     assert rows[0]["docs"] == shard_docs[0]["docs"]
+    crawl = query(out, """SELECT starts_with(doc_id, 'fineweb2/') AS fineweb2, count(*) AS n, count(dump) AS dumps,
+                                 count(*) FILTER (WHERE file_path LIKE 's3://commoncrawl/%/warc/%') AS warcs
+                          FROM lineage GROUP BY 1 ORDER BY 1""", capsys)
+    others, fineweb2 = crawl
+    assert fineweb2["n"] == fineweb2["dumps"] == fineweb2["warcs"] > 0  # FineWeb2's crawl and WARC, every doc
+    assert others["dumps"] == others["warcs"] == 0
 
 
 def test_named_queries_run(sample_build, capsys):

@@ -98,3 +98,21 @@ def test_code_is_not_run_through_the_text_model(config):
     stage = LanguageId(config, SCORES)
     [kept] = stage.run([doc("def f():\n    return 1\n", "code_python", "code", source="starcoder")])
     assert kept.metadata["lang"] == "code_python" and "lid_predicted" not in kept.metadata
+
+
+@pytest.mark.parametrize("upstream, policy, outcome", [
+    ("en", "trust", None), ("eng_Latn", "verify", None),  # agrees with the subset's eng_Latn
+    ("de", "trust", "noted"), ("deu", "verify", "lid:disagrees_with_upstream"),
+])
+def test_dolma_metadata_language_is_checked_against_the_expected_one(config, upstream, policy, outcome):
+    stage = LanguageId(dataclasses.replace(config, upstream=policy), SCORES)
+    document = doc("All human beings are born free and equal in dignity and rights. They are endowed with reason "
+                   "and conscience.", "eng_Latn", "expected")
+    document.metadata["upstream_lang"] = upstream
+    kept = list(stage.run([document]))
+    if outcome == "lid:disagrees_with_upstream":
+        assert not kept and stage.rejects[0].reason == outcome
+    else:
+        assert kept and kept[0].metadata["lang"] == "eng_Latn"
+        noted = [label for notes in stage.stats.notes.values() for label in notes.elements()]
+        assert noted == (["lid:upstream_disagrees"] if outcome == "noted" else [])

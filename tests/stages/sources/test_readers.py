@@ -32,6 +32,22 @@ def test_fineweb2_samples_keep_upstream_labels_and_lineage():
     assert 0.9 <= doc.metadata["lang_score"] <= 1.0
     assert doc.metadata["extra"]["top_langs"]  # decoded from its JSON string
     assert sum(reader.stats.read.values()) == len(docs)
+    upstream = doc.metadata["upstream"]  # lineage: the crawl, its WARC, the upstream cluster size
+    assert upstream["dump"].startswith("CC-MAIN-") and upstream["file_path"].startswith("s3://commoncrawl/")
+    assert upstream["cluster_size"] >= 1 and "file_path" not in doc.metadata["extra"]
+
+
+def test_fineweb2_bad_cluster_size_is_noted_and_ignored(copy_samples):
+    root = copy_samples("fineweb2")
+    path = root / "data" / "deu_Latn" / "train" / "000_00000.parquet"
+    table = pq.read_table(path)
+    sizes = pa.array([0] + [3] * (table.num_rows - 1), pa.int64())
+    pq.write_table(table.set_column(table.schema.get_field_index("minhash_cluster_size"), "minhash_cluster_size",
+                                    sizes), path)
+    reader = FineWeb2Reader(str(root))
+    docs = list(reader.run(["data/deu_Latn/train/000_00000.parquet"]))
+    assert [d.metadata["upstream"]["cluster_size"] for d in docs[:2]] == [None, 3]
+    assert [label for notes in reader.stats.notes.values() for label in notes.elements()] == ["read:bad_cluster_size"]
 
 
 def test_fineweb2_reads_removed_folders_on_request():
@@ -68,6 +84,19 @@ def test_dolma_samples_subsets_and_languages():
     assert {doc.metadata["lang"] for doc in docs} == {"eng_Latn", "code_unknown"}
     assert all(doc.id.startswith(("dolma/cc_en_head/", "dolma/starcoder/")) for doc in docs)
     assert docs[0].metadata["extra"]["dolma_source"] == "common-crawl"
+
+
+def test_dolma_metadata_language_is_kept_for_lid(tmp_path):
+    folder = tmp_path / "cc_en_head"
+    folder.mkdir()
+    records = [{"id": "a", "text": "one", "metadata": {"language": "en", "language_score": 0.9}},
+               {"id": "b", "text": "two", "metadata": {"language": ["en"]}},  # malformed: ignored, not fatal
+               {"id": "c", "text": "three", "metadata": {}}]
+    with gzip.open(folder / "cc_en_head-0000.json.gz", "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    docs, rejects = read_all(DolmaReader(str(tmp_path), subsets={"cc_en_head": "eng_Latn"}))
+    assert not rejects
+    assert [d.metadata["upstream_lang"] for d in docs] == ["en", None, None]
 
 
 def test_dolma_without_subsets_reads_every_folder():
