@@ -204,6 +204,8 @@ def build(settings: BuildSettings) -> dict:
                     git_commit=git_commit())
     catalog.write_manifest(layout, phase.id, plan, [shards[k] for k in sorted(shards)], run_info, files)
     layout.delete_tree(Layout.placed_dir(phase.id))
+    if ran.get(f"{phase.id}-shard") and layout.exists(evaluated := Layout.manifest(phase.id, "mlm_eval")):
+        layout.delete(evaluated)  # `eval-mlm` measured shards this build replaced
     catalog.build_catalog(layout)
     return run_info
 

@@ -7,10 +7,12 @@ torch = pytest.importorskip("torch")
 from manifests.catalog import connect  # noqa: E402
 from manifests.layout import Layout  # noqa: E402
 from manifests.report import build_report  # noqa: E402
+from pipeline.build import build  # noqa: E402
 from pipeline.cli import main  # noqa: E402
 from reference import checkpoint  # noqa: E402
 from reference.evaluate import sample_chunks  # noqa: E402
 from reference.model import Encoder, config_for  # noqa: E402
+from tests.helpers import settings_for  # noqa: E402
 
 
 def test_eval_mlm_per_language(sample_build, tmp_path, capsys):
@@ -39,6 +41,13 @@ def test_eval_mlm_per_language(sample_build, tmp_path, capsys):
     build_report(layout, "phase1")
     page = (out / Layout.report("phase1", "index.html")).read_text()
     assert "MLM loss per language" in page and (out / Layout.report("phase1", "mlm_eval.csv")).is_file()
+
+    evaluated = out / Layout.manifest("phase1", "mlm_eval")
+    build(settings_for(out))  # nothing to do: the evaluation still describes the shards
+    assert evaluated.is_file()
+    (out / Layout.shard("phase1", 0)).unlink()
+    build(settings_for(out))  # the shard is written again: the evaluation no longer stands
+    assert not evaluated.is_file()
 
 
 def test_eval_mlm_refuses_a_bad_checkpoint(sample_build, tmp_path, capsys):
