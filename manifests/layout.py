@@ -140,8 +140,10 @@ class Layout:
         return f"{phase}/_placed"
 
     @classmethod
-    def placed(cls, phase: str, key: str) -> str:
-        return f"{cls.placed_dir(phase)}/{key}.parquet"
+    def placed(cls, phase: str, partition: str, key: str) -> str:
+        """One mixing task's chunks of one partition: `s00042` (a shard) or `g00003` (a group of shards, which a
+        split task divides into shards)."""
+        return f"{cls.placed_dir(phase)}/{partition}/{key}.parquet"
 
     @staticmethod
     def shards_dir(phase: str) -> str:

@@ -1,5 +1,7 @@
 """Parquet writing on the output tree: fixed writer options, explicit schemas, atomic files with checksums."""
 
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict
 
 import numpy as np
@@ -52,6 +54,12 @@ class ParquetSink:
         if len(self.rows) >= self.batch_rows:
             self.flush()
 
+    def write_rows(self, rows: list[dict]) -> None:
+        """Rows written at once, as one batch."""
+        self.rows.extend(rows)
+        self.count += len(rows)
+        self.flush()
+
     def write_table(self, table: pa.Table) -> None:
         self.flush()
         self.writer.write_table(table.cast(self.schema))
@@ -77,6 +85,54 @@ class ParquetSink:
         else:
             self.writer.close()
             self._writing.__exit__(exc_type, exc, tb)
+
+
+class PartitionedSink:
+    """Rows spread over many Parquet files (one per partition, named by `name_of`), buffered together and
+    flushed when the buffer holds `max_bytes`: memory stays bounded however many partitions there are. A
+    partition's file exists only if it received rows."""
+
+    def __init__(self, layout: Layout, name_of: Callable[[int], str], schema: pa.Schema,
+                 max_bytes: int = 32 << 20) -> None:
+        self.layout, self.name_of, self.schema, self.max_bytes = layout, name_of, schema, max_bytes
+        self.rows: dict[int, list[dict]] = defaultdict(list)
+        self.tables: dict[int, list[pa.Table]] = defaultdict(list)
+        self.buffered = 0
+        self.sinks: dict[int, ParquetSink] = {}
+
+    def write(self, partition: int, row: dict, nbytes: int) -> None:
+        self.rows[partition].append(row)
+        self._grew(nbytes)
+
+    def write_table(self, partition: int, table: pa.Table) -> None:
+        self.tables[partition].append(table)
+        self._grew(table.nbytes)
+
+    def _grew(self, nbytes: int) -> None:
+        self.buffered += nbytes
+        if self.buffered >= self.max_bytes:
+            self.flush()
+
+    def _sink(self, partition: int) -> ParquetSink:
+        if partition not in self.sinks:
+            self.sinks[partition] = ParquetSink(self.layout, self.name_of(partition), self.schema)
+        return self.sinks[partition]
+
+    def flush(self) -> None:
+        for partition in sorted(self.rows):
+            self._sink(partition).write_rows(self.rows[partition])
+        for partition in sorted(self.tables):
+            self._sink(partition).write_table(pa.concat_tables(self.tables[partition]))
+        self.rows.clear()
+        self.tables.clear()
+        self.buffered = 0
+
+    def close(self) -> dict[int, int]:
+        """partition -> rows written."""
+        self.flush()
+        for sink in self.sinks.values():
+            sink.close()
+        return {partition: sink.count for partition, sink in self.sinks.items()}
 
 
 def write_task_records(layout: Layout, group: str, source: str, part: str, stages: list,

@@ -4,8 +4,13 @@ phase: curation is shared.
 
 Ray stages (fingerprinted and resumable, like curation):
     <phase>-threshold  one task per (source, lang) with a fractional epoch: FractionThreshold's two passes
-    <phase>-mix        one task per pool file: chunk, select, place each chunk in a shard by hash
-    <phase>-shard      one task per shard: gather, order by hash, write
+    <phase>-mix        one task per pool file: chunk, select, place each chunk in a shard by hash, written to
+                       one file per shard it placed chunks in (or, past SHUFFLE_FANOUT shards, per group of
+                       about √shards shards)
+    <phase>-split      with groups, one task per group: its chunks divided into one file per shard
+    <phase>-shard      one task per shard: its own files only, ordered by hash, written
+Every placed byte is read once by the shard stage (twice with groups): the shuffle costs in proportion to the
+corpus, not to corpus × shards.
 """
 
 import math
@@ -14,12 +19,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from manifests.layout import Layout
 from manifests.schemas import PLACED, STATS
-from manifests.writer import ParquetSink, write_parquet, write_task_records
+from manifests.writer import PartitionedSink, write_parquet, write_task_records
 from pipeline.config import ConfigError, PhaseConfig
 from pipeline.runner import Runner, Task
 from stages.base import Document
@@ -39,6 +45,8 @@ from stages.mix import (
     unit_hash,
 )
 from stages.shards import write_shard
+
+SHUFFLE_FANOUT = 64  # the most files one mixing task writes; more shards than this are placed in groups
 
 
 @dataclass(frozen=True)
@@ -136,19 +144,58 @@ def pool_documents(layout: Layout, name: str) -> Iterator[Document]:
                 yield Document(text="", id=row.pop("id"), metadata=row)
 
 
+def shards_per_group(n_shards: int, fanout: int) -> int:
+    """1 (mixing writes per shard) up to `fanout` shards; else groups of about √n_shards shards."""
+    return 1 if n_shards <= fanout else math.ceil(n_shards / math.ceil(math.sqrt(n_shards)))
+
+
+def partition_name(partition: int, per_group: int) -> str:
+    return f"s{partition:05d}" if per_group == 1 else f"g{partition:05d}"
+
+
 def mix_file(layout: Layout, phase_id: str, pool: str, plan: dict[tuple[str, str], Selection], seed: int,
-             seq_len: int, min_chunk: int, n_shards: int, bos: int, eos: int, key: str,
+             seq_len: int, min_chunk: int, n_shards: int, per_group: int, bos: int, eos: int, key: str,
              bands: tuple[RehydrateBand, ...] | None = None) -> dict:
     sampler = SampleChunks(plan, seed, seq_len, min_chunk, bos, eos, bands)
-    with ParquetSink(layout, Layout.placed(phase_id, key), PLACED) as sink:
-        for doc in sampler.run(pool_documents(layout, pool)):
-            meta = doc.metadata
-            for epoch, index, chunk in meta["chunks"]:
-                place = unit_hash(seed, "place", doc.id, epoch, index)
-                sink.write(dict(shard=place % n_shards, place=place, input_ids=chunk, doc_id=doc.id, chunk=index,
-                                source=meta["source"], lang=meta["lang"], epoch=epoch))
+    sink = PartitionedSink(layout, lambda p: Layout.placed(phase_id, partition_name(p, per_group), key), PLACED)
+    for doc in sampler.run(pool_documents(layout, pool)):
+        meta = doc.metadata
+        for epoch, index, chunk in meta["chunks"]:
+            place = unit_hash(seed, "place", doc.id, epoch, index)
+            shard = place % n_shards
+            sink.write(shard // per_group, dict(shard=shard, place=place, input_ids=chunk, doc_id=doc.id,
+                                                chunk=index, source=meta["source"], lang=meta["lang"], epoch=epoch),
+                       4 * len(chunk) + 96)
+    sink.close()
     write_task_records(layout, "mix", *key.split("__", 1), [sampler], phase=phase_id)
-    return {"docs": sum(sampler.stats.kept.values()), "tokens": sum(sampler.stats.tokens.values())}
+    return {"docs": sum(sampler.stats.kept.values()), "tokens": sum(sampler.stats.tokens.values()),
+            "read_bytes": layout.size(pool)}
+
+
+def split_group(layout: Layout, phase_id: str, group: int, files: list[str]) -> dict:
+    """A group's placed chunks, from every mixing task, divided into one file per shard (bounded memory: a batch
+    at a time)."""
+    sink = PartitionedSink(layout, lambda shard: Layout.placed(phase_id, partition_name(shard, 1), f"g{group:05d}"),
+                           PLACED)
+    for name in files:
+        with layout.open(name) as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):
+                table = pa.Table.from_batches([batch])
+                shards = table.column("shard").to_numpy()
+                for shard in np.unique(shards):
+                    sink.write_table(int(shard), table.filter(pa.array(shards == shard)))
+    rows = sink.close()
+    return {"rows": sum(rows.values()), "shards": len(rows), "read_bytes": sum(layout.size(n) for n in files)}
+
+
+def partitions(names: list[str], prefix: str) -> dict[int, list[str]]:
+    """Placed files by the number of their partition folder (`s00042` -> 42 for prefix "s")."""
+    found: dict[int, list[str]] = defaultdict(list)
+    for name in names:
+        folder = name.rsplit("/", 2)[-2]
+        if folder.startswith(prefix):
+            found[int(folder[len(prefix):])].append(name)
+    return found
 
 
 def mix_phase(runner: Runner, layout: Layout, phase: PhaseConfig, seed: int, budget: float | None,
@@ -185,19 +232,28 @@ def mix_phase(runner: Runner, layout: Layout, phase: PhaseConfig, seed: int, bud
     for key, names in pool.files.items():
         for name in names:
             by_file[name] = key
+    per_group = shards_per_group(n_shards, SHUFFLE_FANOUT)
     runner.run(f"{phase.id}-mix", [
         Task(key, mix_file, dict(layout=layout, phase_id=phase.id, pool=name, seed=seed, seq_len=phase.seq_len,
                                  plan={k: v for k, v in selection.items() if k == by_file[name]},
-                                 min_chunk=phase.min_chunk_tokens, n_shards=n_shards, bos=bos, eos=eos, key=key,
-                                 bands=phase.bands),
+                                 min_chunk=phase.min_chunk_tokens, n_shards=n_shards, per_group=per_group, bos=bos,
+                                 eos=eos, key=key, bands=phase.bands),
              inputs=(name,), size=layout.size(name))
         for name in sorted(by_file)
         for key in ["__".join(name.split("/")[-3:]).removesuffix(".parquet")]
     ])
     placed = sorted(name for name in runner.outputs(f"{phase.id}-mix") if name.startswith(Layout.placed_dir(phase.id)))
+    if per_group > 1:
+        runner.run(f"{phase.id}-split", [
+            Task(f"group-{group:05d}", split_group, dict(layout=layout, phase_id=phase.id, group=group, files=files),
+                 inputs=tuple(files))
+            for group, files in sorted(partitions(placed, "g").items())
+        ])
+        placed = sorted(runner.outputs(f"{phase.id}-split"))
+    by_shard = partitions(placed, "s")
     shards = runner.run(f"{phase.id}-shard", [
-        Task(f"shard-{s:05d}", write_shard, dict(layout=layout, placed=placed, shard=s,
-                                                 target=Layout.shard(phase.id, s)), inputs=tuple(placed))
+        Task(f"shard-{s:05d}", write_shard, dict(layout=layout, placed=sorted(by_shard.get(s, [])),
+                                                 target=Layout.shard(phase.id, s)), inputs=tuple(by_shard.get(s, [])))
         for s in range(n_shards)
     ], final=True)
     return plan, shards, settings

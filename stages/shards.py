@@ -14,18 +14,20 @@ from manifests.writer import write_parquet
 from stages.mds import MDSError, decompress, encode_shard, index_entry, iter_samples, read_index
 
 
-def write_shard(layout: Layout, placed: list[str], shard: int, target: str) -> dict:
-    """Write shard `shard` from the placed chunks; the order is the chunks' placement hash, so it is fixed."""
-    with layout.duckdb(threads=1) as con:
-        table = con.sql(
-            f"""SELECT {", ".join(SHARD.names)} FROM read_parquet($files) WHERE shard = $shard
-                ORDER BY place, doc_id, epoch, chunk""",
-            params={"files": [layout.url_of(name) for name in placed], "shard": shard},
-        ).to_arrow_table()
+def write_shard(layout: Layout, placed: list[str], target: str) -> dict:
+    """Write a shard from the chunks placed in it (its own partition files, nothing else); the order is the
+    chunks' placement hash, so it is fixed."""
+    if not placed:
+        table = SHARD.empty_table()
+    else:
+        with layout.duckdb(threads=1) as con:
+            table = con.sql(f"""SELECT {", ".join(SHARD.names)} FROM read_parquet($files)
+                                ORDER BY place, doc_id, epoch, chunk""",
+                            params={"files": [layout.url_of(name) for name in placed]}).to_arrow_table()
     checksum = write_parquet(layout, target, table, SHARD, algorithm="sha256")
     tokens = pc.sum(pc.list_value_length(table.column("input_ids"))).as_py() or 0
     return dict(path=target, rows=table.num_rows, tokens=tokens, bytes=layout.size(target),
-                sha256=checksum.split(":", 1)[1])
+                sha256=checksum.split(":", 1)[1], read_bytes=sum(layout.size(name) for name in placed))
 
 
 MDS_COLUMNS = {"id": "str", "input_ids": "ndarray:uint32", "len": "int"}

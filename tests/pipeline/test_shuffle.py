@@ -1,0 +1,52 @@
+"""The shard shuffle: each shard task reads only the chunks placed in it; one level or two, the same shards."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from manifests.layout import Layout
+from manifests.writer import PartitionedSink
+from pipeline import mixing
+from pipeline.build import build
+from pipeline.mixing import partitions, shards_per_group
+from tests.helpers import settings_for
+from tests.pipeline.test_build import shard_hashes
+
+
+def summaries(out, stage: str) -> list[dict]:
+    return [json.loads(path.read_text())["summary"] for path in sorted((out / Layout.MARKERS / stage).glob("*.json"))]
+
+
+def test_group_sizes():
+    assert shards_per_group(6, 64) == 1 and shards_per_group(64, 64) == 1
+    assert shards_per_group(65, 64) == 8  # 9 groups of at most 8
+    assert shards_per_group(137_000, 64) == 370  # the full recipe: 371 groups of 370, two reads per byte
+    assert partitions(["p/_placed/s00003/a.parquet", "p/_placed/g00001/a.parquet", "p/_placed/s00003/b.parquet"],
+                      "s") == {3: ["p/_placed/s00003/a.parquet", "p/_placed/s00003/b.parquet"]}
+
+
+def test_two_level_shuffle_writes_the_same_shards(sample_build, monkeypatch):
+    out, _ = sample_build
+    one_level = shard_hashes(out)
+    shard_reads = sum(s["read_bytes"] for s in summaries(out, "phase1-shard"))  # the placed chunks, once
+    monkeypatch.setattr(mixing, "SHUFFLE_FANOUT", 2)  # 6 shards: 3 groups of 2
+    info = build(settings_for(out))
+    assert info["ran"]["phase1-split"] == 3 and info["ran"]["phase1-shard"] == len(one_level)
+    assert shard_hashes(out) == one_level
+    split = summaries(out, "phase1-split")
+    assert sum(s["shards"] for s in split) == len(one_level)
+    for stage in (split, summaries(out, "phase1-shard")):  # each level reads the placed chunks once
+        assert 0.5 * shard_reads < sum(s["read_bytes"] for s in stage) < 1.5 * shard_reads  # footers differ
+
+
+def test_partitioned_sink_bounds_its_buffer(tmp_path):
+    layout = Layout(str(tmp_path))
+    sink = PartitionedSink(layout, lambda p: f"part-{p}.parquet", pa.schema([("x", pa.int64())]), max_bytes=100)
+    for n in range(50):
+        sink.write(n % 5, {"x": n}, 10)
+        assert sink.buffered < 100
+    assert sink.close() == {p: 10 for p in range(5)}
+    assert [pq.read_table(tmp_path / f"part-{p}.parquet").column("x").to_pylist() for p in (0, 4)] == [
+        list(range(0, 50, 5)), list(range(4, 50, 5))]
+
