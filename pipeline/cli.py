@@ -328,7 +328,10 @@ def run_export(args: argparse.Namespace) -> int:
     if problems:
         raise RuntimeError(f"{phase_id} does not check out ({problems[0]}; {len(problems)} problem(s)): run "
                            "`mmcorpus build` again to repair it")
-    result = export_mds(layout, shards, Layout(args.dest))
+    from pipeline.runner import Runner
+
+    with Runner(layout):  # Ray: one task per shard (the embedded one, or the cluster at RAY_ADDRESS)
+        result = export_mds(layout, shards, Layout(args.dest))
     print(f"{phase_id}: {result['samples']:,} samples, {result['tokens']:,} tokens in {result['shards']} MDS "
           f"shard(s) under {args.dest} (read back and checked)")
     return 0

@@ -11,7 +11,7 @@ import zstandard
 from manifests.layout import Layout, checksum_bytes
 from manifests.schemas import SHARD
 from manifests.writer import write_parquet
-from stages.mds import MDSError, decompress, encode_shard, index_entry, iter_samples, read_index
+from stages.mds import MDSError, ShardInfo, decompress, encode_shard, index_entry, iter_samples, read_index
 
 
 def write_shard(layout: Layout, placed: list[str], target: str) -> dict:
@@ -35,8 +35,27 @@ MDS_SIZE_LIMIT = 1 << 26  # streaming's default: 64 MiB of raw samples per shard
 
 
 def export_mds(source: Layout, shards: list[str], dest: Layout, size_limit: int = MDS_SIZE_LIMIT) -> dict:
-    """Write Parquet shards as MosaicML MDS (zstd shards + index.json, the layout `streaming` reads), then read
-    every MDS shard back and check it holds the same samples. Returns sample and token counts."""
+    """Write Parquet shards as MosaicML MDS (zstd shards + index.json, the layout `streaming` reads): one Ray task
+    per Parquet shard (in this process when Ray is not running), each writing its own MDS files
+    (`shard.<parquet shard>.<part>.mds.zstd`) and reading them back; the index comes last, once every file is
+    written and checked. Returns sample, token and file counts."""
+    import ray
+
+    if ray.is_initialized():
+        remote = ray.remote(num_cpus=1, max_retries=1)(export_shard)
+        results = ray.get([remote.remote(source, shard, number, dest, size_limit)
+                           for number, shard in enumerate(shards)])
+    else:
+        results = [export_shard(source, shard, number, dest, size_limit) for number, shard in enumerate(shards)]
+    entries = [entry for result in results for entry in result["entries"]]
+    dest.write_text("index.json", json.dumps({"shards": entries, "version": 2}, sort_keys=True))
+    return {"shards": len(entries), "samples": sum(r["samples"] for r in results),
+            "tokens": sum(r["tokens"] for r in results)}
+
+
+def export_shard(source: Layout, shard: str, number: int, dest: Layout, size_limit: int) -> dict:
+    """One Parquet shard as MDS files of at most `size_limit` raw bytes, read back and checked; returns their
+    index entries and counts."""
     entries: list[dict] = []
     pending: list[dict] = []
     pending_bytes = samples = tokens = 0
@@ -47,7 +66,7 @@ def export_mds(source: Layout, shards: list[str], dest: Layout, size_limit: int 
             return
         raw, config = encode_shard(pending, MDS_COLUMNS)
         packed = zstandard.ZstdCompressor(level=3).compress(raw)
-        basename = f"shard.{len(entries):05d}.mds"
+        basename = f"shard.{number:05d}.{len(entries):03d}.mds"
         checksum = dest.write_bytes(f"{basename}.zstd", packed, algorithm="sha256")
         entry = index_entry(raw, config | {"size_limit": size_limit}, len(pending), basename, packed)
         entry["raw_data"]["hashes"]["sha256"] = checksum_bytes(raw, "sha256").split(":", 1)[1]
@@ -55,32 +74,39 @@ def export_mds(source: Layout, shards: list[str], dest: Layout, size_limit: int 
         entries.append(entry)
         pending, pending_bytes = [], 0
 
-    for shard in shards:
-        with source.open(shard) as f:
-            table = pq.read_table(f, columns=["input_ids", "doc_id", "chunk", "epoch"])
-        for ids, doc_id, chunk, epoch in zip(*(table.column(i).to_pylist() for i in range(4)), strict=True):
-            row = {"id": f"{doc_id}#{chunk}@{epoch}", "input_ids": np.asarray(ids, np.uint32), "len": len(ids)}
-            size = 4 * len(ids) + len(row["id"]) + 64
-            if pending and pending_bytes + size > size_limit:
-                flush()
-            pending.append(row)
-            pending_bytes += size
-            samples += 1
-            tokens += len(ids)
+    with source.open(shard) as f:
+        parquet = pq.ParquetFile(f)
+        for batch in parquet.iter_batches(batch_size=1024, columns=["input_ids", "doc_id", "chunk", "epoch"]):
+            ids = batch.column(0)
+            offsets, values = ids.offsets.to_numpy(), ids.values.to_numpy()
+            for i, (doc_id, chunk, epoch) in enumerate(zip(*(batch.column(c).to_pylist() for c in (1, 2, 3)),
+                                                           strict=True)):
+                chunk_ids = values[offsets[i]:offsets[i + 1]].astype(np.uint32)
+                row = {"id": f"{doc_id}#{chunk}@{epoch}", "input_ids": chunk_ids, "len": len(chunk_ids)}
+                size = 4 * len(chunk_ids) + len(row["id"]) + 64
+                if pending and pending_bytes + size > size_limit:
+                    flush()
+                pending.append(row)
+                pending_bytes += size
+                samples += 1
+                tokens += len(chunk_ids)
     flush()
-    dest.write_text("index.json", json.dumps({"shards": entries, "version": 2}, sort_keys=True))
-    read_back = read_mds(dest)
+    read_back = _read_entries(dest, [ShardInfo.from_index_entry(entry) for entry in entries], entries)
     if read_back != (samples, tokens):
-        raise MDSError(f"{dest.url}: wrote {samples} samples / {tokens} tokens, read back {read_back}")
-    return {"shards": len(entries), "samples": samples, "tokens": tokens}
+        raise MDSError(f"{dest.url}: {shard} wrote {samples} samples / {tokens} tokens, read back {read_back}")
+    return {"entries": entries, "samples": samples, "tokens": tokens}
 
 
 def read_mds(folder: Layout) -> tuple[int, int]:
     """(samples, tokens) of an MDS folder, decoding every sample; files whose index entry has a sha256 are checked
     against it."""
-    samples = tokens = 0
     text = folder.read_text("index.json")
-    for info, entry in zip(read_index(text), json.loads(text)["shards"], strict=True):
+    return _read_entries(folder, read_index(text), json.loads(text)["shards"])
+
+
+def _read_entries(folder: Layout, infos: list[ShardInfo], entries: list[dict]) -> tuple[int, int]:
+    samples = tokens = 0
+    for info, entry in zip(infos, entries, strict=True):
         data = folder.read_bytes(info.basename)
         stored = entry.get("zip_data") if info.compression else entry.get("raw_data")
         expected = (stored or {}).get("hashes") or {}
