@@ -222,6 +222,7 @@ def run_stage(stage: str, root: str, out: str) -> None:
     from pipeline.dedup import signature_file
     from pipeline.mixing import mix_file
     from stages.dedup import MinhashConfig
+    from stages.mix import Selection
 
     out_path = Path(out)
     options = load_sources(Path(root) / "sources.yaml").sources["fineweb2"]
@@ -243,8 +244,9 @@ def run_stage(stage: str, root: str, out: str) -> None:
         pool_file(target, "fineweb2", curated.stem, load_tokenizers()["gemma2"], None)
     elif stage == "mix":
         lang = pool.parent.name
-        mix_file(target, "phase1", str(pool.relative_to(out_path)), {("fineweb2", lang): (2, None, 0.0)}, seed=0,
-                 seq_len=1024, min_chunk=64, n_shards=4, bos=2, eos=1, key=f"fineweb2__{lang}__{pool.stem}")
+        plan = {("fineweb2", lang): Selection(0.0, {1: (2, None)})}
+        mix_file(target, "phase1", str(pool.relative_to(out_path)), plan, seed=0, seq_len=1024, min_chunk=64,
+                 n_shards=4, per_group=1, bos=2, eos=1, key=f"fineweb2__{lang}__{pool.stem}")
     print(peak_rss_kib())
 
 
