@@ -22,8 +22,10 @@ def sample_texts() -> list[tuple[str, str]]:
     return texts
 
 
-def documents(n: int, seed: int = 0) -> list[Document]:
-    """n web-page-like documents: paragraphs of one language's samples, shuffled and regrouped."""
+def documents(n: int, seed: int = 0, independent: bool = False) -> list[Document]:
+    """n web-page-like documents: paragraphs of one language's samples, shuffled and regrouped. `independent`:
+    the words of each paragraph are shuffled too, so that documents share no long n-grams and the duplicate
+    rate does not grow with n (the paragraphs alone repeat more the more documents there are)."""
     rng = random.Random(seed)
     by_lang: dict[str, list[str]] = {}
     for lang, text in sample_texts():
@@ -33,6 +35,8 @@ def documents(n: int, seed: int = 0) -> list[Document]:
     for i in range(n):
         lang = langs[i % len(langs)]
         paragraphs = rng.sample(by_lang[lang], k=min(len(by_lang[lang]), rng.randint(3, 8)))
+        if independent:
+            paragraphs = [" ".join(rng.sample(words := p.split(" "), len(words))) for p in paragraphs]
         docs.append(Document(text="\n\n".join(paragraphs), id=f"bench/{i}",
                              metadata={"source": "bench", "lang": lang, "lang_source": "upstream",
                                        "lang_score": 0.99}))

@@ -22,10 +22,11 @@ from pipeline.config import load_lid, load_quality, load_tokenizers
 from stages.tokenize import Gemma2Tokenizer, Tokenize
 
 
-def generate_input(root: Path, megabytes: float, files: int = 40, seed: int = 0) -> dict:
+def generate_input(root: Path, megabytes: float, files: int = 40, seed: int = 0, shard_tokens: int = 1 << 20,
+                   independent: bool = False) -> dict:
     """FineWeb2-layout Parquet of about `megabytes` of text, and a sources YAML pointing at it."""
     per_doc = 3_300  # bytes, about what bench.data.documents makes
-    docs = documents(int(megabytes * 1e6 / per_doc), seed)
+    docs = documents(int(megabytes * 1e6 / per_doc), seed, independent)
     by_lang: dict[str, list] = {}
     for doc in docs:
         by_lang.setdefault(doc.metadata["lang"], []).append(doc)
@@ -44,17 +45,18 @@ def generate_input(root: Path, megabytes: float, files: int = 40, seed: int = 0)
             }), path)
             size += sum(len(d.text.encode()) for d in chunk)
     (root / "sources.yaml").write_text(f"sources:\n  fineweb2:\n    path: {root / 'fineweb2'}\n"
-                                       "shard_tokens: 1048576\n")
-    return {"docs": len(docs), "megabytes": size / 1e6}
+                                       f"shard_tokens: {shard_tokens}\n")
+    return {"docs": len(docs), "megabytes": size / 1e6, "files": per_lang_files * len(by_lang)}
 
 
 def build(root: Path, out: Path, workers: int) -> dict:
-    """A phase-1 build in its own process and embedded Ray; its per-stage timings from the manifest."""
+    """A phase-1 build in its own process and embedded Ray; its run information from the manifest (per-stage
+    `timings`, and per Ray stage the costs in `stages`)."""
     subprocess.run([sys.executable, "-m", "pipeline.cli", "build", "--phase", "1", "--workers", str(workers),
                     "--sources", str(root / "sources.yaml"), "--out", str(out)], cwd=ROOT, check=True,
                    capture_output=True)
     run = pq.read_table(out / Layout.manifest("phase1", "run")).to_pylist()[0]
-    return json.loads(run["config"])["timings"]
+    return json.loads(run["config"])
 
 
 def curation_seconds(timings: dict) -> float:
@@ -254,8 +256,8 @@ def bench_pipeline(work: Path, megabytes: float = 120) -> list[dict]:
     small, large = work / "small", work / "large"
     generated = generate_input(large, megabytes)
     generate_input(small, megabytes / 4, seed=1)
-    one = build(large, large / "out1", 1)
-    two = build(large, large / "out2", 2)
+    one = build(large, large / "out1", 1)["timings"]
+    two = build(large, large / "out2", 2)["timings"]
     build(small, small / "out", 1)
     docs, mb = generated["docs"], generated["megabytes"]
     theirs = datatrove_end_to_end(large, work / "datatrove")

@@ -27,6 +27,9 @@ from fsspec.implementations.local import LocalFileSystem
 
 # What the current task wrote: name -> checksum. Set by the runner around each task (pipeline/runner.py).
 _written: ContextVar[dict[str, str] | None] = ContextVar("written", default=None)
+# Bytes the running task may hold (`--task-memory`; the runner sets it on the worker): DuckDB spills to disk
+# beyond part of it, and writers that partition size their buffers from it.
+TASK_MEMORY: ContextVar[int] = ContextVar("task_memory", default=1 << 30)
 TMP_MARK = ".tmp-"
 BLOCK = 1 << 20
 
@@ -294,10 +297,15 @@ class Layout:
 
     # ---- SQL -----------------------------------------------------------------------------------------------------
     def duckdb(self, threads: int = 1, **config: Any) -> Any:
-        """A DuckDB connection that reads this tree (through fsspec when it is not local)."""
+        """A DuckDB connection that reads this tree (through fsspec when it is not local), held to half the task's
+        memory: beyond it, DuckDB spills sorts, joins and aggregates to a local temporary folder."""
+        import tempfile
+
         import duckdb
 
-        con = duckdb.connect(config={"threads": threads, **config})
+        limits = {"memory_limit": f"{TASK_MEMORY.get() // 2 // 2**20}MiB",
+                  "temp_directory": os.path.join(tempfile.gettempdir(), f"mmcorpus-duckdb-{os.getpid()}")}
+        con = duckdb.connect(config={"threads": threads, **limits, **config})
         if not self.is_local:
             con.register_filesystem(self.fs)
         return con

@@ -55,6 +55,7 @@ class BuildSettings:
     budget_tokens: float | None = None  # None: the phase's available tokens (one pass over the pool)
     ray_address: str | None = None
     retries: int = 1  # a task that raises runs again this many times; an input file then is quarantined
+    task_memory: int | None = None  # bytes per task; None: from the cluster (Runner)
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,8 @@ def build(settings: BuildSettings) -> dict:
     if removed := layout.remove_temporaries():
         log.info("removed %d temporary file(s) a killed run left", removed)
     timings = {}
-    with Runner(layout, settings.workers, settings.ray_address, retries=settings.retries) as runner:
+    with Runner(layout, settings.workers, settings.ray_address, retries=settings.retries,
+                task_memory=settings.task_memory) as runner:
         t0 = time.time()
         tasks = curate_tasks(layout, recipe, runner)
         runner.run("curate", tasks)
@@ -196,8 +198,11 @@ def build(settings: BuildSettings) -> dict:
                                                shard_tokens, gemma.bos_id, gemma.eos_id)
         timings["mix"] = time.time() - t0
         ran = dict(runner.ran)
+        stage_costs = {stage: stats.to_dict() for stage, stats in runner.stats.items()}
+        task_memory = runner.task_memory
         files = catalog.file_rows(runner.producers)
     run_info = dict(mix_settings, phase=phase.to_dict(), recipe=recipe.to_dict(), timings=timings, ran=ran,
+                    stages=stage_costs, task_memory=task_memory,
                     dedup=dedup_summary, started=datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(),
                     seconds=time.time() - started, tokenizer=recipe.tokenizers["gemma2"].path,
                     tokenizer_sha256=gemma.sha256, assets=asset_digests(recipe), versions=package_versions(),

@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 the run failed, 2 bad usage or configuration (one line 
 import argparse
 import json
 import logging
+import re
 import signal
 import sys
 from pathlib import Path
@@ -25,6 +26,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,
+              "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12, "tib": 2**40}
+
+
+def byte_size(text: str) -> int:
+    """`512MiB`, `2GiB`, `1.5G` or plain bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in SIZE_UNITS:
+        raise argparse.ArgumentTypeError(f"expected a size such as 512MiB or 2GiB, got {text!r}")
+    return int(float(match.group(1)) * SIZE_UNITS[unit])
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="mmcorpus", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,6 +50,10 @@ def parser() -> argparse.ArgumentParser:
     add_out_argument(build)
     build.add_argument("--workers", type=positive_int, default=2, help="CPUs of the embedded Ray (default: 2)")
     build.add_argument("--seed", type=int, default=0, help="seed for sampling and shuffling (default: 0)")
+    build.add_argument("--task-memory", type=byte_size, help="memory each task may hold, e.g. 2GiB: Ray places "
+                                                             "tasks by it and stages spill or partition within it "
+                                                             "(default: the smallest node's memory per CPU, at most "
+                                                             "8 GiB)")
     build.add_argument("--retries", type=int, default=1, help="retries of a failing task before its input file "
                                                              "is quarantined (default: 1)")
     build.add_argument("--budget", type=float, help="phase token budget (default: the pool's eligible tokens)")
@@ -131,7 +149,8 @@ def run_build(args: argparse.Namespace, argv: list[str]) -> int:
     if args.budget is not None and args.budget <= 0:
         raise ConfigError(f"--budget must be > 0, got {args.budget}")
     settings = BuildSettings(out=args.out, phase=phase, recipe=recipe, seed=args.seed, workers=args.workers,
-                             budget_tokens=args.budget, ray_address=args.ray_address, retries=args.retries)
+                             budget_tokens=args.budget, ray_address=args.ray_address, retries=args.retries,
+                             task_memory=args.task_memory)
     if args.dry_run:
         for name, options in recipe.sources.sources.items():
             files = READERS[name].create(options, recipe.tokenizers).list_files()

@@ -16,6 +16,7 @@ producers recorded: a damaged or missing one makes its producer run again first,
 makes it, fails naming the file.
 """
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -33,12 +34,40 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from manifests import schemas
-from manifests.layout import Layout, recording
+from manifests.layout import TASK_MEMORY, Layout, recording
 from pipeline.config import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 VERIFY_BATCH = 64  # files one verification task reads
 SYSTEM_RETRIES = 3  # a task lost with its node (beyond Ray's own retries) is placed again this many times
+MIN_TASK_MEMORY, MAX_DEFAULT_TASK_MEMORY = 256 << 20, 8 << 30
+
+
+@dataclass
+class StageStats:
+    """What a stage's tasks that ran cost: wall seconds of the stage, the tasks' own seconds, the bytes they read
+    against the bytes of their distinct inputs (read amplification), and the largest peak RSS of a task."""
+
+    tasks: int = 0
+    seconds: float = 0.0
+    task_seconds: float = 0.0
+    read_bytes: int = 0
+    inputs: dict[str, int] = field(default_factory=dict)
+    peak_rss_mb: float = 0.0
+
+    def add(self, summary: dict, read: tuple[int, dict[str, int]]) -> None:
+        self.tasks += 1
+        self.task_seconds += float(summary.get("seconds") or 0.0)
+        self.read_bytes += read[0]
+        self.inputs.update(read[1])
+        self.peak_rss_mb = max(self.peak_rss_mb, float(summary.get("peak_rss_mb") or 0.0))
+
+    def to_dict(self) -> dict:
+        input_bytes = sum(self.inputs.values())
+        return dict(tasks=self.tasks, seconds=round(self.seconds, 3), task_seconds=round(self.task_seconds, 3),
+                    read_bytes=self.read_bytes, input_bytes=input_bytes,
+                    read_amplification=round(self.read_bytes / input_bytes, 3) if input_bytes else None,
+                    peak_rss_mb=self.peak_rss_mb)
 
 
 class TaskFailed(RuntimeError):
@@ -60,7 +89,8 @@ class Task:
     # task's summary, so the stage goes on. Without it, a failing task fails the stage.
     on_failure: Callable[[str], dict] | None = None
     size: int = 0  # bytes of input: the biggest tasks start first, so none is left running alone at the end
-    memory: int = 1 << 30  # bytes the task may hold at once: Ray places it on a node with that much to spare
+    memory: int | None = None  # bytes the task may hold at once (default: the runner's task memory); Ray places it
+    # on a node with that much to spare
 
 
 @dataclass(frozen=True)
@@ -132,12 +162,33 @@ def digest(value: Any) -> str:
 
 
 def _run_task(fn: Callable[..., dict], kwargs: dict, layout: Layout, marker: str, fingerprint: str,
-              stale: list[str]) -> dict:
-    """One task on a worker: run it, drop its outputs of an earlier run that it no longer writes, write its
-    marker last."""
-    with recording() as written:
-        summary = fn(**{name: _resolve(value) for name, value in kwargs.items()})
+              stale: list[str], memory: int) -> dict:
+    """One task on a worker: run it within `memory` bytes, drop its outputs of an earlier run that it no longer
+    writes, write its marker last. The summary gains the task's peak RSS and seconds."""
+    started, token = time.perf_counter(), TASK_MEMORY.set(memory)
+    _reset_peak_rss()
+    try:
+        with recording() as written:
+            summary = fn(**{name: _resolve(value) for name, value in kwargs.items()})
+    finally:
+        TASK_MEMORY.reset(token)
+    summary = summary | {"peak_rss_mb": _peak_rss_mb(), "seconds": round(time.perf_counter() - started, 3)}
     return _finish(layout, marker, fingerprint, written, summary, stale)
+
+
+def _reset_peak_rss() -> None:
+    """Linux: the process's peak RSS restarts from its current RSS, so that the peak is this task's (a Ray
+    worker runs many tasks)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            return round(int(next(line for line in f if line.startswith("VmHWM")).split()[1]) / 1024, 1)
+    except (OSError, StopIteration):
+        return None
 
 
 def _finish(layout: Layout, marker: str, fingerprint: str, written: dict[str, str], summary: dict,
@@ -158,9 +209,12 @@ class Runner:
     """Context manager around a Ray session; `run(stage, tasks)` executes the tasks not already done."""
 
     def __init__(self, layout: Layout, workers: int = 2, address: str | None = None, object_store_mb: int = 200,
-                 retries: int = 1) -> None:
+                 retries: int = 1, task_memory: int | None = None) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        if task_memory is not None and task_memory < MIN_TASK_MEMORY:
+            raise ValueError(f"task memory must be >= {MIN_TASK_MEMORY >> 20} MiB, got {task_memory:,} bytes")
+        self.task_memory = task_memory  # None: from the cluster, once Ray runs
         self.layout = layout
         self.workers = workers
         self.address = address or os.environ.get("RAY_ADDRESS")
@@ -173,6 +227,8 @@ class Runner:
         self.producers: dict[str, tuple[str, str, str]] = {}  # file name -> (stage, key, checksum)
         self.trusted: set[str] = set()  # files written or verified in this build
         self.ran: dict[str, int] = defaultdict(int)  # stage -> tasks run in this build (repairs included)
+        self.stats: dict[str, StageStats] = {}  # stage -> what its tasks that ran in this build cost
+        self._sizes: dict[str, int] = {}
 
     def __enter__(self) -> "Runner":
         import ray
@@ -185,6 +241,7 @@ class Runner:
                 ray.init(address="local", num_cpus=self.workers, include_dashboard=False,
                          logging_level=logging.WARNING, object_store_memory=self.object_store_mb * 2**20)
             self._started = True
+        self.task_memory = self._fit_task_memory(self.task_memory)
         if sys.platform != "win32" and _in_main_thread():
             self._sigterm = signal.signal(signal.SIGTERM, _raise_terminated)  # after Ray's own handler
         return self
@@ -196,6 +253,24 @@ class Runner:
             signal.signal(signal.SIGTERM, self._sigterm)
         if self._started:
             ray.shutdown()
+
+    @staticmethod
+    def _fit_task_memory(wanted: int | None) -> int:
+        """The memory each task asks Ray for: `wanted`, which the largest node must hold, or by default the
+        smallest node's memory per CPU (so that every CPU of every node can run a task), within 256 MiB-8 GiB."""
+        import ray
+
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive") and node["Resources"].get("CPU")]
+        if not nodes:
+            return wanted or MIN_TASK_MEMORY
+        largest = max(int(node.get("memory", 0)) for node in nodes)
+        if wanted is not None:
+            if wanted > largest:
+                raise ValueError(f"task memory {wanted / 2**30:.2f} GiB exceeds the largest node's "
+                                 f"{largest / 2**30:.2f} GiB: no node could run a task")
+            return wanted
+        per_cpu = min(int(node.get("memory", 0) / node["CPU"]) for node in nodes)
+        return max(MIN_TASK_MEMORY, min(MAX_DEFAULT_TASK_MEMORY, per_cpu))
 
     def share(self, value: Any) -> Shared:
         import ray
@@ -265,10 +340,13 @@ class Runner:
             old = markers.get(task.key)
             if old is not None:
                 self.layout.delete(marker)  # a crash from here on leaves the task to run again
-            return remote.options(num_cpus=1, memory=task.memory, max_retries=self.retries,
-                                  retry_exceptions=True).remote(
-                task.fn, task.kwargs, self.layout, marker, self.fingerprint(task), list(old.outputs) if old else [])
+            memory = task.memory or self.task_memory
+            return remote.options(num_cpus=1, memory=memory, max_retries=self.retries, retry_exceptions=True).remote(
+                task.fn, task.kwargs, self.layout, marker, self.fingerprint(task), list(old.outputs) if old else [],
+                memory)
 
+        started = time.perf_counter()
+        stats = self.stats.setdefault(stage, StageStats())
         pending = {submit(task): task for task in todo}
         lost: dict[str, int] = defaultdict(int)
         failures = []
@@ -298,10 +376,23 @@ class Runner:
                 self._register(stage, task.key, Done(record["fingerprint"], record["outputs"], record["summary"]))
                 self.trusted.update(record["outputs"])
                 self.ran[stage] += 1
+                stats.add(record["summary"], self._read_bytes(task))
                 progress.update(record["summary"])
+        stats.seconds += time.perf_counter() - started
         if failures:
             more = f"; and {len(failures) - 3} more" if len(failures) > 3 else ""
             raise TaskFailed(f"{stage}: {len(failures)} task(s) failed: " + "; ".join(failures[:3]) + more)
+
+    def _read_bytes(self, task: Task) -> tuple[int, dict[str, int]]:
+        """The bytes a task read (its inputs, and its upstream file), and its inputs' sizes by name."""
+        sizes = {}
+        for name in task.inputs:
+            if name not in self._sizes:
+                self._sizes[name] = self.layout.size(name)
+            sizes[name] = self._sizes[name]
+        if task.identity:
+            sizes[f"upstream:{task.key}"] = int(task.identity.get("size") or 0)
+        return sum(sizes.values()), sizes
 
     def _verify(self, files: dict[str, str]) -> dict[str, str]:
         """Check files against their checksums, in parallel Ray tasks of VERIFY_BATCH files; those that pass are

@@ -1,0 +1,84 @@
+"""Scaling: the same generated corpus at 1x, 4x and 16x (16 -> 256 MB), the number of input files and of shards
+growing with it, built end to end on 2 Ray workers. Per Ray stage and size: wall time, the largest peak RSS of a
+task, and read amplification (bytes of the files the stage's tasks open / bytes of the distinct files they
+read: 1 when every input byte is read once), as the runner records them in the manifest's run row; and the
+exponent log(time ratio) / log(size ratio) between 1x and 16x (1 is linear).
+
+    python -m bench.scaling [--sizes 16 64 256]
+"""
+
+import argparse
+import json
+import math
+import tempfile
+from pathlib import Path
+
+from bench.pipeline import build, generate_input
+
+SIZES = (16, 64, 256)  # MB of upstream text
+FILE_MB = 0.5  # an input file holds about this much: the number of files grows with the corpus
+SHARD_TOKENS = 1 << 16  # fixed shard size: the number of shards grows with the corpus
+MIN_SECONDS = 0.5  # below this a stage's time is task overhead, not work: no exponent from it
+
+
+def measure(work: Path, sizes: tuple[int, ...] = SIZES) -> dict[int, dict]:
+    """size -> {megabytes, files, shards, stages: {stage: costs}}."""
+    runs = {}
+    for size in sizes:
+        root = work / f"scale-{size}"
+        generated = generate_input(root, size, files=round(size / FILE_MB), seed=size, shard_tokens=SHARD_TOKENS,
+                                   independent=True)
+        info = build(root, root / "out", workers=2)
+        runs[size] = dict(megabytes=generated["megabytes"], files=generated["files"], shards=info["n_shards"],
+                          stages=info["stages"])
+    return runs
+
+
+def exponents(runs: dict[int, dict]) -> dict[str, float | None]:
+    """stage -> log(time at the largest size / at the smallest) / log(size ratio)."""
+    small, large = runs[min(runs)], runs[max(runs)]
+    scale = math.log(large["megabytes"] / small["megabytes"])
+    found = {}
+    for stage, cost in large["stages"].items():
+        before = small["stages"].get(stage)
+        if before is None or max(before["seconds"], cost["seconds"]) < MIN_SECONDS:
+            found[stage] = None
+        else:
+            found[stage] = math.log(cost["seconds"] / max(before["seconds"], 1e-3)) / scale
+    return found
+
+
+def bench_scaling(work: Path, sizes: tuple[int, ...] = SIZES) -> list[dict]:
+    runs = measure(work, sizes)
+    table = exponents(runs)
+    smallest, largest = min(runs), max(runs)
+    results = []
+    for stage in sorted(runs[largest]["stages"]):
+        costs = [runs[size]["stages"].get(stage, {}) for size in sorted(runs)]
+        times = " / ".join(f"{c.get('seconds', 0):.1f}" for c in costs)
+        amplification = " / ".join(f"{c.get('read_amplification') or 0:.2f}" for c in costs)
+        rss = [runs[size]["stages"].get(stage, {}).get("peak_rss_mb") or 0.0 for size in (smallest, largest)]
+        results.append(dict(
+            name=f"scaling_exponent_{stage}", value=table[stage], baseline=1.0,
+            notes=f"seconds {times}; read amplification {amplification}; peak RSS {rss[0]:.0f} -> {rss[1]:.0f} MB "
+                  f"({rss[1] / rss[0] if rss[0] else 0:.2f}x); tasks {costs[-1].get('tasks', 0)}"))
+    sizes_note = ", ".join(f"{runs[s]['megabytes']:.0f} MB / {runs[s]['files']} files / {runs[s]['shards']} shards"
+                           for s in sorted(runs))
+    results.append(dict(name="scaling_sizes", value=float(len(runs)), notes=sizes_note))
+    results.append(dict(name="scaling_runs", value=None, notes=json.dumps(runs)))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="MB of input (default: 16 64 256)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as work:
+        for row in bench_scaling(Path(work), tuple(args.sizes)):
+            if row["name"] != "scaling_runs":
+                value = "" if row["value"] is None else f"{row['value']:.2f}"
+                print(f"{row['name']:<36} {value:>6}  {row['notes']}")
+
+
+if __name__ == "__main__":
+    main()
