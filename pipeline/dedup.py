@@ -10,25 +10,28 @@ so a curated file's signatures do not depend on which other files the build hold
 """
 
 import logging
+from typing import TYPE_CHECKING
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from manifests.layout import Layout
 from manifests.schemas import DEDUP_CLUSTERS, PAIRS, SIGNATURES
-from manifests.writer import ParquetSink, write_parquet
+from manifests.writer import ParquetSink
 from pipeline.runner import Runner, Task
 from stages.dedup import (
     ID_PASS,
+    ClusterPasses,
     DedupConfig,
-    MinhashClusters,
     MinhashConfig,
     MinhashSignatures,
     bucket_pairs,
     exact_key,
     url_key,
 )
+
+if TYPE_CHECKING:
+    import duckdb
 
 log = logging.getLogger(__name__)
 
@@ -80,56 +83,80 @@ def bucket_file(layout: Layout, signatures: list[str], parts: list[tuple[str, st
 def cluster_pass(layout: Layout, signatures: list[str], pairs: dict[str, list[str]],
                  parts: list[tuple[str, str]], config: MinhashConfig) -> dict:
     """Verify MinHash candidates, cluster pass by pass, choose keepers; write the clusters and, per curated
-    file, the rows they remove."""
+    file, the rows they remove. Everything lives in DuckDB tables held to the task's memory (spilled beyond it)
+    and leaves as streamed batches: no list of the corpus's pairs or documents in Python."""
     with layout.duckdb(threads=2) as con:
         con.register("files", _files_table(parts))
-        edges = {
-            kind: con.execute("SELECT DISTINCT a, b FROM read_parquet(?) ORDER BY a, b",
-                              [[layout.url_of(name) for name in names]]).fetchall()
-            for kind, names in pairs.items()
-        }
-        keys = sorted({k for kind_pairs in edges.values() for pair in kind_pairs for k in pair})
-        con.register("wanted", pa.table({"key": pa.array(keys, pa.int64())}))
-        rows = con.execute(
-            f"""SELECT {KEY_SQL} AS key, s.id, s.quality, s.source, s.part, s.row, s.lang, s.signature
-                FROM read_parquet(?) s JOIN files f USING (source, part)
-                WHERE {KEY_SQL} IN (SELECT key FROM wanted)""",
-            [[layout.url_of(name) for name in signatures]]).fetchall()
-    docs = {key: (doc_id, quality if quality is not None else 0.0) for key, doc_id, quality, *_ in rows}
-    where = {key: (source, part, row, lang) for key, _, _, source, part, row, lang, _ in rows}
-    sigs = {key: np.asarray(signature, np.uint32) for key, *_, signature in rows}
-    upstream_ids = {key: doc_id for key, (doc_id, _) in docs.items()}
-    clusters = MinhashClusters(docs)
-    clusters.rename_shared_ids(edges.get(ID_PASS, []))
-    verified = {}
-    for kind, candidates in edges.items():
-        if kind == ID_PASS:
-            verified[kind] = len(candidates)
-            continue
-        if kind == "minhash" and config.min_similarity > 0:
-            candidates = [(a, b) for a, b in candidates if np.mean(sigs[a] == sigs[b]) >= config.min_similarity]
-        verified[kind] = len(candidates)
-        clusters.add_pass(kind, candidates)
-    records = [  # a renamed document is kept under its new id (kept_id); a removed one names the kept one
-        dict(kind=kind, source=where[key][0], part=where[key][1], row=where[key][2],
-             id=upstream_ids[key] if kind == ID_PASS else docs[key][0], lang=where[key][3],
-             kept=key == kept or kind == ID_PASS, kept_id=docs[key if kind == ID_PASS else kept][0],
-             cluster_size=len(members))
-        for kind, kept, members in clusters.clusters for key in sorted(members)
-    ]
-    write_parquet(layout, Layout.clusters(config), records, DEDUP_CLUSTERS)
-    by_part: dict[tuple[str, str], list[dict]] = {}
-    for record in records:
-        if not record["kept"] or record["kind"] == ID_PASS and record["id"] != record["kept_id"]:
-            by_part.setdefault((record["source"], record["part"]), []).append(record)
-    for (source, part), removed in sorted(by_part.items()):
-        write_parquet(layout, removals_name(config, source, part), sorted(removed, key=lambda r: r["row"]),
-                      DEDUP_CLUSTERS)
-    summary = {f"{kind}_pairs": len(edges[kind]) for kind in edges}
-    summary |= {f"{kind}_verified_pairs": verified[kind] for kind in edges}
-    summary |= {f"{kind}_removed": sum(1 for k, *_ in clusters.removed.values() if k == kind) for kind in edges}
-    summary[f"{ID_PASS}_renamed"] = summary.pop(f"{ID_PASS}_removed", 0) + len(clusters.renamed)
+        tables = {}
+        for number, (kind, names) in enumerate(pairs.items()):
+            tables[kind] = f"pairs_{number}"
+            con.execute(f"CREATE TEMP TABLE {tables[kind]} AS SELECT DISTINCT a, b FROM read_parquet(?)",
+                        [[layout.url_of(name) for name in names]])
+        keys = " UNION ".join(f"SELECT a AS key FROM {t} UNION SELECT b FROM {t}" for t in tables.values())
+        con.execute(f"CREATE TEMP TABLE keys AS {keys or 'SELECT NULL::BIGINT AS key WHERE false'}")
+        con.execute(f"""CREATE TEMP TABLE docs AS
+                        SELECT {KEY_SQL} AS key, s.id, s.quality, s.source, s.part, s.row, s.lang, s.signature
+                        FROM read_parquet(?) s JOIN files f USING (source, part)
+                        SEMI JOIN keys k ON {KEY_SQL} = k.key""",
+                    [[layout.url_of(name) for name in signatures]])
+        passes = ClusterPasses(con, "docs")
+        summary: dict[str, int] = {}
+        for kind, table in tables.items():
+            summary[f"{kind}_pairs"] = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            if kind == "minhash" and config.min_similarity > 0:
+                con.execute(f"""CREATE TEMP TABLE verified AS SELECT p.a, p.b FROM {table} p
+                                JOIN docs x ON x.key = p.a JOIN docs y ON y.key = p.b
+                                WHERE len(list_filter(list_zip(x.signature, y.signature), lambda v: v[1] = v[2]))
+                                      / len(x.signature) >= ?""", [config.min_similarity])
+                table = "verified"
+            summary[f"{kind}_verified_pairs"] = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            if kind == ID_PASS:
+                summary[f"{ID_PASS}_renamed"] = passes.rename_shared_ids(table)
+            else:
+                summary[f"{kind}_removed"] = passes.add_pass(kind, table)
+        _write_clusters(layout, con, config)
     return summary
+
+
+def _write_clusters(layout: Layout, con: "duckdb.DuckDBPyConnection", config: MinhashConfig) -> None:
+    """clusters.parquet, and per curated file the rows removed or renamed, streamed in batches (a renamed
+    document is kept under its new id, kept_id; a removed one names the kept one)."""
+    con.execute(f"""CREATE TEMP VIEW records AS
+                    SELECT c.kind, d.source, d.part, d.row,
+                           CASE WHEN c.kind = '{ID_PASS}' THEN n.upstream_id ELSE n.id END AS id, d.lang,
+                           c.key = c.kept_key AS kept, k.id AS kept_id, c.size AS cluster_size, c.pass
+                    FROM dedup_clusters c JOIN dedup_nodes n ON n.key = c.key JOIN dedup_nodes k ON k.key = c.kept_key
+                    JOIN docs d ON d.key = c.key""")
+    columns = ", ".join(DEDUP_CLUSTERS.names)
+    with ParquetSink(layout, Layout.clusters(config), DEDUP_CLUSTERS) as sink:
+        for batch in con.sql(f"SELECT {columns} FROM records ORDER BY pass, kept_id, source, part, row"
+                             ).fetch_arrow_reader(8192):
+            sink.write_table(pa.Table.from_batches([batch]))
+    removals: dict[tuple[str, str], ParquetSink] = {}  # one open at a time: the rows come sorted by file
+    try:
+        for batch in con.sql(f"""SELECT {columns} FROM records WHERE NOT kept OR id <> kept_id
+                                 ORDER BY source, part, row, pass""").fetch_arrow_reader(8192):
+            for (source, part), rows in _runs(pa.Table.from_batches([batch])):
+                if (source, part) not in removals:
+                    for done in removals.values():
+                        done.close()
+                    removals = {(source, part): ParquetSink(layout, removals_name(config, source, part),
+                                                            DEDUP_CLUSTERS)}
+                removals[(source, part)].write_table(rows)
+    finally:
+        for sink in removals.values():
+            sink.close()
+
+
+def _runs(table: pa.Table) -> list[tuple[tuple[str, str], pa.Table]]:
+    """A table sorted by (source, part) cut into its runs of one (source, part)."""
+    sources, parts = table.column("source").to_pylist(), table.column("part").to_pylist()
+    runs, start = [], 0
+    for i in range(1, len(sources) + 1):
+        if i == len(sources) or (sources[i], parts[i]) != (sources[start], parts[start]):
+            runs.append(((sources[start], parts[start]), table.slice(start, i - start)))
+            start = i
+    return runs
 
 
 def removals_name(config: MinhashConfig, source: str, part: str) -> str:

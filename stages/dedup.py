@@ -3,7 +3,8 @@
 Four passes connected by files (one Ray task per unit, never one process holding the corpus):
     MinhashSignatures  per curated file:  exact-text hash, URL hash, 112 MinHash values, 14 band hashes
     MinhashBuckets     per band / kind:   documents sharing (lang, band hash) -> candidate pairs
-    MinhashClusters    once:              verify MinHash pairs, union-find per kind, choose each cluster's keeper
+    ClusterPasses      once:              verify MinHash pairs, components per kind (in DuckDB, spilling to disk
+                                          past the task's memory), choose each cluster's keeper
     DedupFilter        per curated file:  drop the removed documents as rejects naming the kept one
 Defaults are FineWeb2's: word 5-grams (script-aware words, stages/text.py), 14 bands x 8 rows. Documents of
 different languages never meet: every bucket is keyed by language. The kept document of a cluster is the one
@@ -14,7 +15,7 @@ import hashlib
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
@@ -23,6 +24,9 @@ import xxhash
 from stages.base import Document, Stage
 from stages.settings import setting
 from stages.text import dominant_script, script_of, split_words
+
+if TYPE_CHECKING:
+    import duckdb
 
 KINDS = ("exact", "url", "minhash")  # the removal passes one may configure, in this order
 Kind = Literal["exact", "url", "minhash"]
@@ -135,70 +139,90 @@ def bucket_pairs(members: list[int]) -> list[tuple[int, int]]:
     return [(first, other) for other in sorted(members) if other != first]
 
 
-class UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict[int, int] = {}
+def connected_components(con: "duckdb.DuckDBPyConnection", edges: str, out: str) -> int:
+    """Table `out` (node, root): every node of table `edges` (a, b) with the smallest node of its component.
+    Large-star / small-star rounds (Kiveris et al. 2014, as Spark-scale dedup computes components) in SQL, so
+    that DuckDB holds the graph within its memory limit and spills the rest: no union-find in one process's
+    memory. Returns the number of rounds (O(log² n))."""
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE cc_edges AS
+                    SELECT DISTINCT least(a, b) AS a, greatest(a, b) AS b FROM {edges} WHERE a <> b""")
+    previous, rounds = _edge_digest(con), 0
+    while True:
+        rounds += 1
+        # large star: each node's larger neighbours attach to the smallest node it sees (itself included)
+        con.execute("""CREATE OR REPLACE TEMP TABLE cc_large AS
+            WITH d AS (SELECT a AS u, b AS v FROM cc_edges UNION ALL SELECT b, a FROM cc_edges),
+                 m AS (SELECT u, least(u, min(v)) AS m FROM d GROUP BY u)
+            SELECT DISTINCT least(d.v, m.m) AS a, greatest(d.v, m.m) AS b FROM d JOIN m USING (u)
+            WHERE d.v > d.u AND d.v <> m.m""")
+        # small star: each node and its smaller neighbours attach to the smallest of them
+        con.execute("""CREATE OR REPLACE TEMP TABLE cc_edges AS
+            WITH m AS (SELECT b AS u, min(a) AS m FROM cc_large GROUP BY b)
+            SELECT DISTINCT least(w, m) AS a, greatest(w, m) AS b
+            FROM (SELECT e.a AS w, m.m FROM cc_large e JOIN m ON e.b = m.u UNION ALL SELECT u, m FROM m)
+            WHERE w <> m""")
+        digest = _edge_digest(con)
+        if digest == previous:  # a fixed point: every component is a star around its smallest node
+            break
+        previous = digest
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE {out} AS
+                    WITH d AS (SELECT a AS u, b AS v FROM cc_edges UNION ALL SELECT b, a FROM cc_edges)
+                    SELECT u AS node, least(u, min(v)) AS root FROM d GROUP BY u""")
+    con.execute("DROP TABLE cc_edges; DROP TABLE cc_large")
+    return rounds
 
-    def find(self, x: int) -> int:
-        self.parent.setdefault(x, x)
-        root = x
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[x] != root:
-            self.parent[x], x = root, self.parent[x]
-        return root
 
-    def union(self, x: int, y: int) -> None:
-        rx, ry = self.find(x), self.find(y)
-        if rx != ry:
-            self.parent[max(rx, ry)] = min(rx, ry)
-
-    def groups(self) -> dict[int, list[int]]:
-        groups: dict[int, list[int]] = {}
-        for x in self.parent:
-            groups.setdefault(self.find(x), []).append(x)
-        return groups
+def _edge_digest(con: "duckdb.DuckDBPyConnection") -> tuple:
+    return con.execute("SELECT count(*), sum(hash(a, b)) FROM cc_edges").fetchone()
 
 
-class MinhashClusters:
-    """Pass by pass (exact, url, minhash): connect pairs among the documents still kept, keep one per cluster.
-    First, documents sharing an upstream id get unique ids (the one with the smallest key keeps it, the others
-    become `id~1`, `id~2`, ...): they may be different documents, which the other passes judge."""
+class ClusterPasses:
+    """Pass by pass (exact, url, minhash), in DuckDB tables: connect the pairs among the documents still kept,
+    keep one per component (highest quality, then smallest id, then smallest key). First, documents sharing an
+    upstream id get unique ids (the one with the smallest key keeps it, the others become `id~1`, `id~2`, ...
+    in key order): they may be different documents, which the other passes judge.
 
-    def __init__(self, docs: dict[int, tuple[str, float]]) -> None:
-        self.docs = docs  # key -> (id, quality)
-        self.removed: dict[int, tuple[str, int, int]] = {}  # key -> (kind, kept key, cluster size)
-        self.renamed: dict[int, str] = {}  # key -> its new, unique id
-        self.clusters: list[tuple[str, int, list[int]]] = []
+    `nodes` is a table of (key, id, quality); the results are the tables `dedup_nodes` (key, upstream_id, id)
+    and `dedup_clusters` (pass, kind, key, kept_key, size: every document of a cluster, the renamed ones of the
+    id pass with themselves as kept_key)."""
 
-    def rename_shared_ids(self, pairs: Iterable[tuple[int, int]]) -> None:
-        union = UnionFind()
-        for a, b in pairs:
-            union.union(a, b)
-        for members in union.groups().values():
-            members = sorted(members)
-            self.clusters.append((ID_PASS, members[0], members))
-            for number, key in enumerate(members[1:], 1):
-                doc_id, quality = self.docs[key]
-                self.renamed[key] = f"{doc_id}~{number}"
-                self.docs[key] = (self.renamed[key], quality)
+    def __init__(self, con: "duckdb.DuckDBPyConnection", nodes: str) -> None:
+        self.con = con
+        self.passes = 0
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE dedup_nodes AS SELECT key, id AS upstream_id, id,
+                        coalesce(quality, 0.0)::DOUBLE AS quality FROM {nodes}""")
+        con.execute("""CREATE OR REPLACE TEMP TABLE dedup_clusters (pass INTEGER, kind VARCHAR, key BIGINT,
+                       kept_key BIGINT, size BIGINT)""")
+        con.execute("CREATE OR REPLACE TEMP TABLE dedup_removed (key BIGINT)")
 
-    def keeper(self, members: list[int]) -> int:
-        return min(members, key=lambda k: (-self.docs[k][1], self.docs[k][0], k))
+    def rename_shared_ids(self, pairs: str) -> int:
+        """Returns how many documents were renamed."""
+        connected_components(self.con, pairs, "dedup_components")
+        self.passes += 1
+        self.con.execute(f"""INSERT INTO dedup_clusters SELECT {self.passes}, '{ID_PASS}', node, node,
+                             count(*) OVER (PARTITION BY root) FROM dedup_components""")
+        self.con.execute("""UPDATE dedup_nodes SET id = dedup_nodes.id || '~' || r.number
+                            FROM (SELECT node, row_number() OVER (PARTITION BY root ORDER BY node) - 1 AS number
+                                  FROM dedup_components) r
+                            WHERE dedup_nodes.key = r.node AND r.number > 0""")
+        return self.con.execute("SELECT count(*) FROM dedup_nodes WHERE id <> upstream_id").fetchone()[0]
 
-    def add_pass(self, kind: str, pairs: Iterable[tuple[int, int]]) -> None:
-        union = UnionFind()
-        for a, b in pairs:
-            if a not in self.removed and b not in self.removed:
-                union.union(a, b)
-        for members in union.groups().values():
-            if len(members) < 2:
-                continue
-            kept = self.keeper(members)
-            self.clusters.append((kind, kept, members))
-            for key in members:
-                if key != kept:
-                    self.removed[key] = (kind, kept, len(members))
+    def add_pass(self, kind: str, pairs: str) -> int:
+        """Returns how many documents the pass removed."""
+        self.con.execute(f"""CREATE OR REPLACE TEMP TABLE dedup_edges AS SELECT p.a, p.b FROM {pairs} p
+                             ANTI JOIN dedup_removed r ON p.a = r.key ANTI JOIN dedup_removed s ON p.b = s.key""")
+        connected_components(self.con, "dedup_edges", "dedup_components")
+        self.passes += 1
+        self.con.execute(f"""INSERT INTO dedup_clusters
+                             SELECT {self.passes}, '{kind}', c.node,
+                                    first_value(c.node) OVER (PARTITION BY c.root ORDER BY n.quality DESC, n.id,
+                                                                                         c.node),
+                                    count(*) OVER (PARTITION BY c.root)
+                             FROM dedup_components c JOIN dedup_nodes n ON n.key = c.node""")
+        self.con.execute(f"""INSERT INTO dedup_removed SELECT key FROM dedup_clusters
+                             WHERE pass = {self.passes} AND key <> kept_key""")
+        return self.con.execute(f"SELECT count(*) FROM dedup_clusters WHERE pass = {self.passes} AND key <> kept_key"
+                                ).fetchone()[0]
 
 
 class DedupFilter(Stage):
