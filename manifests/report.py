@@ -265,7 +265,7 @@ class Report:
 
     def mlm_eval(self) -> None:
         """Present once `mmcorpus eval-mlm` has run on the phase."""
-        if not self.con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'mlm_eval'").fetchone()[0]:
+        if not self.con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'mlm_eval'").fetchall()[0][0]:
             return
         table = self.query("mlm_eval", """
             SELECT lang, chunks, tokens, masked_tokens, round(loss, 4) AS loss, round(perplexity, 2) AS perplexity,

@@ -102,14 +102,14 @@ def cluster_pass(layout: Layout, signatures: list[str], pairs: dict[str, list[st
         passes = ClusterPasses(con, "docs")
         summary: dict[str, int] = {}
         for kind, table in tables.items():
-            summary[f"{kind}_pairs"] = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            summary[f"{kind}_pairs"] = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
             if kind == "minhash" and config.min_similarity > 0:
                 con.execute(f"""CREATE TEMP TABLE verified AS SELECT p.a, p.b FROM {table} p
                                 JOIN docs x ON x.key = p.a JOIN docs y ON y.key = p.b
                                 WHERE len(list_filter(list_zip(x.signature, y.signature), lambda v: v[1] = v[2]))
                                       / len(x.signature) >= ?""", [config.min_similarity])
                 table = "verified"
-            summary[f"{kind}_verified_pairs"] = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            summary[f"{kind}_verified_pairs"] = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
             if kind == ID_PASS:
                 summary[f"{ID_PASS}_renamed"] = passes.rename_shared_ids(table)
             else:

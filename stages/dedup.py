@@ -173,7 +173,7 @@ def connected_components(con: "duckdb.DuckDBPyConnection", edges: str, out: str)
 
 
 def _edge_digest(con: "duckdb.DuckDBPyConnection") -> tuple:
-    return con.execute("SELECT count(*), sum(hash(a, b)) FROM cc_edges").fetchone()
+    return con.execute("SELECT count(*), sum(hash(a, b)) FROM cc_edges").fetchall()[0]
 
 
 class ClusterPasses:
@@ -205,7 +205,7 @@ class ClusterPasses:
                             FROM (SELECT node, row_number() OVER (PARTITION BY root ORDER BY node) - 1 AS number
                                   FROM dedup_components) r
                             WHERE dedup_nodes.key = r.node AND r.number > 0""")
-        return self.con.execute("SELECT count(*) FROM dedup_nodes WHERE id <> upstream_id").fetchone()[0]
+        return self.con.execute("SELECT count(*) FROM dedup_nodes WHERE id <> upstream_id").fetchall()[0][0]
 
     def add_pass(self, kind: str, pairs: str) -> int:
         """Returns how many documents the pass removed."""
@@ -222,7 +222,7 @@ class ClusterPasses:
         self.con.execute(f"""INSERT INTO dedup_removed SELECT key FROM dedup_clusters
                              WHERE pass = {self.passes} AND key <> kept_key""")
         return self.con.execute(f"SELECT count(*) FROM dedup_clusters WHERE pass = {self.passes} AND key <> kept_key"
-                                ).fetchone()[0]
+                                ).fetchall()[0][0]
 
 
 class DedupFilter(Stage):
