@@ -222,7 +222,7 @@ def run_stage(stage: str, root: str, out: str) -> None:
     from pipeline.build import CurationConfig, curate_file, part_name, pool_file
     from pipeline.config import load_sources
     from pipeline.dedup import signature_file
-    from pipeline.mixing import mix_file
+    from pipeline.mixing import mix_files
     from stages.dedup import MinhashConfig
     from stages.mix import Selection
 
@@ -247,8 +247,8 @@ def run_stage(stage: str, root: str, out: str) -> None:
     elif stage == "mix":
         lang = pool.parent.name
         plan = {("fineweb2", lang): Selection(0.0, {1: (2, None)})}
-        mix_file(target, "phase1", str(pool.relative_to(out_path)), plan, seed=0, seq_len=1024, min_chunk=64,
-                 n_shards=4, per_group=1, bos=2, eos=1, key=f"fineweb2__{lang}__{pool.stem}")
+        mix_files(target, "phase1", [str(pool.relative_to(out_path))], plan, seed=0, seq_len=1024, min_chunk=64,
+                  n_shards=4, per_group=1, bos=2, eos=1, key=f"fineweb2__{lang}__{pool.stem}")
     print(peak_rss_kib())
 
 

@@ -4,7 +4,8 @@ phase: curation is shared.
 
 Ray stages (fingerprinted and resumable, like curation):
     <phase>-threshold  one task per (source, lang) with a fractional epoch: FractionThreshold's two passes
-    <phase>-mix        one task per pool file: chunk, select, place each chunk in a shard by hash, written to
+    <phase>-mix        one task per batch of pool files (MIX_BATCH_BYTES): chunk, select, place each chunk in a
+                       shard by hash, written to
                        one file per shard it placed chunks in (or, past SHUFFLE_FANOUT shards, per group of
                        about √shards shards)
     <phase>-split      with groups, one task per group: its chunks divided into one file per shard
@@ -47,6 +48,7 @@ from stages.mix import (
 from stages.shards import write_shard
 
 SHUFFLE_FANOUT = 64  # the most files one mixing task writes; more shards than this are placed in groups
+MIX_BATCH_BYTES = 32 << 20  # pool bytes one mixing task reads: mixing tasks x groups, the shuffle's files, stay few
 
 
 @dataclass(frozen=True)
@@ -153,12 +155,26 @@ def partition_name(partition: int, per_group: int) -> str:
     return f"s{partition:05d}" if per_group == 1 else f"g{partition:05d}"
 
 
-def mix_file(layout: Layout, phase_id: str, pool: str, plan: dict[tuple[str, str], Selection], seed: int,
-             seq_len: int, min_chunk: int, n_shards: int, per_group: int, bos: int, eos: int, key: str,
-             bands: tuple[RehydrateBand, ...] | None = None) -> dict:
+def batches(sizes: dict[str, int], target: int) -> list[list[str]]:
+    """Pool files, sorted, cut into consecutive batches of about `target` bytes."""
+    found: list[list[str]] = []
+    total = target
+    for name in sorted(sizes):
+        if total >= target:
+            found.append([])
+            total = 0
+        found[-1].append(name)
+        total += sizes[name]
+    return found
+
+
+def mix_files(layout: Layout, phase_id: str, pools: list[str], plan: dict[tuple[str, str], Selection], seed: int,
+              seq_len: int, min_chunk: int, n_shards: int, per_group: int, bos: int, eos: int, key: str,
+              bands: tuple[RehydrateBand, ...] | None = None) -> dict:
     sampler = SampleChunks(plan, seed, seq_len, min_chunk, bos, eos, bands)
     sink = PartitionedSink(layout, lambda p: Layout.placed(phase_id, partition_name(p, per_group), key), PLACED)
-    for doc in sampler.run(pool_documents(layout, pool)):
+    documents = (doc for pool in pools for doc in pool_documents(layout, pool))
+    for doc in sampler.run(documents):
         meta = doc.metadata
         for epoch, index, chunk in meta["chunks"]:
             place = unit_hash(seed, "place", doc.id, epoch, index)
@@ -167,9 +183,8 @@ def mix_file(layout: Layout, phase_id: str, pool: str, plan: dict[tuple[str, str
                                                 chunk=index, source=meta["source"], lang=meta["lang"], epoch=epoch),
                        4 * len(chunk) + 96)
     sink.close()
-    write_task_records(layout, "mix", *key.split("__", 1), [sampler], phase=phase_id)
-    return {"docs": sum(sampler.stats.kept.values()), "tokens": sum(sampler.stats.tokens.values()),
-            "read_bytes": layout.size(pool)}
+    write_task_records(layout, "mix", "batch", key, [sampler], phase=phase_id)
+    return {"docs": sum(sampler.stats.kept.values()), "tokens": sum(sampler.stats.tokens.values())}
 
 
 def split_group(layout: Layout, phase_id: str, group: int, files: list[str]) -> dict:
@@ -185,7 +200,7 @@ def split_group(layout: Layout, phase_id: str, group: int, files: list[str]) -> 
                 for shard in np.unique(shards):
                     sink.write_table(int(shard), table.filter(pa.array(shards == shard)))
     rows = sink.close()
-    return {"rows": sum(rows.values()), "shards": len(rows), "read_bytes": sum(layout.size(n) for n in files)}
+    return {"rows": sum(rows.values()), "shards": len(rows)}
 
 
 def partitions(names: list[str], prefix: str) -> dict[int, list[str]]:
@@ -228,19 +243,17 @@ def mix_phase(runner: Runner, layout: Layout, phase: PhaseConfig, seed: int, bud
             for weight, k in by_weight.items()})
         for key, by_weight in copies.items()
     }
-    by_file: dict[str, tuple[str, str]] = {}
-    for key, names in pool.files.items():
-        for name in names:
-            by_file[name] = key
+    by_file = {name: key for key, names in pool.files.items() for name in names}
+    sizes = {name: layout.size(name) for name in by_file}
     per_group = shards_per_group(n_shards, SHUFFLE_FANOUT)
     runner.run(f"{phase.id}-mix", [
-        Task(key, mix_file, dict(layout=layout, phase_id=phase.id, pool=name, seed=seed, seq_len=phase.seq_len,
-                                 plan={k: v for k, v in selection.items() if k == by_file[name]},
-                                 min_chunk=phase.min_chunk_tokens, n_shards=n_shards, per_group=per_group, bos=bos,
-                                 eos=eos, key=key, bands=phase.bands),
-             inputs=(name,), size=layout.size(name))
-        for name in sorted(by_file)
-        for key in ["__".join(name.split("/")[-3:]).removesuffix(".parquet")]
+        Task(key, mix_files, dict(layout=layout, phase_id=phase.id, pools=names, seed=seed, seq_len=phase.seq_len,
+                                  plan={by_file[name]: selection[by_file[name]] for name in names},
+                                  min_chunk=phase.min_chunk_tokens, n_shards=n_shards, per_group=per_group, bos=bos,
+                                  eos=eos, key=key, bands=phase.bands),
+             inputs=tuple(names), size=sum(sizes[name] for name in names))
+        for number, names in enumerate(batches(sizes, MIX_BATCH_BYTES))
+        for key in [f"batch-{number:05d}"]
     ])
     placed = sorted(name for name in runner.outputs(f"{phase.id}-mix") if name.startswith(Layout.placed_dir(phase.id)))
     if per_group > 1:

@@ -27,7 +27,7 @@ def write_shard(layout: Layout, placed: list[str], target: str) -> dict:
     checksum = write_parquet(layout, target, table, SHARD, algorithm="sha256")
     tokens = pc.sum(pc.list_value_length(table.column("input_ids"))).as_py() or 0
     return dict(path=target, rows=table.num_rows, tokens=tokens, bytes=layout.size(target),
-                sha256=checksum.split(":", 1)[1], read_bytes=sum(layout.size(name) for name in placed))
+                sha256=checksum.split(":", 1)[1])
 
 
 MDS_COLUMNS = {"id": "str", "input_ids": "ndarray:uint32", "len": "int"}

@@ -27,17 +27,18 @@ def test_group_sizes():
 
 
 def test_two_level_shuffle_writes_the_same_shards(sample_build, monkeypatch):
-    out, _ = sample_build
+    out, first = sample_build
     one_level = shard_hashes(out)
-    shard_reads = sum(s["read_bytes"] for s in summaries(out, "phase1-shard"))  # the placed chunks, once
+    assert first["stages"]["phase1-shard"]["read_amplification"] == 1.0  # each shard task: its own files only
+    shard_reads = first["stages"]["phase1-shard"]["read_bytes"]  # the placed chunks, once
     monkeypatch.setattr(mixing, "SHUFFLE_FANOUT", 2)  # 6 shards: 3 groups of 2
     info = build(settings_for(out))
     assert info["ran"]["phase1-split"] == 3 and info["ran"]["phase1-shard"] == len(one_level)
     assert shard_hashes(out) == one_level
-    split = summaries(out, "phase1-split")
-    assert sum(s["shards"] for s in split) == len(one_level)
-    for stage in (split, summaries(out, "phase1-shard")):  # each level reads the placed chunks once
-        assert 0.5 * shard_reads < sum(s["read_bytes"] for s in stage) < 1.5 * shard_reads  # footers differ
+    assert sum(s["shards"] for s in summaries(out, "phase1-split")) == len(one_level)
+    for stage in ("phase1-split", "phase1-shard"):  # each level reads the placed chunks once
+        assert info["stages"][stage]["read_amplification"] == 1.0
+        assert 0.5 * shard_reads < info["stages"][stage]["read_bytes"] < 1.5 * shard_reads  # footers differ
 
 
 def test_partitioned_sink_bounds_its_buffer(tmp_path):
