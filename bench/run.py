@@ -9,6 +9,7 @@ from pathlib import Path
 from bench.curation import bench_lid, bench_stages
 from bench.dedup import bench_dedup
 from bench.pipeline import bench_pipeline
+from bench.scaling import bench_scaling
 
 RESULTS = Path(__file__).with_name("results.json")
 
@@ -22,9 +23,12 @@ def number(value: float | None) -> str:
 def main() -> None:
     started = time.time()
     with tempfile.TemporaryDirectory() as work:
-        results = [bench_lid(), *bench_stages(), *bench_dedup(), *bench_pipeline(Path(work))]
+        results = [bench_lid(), *bench_stages(), *bench_dedup(), *bench_pipeline(Path(work)),
+                   *bench_scaling(Path(work))]
     print(f"{'benchmark':<34} {'value':>12} {'baseline':>12} {'ratio':>7}  notes")
     for r in results:
+        if "runs" in r:
+            continue  # the scaling runs' raw figures: results.json only
         ratio = f"{r['ratio']:.2f}" if "ratio" in r else ""
         notes = r.get("baseline_name") or r.get("notes") or (f"{r['mb_per_s']:.2f} MB/s" if "mb_per_s" in r else "")
         print(f"{r['name']:<34} {number(r['value']):>12} {number(r.get('baseline')):>12} {ratio:>7}  {notes}")

@@ -8,12 +8,11 @@ exponent log(time ratio) / log(size ratio) between 1x and 16x (1 is linear).
 """
 
 import argparse
-import json
-import math
 import tempfile
 from pathlib import Path
 
 from bench.pipeline import build, generate_input
+from pipeline.cost import scaling_exponent
 
 SIZES = (16, 64, 256)  # MB of upstream text
 FILE_MB = 0.5  # an input file holds about this much: the number of files grows with the corpus
@@ -30,27 +29,12 @@ def measure(work: Path, sizes: tuple[int, ...] = SIZES) -> dict[int, dict]:
                                    independent=True)
         info = build(root, root / "out", workers=2)
         runs[size] = dict(megabytes=generated["megabytes"], files=generated["files"], shards=info["n_shards"],
-                          stages=info["stages"])
+                          tokens_out=info["budget_tokens"], stages=info["stages"])
     return runs
-
-
-def exponents(runs: dict[int, dict]) -> dict[str, float | None]:
-    """stage -> log(time at the largest size / at the smallest) / log(size ratio)."""
-    small, large = runs[min(runs)], runs[max(runs)]
-    scale = math.log(large["megabytes"] / small["megabytes"])
-    found = {}
-    for stage, cost in large["stages"].items():
-        before = small["stages"].get(stage)
-        if before is None or max(before["seconds"], cost["seconds"]) < MIN_SECONDS:
-            found[stage] = None
-        else:
-            found[stage] = math.log(cost["seconds"] / max(before["seconds"], 1e-3)) / scale
-    return found
 
 
 def bench_scaling(work: Path, sizes: tuple[int, ...] = SIZES) -> list[dict]:
     runs = measure(work, sizes)
-    table = exponents(runs)
     smallest, largest = min(runs), max(runs)
     results = []
     for stage in sorted(runs[largest]["stages"]):
@@ -59,13 +43,14 @@ def bench_scaling(work: Path, sizes: tuple[int, ...] = SIZES) -> list[dict]:
         amplification = " / ".join(f"{c.get('read_amplification') or 0:.2f}" for c in costs)
         rss = [runs[size]["stages"].get(stage, {}).get("peak_rss_mb") or 0.0 for size in (smallest, largest)]
         results.append(dict(
-            name=f"scaling_exponent_{stage}", value=table[stage], baseline=1.0,
+            name=f"scaling_exponent_{stage}", value=scaling_exponent(runs, stage, floor=MIN_SECONDS), baseline=1.0,
             notes=f"seconds {times}; read amplification {amplification}; peak RSS {rss[0]:.0f} -> {rss[1]:.0f} MB "
                   f"({rss[1] / rss[0] if rss[0] else 0:.2f}x); tasks {costs[-1].get('tasks', 0)}"))
     sizes_note = ", ".join(f"{runs[s]['megabytes']:.0f} MB / {runs[s]['files']} files / {runs[s]['shards']} shards"
                            for s in sorted(runs))
     results.append(dict(name="scaling_sizes", value=float(len(runs)), notes=sizes_note))
-    results.append(dict(name="scaling_runs", value=None, notes=json.dumps(runs)))
+    results.append(dict(name="scaling_runs", value=None, notes="per size and Ray stage costs (for plan --cost)",
+                        runs={str(size): run for size, run in runs.items()}))
     return results
 
 

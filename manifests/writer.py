@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from manifests.layout import Layout
+from manifests.layout import TASK_MEMORY, Layout
 from manifests.schemas import REJECTS, STATS
 
 # Fixed writer options so that the same rows give the same bytes (shard sha256s are compared across runs).
@@ -89,12 +89,13 @@ class ParquetSink:
 
 class PartitionedSink:
     """Rows spread over many Parquet files (one per partition, named by `name_of`), buffered together and
-    flushed when the buffer holds `max_bytes`: memory stays bounded however many partitions there are. A
-    partition's file exists only if it received rows."""
+    flushed when the buffer holds `max_bytes` (default: an eighth of the task's memory): memory stays bounded
+    however many partitions there are. A partition's file exists only if it received rows."""
 
     def __init__(self, layout: Layout, name_of: Callable[[int], str], schema: pa.Schema,
-                 max_bytes: int = 32 << 20) -> None:
-        self.layout, self.name_of, self.schema, self.max_bytes = layout, name_of, schema, max_bytes
+                 max_bytes: int | None = None) -> None:
+        self.layout, self.name_of, self.schema = layout, name_of, schema
+        self.max_bytes = max_bytes or TASK_MEMORY.get() // 8
         self.rows: dict[int, list[dict]] = defaultdict(list)
         self.tables: dict[int, list[pa.Table]] = defaultdict(list)
         self.buffered = 0
