@@ -42,10 +42,12 @@ def bench_scaling(work: Path, sizes: tuple[int, ...] = SIZES) -> list[dict]:
         times = " / ".join(f"{c.get('seconds', 0):.1f}" for c in costs)
         amplification = " / ".join(f"{c.get('read_amplification') or 0:.2f}" for c in costs)
         rss = [runs[size]["stages"].get(stage, {}).get("peak_rss_mb") or 0.0 for size in (smallest, largest)]
+        growth = [runs[size]["stages"].get(stage, {}).get("rss_growth_mb") or 0.0 for size in (smallest, largest)]
         results.append(dict(
             name=f"scaling_exponent_{stage}", value=scaling_exponent(runs, stage, floor=MIN_SECONDS), baseline=1.0,
             notes=f"seconds {times}; read amplification {amplification}; peak RSS {rss[0]:.0f} -> {rss[1]:.0f} MB "
-                  f"({rss[1] / rss[0] if rss[0] else 0:.2f}x); tasks {costs[-1].get('tasks', 0)}"))
+                  f"({rss[1] / rss[0] if rss[0] else 0:.2f}x), of it the task's own {growth[0]:.0f} -> "
+                  f"{growth[1]:.0f} MB; tasks {costs[-1].get('tasks', 0)}"))
     sizes_note = ", ".join(f"{runs[s]['megabytes']:.0f} MB / {runs[s]['files']} files / {runs[s]['shards']} shards"
                            for s in sorted(runs))
     results.append(dict(name="scaling_sizes", value=float(len(runs)), notes=sizes_note))

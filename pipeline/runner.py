@@ -46,7 +46,8 @@ MIN_TASK_MEMORY, MAX_DEFAULT_TASK_MEMORY = 256 << 20, 8 << 30
 @dataclass
 class StageStats:
     """What a stage's tasks that ran cost: wall seconds of the stage, the tasks' own seconds, the bytes they read
-    against the bytes of their distinct inputs (read amplification), and the largest peak RSS of a task."""
+    against the bytes of their distinct inputs (read amplification), the largest peak RSS of a task, and the
+    most a task grew its worker's RSS (what it held itself: a worker keeps memory an earlier task left)."""
 
     tasks: int = 0
     seconds: float = 0.0
@@ -54,6 +55,7 @@ class StageStats:
     read_bytes: int = 0
     inputs: dict[str, int] = field(default_factory=dict)
     peak_rss_mb: float = 0.0
+    rss_growth_mb: float = 0.0
 
     def add(self, summary: dict, read: tuple[int, dict[str, int]]) -> None:
         self.tasks += 1
@@ -61,13 +63,14 @@ class StageStats:
         self.read_bytes += read[0]
         self.inputs.update(read[1])
         self.peak_rss_mb = max(self.peak_rss_mb, float(summary.get("peak_rss_mb") or 0.0))
+        self.rss_growth_mb = max(self.rss_growth_mb, float(summary.get("rss_growth_mb") or 0.0))
 
     def to_dict(self) -> dict:
         input_bytes = sum(self.inputs.values())
         return dict(tasks=self.tasks, seconds=round(self.seconds, 3), task_seconds=round(self.task_seconds, 3),
                     read_bytes=self.read_bytes, input_bytes=input_bytes,
                     read_amplification=round(self.read_bytes / input_bytes, 3) if input_bytes else None,
-                    peak_rss_mb=self.peak_rss_mb)
+                    peak_rss_mb=self.peak_rss_mb, rss_growth_mb=self.rss_growth_mb)
 
 
 class TaskFailed(RuntimeError):
@@ -167,12 +170,15 @@ def _run_task(fn: Callable[..., dict], kwargs: dict, layout: Layout, marker: str
     writes, write its marker last. The summary gains the task's peak RSS and seconds."""
     started, token = time.perf_counter(), TASK_MEMORY.set(memory)
     _reset_peak_rss()
+    before = _rss_mb("VmRSS")
     try:
         with recording() as written:
             summary = fn(**{name: _resolve(value) for name, value in kwargs.items()})
     finally:
         TASK_MEMORY.reset(token)
-    summary = summary | {"peak_rss_mb": _peak_rss_mb(), "seconds": round(time.perf_counter() - started, 3)}
+    peak = _rss_mb("VmHWM")
+    summary = summary | {"peak_rss_mb": peak, "rss_growth_mb": round(peak - before, 1) if peak and before else None,
+                         "seconds": round(time.perf_counter() - started, 3)}
     return _finish(layout, marker, fingerprint, written, summary, stale)
 
 
@@ -183,10 +189,11 @@ def _reset_peak_rss() -> None:
         Path("/proc/self/clear_refs").write_text("5")
 
 
-def _peak_rss_mb() -> float | None:
+def _rss_mb(field: str) -> float | None:
+    """VmRSS (now) or VmHWM (the peak) of this process, in MB, where /proc tells."""
     try:
         with open("/proc/self/status") as f:
-            return round(int(next(line for line in f if line.startswith("VmHWM")).split()[1]) / 1024, 1)
+            return round(int(next(line for line in f if line.startswith(field)).split()[1]) / 1024, 1)
     except (OSError, StopIteration):
         return None
 
