@@ -22,10 +22,12 @@ def sample_texts() -> list[tuple[str, str]]:
     return texts
 
 
-def documents(n: int, seed: int = 0, independent: bool = False) -> list[Document]:
+def documents(n: int, seed: int = 0, independent: bool = False, duplicates: float = 0.0) -> list[Document]:
     """n web-page-like documents: paragraphs of one language's samples, shuffled and regrouped. `independent`:
     the words of each paragraph are shuffled too, so that documents share no long n-grams and the duplicate
-    rate does not grow with n (the paragraphs alone repeat more the more documents there are)."""
+    rate does not grow with n (the paragraphs alone repeat more the more documents there are). `duplicates`:
+    that fraction of the documents copies an earlier one of its language, whole or without its last paragraph
+    (an exact or a near duplicate), so that dedup has a constant share of work at any n."""
     rng = random.Random(seed)
     by_lang: dict[str, list[str]] = {}
     for lang, text in sample_texts():
@@ -37,6 +39,10 @@ def documents(n: int, seed: int = 0, independent: bool = False) -> list[Document
         paragraphs = rng.sample(by_lang[lang], k=min(len(by_lang[lang]), rng.randint(3, 8)))
         if independent:
             paragraphs = [" ".join(rng.sample(words := p.split(" "), len(words))) for p in paragraphs]
+        earlier = range(i % len(langs), i, len(langs))  # the documents of this language so far
+        if earlier and rng.random() < duplicates:
+            paragraphs = docs[rng.choice(earlier)].text.split("\n\n")
+            paragraphs = paragraphs[:-1] if len(paragraphs) > 3 and rng.random() < 0.5 else paragraphs
         docs.append(Document(text="\n\n".join(paragraphs), id=f"bench/{i}",
                              metadata={"source": "bench", "lang": lang, "lang_source": "upstream",
                                        "lang_score": 0.99}))

@@ -23,10 +23,10 @@ from stages.tokenize import Gemma2Tokenizer, Tokenize
 
 
 def generate_input(root: Path, megabytes: float, files: int = 40, seed: int = 0, shard_tokens: int = 1 << 20,
-                   independent: bool = False) -> dict:
+                   independent: bool = False, duplicates: float = 0.0) -> dict:
     """FineWeb2-layout Parquet of about `megabytes` of text, and a sources YAML pointing at it."""
     per_doc = 3_300  # bytes, about what bench.data.documents makes
-    docs = documents(int(megabytes * 1e6 / per_doc), seed, independent)
+    docs = documents(int(megabytes * 1e6 / per_doc), seed, independent, duplicates)
     by_lang: dict[str, list] = {}
     for doc in docs:
         by_lang.setdefault(doc.metadata["lang"], []).append(doc)

@@ -1,8 +1,9 @@
 """Scaling: the same generated corpus at 1x, 4x and 16x (16 -> 256 MB), the number of input files and of shards
-growing with it, built end to end on 2 Ray workers. Per Ray stage and size: wall time, the largest peak RSS of a
-task, and read amplification (bytes of the files the stage's tasks open / bytes of the distinct files they
-read: 1 when every input byte is read once), as the runner records them in the manifest's run row; and the
-exponent log(time ratio) / log(size ratio) between 1x and 16x (1 is linear).
+growing with it, and a fixed share of planted duplicates (so that clustering has work in proportion), built end
+to end on 2 Ray workers. Per Ray stage and size: wall time, the largest peak RSS of a task (and the most a task
+grew its worker's RSS), and read amplification (bytes of the files the stage's tasks open / bytes of the
+distinct files they read: 1 when every input byte is read once), as the runner records them in the manifest's
+run row; and the exponent log(time ratio) / log(size ratio) between 1x and 16x (1 is linear).
 
     python -m bench.scaling [--sizes 16 64 256]
 """
@@ -17,6 +18,7 @@ from pipeline.cost import scaling_exponent
 SIZES = (16, 64, 256)  # MB of upstream text
 FILE_MB = 0.5  # an input file holds about this much: the number of files grows with the corpus
 SHARD_TOKENS = 1 << 16  # fixed shard size: the number of shards grows with the corpus
+DUPLICATES = 0.2  # a fixed share of exact and near duplicates: dedup's clusters grow with the corpus
 MIN_SECONDS = 0.5  # below this a stage's time is task overhead, not work: no exponent from it
 
 
@@ -26,7 +28,7 @@ def measure(work: Path, sizes: tuple[int, ...] = SIZES) -> dict[int, dict]:
     for size in sizes:
         root = work / f"scale-{size}"
         generated = generate_input(root, size, files=round(size / FILE_MB), seed=size, shard_tokens=SHARD_TOKENS,
-                                   independent=True)
+                                   independent=True, duplicates=DUPLICATES)
         info = build(root, root / "out", workers=2)
         runs[size] = dict(megabytes=generated["megabytes"], files=generated["files"], shards=info["n_shards"],
                           tokens_out=info["budget_tokens"], stages=info["stages"])

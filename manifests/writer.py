@@ -89,13 +89,13 @@ class ParquetSink:
 
 class PartitionedSink:
     """Rows spread over many Parquet files (one per partition, named by `name_of`), buffered together and
-    flushed when the buffer holds `max_bytes` (default: 64 MiB, or an eighth of a smaller task memory): memory
+    flushed when the buffer holds `max_bytes` (default: 16 MiB, or an eighth of a smaller task memory): memory
     stays bounded however many partitions there are. A partition's file exists only if it received rows."""
 
     def __init__(self, layout: Layout, name_of: Callable[[int], str], schema: pa.Schema,
                  max_bytes: int | None = None) -> None:
         self.layout, self.name_of, self.schema = layout, name_of, schema
-        self.max_bytes = max_bytes or min(64 << 20, TASK_MEMORY.get() // 8)
+        self.max_bytes = max_bytes or min(16 << 20, TASK_MEMORY.get() // 8)
         self.rows: dict[int, list[dict]] = defaultdict(list)
         self.tables: dict[int, list[pa.Table]] = defaultdict(list)
         self.buffered = 0

@@ -181,7 +181,7 @@ def mix_files(layout: Layout, phase_id: str, pools: list[str], plan: dict[tuple[
             shard = place % n_shards
             sink.write(shard // per_group, dict(shard=shard, place=place, input_ids=chunk, doc_id=doc.id,
                                                 chunk=index, source=meta["source"], lang=meta["lang"], epoch=epoch),
-                       4 * len(chunk) + 96)
+                       4 * len(chunk) + 512)  # a row's tokens and what Python holds around them
     sink.close()
     write_task_records(layout, "mix", "batch", key, [sampler], phase=phase_id)
     return {"docs": sum(sampler.stats.kept.values()), "tokens": sum(sampler.stats.tokens.values())}
