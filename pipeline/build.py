@@ -207,12 +207,21 @@ def build(settings: BuildSettings) -> dict:
                     seconds=time.time() - started, tokenizer=recipe.tokenizers["gemma2"].path,
                     tokenizer_sha256=gemma.sha256, assets=asset_digests(recipe), versions=package_versions(),
                     git_commit=git_commit())
+    measured = shard_digests(layout, phase.id)
     catalog.write_manifest(layout, phase.id, plan, [shards[k] for k in sorted(shards)], run_info, files)
     layout.delete_tree(Layout.placed_dir(phase.id))
-    if ran.get(f"{phase.id}-shard") and layout.exists(evaluated := Layout.manifest(phase.id, "mlm_eval")):
-        layout.delete(evaluated)  # `eval-mlm` measured shards this build replaced
+    if measured != shard_digests(layout, phase.id) and layout.exists(Layout.manifest(phase.id, "mlm_eval")):
+        layout.delete(Layout.manifest(phase.id, "mlm_eval"))  # `eval-mlm` measured other shards
     catalog.build_catalog(layout)
     return run_info
+
+
+def shard_digests(layout: Layout, phase_id: str) -> list[str]:
+    """The sha256s the phase's shards manifest lists (none before a first build)."""
+    if not layout.exists(name := Layout.manifest(phase_id, "shards")):
+        return []
+    with layout.open(name) as f:
+        return sorted(pq.read_table(f, columns=["sha256"]).column(0).to_pylist())
 
 
 def asset_digests(recipe: Recipe) -> dict[str, dict]:

@@ -57,13 +57,13 @@ class StageStats:
     peak_rss_mb: float = 0.0
     rss_growth_mb: float = 0.0
 
-    def add(self, summary: dict, read: tuple[int, dict[str, int]]) -> None:
+    def add(self, costs: dict, read: tuple[int, dict[str, int]]) -> None:
         self.tasks += 1
-        self.task_seconds += float(summary.get("seconds") or 0.0)
+        self.task_seconds += float(costs.get("seconds") or 0.0)
         self.read_bytes += read[0]
         self.inputs.update(read[1])
-        self.peak_rss_mb = max(self.peak_rss_mb, float(summary.get("peak_rss_mb") or 0.0))
-        self.rss_growth_mb = max(self.rss_growth_mb, float(summary.get("rss_growth_mb") or 0.0))
+        self.peak_rss_mb = max(self.peak_rss_mb, float(costs.get("peak_rss_mb") or 0.0))
+        self.rss_growth_mb = max(self.rss_growth_mb, float(costs.get("rss_growth_mb") or 0.0))
 
     def to_dict(self) -> dict:
         input_bytes = sum(self.inputs.values())
@@ -167,7 +167,8 @@ def digest(value: Any) -> str:
 def _run_task(fn: Callable[..., dict], kwargs: dict, layout: Layout, marker: str, fingerprint: str,
               stale: list[str], memory: int) -> dict:
     """One task on a worker: run it within `memory` bytes, drop its outputs of an earlier run that it no longer
-    writes, write its marker last. The summary gains the task's peak RSS and seconds."""
+    writes, write its marker last. The marker also records what the task cost: seconds, peak RSS and how much
+    it grew its worker's RSS."""
     started, token = time.perf_counter(), TASK_MEMORY.set(memory)
     _reset_peak_rss()
     before = _rss_mb("VmRSS")
@@ -177,9 +178,9 @@ def _run_task(fn: Callable[..., dict], kwargs: dict, layout: Layout, marker: str
     finally:
         TASK_MEMORY.reset(token)
     peak = _rss_mb("VmHWM")
-    summary = summary | {"peak_rss_mb": peak, "rss_growth_mb": round(peak - before, 1) if peak and before else None,
-                         "seconds": round(time.perf_counter() - started, 3)}
-    return _finish(layout, marker, fingerprint, written, summary, stale)
+    costs = {"peak_rss_mb": peak, "rss_growth_mb": round(peak - before, 1) if peak and before else None,
+             "seconds": round(time.perf_counter() - started, 3)}
+    return _finish(layout, marker, fingerprint, written, summary, stale, costs)
 
 
 def _reset_peak_rss() -> None:
@@ -199,11 +200,12 @@ def _rss_mb(field: str) -> float | None:
 
 
 def _finish(layout: Layout, marker: str, fingerprint: str, written: dict[str, str], summary: dict,
-            stale: list[str]) -> dict:
+            stale: list[str], costs: dict | None = None) -> dict:
     for name in stale:
         if name not in written:
             layout.delete(name)
-    record = {"fingerprint": fingerprint, "outputs": dict(sorted(written.items())), "summary": summary}
+    record = {"fingerprint": fingerprint, "outputs": dict(sorted(written.items())), "summary": summary,
+              "costs": costs or {}}
     layout.write_text(marker, json.dumps(record, sort_keys=True, default=str))
     return record
 
@@ -383,7 +385,7 @@ class Runner:
                 self._register(stage, task.key, Done(record["fingerprint"], record["outputs"], record["summary"]))
                 self.trusted.update(record["outputs"])
                 self.ran[stage] += 1
-                stats.add(record["summary"], self._read_bytes(task))
+                stats.add(record["costs"], self._read_bytes(task))
                 progress.update(record["summary"])
         stats.seconds += time.perf_counter() - started
         if failures:

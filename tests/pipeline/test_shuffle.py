@@ -18,6 +18,7 @@ def summaries(out, stage: str) -> list[dict]:
     return [json.loads(path.read_text())["summary"] for path in sorted((out / Layout.MARKERS / stage).glob("*.json"))]
 
 
+
 def test_group_sizes():
     assert shards_per_group(6, 64) == 1 and shards_per_group(64, 64) == 1
     assert shards_per_group(65, 64) == 8  # 9 groups of at most 8

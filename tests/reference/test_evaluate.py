@@ -43,11 +43,12 @@ def test_eval_mlm_per_language(sample_build, tmp_path, capsys):
     assert "MLM loss per language" in page and (out / Layout.report("phase1", "mlm_eval.csv")).is_file()
 
     evaluated = out / Layout.manifest("phase1", "mlm_eval")
-    build(settings_for(out))  # nothing to do: the evaluation still describes the shards
-    assert evaluated.is_file()
     (out / Layout.shard("phase1", 0)).unlink()
-    build(settings_for(out))  # the shard is written again: the evaluation no longer stands
+    build(settings_for(out))  # the shard is written again, the same: the evaluation still stands
+    assert evaluated.is_file()
+    build(settings_for(out, seed=1))  # other shards: it no longer does
     assert not evaluated.is_file()
+    build(settings_for(out))
 
 
 def test_eval_mlm_refuses_a_bad_checkpoint(sample_build, tmp_path, capsys):
