@@ -26,7 +26,7 @@ import xxhash
 from fsspec.implementations.local import LocalFileSystem
 
 # What the current task wrote: name -> checksum. Set by the runner around each task (pipeline/runner.py).
-_written: ContextVar[dict[str, str] | None] = ContextVar("written", default=None)
+_written: ContextVar["Written | None"] = ContextVar("written", default=None)
 # Bytes the running task may hold (`--task-memory`; the runner sets it on the worker): DuckDB spills to disk
 # beyond part of it, and writers that partition size their buffers from it.
 TASK_MEMORY: ContextVar[int] = ContextVar("task_memory", default=1 << 30)
@@ -34,10 +34,18 @@ TMP_MARK = ".tmp-"
 BLOCK = 1 << 20
 
 
+class Written(dict[str, str]):
+    """name -> checksum of the files a block wrote, and their sizes in `sizes` (so that nobody asks the store)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: dict[str, int] = {}
+
+
 @contextlib.contextmanager
-def recording() -> Iterator[dict[str, str]]:
-    """Collect the names and checksums of every file written inside the block."""
-    written: dict[str, str] = {}
+def recording() -> Iterator[Written]:
+    """Collect the names, checksums and sizes of every file written inside the block."""
+    written = Written()
     token = _written.set(written)
     try:
         yield written
@@ -256,11 +264,12 @@ class Layout:
             yield spool
             with open(spool.local, "rb") as f:
                 spool.checksum = checksum_stream(f, algorithm)
+            size = os.path.getsize(spool.local)
             if self.is_local:
                 os.replace(spool.local, target)
             else:
                 self.fs.put_file(spool.local, target)  # a completed (multipart) upload, or nothing
-            self._record(name, spool.checksum)
+            self._record(name, spool.checksum, size)
         finally:
             if os.path.exists(spool.local):
                 os.unlink(spool.local)
@@ -290,10 +299,11 @@ class Layout:
         return removed
 
     @staticmethod
-    def _record(name: str, checksum: str) -> None:
+    def _record(name: str, checksum: str, size: int) -> None:
         written = _written.get()
         if written is not None:
             written[name] = checksum
+            written.sizes[name] = size
 
     # ---- SQL -----------------------------------------------------------------------------------------------------
     def duckdb(self, threads: int = 1, **config: Any) -> Any:

@@ -210,7 +210,8 @@ def build(settings: BuildSettings) -> dict:
     measured = shard_digests(layout, phase.id)
     catalog.write_manifest(layout, phase.id, plan, [shards[k] for k in sorted(shards)], run_info, files)
     layout.delete_tree(Layout.placed_dir(phase.id))
-    if measured != shard_digests(layout, phase.id) and layout.exists(Layout.manifest(phase.id, "mlm_eval")):
+    written = sorted(shard["sha256"] for shard in shards.values())
+    if measured != written and layout.exists(Layout.manifest(phase.id, "mlm_eval")):
         layout.delete(Layout.manifest(phase.id, "mlm_eval"))  # `eval-mlm` measured other shards
     catalog.build_catalog(layout)
     return run_info

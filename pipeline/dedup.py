@@ -132,19 +132,18 @@ def _write_clusters(layout: Layout, con: "duckdb.DuckDBPyConnection", config: Mi
         for batch in con.sql(f"SELECT {columns} FROM records ORDER BY pass, kept_id, source, part, row"
                              ).fetch_arrow_reader(8192):
             sink.write_table(pa.Table.from_batches([batch]))
-    removals: dict[tuple[str, str], ParquetSink] = {}  # one open at a time: the rows come sorted by file
+    sink, current = None, None  # one file open at a time: the rows come sorted by file
     try:
         for batch in con.sql(f"""SELECT {columns} FROM records WHERE NOT kept OR id <> kept_id
                                  ORDER BY source, part, row, pass""").fetch_arrow_reader(8192):
-            for (source, part), rows in _runs(pa.Table.from_batches([batch])):
-                if (source, part) not in removals:
-                    for done in removals.values():
-                        done.close()
-                    removals = {(source, part): ParquetSink(layout, removals_name(config, source, part),
-                                                            DEDUP_CLUSTERS)}
-                removals[(source, part)].write_table(rows)
+            for key, rows in _runs(pa.Table.from_batches([batch])):
+                if key != current:
+                    if sink is not None:
+                        sink.close()
+                    sink, current = ParquetSink(layout, removals_name(config, *key), DEDUP_CLUSTERS), key
+                sink.write_table(rows)
     finally:
-        for sink in removals.values():
+        if sink is not None:
             sink.close()
 
 

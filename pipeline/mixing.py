@@ -5,9 +5,8 @@ phase: curation is shared.
 Ray stages (fingerprinted and resumable, like curation):
     <phase>-threshold  one task per (source, lang) with a fractional epoch: FractionThreshold's two passes
     <phase>-mix        one task per batch of pool files (MIX_BATCH_BYTES): chunk, select, place each chunk in a
-                       shard by hash, written to
-                       one file per shard it placed chunks in (or, past SHUFFLE_FANOUT shards, per group of
-                       about √shards shards)
+                       shard by hash, written to one file per shard it placed chunks in (or, past SHUFFLE_FANOUT
+                       shards, per group of about √shards shards)
     <phase>-split      with groups, one task per group: its chunks divided into one file per shard
     <phase>-shard      one task per shard: its own files only, ordered by hash, written
 Every placed byte is read once by the shard stage (twice with groups): the shuffle costs in proportion to the
@@ -244,7 +243,7 @@ def mix_phase(runner: Runner, layout: Layout, phase: PhaseConfig, seed: int, bud
         for key, by_weight in copies.items()
     }
     by_file = {name: key for key, names in pool.files.items() for name in names}
-    sizes = {name: layout.size(name) for name in by_file}
+    sizes = {name: runner.size(name) for name in by_file}
     per_group = shards_per_group(n_shards, SHUFFLE_FANOUT)
     runner.run(f"{phase.id}-mix", [
         Task(key, mix_files, dict(layout=layout, phase_id=phase.id, pools=names, seed=seed, seq_len=phase.seq_len,

@@ -34,7 +34,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from manifests import schemas
-from manifests.layout import TASK_MEMORY, Layout, recording
+from manifests.layout import TASK_MEMORY, Layout, Written, recording
 from pipeline.config import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ class Done:
     fingerprint: str
     outputs: dict[str, str]
     summary: dict
+    sizes: dict[str, int] = field(default_factory=dict)  # of the outputs (markers older than this lack them)
 
 
 @dataclass(frozen=True)
@@ -199,13 +200,13 @@ def _rss_mb(field: str) -> float | None:
         return None
 
 
-def _finish(layout: Layout, marker: str, fingerprint: str, written: dict[str, str], summary: dict,
+def _finish(layout: Layout, marker: str, fingerprint: str, written: Written, summary: dict,
             stale: list[str], costs: dict | None = None) -> dict:
     for name in stale:
         if name not in written:
             layout.delete(name)
     record = {"fingerprint": fingerprint, "outputs": dict(sorted(written.items())), "summary": summary,
-              "costs": costs or {}}
+              "sizes": dict(sorted(written.sizes.items())), "costs": costs or {}}
     layout.write_text(marker, json.dumps(record, sort_keys=True, default=str))
     return record
 
@@ -237,7 +238,7 @@ class Runner:
         self.trusted: set[str] = set()  # files written or verified in this build
         self.ran: dict[str, int] = defaultdict(int)  # stage -> tasks run in this build (repairs included)
         self.stats: dict[str, StageStats] = {}  # stage -> what its tasks that ran in this build cost
-        self._sizes: dict[str, int] = {}
+        self.sizes: dict[str, int] = {}  # file name -> bytes, as the tasks that wrote it recorded
 
     def __enter__(self) -> "Runner":
         import ray
@@ -298,7 +299,7 @@ class Runner:
         for name in self.layout.glob(f"{Layout.MARKERS}/{stage}/*.json"):
             try:
                 record = json.loads(self.layout.read_text(name))
-                done = Done(record["fingerprint"], record["outputs"], record["summary"])
+                done = Done(record["fingerprint"], record["outputs"], record["summary"], record.get("sizes", {}))
             except (ValueError, KeyError, TypeError, FileNotFoundError):
                 continue  # unreadable or from an older layout: the task runs again
             found[name.rsplit("/", 1)[1].removesuffix(".json")] = done
@@ -308,6 +309,7 @@ class Runner:
         self.done[stage][key] = done
         for name, checksum in done.outputs.items():
             self.producers[name] = (stage, key, checksum)
+        self.sizes.update(done.sizes)
 
     def run(self, stage: str, tasks: list[Task], final: bool = False) -> dict[str, dict]:
         """Run the tasks of one stage; return every task's summary (done earlier or now) by key. `final`: the
@@ -382,7 +384,8 @@ class Runner:
                                 type(error).__name__)
                     pending[submit(task)] = task
                     continue
-                self._register(stage, task.key, Done(record["fingerprint"], record["outputs"], record["summary"]))
+                self._register(stage, task.key, Done(record["fingerprint"], record["outputs"], record["summary"],
+                                                     record["sizes"]))
                 self.trusted.update(record["outputs"])
                 self.ran[stage] += 1
                 stats.add(record["costs"], self._read_bytes(task))
@@ -392,13 +395,16 @@ class Runner:
             more = f"; and {len(failures) - 3} more" if len(failures) > 3 else ""
             raise TaskFailed(f"{stage}: {len(failures)} task(s) failed: " + "; ".join(failures[:3]) + more)
 
+    def size(self, name: str) -> int:
+        """Bytes of a file of the tree, as the task that wrote it recorded (the store is asked only for files of
+        markers older than that)."""
+        if name not in self.sizes:
+            self.sizes[name] = self.layout.size(name)
+        return self.sizes[name]
+
     def _read_bytes(self, task: Task) -> tuple[int, dict[str, int]]:
         """The bytes a task read (its inputs, and its upstream file), and its inputs' sizes by name."""
-        sizes = {}
-        for name in task.inputs:
-            if name not in self._sizes:
-                self._sizes[name] = self.layout.size(name)
-            sizes[name] = self._sizes[name]
+        sizes = {name: self.size(name) for name in task.inputs}
         if task.identity:
             sizes[f"upstream:{task.key}"] = int(task.identity.get("size") or 0)
         return sum(sizes.values()), sizes

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from manifests.catalog import build_catalog
 from manifests.layout import Layout
 from manifests.schemas import MLM_EVAL
 from manifests.writer import write_parquet
@@ -78,8 +79,6 @@ def language_loss(model: Encoder, chunks: list[np.ndarray], phase: PhaseConfig, 
 def evaluate(layout: Layout, phase: PhaseConfig, checkpoint_dir: Path, tokenizer: Gemma2Tokenizer,
              settings: EvalSettings) -> list[dict]:
     """One row per language of the phase's shards; written to the phase's manifest and the catalog rebuilt."""
-    from manifests.catalog import build_catalog
-
     device = torch.device(settings.device)
     model = checkpoint.load(checkpoint_dir).to(device).eval()
     if model.config.vocab_size < tokenizer.vocab_size:
