@@ -22,8 +22,10 @@ from datatrove.utils.word_tokenizers import WordTokenizer
 from bench.data import sample_texts
 from manifests.layout import Layout
 from manifests.schemas import CURATED
-from pipeline.dedup import bucket_file, cluster_pass, signature_file
-from stages.dedup import MinhashConfig, MinhashSignatures
+from manifests.writer import write_parquet
+from pipeline.dedup import run_dedup
+from pipeline.runner import Runner, Task
+from stages.dedup import DedupConfig, MinhashConfig, MinhashSignatures
 from stages.text import WORD
 
 LANGUAGES = ("deu_Latn", "rus_Cyrl", "spa_Latn", "fra_Latn", "ell_Grek", "pol_Latn", "tur_Latn", "ukr_Cyrl")
@@ -94,29 +96,27 @@ def planted_corpus(root: Path, n_base: int, seed: int = 0) -> tuple[list[dict], 
                              "language": [d["lang"][:3] for d in part]})
         (root / "fineweb2").mkdir(parents=True, exist_ok=True)
         pq.write_table(upstream, root / "fineweb2" / f"{n:05d}.parquet")
-        curated = [dict(id=d["id"], text=d["text"], source="bench", lang=d["lang"], lang_score=1.0, url=None,
-                        quality=1.0, origin="", extra="{}") for d in part]
-        target = root / "ours" / Layout.curated("bench", f"part-{n:05d}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(curated, schema=CURATED), target)
     return docs, pairs
 
 
-def ours(root: Path, config: MinhashConfig) -> tuple[float, set[str]]:
+def write_curated(layout: Layout, part: str, docs: list[dict]) -> dict:
+    rows = [dict(id=d["id"], text=d["text"], source="bench", lang=d["lang"], lang_score=1.0, url=None, quality=1.0,
+                 origin="", extra="{}") for d in docs]
+    write_parquet(layout, Layout.curated("bench", part), rows, CURATED)
+    return {"docs": len(rows)}
+
+
+def ours(root: Path, docs: list[dict]) -> tuple[float, set[str]]:
+    """Our dedup (exact and MinHash passes) on one Ray worker, from curated files a first stage writes."""
     layout = Layout(root / "ours")
     parts = [("bench", f"part-{n:05d}") for n in range(FILES)]
-    start = time.perf_counter()
-    for source, part in parts:
-        signature_file(layout, source, part, config)
-    signatures = [Layout.signatures(config, source, part) for source, part in parts]
-    pairs: dict[str, list[str]] = {}
-    for kind, band in [("exact", None)] + [("minhash", b) for b in range(config.bands)]:
-        target = Layout.pairs(config, f"{kind}-{band or 0:02d}")
-        pairs.setdefault(kind, []).append(target)
-        bucket_file(layout, signatures, parts, target, kind, band)
-    cluster_pass(layout, signatures, pairs, parts, config)
-    seconds = time.perf_counter() - start
-    clusters = pq.read_table(layout.path(Layout.clusters(config))).to_pylist()
+    with Runner(layout, workers=1) as runner:
+        runner.run("bench-curated", [Task(part, write_curated, dict(layout=layout, part=part, docs=docs[n::FILES]))
+                                     for n, (_, part) in enumerate(parts)])
+        start = time.perf_counter()
+        run_dedup(runner, layout, parts, DedupConfig(kinds=("exact", "minhash")))
+        seconds = time.perf_counter() - start
+    clusters = pq.read_table(layout.path(Layout.clusters(DedupConfig().minhash))).to_pylist()
     return seconds, {row["id"] for row in clusters if not row["kept"]}
 
 
@@ -206,7 +206,7 @@ def bench_dedup(n_base: int = 6000) -> list[dict]:
             sa = set(signatures.shingles(*texts[a]).tolist())
             sb = set(signatures.shingles(*texts[b]).tolist())
             jaccard[(a, b)] = len(sa & sb) / len(sa | sb)
-        our_seconds, our_removed = ours(root, config)
+        our_seconds, our_removed = ours(root, docs)
         their_seconds, their_removed = datatrove(root)
         shutil.rmtree(root / "datatrove", ignore_errors=True)
     ours_score, theirs_score = score(docs, pairs, our_removed, jaccard), score(docs, pairs, their_removed, jaccard)

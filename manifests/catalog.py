@@ -74,7 +74,7 @@ def view_definitions(layout: Layout, root: str) -> dict[str, str]:
     pool = _files(names, [Layout.POOL_GLOB], root)
     if pool:
         views["pool"] = f"SELECT * FROM read_parquet({pool})"
-    clusters = _files(names, [Layout.clusters("*")], root)
+    clusters = _files(names, [Layout.clusters_glob("*")], root)
     if clusters:
         views["dedup_clusters"] = f"SELECT * FROM read_parquet({clusters})"
     if {"mixture", "run", "reject_reasons"} <= views.keys():

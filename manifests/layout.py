@@ -132,12 +132,13 @@ class Layout:
         return f"{cls.dedup(config)}/signatures/{source}/{part}.parquet"
 
     @classmethod
-    def pairs(cls, config: object, name: str) -> str:
-        return f"{cls.dedup(config)}/pairs/{name}.parquet"
+    def clusters(cls, config: object) -> str:
+        """A folder of partitions: p<NNNNN>/<task>.parquet, a curated file's rows in one partition."""
+        return f"{cls.dedup(config)}/clusters"
 
     @classmethod
-    def clusters(cls, config: object) -> str:
-        return f"{cls.dedup(config)}/clusters.parquet"
+    def clusters_glob(cls, config: object) -> str:
+        return f"{cls.clusters(config)}/p*/*.parquet"
 
     @staticmethod
     def pool(source: str, lang: str, part: str) -> str:

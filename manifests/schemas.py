@@ -194,5 +194,6 @@ DEDUP_CLUSTERS = pa.schema(
         ("kept", pa.bool_()),
         ("kept_id", pa.string()),
         ("cluster_size", pa.int64()),
+        ("pass", pa.int32()),  # the pass that judged it: 1 for shared ids, then the configured kinds in order
     ]
 )

@@ -1,16 +1,19 @@
-"""The dedup passes as Ray tasks (the orchestration half; stages/dedup.py holds the algorithms): signatures per
-curated file, candidate pairs per band, one cluster pass.
+"""The dedup passes as Ray tasks (the orchestration half; stages/dedup.py holds the algorithms and their SQL):
+signatures per curated file, then partitioned SQL steps (pipeline/partitions.py) whose task count grows with the
+corpus and whose tasks each hold one hash partition: keys, buckets, per pass pairs, verification, component
+rounds, keepers, and the clusters by curated file.
 
-Outputs under dedup/<config>/: signatures/<source>/<part>.parquet, pairs/<kind>-NN.parquet, clusters.parquet
-(every document in a duplicate cluster, with the id of the one kept) and removed/<source>/<part>.parquet (the
-rows of one curated file that the clusters remove), which the pool task of that file reads.
+Outputs under dedup/<config>/: signatures/<source>/<part>.parquet, steps/<step>/<relation>/p<N>/ (the partitioned
+relations between steps), clusters/p<N>/ (every document in a duplicate cluster, with the id of the one kept) and
+removed/<source>/<part>.parquet (the rows of one curated file that the clusters remove or rename), which the pool
+task of that file reads.
 
-A document is known by (file number, row): file numbers are given when pairs are made, from the sorted parts,
+A document is known by (file number, row): file numbers are given when keys are made, from the sorted parts,
 so a curated file's signatures do not depend on which other files the build holds.
 """
 
+import itertools
 import logging
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,22 +21,30 @@ import pyarrow.parquet as pq
 from manifests.layout import Layout
 from manifests.schemas import DEDUP_CLUSTERS, PAIRS, SIGNATURES
 from manifests.writer import ParquetSink
+from pipeline.partitions import Output, Relation, Steps, batches, partitions_for, run_sql
 from pipeline.runner import Runner, Task
-from stages.dedup import (
-    ID_PASS,
-    ClusterPasses,
-    DedupConfig,
-    MinhashConfig,
-    MinhashSignatures,
-    bucket_pairs,
-    exact_key,
-    url_key,
-)
-
-if TYPE_CHECKING:
-    import duckdb
+from stages.dedup import ID_PASS, ClusterQueries, DedupConfig, MinhashConfig, MinhashSignatures, exact_key, url_key
 
 log = logging.getLogger(__name__)
+
+NODES = pa.schema([("key", pa.int64()), ("id", pa.string()), ("upstream_id", pa.string()), ("quality", pa.float64()),
+                   ("removed", pa.bool_()), ("source", pa.string()), ("part", pa.string()), ("row", pa.int64()),
+                   ("lang", pa.string())])
+SIGNATURE_ROWS = pa.schema([("key", pa.int64()), ("signature", pa.list_(pa.uint32()))])
+BANDS = pa.schema([("pass_no", pa.int32()), ("band", pa.int64()), ("lang", pa.string()), ("value", pa.string()),
+                   ("key", pa.int64())])
+HALF_PAIRS = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("removed_a", pa.bool_()),
+                        ("signature_a", pa.list_(pa.uint32()))])
+EDGES = pa.schema([("u", pa.int64()), ("v", pa.int64())])  # both directions, by u
+MEMBERS = pa.schema([("node", pa.int64()), ("root", pa.int64()), ("quality", pa.float64()), ("id", pa.string())])
+BEST = pa.schema([("root", pa.int64()), ("origin", pa.int32()), ("node", pa.int64()), ("quality", pa.float64()),
+                  ("id", pa.string()), ("members", pa.int64())])
+DECISIONS = pa.schema([("root", pa.int64()), ("kept_key", pa.int64()), ("size", pa.int64())])
+CLUSTERS = pa.schema([("pass", pa.int32()), ("kind", pa.string()), ("node", pa.int64()), ("kept_key", pa.int64()),
+                      ("size", pa.int64()), ("number", pa.int64())])
+RECORDS = pa.schema([("pass", pa.int32()), ("kind", pa.string()), ("node", pa.int64()), ("kept_key", pa.int64()),
+                     ("size", pa.int64()), ("id", pa.string()), ("lang", pa.string()), ("source", pa.string()),
+                     ("part", pa.string()), ("row", pa.int64())])
 
 
 def signature_file(layout: Layout, source: str, part: str, config: MinhashConfig) -> dict:
@@ -51,100 +62,114 @@ def signature_file(layout: Layout, source: str, part: str, config: MinhashConfig
     return {"docs": row}
 
 
-def _files_table(parts: list[tuple[str, str]]) -> pa.Table:
-    return pa.table({"source": [s for s, _ in parts], "part": [p for _, p in parts],
-                     "file_no": pa.array(range(len(parts)), pa.int64())})
+def _files_table(numbers: dict[tuple[str, str], int]) -> pa.Table:
+    keys = sorted(numbers)
+    return pa.table({"source": [s for s, _ in keys], "part": [p for _, p in keys],
+                     "file_no": pa.array([numbers[k] for k in keys], pa.int64())})
 
 
-KEY_SQL = "(f.file_no << 32) | s.row"  # a document's number: file number and row
+def make_keys(steps: Steps, queries: ClusterQueries, signatures: dict[tuple[str, str], str]
+              ) -> tuple[Relation, Relation | None, list[Relation]]:
+    """Nodes, signature rows (when MinHash pairs are verified) and candidate pairs (a block per pass), from the
+    signature files, read in batches of about a partition's bytes."""
+    numbers = {part: number for number, part in enumerate(sorted(signatures))}
+    by_name = {name: part for part, name in signatures.items()}
+    sizes = {name: steps.runner.size(name) for name in signatures.values()}
+    schemas = {"nodes": NODES, "bands": BANDS, "signatures": SIGNATURE_ROWS}
+    outputs = [steps.output("keys", name, schemas[name], sql) for name, sql in queries.keys().items()]
+    tasks = []
+    for number, names in enumerate(batches(sizes, max(1, sum(sizes.values()) // steps.partitions))):
+        key = f"b{number:05d}"
+        files = _files_table({by_name[name]: numbers[by_name[name]] for name in names})
+        tasks.append(Task(key, run_sql, dict(layout=steps.layout, task=key,
+                                             views={"signatures_in": (tuple(names), SIGNATURES)},
+                                             outputs=outputs, tables={"files": files}),
+                          inputs=tuple(names), size=sum(sizes[name] for name in names)))
+    relations, _ = steps.run("keys", tasks, outputs, costs_as="dedup-keys")
+    found = dict(zip(queries.keys(), relations, strict=True))
+    pairs = steps.output("buckets", "pairs", PAIRS, queries.buckets(), blocks=len(queries.passes))
+    [all_pairs], _ = steps.step("buckets", {"bands": found["bands"]}, [pairs], costs_as="dedup-buckets")
+    return (found["nodes"], found.get("signatures"),
+            [all_pairs.block(number, steps.partitions) for number in range(len(queries.passes))])
 
 
-def bucket_file(layout: Layout, signatures: list[str], parts: list[tuple[str, str]], target: str, kind: str,
-                band: int | None) -> dict:
-    """Candidate pairs of one kind (one band for MinHash): documents sharing a hash, within one language (ids:
-    across languages, as an id must be unique in the corpus)."""
-    column = {"exact_id": "id", "exact": "exact", "url": "url"}.get(kind, f"bands[{(band or 0) + 1}]")
-    group = column if kind == "exact_id" else f"lang, {column}"
-    pairs = 0
-    with layout.duckdb(threads=1) as con, ParquetSink(layout, target, PAIRS) as sink:
-        con.register("files", _files_table(parts))
-        result = con.execute(
-            f"""SELECT list({KEY_SQL}) FROM read_parquet(?) s JOIN files f USING (source, part)
-                WHERE {column} IS NOT NULL GROUP BY {group} HAVING count(*) > 1""",
-            [[layout.url_of(name) for name in signatures]])
-        while chunk := result.fetchmany(4096):
-            for (members,) in chunk:
-                for a, b in bucket_pairs(members):
-                    sink.write({"a": a, "b": b})
-                    pairs += 1
-    return {"pairs": pairs}
+def components(steps: Steps, queries: ClusterQueries, kind: str, edges: Relation) -> Relation:
+    """The edges at the fixed point of large-star / small-star rounds: every component a star around its
+    smallest node. A round that leaves the edges as they were (the same count and hash sum) ends it."""
+    previous = None
+    large_star, digest = queries.large_star()
+    for round_no in itertools.count(1):
+        star, totals = steps.single(f"{kind}-large-{round_no:02d}", {"edges": edges}, "edges", PAIRS, large_star,
+                                    digest)
+        if (totals["edges"], totals["digest"]) == previous:
+            log.info("dedup %s: components after %d rounds", kind, round_no - 1)
+            return edges
+        previous = (totals["edges"], totals["digest"])
+        edges, _ = steps.single(f"{kind}-small-{round_no:02d}", {"edges": star}, "edges", EDGES, queries.small_star())
+    raise AssertionError("unreachable")
 
 
-def cluster_pass(layout: Layout, signatures: list[str], pairs: dict[str, list[str]],
-                 parts: list[tuple[str, str]], config: MinhashConfig) -> dict:
-    """Verify MinHash candidates, cluster pass by pass, choose keepers; write the clusters and, per curated
-    file, the rows they remove. Everything lives in DuckDB tables held to the task's memory (spilled beyond it)
-    and leaves as streamed batches: no list of the corpus's pairs or documents in Python."""
-    with layout.duckdb(threads=2) as con:
-        con.register("files", _files_table(parts))
-        tables = {}
-        for number, (kind, names) in enumerate(pairs.items()):
-            tables[kind] = f"pairs_{number}"
-            con.execute(f"CREATE TEMP TABLE {tables[kind]} AS SELECT DISTINCT a, b FROM read_parquet(?)",
-                        [[layout.url_of(name) for name in names]])
-        keys = " UNION ".join(f"SELECT a AS key FROM {t} UNION SELECT b FROM {t}" for t in tables.values())
-        con.execute(f"CREATE TEMP TABLE keys AS {keys or 'SELECT NULL::BIGINT AS key WHERE false'}")
-        con.execute(f"""CREATE TEMP TABLE docs AS
-                        SELECT {KEY_SQL} AS key, s.id, s.quality, s.source, s.part, s.row, s.lang, s.signature
-                        FROM read_parquet(?) s JOIN files f USING (source, part)
-                        SEMI JOIN keys k ON {KEY_SQL} = k.key""",
-                    [[layout.url_of(name) for name in signatures]])
-        passes = ClusterPasses(con, "docs")
-        summary: dict[str, int] = {}
-        for kind, table in tables.items():
-            summary[f"{kind}_pairs"] = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
-            if kind == "minhash" and config.min_similarity > 0:
-                con.execute(f"""CREATE TEMP TABLE verified AS SELECT p.a, p.b FROM {table} p
-                                JOIN docs x ON x.key = p.a JOIN docs y ON y.key = p.b
-                                WHERE len(list_filter(list_zip(x.signature, y.signature), lambda v: v[1] = v[2]))
-                                      / len(x.signature) >= ?""", [config.min_similarity])
-                table = "verified"
-            summary[f"{kind}_verified_pairs"] = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
-            if kind == ID_PASS:
-                summary[f"{ID_PASS}_renamed"] = passes.rename_shared_ids(table)
-            else:
-                summary[f"{kind}_removed"] = passes.add_pass(kind, table)
-        _write_clusters(layout, con, config)
-    return summary
+def cluster_passes(steps: Steps, queries: ClusterQueries, nodes: Relation, signatures: Relation | None,
+                   pairs: list[Relation]) -> tuple[list[Relation], Relation, dict[str, int]]:
+    """Pass by pass, among the documents no earlier pass removed: the pass's clusters (by node), the nodes after
+    every pass (removed flags, new ids), and the counts per pass."""
+    lookups = {"signatures": signatures} if signatures else {}
+    clusters, summary = [], {}
+    for number, kind in enumerate(queries.passes):
+        summary |= {f"{kind}_pairs": 0, f"{kind}_verified_pairs": 0}
+        if pairs[number].empty:
+            continue
+        sql, count = queries.pairs()
+        half, totals = steps.single(f"{kind}-pairs", {"pairs": pairs[number], "nodes": nodes, **lookups}, "half",
+                                    HALF_PAIRS, sql, count, driving="pairs")
+        summary[f"{kind}_pairs"] = totals["pairs"]
+        sql, count = queries.verify(kind)
+        edges, totals = steps.single(f"{kind}-verify", {"half": half, "nodes": nodes, **lookups}, "edges", EDGES,
+                                     sql, count, driving="half")
+        summary[f"{kind}_verified_pairs"] = totals["verified_pairs"]
+        if edges.empty:
+            continue
+        edges = components(steps, queries, kind, edges)
+        members, _ = steps.single(f"{kind}-roots", {"edges": edges, "nodes": nodes}, "members", MEMBERS,
+                                  queries.roots("root" if kind == ID_PASS else "node"), driving="edges")
+        inputs = {"members": members}
+        if kind != ID_PASS:  # the keeper of each component from the partitions' best: no task holds a component
+            best, _ = steps.single(f"{kind}-best", inputs, "best", BEST, queries.best())
+            inputs["decisions"], _ = steps.single(f"{kind}-decide", {"best": best}, "decisions", DECISIONS,
+                                                  queries.decide())
+        sql, count = queries.keepers(number + 1, kind)
+        found, totals = steps.single(f"{kind}-keepers", inputs, "clusters", CLUSTERS, sql, count, driving="members")
+        changed = f"{ID_PASS}_renamed" if kind == ID_PASS else f"{kind}_removed"
+        summary[changed] = totals[changed]
+        clusters.append(found)
+        if totals[changed]:
+            nodes, _ = steps.single(f"{kind}-nodes", {"nodes": nodes, "clusters": found}, "nodes", NODES,
+                                    queries.update(kind), driving="nodes")
+    return clusters, nodes, summary
 
 
-def _write_clusters(layout: Layout, con: "duckdb.DuckDBPyConnection", config: MinhashConfig) -> None:
-    """clusters.parquet, and per curated file the rows removed or renamed, streamed in batches (a renamed
-    document is kept under its new id, kept_id; a removed one names the kept one)."""
-    con.execute(f"""CREATE TEMP VIEW records AS
-                    SELECT c.kind, d.source, d.part, d.row,
-                           CASE WHEN c.kind = '{ID_PASS}' THEN n.upstream_id ELSE n.id END AS id, d.lang,
-                           c.key = c.kept_key AS kept, k.id AS kept_id, c.size AS cluster_size, c.pass
-                    FROM dedup_clusters c JOIN dedup_nodes n ON n.key = c.key JOIN dedup_nodes k ON k.key = c.kept_key
-                    JOIN docs d ON d.key = c.key""")
+def write_removals(layout: Layout, files: tuple[str, ...], config: MinhashConfig) -> dict:
+    """Per curated file of one partition of the clusters: its rows removed or renamed (a renamed document is
+    kept under its new id, kept_id; a removed one names the kept one)."""
     columns = ", ".join(DEDUP_CLUSTERS.names)
-    with ParquetSink(layout, Layout.clusters(config), DEDUP_CLUSTERS) as sink:
-        for batch in con.sql(f"SELECT {columns} FROM records ORDER BY pass, kept_id, source, part, row"
-                             ).fetch_arrow_reader(8192):
-            sink.write_table(pa.Table.from_batches([batch]))
-    sink, current = None, None  # one file open at a time: the rows come sorted by file
-    try:
-        for batch in con.sql(f"""SELECT {columns} FROM records WHERE NOT kept OR id <> kept_id
-                                 ORDER BY source, part, row, pass""").fetch_arrow_reader(8192):
-            for key, rows in _runs(pa.Table.from_batches([batch])):
-                if key != current:
-                    if sink is not None:
-                        sink.close()
-                    sink, current = ParquetSink(layout, removals_name(config, *key), DEDUP_CLUSTERS), key
-                sink.write_table(rows)
-    finally:
-        if sink is not None:
-            sink.close()
+    sink, current, rows = None, None, 0  # one file open at a time: the rows come sorted by file
+    with layout.duckdb() as con:
+        con.read_parquet([layout.url_of(name) for name in files]).create_view("clusters")
+        reader = con.sql(f"""SELECT {columns} FROM clusters WHERE NOT kept OR id <> kept_id
+                             ORDER BY source, part, row, pass""").fetch_arrow_reader(8192)
+        try:
+            for batch in reader:
+                for key, table in _runs(pa.Table.from_batches([batch])):
+                    if key != current:
+                        if sink is not None:
+                            sink.close()
+                        sink, current = ParquetSink(layout, removals_name(config, *key), DEDUP_CLUSTERS), key
+                    sink.write_table(table)
+                    rows += table.num_rows
+        finally:
+            if sink is not None:
+                sink.close()
+    return {"removal_rows": rows}
 
 
 def _runs(table: pa.Table) -> list[tuple[tuple[str, str], pa.Table]]:
@@ -173,33 +198,34 @@ def read_removals(layout: Layout, name: str) -> tuple[dict[int, tuple[str, str]]
 
 def run_dedup(runner: Runner, layout: Layout, parts: list[tuple[str, str]],
               dedup: DedupConfig) -> tuple[dict, dict[tuple[str, str], str]]:
-    """Every pass for the curated files `parts` ((source, part), sorted). Returns the cluster pass summary and,
-    per curated file with removals, the name of its removals file."""
+    """Every pass for the curated files `parts` ((source, part), sorted). Returns the passes' counts and, per
+    curated file with removals, the name of its removals file."""
     config = dedup.minhash
     runner.run("dedup-signatures", [
         Task(f"{source}__{part}", signature_file, dict(layout=layout, source=source, part=part, config=config),
              inputs=(Layout.curated(source, part),), size=1)
         for source, part in parts
     ])
-    signatures = [Layout.signatures(config, source, part) for source, part in parts]
-    buckets = [(kind, None) for kind in dedup.passes if kind != "minhash"]
-    if "minhash" in dedup.passes:
-        buckets += [("minhash", band) for band in range(config.bands)]
-    pair_files: dict[str, list[str]] = {}
-    tasks = []
-    for kind, band in buckets:
-        target = Layout.pairs(config, f"{kind}-{band or 0:02d}")
-        pair_files.setdefault(kind, []).append(target)
-        tasks.append(Task(f"{kind}-{band or 0:02d}", bucket_file,
-                          dict(layout=layout, signatures=signatures, parts=parts, target=target, kind=kind, band=band),
-                          inputs=tuple(signatures)))
-    runner.run("dedup-buckets", tasks)
-    summary = runner.run("dedup-clusters", [
-        Task("clusters", cluster_pass,
-             dict(layout=layout, signatures=signatures, pairs=pair_files, parts=parts, config=config),
-             inputs=(*signatures, *(name for names in pair_files.values() for name in names)))
-    ])["clusters"]
-    written = runner.outputs("dedup-clusters")
-    removals = {(source, part): removals_name(config, source, part) for source, part in parts
-                if removals_name(config, source, part) in written}
-    return summary, removals
+    signatures = {(source, part): Layout.signatures(config, source, part) for source, part in parts}
+    partitions = partitions_for(sum(runner.size(name) for name in signatures.values()), runner.task_memory)
+    queries = ClusterQueries(partitions, dedup.passes, config.min_similarity)
+    steps = Steps(runner, layout, f"{Layout.dedup(config)}/steps", partitions, prefix="dedup",
+                  costs_as="dedup-clusters")
+    nodes, signature_rows, pairs = make_keys(steps, queries, signatures)
+    clusters, nodes, summary = cluster_passes(steps, queries, nodes, signature_rows, pairs)
+    summary["partitions"] = partitions
+    if not clusters:
+        return summary, {}
+    every = clusters[0]
+    for more in clusters[1:]:
+        every = every.union(more)
+    records, _ = steps.single("records", {"clusters": every, "nodes": nodes}, "records", RECORDS, queries.records(),
+                              driving="clusters")
+    [clustered], _ = steps.step("clusters", {"records": records, "nodes": nodes},
+                                [Output(Layout.clusters(config), DEDUP_CLUSTERS, queries.clusters(), partitions)],
+                                driving="records")
+    tasks = [Task(f"p{number:05d}", write_removals, dict(layout=layout, files=files, config=config), inputs=files)
+             for number, files in enumerate(clustered.files) if files]
+    steps.run("removals", tasks, [])
+    written = runner.outputs("dedup-removals")
+    return summary, {part: removals_name(config, *part) for part in parts if removals_name(config, *part) in written}

@@ -27,6 +27,7 @@ from manifests.layout import Layout
 from manifests.schemas import PLACED, STATS
 from manifests.writer import PartitionedSink, write_parquet, write_task_records
 from pipeline.config import ConfigError, PhaseConfig
+from pipeline.partitions import batches
 from pipeline.runner import Runner, Task
 from stages.base import Document
 from stages.languages import base_language
@@ -152,19 +153,6 @@ def shards_per_group(n_shards: int, fanout: int) -> int:
 
 def partition_name(partition: int, per_group: int) -> str:
     return f"s{partition:05d}" if per_group == 1 else f"g{partition:05d}"
-
-
-def batches(sizes: dict[str, int], target: int) -> list[list[str]]:
-    """Pool files, sorted, cut into consecutive batches of about `target` bytes."""
-    found: list[list[str]] = []
-    total = target
-    for name in sorted(sizes):
-        if total >= target:
-            found.append([])
-            total = 0
-        found[-1].append(name)
-        total += sizes[name]
-    return found
 
 
 def mix_files(layout: Layout, phase_id: str, pools: list[str], plan: dict[tuple[str, str], Selection], seed: int,

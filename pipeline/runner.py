@@ -139,6 +139,10 @@ def canonical(value: Any) -> Any:
         return {"shared": value.digest}
     if isinstance(value, Layout):
         return "<out>"
+    if isinstance(value, pa.Schema):
+        return str(value)
+    if isinstance(value, pa.Table):
+        return {"schema": str(value.schema), "columns": canonical(value.to_pydict())}
     if is_dataclass(value) and not isinstance(value, type):
         return {"__class__": type(value).__qualname__, **{f.name: canonical(getattr(value, f.name))
                                                           for f in fields(value)}}
@@ -311,9 +315,10 @@ class Runner:
             self.producers[name] = (stage, key, checksum)
         self.sizes.update(done.sizes)
 
-    def run(self, stage: str, tasks: list[Task], final: bool = False) -> dict[str, dict]:
+    def run(self, stage: str, tasks: list[Task], final: bool = False, costs_as: str | None = None) -> dict[str, dict]:
         """Run the tasks of one stage; return every task's summary (done earlier or now) by key. `final`: the
-        stage's outputs are the build's results (shards): verify them even when their tasks are skipped."""
+        stage's outputs are the build's results (shards): verify them even when their tasks are skipped.
+        `costs_as`: the stage whose costs these tasks add to (a step of a larger one, as dedup's rounds)."""
         markers = self._markers(stage)
         wanted = {task.key for task in tasks}
         stale = sorted(set(markers) - wanted)
@@ -334,10 +339,10 @@ class Runner:
         if final and self.done[stage]:
             todo += self._damaged_outputs(stage, {t.key: t for t in tasks})
         log.info("%s: %d tasks, %d already done, %d to run", stage, len(tasks), len(tasks) - len(todo), len(todo))
-        self._execute(stage, todo, markers)
+        self._execute(stage, todo, markers, costs_as or stage)
         return {key: self.done[stage][key].summary for key in sorted(wanted)}
 
-    def _execute(self, stage: str, todo: list[Task], markers: dict[str, Done]) -> None:
+    def _execute(self, stage: str, todo: list[Task], markers: dict[str, Done], costs_as: str) -> None:
         import ray
 
         if not todo:
@@ -357,7 +362,7 @@ class Runner:
                 memory)
 
         started = time.perf_counter()
-        stats = self.stats.setdefault(stage, StageStats())
+        stats = self.stats.setdefault(costs_as, StageStats())
         pending = {submit(task): task for task in todo}
         lost: dict[str, int] = defaultdict(int)
         failures = []
@@ -464,7 +469,7 @@ class Runner:
             more = f" (and {len(problems[stage]) - 1} more)" if len(problems[stage]) > 1 else ""
             log.warning("%s%s: running %d %s task(s) again", problems[stage][0], more, len(tasks), stage)
             old = {key: self.done[stage].pop(key) for key in tasks if key in self.done[stage]}
-            self._execute(stage, list(tasks.values()), old)
+            self._execute(stage, list(tasks.values()), old, stage)
 
 
 def _in_main_thread() -> bool:

@@ -1,10 +1,10 @@
 """Deduplication across sources, per language: exact text, normalized URL, and MinHash LSH near-duplicates.
 
-Four passes connected by files (one Ray task per unit, never one process holding the corpus):
+Connected by files (one Ray task per unit, never one process holding the corpus):
     MinhashSignatures  per curated file:  exact-text hash, URL hash, 112 MinHash values, 14 band hashes
-    MinhashBuckets     per band / kind:   documents sharing (lang, band hash) -> candidate pairs
-    ClusterPasses      once:              verify MinHash pairs, components per kind (in DuckDB, spilling to disk
-                                          past the task's memory), choose each cluster's keeper
+    ClusterQueries     per hash partition of the documents, buckets or edges: candidate pairs of documents sharing
+                       (lang, band hash), MinHash verification, components per pass in rounds, each cluster's
+                       keeper (SQL steps, each task holding one partition in DuckDB: pipeline/partitions.py)
     DedupFilter        per curated file:  drop the removed documents as rejects naming the kept one
 Defaults are FineWeb2's: word 5-grams (script-aware words, stages/text.py), 14 bands x 8 rows. Documents of
 different languages never meet: every bucket is keyed by language. The kept document of a cluster is the one
@@ -15,7 +15,7 @@ import hashlib
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
@@ -24,9 +24,6 @@ import xxhash
 from stages.base import Document, Stage
 from stages.settings import setting
 from stages.text import dominant_script, script_of, split_words
-
-if TYPE_CHECKING:
-    import duckdb
 
 KINDS = ("exact", "url", "minhash")  # the removal passes one may configure, in this order
 Kind = Literal["exact", "url", "minhash"]
@@ -133,96 +130,164 @@ class MinhashSignatures:
             return (rows * self.band_weights[None, :]).sum(axis=1, dtype=np.uint64)
 
 
-def bucket_pairs(members: list[int]) -> list[tuple[int, int]]:
-    """A bucket's documents as pairs with its first (smallest key) member: enough to connect them all."""
-    first = min(members)
-    return [(first, other) for other in sorted(members) if other != first]
+class ClusterQueries:
+    """The SQL of dedup's partitioned steps (pipeline/partitions.py runs each as one task per partition of P).
+    Documents are known by key (curated file number << 32 | row); every relation is hash-partitioned by the key
+    the next step joins or groups on:
 
+        keys      signatures -> nodes (key, id, quality, removed, where it comes from), signatures (key,
+                  signature), bands (pass, band, lang, value, key): one row per bucket a document falls in
+        buckets   bands by bucket -> pairs (the bucket's smallest key, each other key), in one block per pass
+      per pass, in order (ids, then exact, url, minhash), among the documents no earlier pass removed:
+        pairs     pairs by a, ⋈ nodes (and signatures) -> half pairs by b
+        verify    half pairs ⋈ nodes (and signatures): MinHash agreement >= min_similarity -> edges (u, v) by u,
+                  both directions
+        large / small star rounds (Kiveris et al. 2014, as Spark-scale dedup computes components) until the
+                  edges stop changing: then every component is a star around its smallest key
+        roots     edges by u -> members (node, root: the component's smallest key, quality, id) by node
+        best      members -> each partition's best member and count per root, by root
+        decide    best -> per root the kept document (highest quality, then smallest id, then smallest key) and
+                  the size, back to every partition holding members of it
+        keepers   members ⋈ decisions -> clusters (pass, kind, node, kept_key, size, number) by node
+                  (the id pass: members by root, every member kept, numbered in key order)
+        nodes     nodes ⋈ clusters: removed documents flagged, shared ids renamed `id~1`, `id~2`, ...
+      then records (clusters ⋈ nodes by kept key) and clusters (⋈ nodes: the kept document's final id), by
+      curated file."""
 
-def connected_components(con: "duckdb.DuckDBPyConnection", edges: str, out: str) -> int:
-    """Table `out` (node, root): every node of table `edges` (a, b) with the smallest node of its component.
-    Large-star / small-star rounds (Kiveris et al. 2014, as Spark-scale dedup computes components) in SQL, so
-    that DuckDB holds the graph within its memory limit and spills the rest: no union-find in one process's
-    memory. Returns the number of rounds (O(log² n))."""
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE cc_edges AS
-                    SELECT DISTINCT least(a, b) AS a, greatest(a, b) AS b FROM {edges} WHERE a <> b""")
-    previous, rounds = _edge_digest(con), 0
-    while True:
-        rounds += 1
-        # large star: each node's larger neighbours attach to the smallest node it sees (itself included)
-        con.execute("""CREATE OR REPLACE TEMP TABLE cc_large AS
-            WITH d AS (SELECT a AS u, b AS v FROM cc_edges UNION ALL SELECT b, a FROM cc_edges),
-                 m AS (SELECT u, least(u, min(v)) AS m FROM d GROUP BY u)
-            SELECT DISTINCT least(d.v, m.m) AS a, greatest(d.v, m.m) AS b FROM d JOIN m USING (u)
-            WHERE d.v > d.u AND d.v <> m.m""")
-        # small star: each node and its smaller neighbours attach to the smallest of them
-        con.execute("""CREATE OR REPLACE TEMP TABLE cc_edges AS
-            WITH m AS (SELECT b AS u, min(a) AS m FROM cc_large GROUP BY b)
-            SELECT DISTINCT least(w, m) AS a, greatest(w, m) AS b
-            FROM (SELECT e.a AS w, m.m FROM cc_large e JOIN m ON e.b = m.u UNION ALL SELECT u, m FROM m)
-            WHERE w <> m""")
-        digest = _edge_digest(con)
-        if digest == previous:  # a fixed point: every component is a star around its smallest node
-            break
-        previous = digest
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE {out} AS
-                    WITH d AS (SELECT a AS u, b AS v FROM cc_edges UNION ALL SELECT b, a FROM cc_edges)
-                    SELECT u AS node, least(u, min(v)) AS root FROM d GROUP BY u""")
-    con.execute("DROP TABLE cc_edges; DROP TABLE cc_large")
-    return rounds
+    def __init__(self, partitions: int, passes: list[str], min_similarity: float) -> None:
+        self.partitions, self.passes, self.min_similarity = partitions, passes, min_similarity
+        self.verifies = "minhash" in passes and min_similarity > 0
 
+    def part(self, expression: str, block: str = "0") -> str:
+        return f"({block} * {self.partitions} + hash({expression}) % {self.partitions})::INTEGER"
 
-def _edge_digest(con: "duckdb.DuckDBPyConnection") -> tuple:
-    return con.execute("SELECT count(*), sum(hash(a, b)) FROM cc_edges").fetchall()[0]
+    DOCS = """WITH docs AS (SELECT (f.file_no << 32) | s.row AS key, s.* FROM signatures_in s
+                            JOIN files f USING (source, part))"""
 
+    def keys(self) -> dict[str, str]:
+        """Over the views `signatures_in` (signature files) and `files` (source, part, file_no)."""
+        bands = []
+        for number, kind in enumerate(self.passes):
+            if kind == "minhash":
+                bands.append(f"""SELECT {number} AS pass_no, band, lang, value::VARCHAR AS value, key
+                                 FROM (SELECT key, lang, unnest(bands) AS value, generate_subscripts(bands, 1) AS band
+                                       FROM docs)""")
+            else:
+                value, lang = ("id", "''") if kind == ID_PASS else (f"hex({kind})", "lang")
+                bands.append(f"""SELECT {number} AS pass_no, 0 AS band, {lang} AS lang, {value} AS value, key
+                                 FROM docs WHERE {value} IS NOT NULL""")
+        queries = {
+            "nodes": f"""{self.DOCS} SELECT {self.part('key')} AS _p, key, id, id AS upstream_id,
+                         coalesce(quality, 0.0)::DOUBLE AS quality, false AS removed, source, part, row, lang
+                         FROM docs""",
+            "bands": f"""{self.DOCS} SELECT {self.part('pass_no, band, lang, value')} AS _p, *
+                         FROM ({' UNION ALL '.join(bands)})""",
+        }
+        if self.verifies:
+            queries["signatures"] = f"{self.DOCS} SELECT {self.part('key')} AS _p, key, signature FROM docs"
+        return queries
 
-class ClusterPasses:
-    """Pass by pass (exact, url, minhash), in DuckDB tables: connect the pairs among the documents still kept,
-    keep one per component (highest quality, then smallest id, then smallest key). First, documents sharing an
-    upstream id get unique ids (the one with the smallest key keeps it, the others become `id~1`, `id~2`, ...
-    in key order): they may be different documents, which the other passes judge.
+    def buckets(self) -> str:
+        """Documents sharing (pass, band, lang, value), as pairs with the smallest: enough to connect them."""
+        return f"""WITH b AS (SELECT pass_no, key, min(key) OVER (PARTITION BY pass_no, band, lang, value) AS first
+                              FROM bands)
+                   SELECT {self.part('first', 'pass_no')} AS _p, first AS a, key AS b FROM b WHERE key <> first"""
 
-    `nodes` is a table of (key, id, quality); the results are the tables `dedup_nodes` (key, upstream_id, id)
-    and `dedup_clusters` (pass, kind, key, kept_key, size: every document of a cluster, the renamed ones of the
-    id pass with themselves as kept_key)."""
+    def pairs(self) -> tuple[str, str]:
+        signature = "s.signature" if self.verifies else "NULL::UINTEGER[]"
+        join = "JOIN signatures s ON s.key = p.a" if self.verifies else ""
+        return (f"""SELECT {self.part('p.b')} AS _p, p.a, p.b, n.removed AS removed_a, {signature} AS signature_a
+                    FROM (SELECT DISTINCT a, b FROM pairs) p JOIN nodes n ON n.key = p.a {join}""",
+                "SELECT count(*) AS pairs FROM (SELECT DISTINCT a, b FROM pairs)")
 
-    def __init__(self, con: "duckdb.DuckDBPyConnection", nodes: str) -> None:
-        self.con = con
-        self.passes = 0
-        con.execute(f"""CREATE OR REPLACE TEMP TABLE dedup_nodes AS SELECT key, id AS upstream_id, id,
-                        coalesce(quality, 0.0)::DOUBLE AS quality FROM {nodes}""")
-        con.execute("""CREATE OR REPLACE TEMP TABLE dedup_clusters (pass INTEGER, kind VARCHAR, key BIGINT,
-                       kept_key BIGINT, size BIGINT)""")
-        con.execute("CREATE OR REPLACE TEMP TABLE dedup_removed (key BIGINT)")
+    def verify(self, kind: str) -> tuple[str, str]:
+        check = kind == "minhash" and self.verifies
+        agreement = ("len(list_filter(list_zip(h.signature_a, s.signature), lambda v: v[1] = v[2])) "
+                     f"/ len(h.signature_a) >= {self.min_similarity!r}") if check else "true"
+        edges = f"""WITH edges AS (SELECT h.a, h.b, h.removed_a OR n.removed AS removed, {agreement} AS verified
+                                   FROM half h JOIN nodes n ON n.key = h.b
+                                   {'JOIN signatures s ON s.key = h.b' if check else ''} WHERE h.a <> h.b)"""
+        return (f"""{edges} SELECT {self.part('a')} AS _p, a AS u, b AS v FROM edges WHERE verified AND NOT removed
+                    UNION ALL SELECT {self.part('b')}, b, a FROM edges WHERE verified AND NOT removed""",
+                f"""{edges} SELECT count(*) FILTER (WHERE verified) AS verified_pairs,
+                                   count(*) FILTER (WHERE verified AND NOT removed) AS edges FROM edges""")
 
-    def rename_shared_ids(self, pairs: str) -> int:
-        """Returns how many documents were renamed."""
-        connected_components(self.con, pairs, "dedup_components")
-        self.passes += 1
-        self.con.execute(f"""INSERT INTO dedup_clusters SELECT {self.passes}, '{ID_PASS}', node, node,
-                             count(*) OVER (PARTITION BY root) FROM dedup_components""")
-        self.con.execute("""UPDATE dedup_nodes SET id = dedup_nodes.id || '~' || r.number
-                            FROM (SELECT node, row_number() OVER (PARTITION BY root ORDER BY node) - 1 AS number
-                                  FROM dedup_components) r
-                            WHERE dedup_nodes.key = r.node AND r.number > 0""")
-        return self.con.execute("SELECT count(*) FROM dedup_nodes WHERE id <> upstream_id").fetchall()[0][0]
+    def large_star(self) -> tuple[str, str]:
+        """Each node's larger neighbours attach to the smallest node it sees (itself included). The summary's
+        digest of the distinct edges read tells when a round changed nothing."""
+        return (f"""WITH d AS (SELECT DISTINCT u, v FROM edges),
+                         m AS (SELECT u, least(u, min(v)) AS m FROM d GROUP BY u)
+                    SELECT DISTINCT {self.part('greatest(d.v, m.m)')} AS _p, least(d.v, m.m) AS a,
+                           greatest(d.v, m.m) AS b
+                    FROM d JOIN m USING (u) WHERE d.v > d.u AND d.v <> m.m""",
+                "SELECT count(*) AS edges, sum(hash(u, v)) AS digest FROM (SELECT DISTINCT u, v FROM edges)")
 
-    def add_pass(self, kind: str, pairs: str) -> int:
-        """Returns how many documents the pass removed."""
-        self.con.execute(f"""CREATE OR REPLACE TEMP TABLE dedup_edges AS SELECT p.a, p.b FROM {pairs} p
-                             ANTI JOIN dedup_removed r ON p.a = r.key ANTI JOIN dedup_removed s ON p.b = s.key""")
-        connected_components(self.con, "dedup_edges", "dedup_components")
-        self.passes += 1
-        self.con.execute(f"""INSERT INTO dedup_clusters
-                             SELECT {self.passes}, '{kind}', c.node,
-                                    first_value(c.node) OVER (PARTITION BY c.root ORDER BY n.quality DESC, n.id,
-                                                                                         c.node),
-                                    count(*) OVER (PARTITION BY c.root)
-                             FROM dedup_components c JOIN dedup_nodes n ON n.key = c.node""")
-        self.con.execute(f"""INSERT INTO dedup_removed SELECT key FROM dedup_clusters
-                             WHERE pass = {self.passes} AND key <> kept_key""")
-        return self.con.execute(f"SELECT count(*) FROM dedup_clusters WHERE pass = {self.passes} AND key <> kept_key"
-                                ).fetchall()[0][0]
+    def small_star(self) -> str:
+        """Each node and its smaller neighbours attach to the smallest of them."""
+        return f"""WITH e AS (SELECT DISTINCT a, b FROM edges), m AS (SELECT b AS u, min(a) AS m FROM e GROUP BY b),
+                        s AS (SELECT DISTINCT least(w, m) AS a, greatest(w, m) AS b
+                              FROM (SELECT e.a AS w, m.m FROM e JOIN m ON e.b = m.u UNION ALL SELECT u, m FROM m)
+                              WHERE w <> m)
+                   SELECT {self.part('a')} AS _p, a AS u, b AS v FROM s
+                   UNION ALL SELECT {self.part('b')}, b, a FROM s"""
+
+    def roots(self, by: str) -> str:
+        """Members (node, root: the smallest node of its component), by `node` (removal passes: no task holds a
+        whole component) or by `root` (the id pass numbers a component's members in one task)."""
+        return f"""WITH c AS (SELECT u AS node, least(u, min(v)) AS root FROM edges GROUP BY u)
+                   SELECT {self.part(f'c.{by}')} AS _p, c.node, c.root, n.quality, n.id
+                   FROM c JOIN nodes n ON n.key = c.node"""
+
+    def best(self) -> str:
+        """Per partition of members and root: its best member (highest quality, then smallest id, then smallest
+        key) and how many members it holds there, sent to the root's partition with the partition it came from."""
+        return f"""WITH r AS (SELECT *, count(*) OVER (PARTITION BY root) AS members,
+                                  row_number() OVER (PARTITION BY root ORDER BY quality DESC, id, node) AS rank
+                              FROM members)
+                   SELECT {self.part('root')} AS _p, root, {self.part('node')} AS origin, node, quality, id, members
+                   FROM r WHERE rank = 1"""
+
+    def decide(self) -> str:
+        """Per root: the best of the partitions' best and the component's size, sent back to each partition that
+        holds members of it."""
+        return """WITH b AS (SELECT root, origin, first_value(node) OVER (PARTITION BY root ORDER BY quality DESC, id,
+                                                                               node) AS kept_key,
+                                  sum(members) OVER (PARTITION BY root) AS size FROM best)
+                  SELECT DISTINCT origin AS _p, root, kept_key, size FROM b"""
+
+    def keepers(self, number: int, kind: str) -> tuple[str, str]:
+        """Clusters rows by node: removal passes join the decisions of their roots; the id pass (members by root)
+        keeps every member and numbers them in key order."""
+        if kind == ID_PASS:
+            ranked = """WITH ranked AS (SELECT *, node AS kept_key, count(*) OVER (PARTITION BY root) AS size,
+                                               row_number() OVER (PARTITION BY root ORDER BY node) - 1 AS number
+                                        FROM members)"""
+            summary = f"{ranked} SELECT count(*) FILTER (WHERE number > 0) AS {ID_PASS}_renamed FROM ranked"
+        else:
+            ranked = """WITH ranked AS (SELECT m.node, d.kept_key, d.size, 0 AS number
+                                        FROM members m JOIN decisions d USING (root))"""
+            summary = f"{ranked} SELECT count(*) FILTER (WHERE node <> kept_key) AS {kind}_removed FROM ranked"
+        return (f"""{ranked} SELECT {self.part('node')} AS _p, {number} AS pass, '{kind}' AS kind, node, kept_key,
+                                    size, number FROM ranked""", summary)
+
+    def update(self, kind: str) -> str:
+        new_id = "CASE WHEN c.number > 0 THEN n.id || '~' || c.number ELSE n.id END" if kind == ID_PASS else "n.id"
+        return f"""SELECT {self.part('n.key')} AS _p, n.key, {new_id} AS id, n.upstream_id, n.quality,
+                          n.removed OR coalesce(c.node <> c.kept_key, false) AS removed, n.source, n.part, n.row,
+                          n.lang
+                   FROM nodes n LEFT JOIN clusters c ON c.node = n.key"""
+
+    def records(self) -> str:
+        return f"""SELECT {self.part('c.kept_key')} AS _p, c.pass, c.kind, c.node, c.kept_key, c.size,
+                          CASE WHEN c.kind = '{ID_PASS}' THEN n.upstream_id ELSE n.id END AS id, n.lang, n.source,
+                          n.part, n.row
+                   FROM clusters c JOIN nodes n ON n.key = c.node"""
+
+    def clusters(self) -> str:
+        """Every document of a cluster with the final id of the one kept, by curated file."""
+        return f"""SELECT {self.part('r.node >> 32')} AS _p, r.kind, r.source, r.part, r.row, r.id, r.lang,
+                          r.node = r.kept_key AS kept, k.id AS kept_id, r.size AS cluster_size, r.pass
+                   FROM records r JOIN nodes k ON k.key = r.kept_key"""
 
 
 class DedupFilter(Stage):

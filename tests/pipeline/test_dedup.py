@@ -96,8 +96,8 @@ def test_boilerplate_sharing_documents_and_other_languages_are_kept(dedup_build,
 
 
 def test_cluster_sizes_are_recorded(dedup_build):
-    [clusters] = list((dedup_build / "dedup").glob("*/clusters.parquet"))
-    rows = pq.read_table(clusters).to_pylist()
+    rows = [row for name in sorted((dedup_build / "dedup").glob("*/clusters/p*/*.parquet"))
+            for row in pq.read_table(name).to_pylist()]
     exact = [r for r in rows if r["kind"] == "exact"]
     assert {r["id"] for r in exact} == {"fineweb2/de-1", "fineweb2/de-exact"}
     assert all(r["cluster_size"] == 2 and r["kept_id"] == "fineweb2/de-1" for r in exact)
