@@ -2,7 +2,7 @@
 
 Ray stages, each one task per unit (pipeline/runner.py: fingerprinted markers, checksummed outputs):
     curate   one task per input file: read -> lid -> quality        -> curated/<source>/<part>.parquet
-    dedup-*  signatures per curated file, pairs per band, clusters   -> dedup/<config>/ (pipeline/dedup.py)
+    dedup-*  signatures per curated file, then steps per hash partition -> dedup/<config>/ (pipeline/dedup.py)
     pool     one task per curated file: dedup -> tokenize           -> pool/<source>/<lang>/<part>.parquet
     <phase>-threshold, -mix, -shard: plan, select and place chunks, write shards (pipeline/mixing.py)
                                                                      -> <phase>/shards/shard-NNNNN.parquet

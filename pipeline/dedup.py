@@ -214,18 +214,25 @@ def run_dedup(runner: Runner, layout: Layout, parts: list[tuple[str, str]],
     nodes, signature_rows, pairs = make_keys(steps, queries, signatures)
     clusters, nodes, summary = cluster_passes(steps, queries, nodes, signature_rows, pairs)
     summary["partitions"] = partitions
+    removals = write_clusters(steps, queries, clusters, nodes, config, parts)
+    runner.drop_stages("dedup-")  # after success only: a failed build keeps every finished step for its resume
+    return summary, removals
+
+
+def write_clusters(steps: Steps, queries: ClusterQueries, clusters: list[Relation], nodes: Relation,
+                   config: MinhashConfig, parts: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """The clusters by curated file, and each file's removals: returns their names by (source, part)."""
     if not clusters:
-        return summary, {}
+        return {}
     every = clusters[0]
     for more in clusters[1:]:
         every = every.union(more)
     records, _ = steps.single("records", {"clusters": every, "nodes": nodes}, "records", RECORDS, queries.records(),
                               driving="clusters")
-    [clustered], _ = steps.step("clusters", {"records": records, "nodes": nodes},
-                                [Output(Layout.clusters(config), DEDUP_CLUSTERS, queries.clusters(), partitions)],
-                                driving="records")
-    tasks = [Task(f"p{number:05d}", write_removals, dict(layout=layout, files=files, config=config), inputs=files)
-             for number, files in enumerate(clustered.files) if files]
+    output = Output(Layout.clusters(config), DEDUP_CLUSTERS, queries.clusters(), steps.partitions)
+    [clustered], _ = steps.step("clusters", {"records": records, "nodes": nodes}, [output], driving="records")
+    tasks = [Task(f"p{number:05d}", write_removals, dict(layout=steps.layout, files=files, config=config),
+                  inputs=files) for number, files in enumerate(clustered.files) if files]
     steps.run("removals", tasks, [])
-    written = runner.outputs("dedup-removals")
-    return summary, {part: removals_name(config, *part) for part in parts if removals_name(config, *part) in written}
+    written = steps.runner.outputs("dedup-removals")
+    return {part: removals_name(config, *part) for part in parts if removals_name(config, *part) in written}

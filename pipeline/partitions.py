@@ -105,7 +105,7 @@ def run_sql(layout: Layout, task: str, views: dict[str, tuple[tuple[str, ...], p
                             current = int(parts[start])
                             sink = ParquetSink(layout, f"{output.folder}/p{current:05d}/{task}.parquet", output.schema)
                         sink.write_table(table.slice(start, end - start))
-                        rows += end - start
+                        rows += int(end - start)
             finally:
                 if sink is not None:
                     sink.close()

@@ -243,6 +243,7 @@ class Runner:
         self.ran: dict[str, int] = defaultdict(int)  # stage -> tasks run in this build (repairs included)
         self.stats: dict[str, StageStats] = {}  # stage -> what its tasks that ran in this build cost
         self.sizes: dict[str, int] = {}  # file name -> bytes, as the tasks that wrote it recorded
+        self.asked: set[str] = set()  # stages run (or found done) in this build
 
     def __enter__(self) -> "Runner":
         import ray
@@ -319,6 +320,7 @@ class Runner:
         """Run the tasks of one stage; return every task's summary (done earlier or now) by key. `final`: the
         stage's outputs are the build's results (shards): verify them even when their tasks are skipped.
         `costs_as`: the stage whose costs these tasks add to (a step of a larger one, as dedup's rounds)."""
+        self.asked.add(stage)
         markers = self._markers(stage)
         wanted = {task.key for task in tasks}
         stale = sorted(set(markers) - wanted)
@@ -341,6 +343,18 @@ class Runner:
         log.info("%s: %d tasks, %d already done, %d to run", stage, len(tasks), len(tasks) - len(todo), len(todo))
         self._execute(stage, todo, markers, costs_as or stage)
         return {key: self.done[stage][key].summary for key in sorted(wanted)}
+
+    def drop_stages(self, prefix: str) -> None:
+        """Remove the markers and outputs of stages named `<prefix>*` that this build did not ask for (a step an
+        earlier build ran for data that has since changed, as dedup's rounds): the tree stays what a fresh build
+        of the same inputs writes."""
+        stages = {name.split("/")[-2] for name in self.layout.glob(f"{Layout.MARKERS}/{prefix}*/*.json")}
+        for stage in sorted(stages - self.asked):
+            for key, done in self._markers(stage).items():
+                for name in done.outputs:
+                    self.layout.delete(name)
+                self.layout.delete(Layout.marker(stage, key))
+            log.info("%s: removed, no longer part of the build", stage)
 
     def _execute(self, stage: str, todo: list[Task], markers: dict[str, Done], costs_as: str) -> None:
         import ray
@@ -393,7 +407,7 @@ class Runner:
                                                      record["sizes"]))
                 self.trusted.update(record["outputs"])
                 self.ran[stage] += 1
-                stats.add(record["costs"], self._read_bytes(task))
+                stats.add(record["costs"], self._read_bytes(stage, task))
                 progress.update(record["summary"])
         stats.seconds += time.perf_counter() - started
         if failures:
@@ -407,9 +421,10 @@ class Runner:
             self.sizes[name] = self.layout.size(name)
         return self.sizes[name]
 
-    def _read_bytes(self, task: Task) -> tuple[int, dict[str, int]]:
-        """The bytes a task read (its inputs, and its upstream file), and its inputs' sizes by name."""
-        sizes = {name: self.size(name) for name in task.inputs}
+    def _read_bytes(self, stage: str, task: Task) -> tuple[int, dict[str, int]]:
+        """The bytes a task read (its inputs, and its upstream file), and its inputs' sizes by stage and name (a
+        step that reads what an earlier step of the same costed stage read counts it again as its own input)."""
+        sizes = {f"{stage}:{name}": self.size(name) for name in task.inputs}
         if task.identity:
             sizes[f"upstream:{task.key}"] = int(task.identity.get("size") or 0)
         return sum(sizes.values()), sizes
