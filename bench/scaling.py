@@ -2,7 +2,7 @@
 growing with it, and a fixed share of planted duplicates (so that clustering has work in proportion), built end
 to end on 2 Ray workers. Per Ray stage and size: wall time, the largest peak RSS of a task (and the most a task
 grew its worker's RSS), and read amplification (bytes of the files the stage's tasks open / bytes of the
-distinct files they read: 1 when every input byte is read once), as the runner records them in the manifest's
+distinct files each step reads: 1 when every input byte is read once), as the runner records them in the manifest's
 run row; and the exponent log(time ratio) / log(size ratio) between 1x and 16x (1 is linear).
 
     python -m bench.scaling [--sizes 16 64 256]
