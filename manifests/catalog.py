@@ -36,13 +36,40 @@ NAMED_QUERIES = {
         SELECT phase, source, lang, p, target_tokens, tokens,
                round(tokens / nullif(target_tokens, 0), 4) AS written_over_target
         FROM mixture ORDER BY phase, source, target_tokens DESC""",
-    "rejects_by_reason": """
-        SELECT phase, stage, reason, sum(docs) AS docs FROM reject_reasons GROUP BY ALL
+    "rejects_by_reason": f"""
+        SELECT 'curation' AS phase, stage, reason, sum(docs) AS docs FROM reject_reasons
+        WHERE stage IN {CURATION_STAGES} AND phase = (SELECT phase FROM run ORDER BY started DESC LIMIT 1)
+        GROUP BY ALL
+        UNION ALL
+        SELECT phase, stage, reason, sum(docs) FROM reject_reasons WHERE stage NOT IN {CURATION_STAGES} GROUP BY ALL
         ORDER BY phase, stage, docs DESC""",
     "epochs_over_cap": """
         SELECT m.phase, m.source, m.lang, m.epochs, r.max_epochs FROM mixture m
         JOIN (SELECT phase, CAST(json_extract(config, '$.phase.max_epochs') AS DOUBLE) AS max_epochs FROM run) r
         USING (phase) WHERE m.epochs > r.max_epochs + 1e-9""",
+}
+
+
+# `mmcorpus query --list`: one line per view (the named queries are views too)
+DESCRIPTIONS = {
+    "shards": "per phase, one row per shard file: path, rows, tokens, bytes, sha256",
+    "mixture": "per phase, source and language: tokens available, sampling p, target and written tokens, epochs",
+    "stages": "per phase, stage, source and language: documents read, kept, rejected; tokens; seconds",
+    "reject_reasons": "per phase, stage, source, language and reason: documents rejected (curation stages are "
+                      "shared: each phase repeats them)",
+    "notes": "per phase, stage, source and language: kept documents a stage flagged, by note",
+    "lineage": "per phase, every document in the shards: its origin (upstream file:row), crawl dump, WARC, shard",
+    "files": "per phase, every file the build wrote: stage, task, checksum",
+    "run": "per phase, the build: seed, the whole recipe (JSON), versions, tokenizer and its sha256, commit",
+    "mlm_eval": "per phase, a checkpoint's MLM loss per language (after `mmcorpus eval-mlm`)",
+    "rejects": "every rejected document: id, source, lang, stage, reason, origin, detail",
+    "quarantine": "unreadable files and records: source, file, row, reason, detail",
+    "pool": "the tokenized pool all phases draw from: id, source, lang, quality, n_tokens, input_ids, lineage",
+    "dedup_clusters": "every document of a duplicate cluster: pass, kind, its id, the kept document's id, size",
+    "tokens_per_language": "named query: tokens written and targeted per phase and language",
+    "share_target_vs_written": "named query: each mixture row's written tokens over its target",
+    "rejects_by_reason": "named query: rejected documents by stage and reason, curation counted once",
+    "epochs_over_cap": "named query: mixture rows whose epochs pass the phase's cap (none expected)",
 }
 
 

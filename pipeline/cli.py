@@ -67,7 +67,9 @@ def parser() -> argparse.ArgumentParser:
     add_recipe_arguments(config)
 
     query = commands.add_parser("query", help="run read-only SQL on an output's catalog views")
-    query.add_argument("sql", help="SQL, or the name of a named query")
+    query.add_argument("sql", nargs="?", help="SQL, a view's name (all its rows) or a named query's")
+    query.add_argument("--list", action="store_true", help="list the views and named queries, with their columns")
+    query.add_argument("--describe", metavar="VIEW", help="one view's columns and types")
     add_out_argument(query)
     query.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
@@ -229,16 +231,45 @@ def run_config(args: argparse.Namespace) -> int:
     return 0
 
 
+LIST_WORDS = (".tables", ".schema", "help", ".help", "\\d")  # what other SQL shells take for --list
+
+
 def run_query(args: argparse.Namespace) -> int:
     import duckdb
 
-    from manifests.catalog import NAMED_QUERIES, QueryRefused, connect, run_read_only
+    from manifests.catalog import DESCRIPTIONS, NAMED_QUERIES, QueryRefused, connect, run_read_only
     from manifests.layout import Layout
 
-    sql = NAMED_QUERIES.get(args.sql.strip(), args.sql)
-    with connect(Layout(args.out)) as con:
+    text = (args.sql or "").strip()
+    if not (text or args.list or args.describe):
+        raise ConfigError("query: give SQL, a view or named query, --list or --describe VIEW")
+    layout = Layout(args.out)
+    if layout.is_local and Path(layout.root).is_file():
+        raise ConfigError(f"--out {args.out} is a file: give the output folder of a build")
+    try:
+        con = connect(layout)
+    except FileNotFoundError as error:
+        raise ConfigError(str(error)) from None
+    with con:
+        views = sorted(name for (name,) in con.execute(
+            "SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall())
+        if args.list or text in LIST_WORDS:
+            for view in views:
+                columns = ", ".join(row[0] for row in con.execute(f"DESCRIBE {view}").fetchall())
+                print(f"{view:<24} {DESCRIPTIONS.get(view, '')}\n{'':<24} columns: {columns}")
+            return 0
+        if args.describe:
+            if args.describe not in views:
+                raise ConfigError(f"query: no view {args.describe!r}; views: {', '.join(views)}")
+            print(f"{args.describe}: {DESCRIPTIONS.get(args.describe, '')}")
+            text = f"DESCRIBE {args.describe}"
+        elif text in views:
+            text = NAMED_QUERIES.get(text, f"SELECT * FROM {text}")
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text) and text.upper() not in ("SELECT", "DESCRIBE", "SHOW"):
+            raise ConfigError(f"query: {text!r} is neither SQL nor a view or named query; named queries: "
+                              f"{', '.join(sorted(NAMED_QUERIES))}; views: see --list")
         try:
-            result = run_read_only(con, sql)
+            result = run_read_only(con, text)
         except QueryRefused as error:
             raise ConfigError(f"query refused: {error}") from None
         except (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException,
@@ -255,13 +286,22 @@ def run_query(args: argparse.Namespace) -> int:
         writer.writerow(columns)
         writer.writerows(rows)
     else:
-        cells = [columns] + [["" if v is None else str(v) for v in row] for row in rows]
+        cells = [columns] + [[cell(v) for v in row] for row in rows]
         widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
         for n, row in enumerate(cells):
             print("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip())
             if n == 0:
                 print("  ".join("-" * width for width in widths))
     return 0
+
+
+def cell(value: object) -> str:
+    """A table cell: floats to 4 decimals (trailing zeros dropped), None as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}".rstrip("0").rstrip(".") if abs(value) < 1e15 else f"{value:.4g}"
+    return str(value)
 
 
 def phase_of(args: argparse.Namespace) -> PhaseConfig:
@@ -290,6 +330,10 @@ def run_plan(args: argparse.Namespace) -> int:
 
     phase = phase_of(args)
     layout = Layout(args.out)
+    if args.cost:  # before the table: a missing benchmark is one line, not a table and then an error
+        from pipeline.cost import RESULTS, measured_rates
+
+        rates = measured_rates(args.rates or RESULTS)
     if args.counts:
         available = read_counts(args.counts, phase)
     elif files := pool_files(layout):
@@ -326,10 +370,10 @@ def run_plan(args: argparse.Namespace) -> int:
           f"tokens, {sum(r.capped for r in rows)} capped at {phase.max_epochs:g} epochs, tau {phase.temperature}")
     print("most repeated: " + ", ".join(f"{r.lang} {r.epochs:.2f}x" for r in repeated))
     if args.cost:
-        from pipeline.cost import RESULTS, describe, full_recipe, measured_rates
+        from pipeline.cost import describe, full_recipe
 
         phases = load_phases(args.phases) if args.phases else load_recipe().phases
-        print("\n" + describe(full_recipe(measured_rates(args.rates or RESULTS), args.cost_workers, phases)))
+        print("\n" + describe(full_recipe(rates, args.cost_workers, phases), rates, args.rates or RESULTS))
     return 0
 
 
@@ -417,8 +461,19 @@ def main(argv: list[str] | None = None) -> int:
         return 143
     except Exception as error:  # noqa: BLE001 - one clear line, exit 1; the log above has the details
         log.debug("failure", exc_info=True)
-        print(f"mmcorpus: {args.command} failed: {type(error).__name__}: {error}", file=sys.stderr)
+        print(f"mmcorpus: {args.command} failed: {error_text(error)}", file=sys.stderr)
         return 1
+
+
+def error_text(error: BaseException) -> str:
+    """One line for the user: the message without `[Errno 2]` or a class name (the class only when the message
+    is empty or a bare key)."""
+    text = " ".join(str(error).split())
+    if isinstance(error, OSError) and error.strerror:
+        text = f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    if isinstance(error, KeyError) or not text:
+        text = f"{type(error).__name__.lower().replace('error', ' error').strip()} {text}".strip()
+    return text
 
 
 if __name__ == "__main__":

@@ -10,17 +10,20 @@ import asyncio
 import logging
 import os
 import shlex
+import socket
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pipeline.config import PROJECT_ROOT, git_commit
+from pipeline.config import PROJECT_ROOT, ConfigError, git_commit
 
 log = logging.getLogger(__name__)
 
 EXCLUDES = [".venv", ".git", "out", "**/__pycache__", ".pytest_cache", ".ruff_cache", "bench/results.json",
             "*.egg-info"]
 AGENT_WAIT_S = 120  # a freshly started head answers HTTP before its job agent is up
+ANSWER_WAIT_S = 30  # how long a Ray address may take to accept a connection before the build gives up
 # Where outputs and models live, passed to the job; credentials are not: the nodes hold their own (an IAM role,
 # their environment), as a secret in a job's environment shows on the dashboard.
 FORWARDED = ("MMCORPUS_CACHE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
@@ -32,6 +35,28 @@ def is_job_address(address: str | None) -> bool:
     return bool(address) and address.startswith(("http://", "https://"))
 
 
+def check_answers(address: str, wait_s: float = ANSWER_WAIT_S) -> None:
+    """Fail within `wait_s` when nothing accepts connections at a Ray address (`host:port`, `ray://host:port`,
+    `http://head:8265`; `auto` and `local` are Ray's to resolve): Ray itself retries for minutes."""
+    if address in ("auto", "local"):
+        return
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    port = parts.port or {"http": 80, "https": 443, "ray": 10001}.get(parts.scheme)
+    if not parts.hostname or not port:
+        raise ConfigError(f"Ray address {address!r}: expected host:port, ray://host:port or http://head:8265")
+    deadline, error = time.monotonic() + wait_s, None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((parts.hostname, port), timeout=min(5.0, wait_s)):
+                return
+        except OSError as failure:
+            error = failure
+            time.sleep(1)
+    reason = getattr(error, "strerror", None) or error
+    raise ConfigError(f"Ray address {address}: nothing answers at {parts.hostname}:{port} after {wait_s:.0f} s "
+                      f"({reason}); is the cluster up?")
+
+
 def submit_build(address: str, build_args: list[str], wait: bool = True) -> int:
     """Submit `mmcorpus build <build_args>` as a Ray job, stream its logs, return 0 when it succeeded."""
     from ray.job_submission import JobStatus, JobSubmissionClient
@@ -39,6 +64,7 @@ def submit_build(address: str, build_args: list[str], wait: bool = True) -> int:
     if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or Path(
             os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token")).exists()):
         os.environ["RAY_AUTH_MODE"] = "token"  # clusters started by `ray start` require the token by default
+    check_answers(address)
     client = JobSubmissionClient(address)
     entrypoint = shlex.join(["python", "-m", "pipeline.cli", "build", *build_args])
     env = {key: value for key, value in os.environ.items() if key in FORWARDED or key.startswith("FSSPEC_")}

@@ -74,7 +74,18 @@ def full_recipe(rates: dict, workers: int, phases: PhasesConfig, counts: Path = 
                 wall_hours=(curation + mixing) / (workers * efficiency))
 
 
-def describe(cost: dict) -> str:
+DOUBTFUL_EFFICIENCY = 0.8  # a 2-worker scale-out below this was measured on a busy machine, most likely
+
+
+def describe(cost: dict, rates: dict, source: Path) -> str:
+    doubt = ""
+    if cost["scale_out_efficiency"] < DOUBTFUL_EFFICIENCY:
+        doubt = (f"\ndoubtful: the measured scale-out efficiency ({cost['scale_out_efficiency']:.0%}) is below "
+                 f"{DOUBTFUL_EFFICIENCY:.0%}, so the machine was probably busy: rerun `make bench` on an idle one")
+    largest = max(rates["scaling"].values(), key=lambda run: run["megabytes"])
+    rates_line = (f"rates from {source}: {rates['pool_tokens_per_input_mb']:,.0f} pool tokens per MB of input, "
+                  f"2-worker scale-out {rates['scale_out_2_workers']:.2f}x, stage costs at "
+                  f"{largest['megabytes']:.0f} MB with exponents from {len(rates['scaling'])} sizes")
     per_stage = ", ".join(f"{stage} {s['core_hours']:,.0f} (x^{s['exponent']:.2f})"
                           for stage, s in sorted(cost["stages"].items(), key=lambda kv: -kv[1]["core_hours"]))
     return (f"full recipe ({' + '.join(cost['phases'])}): {cost['tokens_out'] / 1e12:.2f}T tokens out from a pool of "
@@ -82,4 +93,4 @@ def describe(cost: dict) -> str:
             f"curation {cost['curation_core_hours']:,.0f} core-hours + mixing {cost['mixing_core_hours']:,.0f} "
             f"core-hours; on {cost['workers']} Ray workers at {cost['scale_out_efficiency']:.0%} scale-out "
             f"efficiency: {cost['wall_hours']:,.1f} hours ({cost['wall_hours'] / 24:,.1f} days)\n"
-            f"core-hours by stage (measured scaling exponent): {per_stage}")
+            f"core-hours by stage (measured scaling exponent): {per_stage}\n{rates_line}{doubt}")

@@ -269,8 +269,11 @@ def read_counts(path: Path, phase: PhaseConfig) -> dict[tuple[str, str], int]:
     reads the column its language set comes from. Rows outside the phase's languages are left out."""
     import csv
 
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as error:
+        raise ConfigError(f"--counts {path}: {error.strerror or error}") from None
     if not rows:
         raise ConfigError(f"{path}: no rows")
     if "language" in rows[0]:  # mmBERT's counts: language + one column per phase

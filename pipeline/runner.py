@@ -250,6 +250,9 @@ class Runner:
 
         if not ray.is_initialized():
             if self.address:
+                from pipeline.cluster import check_answers
+
+                check_answers(self.address)
                 ray.init(address=self.address, logging_level=logging.WARNING)
             else:
                 # address="local": a new embedded Ray, even where `ray start` left a cluster on this machine

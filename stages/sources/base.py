@@ -90,8 +90,13 @@ class SourceReader(Stage):
 
     def list_files(self) -> list[str]:
         """Paths relative to the root, sorted, so that task keys and output names are stable."""
-        if not self.fs.exists(self.fs_root):
-            raise FileNotFoundError(f"{self.source}: path {self.root} does not exist")
+        try:
+            exists = self.fs.exists(self.fs_root)
+        except Exception as error:  # noqa: BLE001 - each fsspec backend raises its own (offline, credentials)
+            reason = " ".join(str(error).split()) or type(error).__name__
+            raise OSError(f"source {self.source}: cannot reach {self.root}: {reason}") from None
+        if not exists:
+            raise FileNotFoundError(f"source {self.source}: {self.root} does not exist")
         found = set()
         for pattern in self.patterns:
             for path in self.fs.glob(f"{self.fs_root}/{pattern}"):

@@ -82,3 +82,33 @@ def test_a_copied_output_answers_from_itself(quoted_build, tmp_path, capsys):
         assert result.returncode == 0 and int(result.stdout) > 0, result.stderr  # DuckDB run inside the copy
     finally:
         shutil.copytree(copy / "pool", quoted_build / "pool")
+
+
+def test_list_describe_and_named_queries(sample_build, capsys):
+    out, _ = sample_build
+    capsys.readouterr()
+    assert main(["query", "--out", str(out), "--list"]) == 0
+    listed = capsys.readouterr().out
+    for view in ("shards", "mixture", "rejects", "pool", "dedup_clusters", "rejects_by_reason"):
+        assert f"\n{view} " in "\n" + listed
+    assert "columns: phase, source, lang, available_tokens, p," in listed
+    assert main(["query", "--out", str(out), ".tables"]) == 0 and capsys.readouterr().out == listed
+    assert main(["query", "--out", str(out), "--describe", "mixture"]) == 0
+    assert "target_tokens" in capsys.readouterr().out
+    assert main(["query", "--out", str(out), "tokens_per_lang"]) == 2
+    assert "named queries: epochs_over_cap, rejects_by_reason" in capsys.readouterr().err
+
+
+def test_table_floats_are_rounded_and_curation_rejects_counted_once(sample_build, capsys):
+    out, _ = sample_build
+    capsys.readouterr()
+    assert main(["query", "--out", str(out), "SELECT 1.0 / 3 AS third, 2.5 AS half"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].split() == ["0.3333", "2.5"]
+    code, text, _ = run_query(out, "rejects_by_reason", capsys)
+    named: dict[tuple[str, str], int] = {}
+    for row in json.loads(text):
+        named[(row["phase"], row["stage"])] = named.get((row["phase"], row["stage"]), 0) + row["docs"]
+    code, text, _ = run_query(out, "SELECT stage, count(*) AS docs FROM rejects WHERE stage <> 'mix' GROUP BY 1",
+                              capsys)
+    assert {("curation", r["stage"]): r["docs"] for r in json.loads(text)} == {
+        key: docs for key, docs in named.items() if key[0] == "curation"}

@@ -43,3 +43,15 @@ def test_full_recipe_scales_each_stage_by_its_exponent(tmp_path, capsys):
     assert main(["plan", "--phase", "1", "--scale", "full", "--counts", "configs/mmbert-language-counts.csv",
                  "--cost", "--rates", str(tmp_path / "results.json")]) == 0
     assert "dedup-clusters" in capsys.readouterr().out
+
+
+def test_cost_prints_its_rates_and_doubts_a_low_scale_out(tmp_path, capsys):
+    path = write_results(tmp_path / "results.json")
+    rows = json.loads(path.read_text())
+    rows["results"][1]["value"] = 1.2  # 60% efficiency: a busy machine
+    path.write_text(json.dumps(rows))
+    assert main(["plan", "--phase", "1", "--scale", "full", "--counts", "configs/mmbert-language-counts.csv",
+                 "--cost", "--rates", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"rates from {path}: 250,000 pool tokens per MB of input, 2-worker scale-out 1.20x" in out
+    assert "doubtful: the measured scale-out efficiency (60%)" in out and "rerun `make bench`" in out

@@ -80,3 +80,42 @@ def test_bad_configuration_exits_2_with_one_line(tmp_path, case, message):
 def test_bad_usage_exits_2():
     assert run("build").returncode == 2  # --phase missing
     assert run("build", "--phase", "1", "--workers", "0").returncode == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["query", "--out", "/etc/hostname", "SELECT 1"], "is a file: give the output folder"),
+    (["query", "--out", "/nowhere/out", "SELECT 1"], "no built phase"),
+    (["plan", "--phase", "1", "--counts", "/nowhere/counts.csv"], "--counts /nowhere/counts.csv: No such file"),
+    (["plan", "--phase", "1", "--cost", "--rates", "/nowhere/results.json"], "no benchmark results"),
+])
+def test_usage_errors_are_one_line_with_status_2(args, message):
+    result = run(*args)
+    lines = [line for line in result.stderr.strip().splitlines() if " INFO " not in line]
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+    assert "Error" not in lines[0] and result.stdout == ""  # no class names, no table before the error
+
+
+def test_a_ray_address_where_nothing_answers_fails_fast():
+    import socket
+    import time
+
+    from pipeline.cluster import check_answers
+    from pipeline.config import ConfigError
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=f"nothing answers at 127.0.0.1:{port} after 2 s"):
+        check_answers(f"127.0.0.1:{port}", wait_s=2)
+    assert time.monotonic() - started < 10
+    with pytest.raises(ConfigError, match="expected host:port"):
+        check_answers("just-a-name")
+
+
+def test_error_lines_carry_no_class_names():
+    from pipeline.cli import error_text
+
+    assert error_text(FileNotFoundError(2, "No such file or directory", "/x/y")) == "No such file or directory: /x/y"
+    assert error_text(OSError("source fineweb2: cannot reach hf://datasets/x: offline")).startswith("source fineweb2")
+    assert error_text(KeyError("lang")) == "key error 'lang'"
