@@ -30,7 +30,9 @@ def write_shard(layout: Layout, placed: list[str], target: str) -> dict:
                 sha256=checksum.split(":", 1)[1])
 
 
-MDS_COLUMNS = {"id": "str", "input_ids": "ndarray:uint32", "len": "int"}
+# `id` is `<doc_id>#<chunk>@<epoch>`: the document, which of its chunks, which repetition of it
+MDS_COLUMNS = {"id": "str", "input_ids": "ndarray:uint32", "len": "int", "lang": "str", "source": "str",
+               "epoch": "int"}
 MDS_SIZE_LIMIT = 1 << 26  # streaming's default: 64 MiB of raw samples per shard
 
 
@@ -76,14 +78,16 @@ def export_shard(source: Layout, shard: str, number: int, dest: Layout, size_lim
 
     with source.open(shard) as f:
         parquet = pq.ParquetFile(f)
-        for batch in parquet.iter_batches(batch_size=1024, columns=["input_ids", "doc_id", "chunk", "epoch"]):
+        columns = ["input_ids", "doc_id", "chunk", "epoch", "lang", "source"]
+        for batch in parquet.iter_batches(batch_size=1024, columns=columns):
             ids = batch.column(0)
             offsets, values = ids.offsets.to_numpy(), ids.values.to_numpy()
-            for i, (doc_id, chunk, epoch) in enumerate(zip(*(batch.column(c).to_pylist() for c in (1, 2, 3)),
-                                                           strict=True)):
+            for i, (doc_id, chunk, epoch, lang, origin) in enumerate(
+                    zip(*(batch.column(c).to_pylist() for c in range(1, len(columns))), strict=True)):
                 chunk_ids = values[offsets[i]:offsets[i + 1]].astype(np.uint32)
-                row = {"id": f"{doc_id}#{chunk}@{epoch}", "input_ids": chunk_ids, "len": len(chunk_ids)}
-                size = 4 * len(chunk_ids) + len(row["id"]) + 64
+                row = {"id": f"{doc_id}#{chunk}@{epoch}", "input_ids": chunk_ids, "len": len(chunk_ids),
+                       "lang": lang, "source": origin, "epoch": epoch}
+                size = 4 * len(chunk_ids) + len(row["id"]) + len(lang) + len(origin) + 96
                 if pending and pending_bytes + size > size_limit:
                     flush()
                 pending.append(row)
