@@ -1,9 +1,10 @@
-"""`make bench`: run every benchmark, print a table, write bench/results.json."""
+"""`make bench`: run every benchmark, print each row as it is measured, write bench/results.json."""
 
 import json
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.curation import bench_lid, bench_stages
@@ -20,18 +21,28 @@ def number(value: float | None) -> str:
     return f"{value:,.0f}" if abs(value) >= 10 else f"{value:.4f}"
 
 
+def print_row(r: dict) -> None:
+    if "runs" in r:
+        return  # the scaling runs' raw figures: results.json only
+    ratio = f"{r['ratio']:.2f}" if "ratio" in r else ""
+    notes = r.get("baseline_name") or r.get("notes") or (f"{r['mb_per_s']:.2f} MB/s" if "mb_per_s" in r else "")
+    print(f"{r['name']:<34} {number(r['value']):>12} {number(r.get('baseline')):>12} {ratio:>7}  {notes}", flush=True)
+
+
 def main() -> None:
     started = time.time()
+    results: list[dict] = []
     with tempfile.TemporaryDirectory() as work:
-        results = [bench_lid(), *bench_stages(), *bench_dedup(), *bench_pipeline(Path(work)),
-                   *bench_scaling(Path(work))]
-    print(f"{'benchmark':<34} {'value':>12} {'baseline':>12} {'ratio':>7}  notes")
-    for r in results:
-        if "runs" in r:
-            continue  # the scaling runs' raw figures: results.json only
-        ratio = f"{r['ratio']:.2f}" if "ratio" in r else ""
-        notes = r.get("baseline_name") or r.get("notes") or (f"{r['mb_per_s']:.2f} MB/s" if "mb_per_s" in r else "")
-        print(f"{r['name']:<34} {number(r['value']):>12} {number(r.get('baseline')):>12} {ratio:>7}  {notes}")
+        sections: list[tuple[str, Callable[[], list[dict]]]] = [
+            ("LID batching", lambda: [bench_lid()]), ("curation stages", bench_stages), ("dedup", bench_dedup),
+            ("end to end, tokenizer, mixing, scale-out", lambda: bench_pipeline(Path(work))),
+            ("scaling at 16, 64 and 256 MB", lambda: bench_scaling(Path(work)))]
+        print(f"{'benchmark':<34} {'value':>12} {'baseline':>12} {'ratio':>7}  notes", flush=True)
+        for number_, (title, run) in enumerate(sections, 1):
+            print(f"-- [{number_}/{len(sections)}] {title} ({time.time() - started:.0f} s so far)", flush=True)
+            for row in run():
+                results.append(row)
+                print_row(row)
     RESULTS.write_text(json.dumps(dict(machine=platform.processor() or platform.machine(), results=results,
                                        seconds=time.time() - started), indent=2))
     print(f"\nwritten {RESULTS} in {time.time() - started:.0f} s")

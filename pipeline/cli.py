@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import SECTIONS, ConfigError, PhaseConfig, Recipe, load_phases, load_recipe
+from pipeline.config import SAMPLES_DIR, SECTIONS, ConfigError, PhaseConfig, Recipe, load_phases, load_recipe
 
 log = logging.getLogger("mmcorpus")
 
@@ -39,10 +39,65 @@ def byte_size(text: str) -> int:
     return int(float(match.group(1)) * SIZE_UNITS[unit])
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default, unless it says it already or has none worth saying."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or not action.option_strings or action.required
+                or action.default in (None, False, [], argparse.SUPPRESS)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+EXAMPLES = {
+    "build": """examples:
+  mmcorpus build --phase 1                                   # the bundled samples into out/
+  mmcorpus build --phase 2 --sources my-sources.yaml --out /data/mmcorpus --workers 16
+  mmcorpus build --phase 1 --set quality.fixed.min_doc_words=100 --dry-run
+  mmcorpus build --phase 1 --ray-address http://head:8265 --out s3://bucket/mmcorpus""",
+    "config": """examples:
+  mmcorpus config show --set phases.1.temperature=0.5
+  mmcorpus config fields | grep quality""",
+    "query": """examples:
+  mmcorpus query --list
+  mmcorpus query --describe mixture
+  mmcorpus query rejects_by_reason
+  mmcorpus query --out /data/mmcorpus --format csv "SELECT lang, sum(tokens) FROM mixture GROUP BY 1\"""",
+    "check": "examples:\n  mmcorpus check --phase 1\n  mmcorpus check --phase 3 --variant eng --out /data/mmcorpus",
+    "plan": """examples:
+  mmcorpus plan --phase 1                                    # from the pool under out/
+  mmcorpus plan --phase 1 --scale full --counts configs/mmbert-language-counts.csv --cost""",
+    "export-mds": "examples:\n  mmcorpus export-mds --phase 1 out/phase1-mds\n  mmcorpus export-mds --phase 2 "
+                  "--out s3://bucket/mmcorpus s3://bucket/mds/phase2",
+    "report": "examples:\n  mmcorpus report --phase 1             # out/phase1/report/index.html",
+    "eval-mlm": "examples:\n  mmcorpus eval-mlm --phase 2 --checkpoint ~/mmBERT-base --chunks-per-language 16",
+    "fetch-assets": "examples:\n  mmcorpus fetch-assets                 # what `make setup` runs",
+}
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("mmcorpus")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="mmcorpus", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    root = argparse.ArgumentParser(prog="mmcorpus", description=__doc__, formatter_class=HelpFormatter)
+    root.add_argument("--version", action="version", version=f"mmcorpus {version()}")
+    root.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the resolved recipe at the "
+                                                                     "start of a build")
     commands = root.add_subparsers(dest="command", required=True)
+    original = commands.add_parser
+
+    def add_parser(name: str, **kwargs: object) -> argparse.ArgumentParser:
+        return original(name, formatter_class=HelpFormatter, epilog=EXAMPLES.get(name), **kwargs)
+
+    commands.add_parser = add_parser  # type: ignore[method-assign]
 
     build = commands.add_parser("build", help="curate the sources into the pool, then mix and shard a phase")
     add_phase_arguments(build)
@@ -63,7 +118,8 @@ def parser() -> argparse.ArgumentParser:
                                                               "recipe and stop")
 
     config = commands.add_parser("config", help="the resolved recipe (show) or every setting with its help (fields)")
-    config.add_argument("action", choices=["show", "fields"])
+    config.add_argument("action", choices=["show", "fields"], help="show: the resolved recipe as YAML; fields: "
+                                                                   "every setting with its type, default and help")
     add_recipe_arguments(config)
 
     query = commands.add_parser("query", help="run read-only SQL on an output's catalog views")
@@ -71,7 +127,7 @@ def parser() -> argparse.ArgumentParser:
     query.add_argument("--list", action="store_true", help="list the views and named queries, with their columns")
     query.add_argument("--describe", metavar="VIEW", help="one view's columns and types")
     add_out_argument(query)
-    query.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    query.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
 
     check = commands.add_parser("check", help="verify a built phase: sha256s, row/token counts, stage counts")
     add_phase_arguments(check)
@@ -85,7 +141,7 @@ def parser() -> argparse.ArgumentParser:
                       help="full: the recipe's budget (2.3T / 600B / 100B); sample: what the counts hold")
     plan.add_argument("--budget", type=float, help="token budget (overrides --scale)")
     add_out_argument(plan)
-    plan.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    plan.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
     plan.add_argument("--cost", action="store_true", help="also estimate the full recipe's core-hours and wall time "
                                                           "from the rates `make bench` measured")
     plan.add_argument("--cost-workers", type=positive_int, default=64, help="Ray workers for the wall-time estimate")
@@ -162,6 +218,10 @@ def run_build(args: argparse.Namespace, argv: list[str]) -> int:
         print(yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True))
         return 0
     log.info("recipe: %s", ", ".join(f"{section} {file}" for section, file in recipe.files.items()))
+    if all(Path(options.path).resolve().is_relative_to(SAMPLES_DIR) for options in recipe.sources.sources.values()):
+        log.warning("building the bundled samples (%s): give --sources YAML for your own data",
+                    recipe.files.get("sources", "configs/sources.yaml"))
+    log.debug("resolved recipe:\n%s", yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True))
     if is_job_address(args.ray_address):
         return submit_build(args.ray_address, job_arguments(argv, args))
     info = build(settings)
@@ -436,9 +496,10 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.runner import Terminated
 
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `mmcorpus query ... | head` ends quietly
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     commands = {"build": lambda: run_build(args, argv), "config": lambda: run_config(args),
                 "query": lambda: run_query(args), "check": lambda: run_check(args), "plan": lambda: run_plan(args),
                 "export-mds": lambda: run_export(args), "report": lambda: run_report(args),

@@ -528,4 +528,15 @@ class Progress:
             self.bar.set_postfix_str(text, refresh=False)
             self.bar.update(1)
         elif self.done == self.total or self.done % max(1, self.total // 10) == 0:
-            log.info("%s: %d/%d tasks%s", self.stage, self.done, self.total, f" ({text})" if text else "")
+            log.info("%s: %s", self.stage, self.line(time.monotonic() - self.started))
+
+    def line(self, elapsed: float) -> str:
+        """`12/40 tasks (docs 3,400), 2.1 tasks/s, 810 docs/s, 13 s left` (a log line's progress)."""
+        counts = ", ".join(f"{k} {v:,}" for k, v in self.counts.items())
+        parts = [f"{self.done}/{self.total} tasks" + (f" ({counts})" if counts else "")]
+        if elapsed > 0:
+            parts.append(f"{self.done / elapsed:.1f} tasks/s")
+            parts += [f"{value / elapsed:,.0f} {name}/s" for name, value in self.counts.items()]
+            left = (self.total - self.done) * elapsed / self.done
+            parts.append(f"{left:,.0f} s left" if self.done < self.total else f"done in {elapsed:,.1f} s")
+        return ", ".join(parts)
