@@ -119,3 +119,17 @@ def test_error_lines_carry_no_class_names():
     assert error_text(FileNotFoundError(2, "No such file or directory", "/x/y")) == "No such file or directory: /x/y"
     assert error_text(OSError("source fineweb2: cannot reach hf://datasets/x: offline")).startswith("source fineweb2")
     assert error_text(KeyError("lang")) == "key error 'lang'"
+
+
+def test_an_unreachable_source_url_is_named(tmp_path):
+    import os
+
+    (tmp_path / "s.yaml").write_text("sources:\n  fineweb2:\n    path: hf://datasets/HuggingFaceFW/fineweb-2\n")
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}  # nothing listens there
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "build", "--phase", "1", "--out",
+                             str(tmp_path / "out"), "--sources", str(tmp_path / "s.yaml")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=180, env=env)
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1, result.stderr
+    assert last.startswith("mmcorpus: build failed: source fineweb2: cannot reach hf://datasets/HuggingFaceFW/"), last
+    assert "Error" not in last.split("cannot reach")[0]
