@@ -170,6 +170,11 @@ class Layout:
         return f"{cls.shards_dir(phase)}/shard-*.parquet"
 
     @staticmethod
+    def card(phase: str) -> str:
+        """The phase's Hugging Face dataset card (its YAML names the shards as the data files)."""
+        return f"{phase}/README.md"
+
+    @staticmethod
     def manifest_dir(phase: str) -> str:
         return f"{phase}/manifest"
 

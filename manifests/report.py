@@ -18,6 +18,16 @@ import numpy as np
 matplotlib.use("Agg")  # headless
 import matplotlib.pyplot as plt  # noqa: E402
 
+from manifests.card import (  # noqa: E402
+    CITATION,
+    EXAMPLES,
+    INTENDED_USE,
+    LIMITATIONS,
+    SOURCES,
+    TOKENIZER_TERMS,
+    examples,
+    language_name,
+)
 from manifests.catalog import connect  # noqa: E402
 from manifests.layout import Layout  # noqa: E402
 
@@ -28,7 +38,6 @@ table { border-collapse: collapse; margin: .8em 0; font-size: 12px; }
 th, td { border: 1px solid #ddd; padding: 2px 8px; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 figure { margin: 1em 0; } img { max-width: 100%; } figcaption { color: #555; font-size: 12px; }
-.scroll { max-height: 420px; overflow: auto; display: inline-block; }
 """
 
 
@@ -49,10 +58,12 @@ class Table:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
                        for row in self.rows)
-        return f'<div class="scroll"><table id="table-{self.name}"><tr>{head}</tr>{body}</table></div>'
+        return f'<table id="table-{self.name}"><tr>{head}</tr>{body}</table>'
 
 
 def _cell(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else ""
     if isinstance(value, float):
         return f"{value:,.4f}" if abs(value) < 100 else f"{value:,.0f}"
     if isinstance(value, int):
@@ -70,9 +81,10 @@ class Section:
 
 
 class Report:
-    def __init__(self, layout: Layout, phase_id: str) -> None:
-        self.layout, self.phase_id = layout, phase_id
+    def __init__(self, layout: Layout, phase_id: str, decode: Callable[[list[int]], str] | None = None) -> None:
+        self.layout, self.phase_id, self.decode = layout, phase_id, decode
         self.con = connect(layout)
+        self.con.create_function("language_name", language_name, ["VARCHAR"], "VARCHAR")
         self.sections: list[Section] = []
         self.images: dict[str, bytes] = {}
 
@@ -103,7 +115,26 @@ class Report:
         self.lengths()
         self.shards()
         self.mlm_eval()
+        self.terms()
         return self.write(config)
+
+    def terms(self) -> None:
+        """Where the text came from and under which terms; use, limitations, citation; decoded examples."""
+        sources = self.query("terms", "SELECT source, sum(tokens) AS tokens FROM mixture WHERE phase = ? "
+                                      "GROUP BY 1 ORDER BY 2 DESC")
+        table = Table("terms", ["source", "upstream", "terms", "tokens"],
+                      [(source, *SOURCES.get(source, ("", "")), tokens) for source, tokens in sources.rows])
+        self.sections.append(Section("terms", "Sources and terms", f"Users must follow each source's terms; "
+                                     f"{TOKENIZER_TERMS}.", [table]))
+        if self.decode is not None:
+            languages = [r[0] for r in self.con.execute(
+                "SELECT lang FROM mixture WHERE phase = ? GROUP BY 1 ORDER BY sum(tokens) DESC LIMIT 5",
+                [self.phase_id]).fetchall()]
+            rows = examples(self.con, self.layout, self.phase_id, languages, self.decode)
+            self.sections.append(Section("examples", "Examples", EXAMPLES,
+                                         [Table("examples", ["language", "doc_id", "text"], rows)]))
+        self.sections.append(Section("use", "Intended use and limitations", f"{INTENDED_USE} {LIMITATIONS}"))
+        self.sections.append(Section("citation", "Citation", CITATION))
 
     def recipe(self, config: dict, run: dict) -> None:
         phase = config["phase"]
@@ -124,25 +155,28 @@ class Report:
             ("versions", ", ".join(f"{k} {v}" for k, v in json.loads(run["versions"]).items())),
         ] + [(f"source {name}", source["path"])
              for name, source in config["recipe"]["sources"]["sources"].items()]
-        timings = Table("timings", ["stage", "seconds"],
-                        [(stage, round(seconds, 2)) for stage, seconds in config["timings"].items()]
-                        + [("total", round(run["seconds"], 2))])
+        ran = config.get("ran") or {}
+        timings = Table("timings", ["stage", "seconds", "tasks run"],
+                        [(stage, round(seconds, 2), _tasks_run(ran, stage) or "none: reused from an earlier build")
+                         for stage, seconds in config["timings"].items()]
+                        + [("total", round(run["seconds"], 2), sum(ran.values()))])
         self.sections.append(Section("recipe", "Recipe", tables=[Table("recipe", ["setting", "value"], rows),
                                                                   timings]))
 
     def languages(self) -> None:
         table = self.query("languages", """
-            SELECT lang, sum(available_tokens) AS available, sum(target_tokens) AS target, sum(tokens) AS written,
+            SELECT lang, language_name(lang) AS name, sum(available_tokens) AS available, sum(target_tokens) AS target,
+                   sum(tokens) AS written,
                    sum(tokens)::DOUBLE / nullif(sum(available_tokens), 0) AS epochs, bool_or(capped) AS capped
             FROM mixture WHERE phase = ? GROUP BY lang ORDER BY written DESC""")
         rows = table.rows
 
         def draw(ax: plt.Axes) -> None:
             x = range(len(rows))
-            ax.bar(x, [r[3] for r in rows], color=["#c0392b" if r[5] else "#2e86c1" for r in rows], label="written")
-            ax.scatter(x, [r[2] for r in rows], color="black", marker="_", s=120, zorder=3, label="target")
+            ax.bar(x, [r[4] for r in rows], color=["#c0392b" if r[6] else "#2e86c1" for r in rows], label="written")
+            ax.scatter(x, [r[3] for r in rows], color="black", marker="_", s=120, zorder=3, label="target")
             for i, r in enumerate(rows):
-                ax.text(i, max(r[3], 1) * 1.15, f"{r[4]:.1f}x", ha="center", fontsize=6, rotation=90)
+                ax.text(i, max(r[4], 1) * 1.15, f"{r[5]:.1f}x", ha="center", fontsize=6, rotation=90)
             ax.set_yscale("log")
             ax.set_xticks(list(x), [r[0] for r in rows], rotation=90, fontsize=7)
             ax.set_ylabel("tokens (log)")
@@ -187,7 +221,8 @@ class Report:
 
         def draw(ax: plt.Axes) -> None:
             ax.barh([r[0] for r in table.rows], [r[4] for r in table.rows], color="#27ae60")
-            ax.set_xlabel("tokens written")
+            ax.set_xscale("log")  # sources span decades: MegaWika and ProLong next to FineWeb2
+            ax.set_xlabel("tokens written (log)")
 
         name = self.figure("tokens_per_source", draw, (8, 3))
         self.sections.append(Section("sources", "Tokens per source", tables=[table],
@@ -202,6 +237,7 @@ class Report:
         reasons = self.query("reject_reasons", """
             SELECT stage, reason, sum(docs) AS documents FROM reject_reasons WHERE phase = ?
             GROUP BY ALL ORDER BY documents DESC""")
+        filtered = [r for r in reasons.rows if r[0] != "mix"]  # mixing's are sampling, not filtering
         notes = self.query("notes", "SELECT stage, note, sum(docs) AS documents FROM notes WHERE phase = ? "
                                     "GROUP BY ALL ORDER BY documents DESC")
         totals: dict[str, list[int]] = {}
@@ -219,19 +255,22 @@ class Report:
             ax.legend(fontsize=8)
 
         def draw_reasons(ax: plt.Axes) -> None:
-            top = reasons.rows[:20][::-1]
+            top = filtered[:20][::-1]
             ax.barh([f"{r[1]}" for r in top], [r[2] for r in top], color="#c0392b")
-            ax.set_xlabel("documents rejected")
+            ax.set_xscale("log")
+            ax.set_xlabel("documents rejected by curation (log)")
             ax.tick_params(axis="y", labelsize=7)
 
         first = self.figure("kept_vs_rejected", draw_stages, (8, 3.5))
-        second = self.figure("reject_reasons", draw_reasons, (9, max(3, len(reasons.rows[:20]) * 0.3)))
+        second = self.figure("reject_reasons", draw_reasons, (9, max(3, len(filtered[:20]) * 0.3)))
         self.sections.append(Section("curation", "Kept and rejected, per stage and reason",
                                      "Documents and tokens per stage and source (read = kept + rejected), the "
-                                     "reasons documents were dropped, and the notes on documents that were kept.",
+                                     "reasons documents were dropped, and the notes on documents that were kept. "
+                                     "The figure shows curation's reasons only: mixing's (mix:not_sampled) are the "
+                                     "sampling that fits the budget, not filtering, and stay in the table.",
                                      [stages, reasons, notes],
                                      [(first, "documents kept vs rejected per stage"),
-                                      (second, "rejected documents by reason (top 20)")]))
+                                      (second, "documents rejected by curation, by reason (top 20, log scale)")]))
 
     def lengths(self) -> None:
         docs = [r[0] for r in self.con.execute("SELECT n_tokens FROM pool").fetchall()]
@@ -301,5 +340,11 @@ class Report:
         return self.layout.url_of(Layout.report(self.phase_id, "index.html"))
 
 
-def build_report(layout: Layout, phase_id: str) -> str:
-    return Report(layout, phase_id).build()
+def _tasks_run(ran: dict[str, int], timing: str) -> int:
+    """Tasks the build ran for a timed part (curate, dedup, pool, mix: the stages it covers)."""
+    prefix = {"mix": "phase", "dedup": "dedup-"}.get(timing, timing)
+    return sum(count for stage, count in ran.items() if stage.startswith(prefix))
+
+
+def build_report(layout: Layout, phase_id: str, decode: Callable[[list[int]], str] | None = None) -> str:
+    return Report(layout, phase_id, decode).build()

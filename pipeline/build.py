@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from manifests import catalog
+from manifests.card import write_dataset_card
 from manifests.layout import Layout
 from manifests.schemas import CURATED, POOL, UPSTREAM
 from manifests.writer import ParquetSink, write_parquet, write_task_records
@@ -214,6 +215,7 @@ def build(settings: BuildSettings) -> dict:
     if measured != written and layout.exists(Layout.manifest(phase.id, "mlm_eval")):
         layout.delete(Layout.manifest(phase.id, "mlm_eval"))  # `eval-mlm` measured other shards
     catalog.build_catalog(layout)
+    write_dataset_card(layout, phase.id, gemma.decode)
     return run_info
 
 

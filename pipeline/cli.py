@@ -463,8 +463,9 @@ def run_export(args: argparse.Namespace) -> int:
 def run_report(args: argparse.Namespace) -> int:
     from manifests.layout import Layout
     from manifests.report import build_report
+    from stages.tokenize import load_gemma2
 
-    print(build_report(Layout(args.out), phase_of(args).id))
+    print(build_report(Layout(args.out), phase_of(args).id, load_gemma2(load_recipe().tokenizers["gemma2"]).decode))
     return 0
 
 

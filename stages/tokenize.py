@@ -50,6 +50,11 @@ class Gemma2Tokenizer:
             return self.sp.encode(texts, num_threads=self.threads)
         return [enc.ids for enc in self.hf.encode_batch(texts, add_special_tokens=False)]
 
+    def decode(self, ids: list[int]) -> str:
+        if hasattr(self, "sp"):
+            return self.sp.decode(ids)
+        return self.hf.decode(ids, skip_special_tokens=False)
+
     @property
     def special_ids(self) -> set[int]:
         """Ids that masking never makes targets."""

@@ -11,15 +11,17 @@ from manifests.catalog import connect
 from manifests.layout import Layout
 from manifests.report import build_report
 from manifests.screenshot import screenshot
+from stages.tokenize import load_gemma2
 
-SECTIONS = ["recipe", "languages", "annealing", "sources", "curation", "lengths", "shards"]
+SECTIONS = ["recipe", "languages", "annealing", "sources", "curation", "lengths", "shards", "terms", "examples", "use",
+            "citation"]
 FIGURES = ["tokens_per_language", "annealing", "tokens_per_source", "kept_vs_rejected", "reject_reasons", "lengths"]
 
 
 @pytest.fixture(scope="module")
-def report(sample_build):
+def report(sample_build, tokenizers):
     out, _ = sample_build
-    return out, Path(build_report(Layout(out), "phase1"))
+    return out, Path(build_report(Layout(out), "phase1", load_gemma2(tokenizers["gemma2"]).decode))
 
 
 def read_csv(path):
@@ -81,3 +83,16 @@ def test_renders_in_headless_chromium(report):
     _, page = report
     image = screenshot(page.parent)
     assert image.read_bytes().startswith(b"\x89PNG") and image.stat().st_size > 50_000
+
+
+def test_the_page_hides_no_rows_and_names_languages(report):
+    _, page = report
+    text = page.read_text()
+    assert "max-height" not in text and "overflow" not in text  # no scroll boxes: print and screenshots show all
+    languages = read_csv(page.parent / "languages.csv")
+    assert {r["lang"]: r["name"] for r in languages}["deu_Latn"] == "German (Latn)"
+    assert "ODC-By 1.0" in text and "CC BY-SA 4.0" in text and "arXiv:2509.06888" in text
+    examples = read_csv(page.parent / "examples.csv")
+    assert len(examples) == 5 and all(len(r["text"]) > 20 for r in examples)
+    timings = {r["stage"]: r["tasks run"] for r in read_csv(page.parent / "timings.csv")}
+    assert timings["curate"] not in ("", "0")  # the sample build curated: a count, or "reused" on a rerun

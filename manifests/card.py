@@ -1,0 +1,169 @@
+"""`<out>/<phase>/README.md`: a Hugging Face dataset card, written with every build from the manifest through
+DuckDB. Its YAML front matter names the shards as the data files, so `datasets.load_dataset("<out>/<phase>")`
+loads them (and not the manifest's Parquet beside them); its body says where the data came from, under which
+terms, what was removed and why, what a row holds, and what the data is not for.
+"""
+
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import icu
+import yaml
+
+from manifests.catalog import CURATION_STAGES, connect
+from manifests.layout import Layout
+from manifests.schemas import SHARD
+
+if TYPE_CHECKING:
+    import duckdb
+
+# The terms each source's text comes under (from its upstream card), and the tokenizer's.
+SOURCES = {
+    "fineweb2": ("HuggingFaceFW/fineweb-2", "ODC-By 1.0, and Common Crawl's terms of use"),
+    "dolma": ("allenai/dolma (v1.7)", "ODC-By 1.0; each subset also under its own source's terms"),
+    "megawika": ("hltcoe/megawika", "CC BY-SA 4.0"),
+    "prolong": ("princeton-nlp/prolong-data-64K", "no licence on its card: each component keeps its upstream terms"),
+    "starcoder": ("bigcode/starcoderdata", "The Stack's terms of use: each file under its repository's licence"),
+}
+TOKENIZER_TERMS = "the tokens are Gemma 2 ids: the tokenizer is under the Gemma Terms of Use"
+COLUMNS = {
+    "input_ids": "Gemma 2 token ids of one chunk, bos first and eos last",
+    "doc_id": "the document's id: `<source>/<upstream id>` (`~n` appended when an upstream id was shared)",
+    "chunk": "which chunk of the document (0-based)",
+    "source": "fineweb2, dolma, megawika, prolong or starcoder",
+    "lang": "ISO 639-3 + ISO 15924 (`deu_Latn`), or `code_<language>`",
+    "epoch": "which repetition of the document (0-based): languages with little text are repeated, at most the "
+             "phase's epoch cap",
+}
+CITATION = """@article{marone2025mmbert,
+  title={mmBERT: A Modern Multilingual Encoder with Annealed Language Learning},
+  author={Marone, Marc and Weller, Orion and Fleshman, William and Yang, Eugene and Lawrie, Dawn and
+          Van Durme, Benjamin},
+  journal={arXiv preprint arXiv:2509.06888},
+  year={2025}
+}"""
+INTENDED_USE = ("Pre-training and evaluating multilingual masked-language-model encoders (mmBERT-style), and "
+                "studying the effect of the mixture: language shares, repetition, curation.")
+LIMITATIONS = ("Web text carries the biases, errors and personal information of the web; filtering and "
+               "deduplication reduce but do not remove them. Language labels come from a fastText model and upstream "
+               "labels, and are least reliable for the smallest languages and for short documents. Low-resource "
+               "languages are repeated up to the epoch cap, so their text is seen several times. The chunks are "
+               "tokenized for Gemma 2's vocabulary only.")
+EXAMPLES = "The first 300 characters of the first chunk of a document in each of the five largest languages, decoded:"
+SIZES = [(1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, "100K<n<1M"), (1e7, "1M<n<10M"),
+         (1e8, "10M<n<100M"), (1e9, "100M<n<1B"), (1e10, "1B<n<10B"), (1e11, "10B<n<100B"), (1e12, "100B<n<1T")]
+
+
+def language_name(lang: str) -> str:
+    """`deu_Latn` -> `German (Latn)`; code and unknown codes as they are."""
+    if lang.startswith("code_"):
+        return f"{lang.removeprefix('code_')} (code)"
+    code, _, script = lang.partition("_")
+    name = icu.Locale(code).getDisplayLanguage(icu.Locale("en"))
+    return f"{name} ({script})" if name != code else lang
+
+
+def examples(con: "duckdb.DuckDBPyConnection", layout: Layout, phase_id: str, languages: list[str],
+             decode: Callable[[list[int]], str]) -> list[tuple[str, str, str]]:
+    """(language name, doc_id, text) of one document's first chunk per language."""
+    found = []
+    for lang in languages:
+        for doc_id, ids in con.execute("SELECT doc_id, input_ids FROM read_parquet(?) WHERE lang = ? "
+                                       "ORDER BY chunk, doc_id LIMIT 1",
+                                       [layout.url_of(Layout.shards_glob(phase_id)), lang]).fetchall():
+            found.append((language_name(lang), doc_id, decode(ids[1:-1])[:300]))
+    return found
+
+
+def size_category(rows: int) -> str:
+    return next((label for limit, label in SIZES if rows < limit), "n>1T")
+
+
+def markdown_table(columns: list[str], rows: list[tuple]) -> str:
+    def cell(value: object) -> str:
+        if isinstance(value, bool):
+            return "yes" if value else ""
+        if isinstance(value, float):
+            return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+        if isinstance(value, int):
+            return f"{value:,}"
+        text = "" if value is None else " ".join(str(value).split())
+        return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_dataset_card(layout: Layout, phase_id: str, decode: Callable[[list[int]], str] | None = None) -> str:
+    with connect(layout) as con:
+        def rows(sql: str, params: list | None = None) -> list[tuple]:
+            return con.execute(sql, [phase_id] if params is None else params).fetchall()
+
+        shards, tokens = rows("SELECT sum(rows), sum(tokens) FROM shards WHERE phase = ?")[0]
+        phase = rows("SELECT json_extract(config, '$.phase'), started, git_commit, seed FROM run WHERE phase = ?")
+        setting, started, commit, seed = phase[0]
+        languages = rows("""
+            SELECT lang, sum(tokens) AS tokens, sum(tokens) / sum(sum(tokens)) OVER () AS share,
+                   sum(tokens)::DOUBLE / nullif(sum(available_tokens), 0) AS epochs, bool_or(capped)
+            FROM mixture WHERE phase = ? GROUP BY lang ORDER BY tokens DESC""")
+        removal = dict(rows(f"""
+            SELECT lang, sum(rejected) FILTER (WHERE stage IN {CURATION_STAGES})::DOUBLE
+                         / nullif(sum(rejected) FILTER (WHERE stage IN {CURATION_STAGES})
+                                  + sum(kept) FILTER (WHERE stage = 'tokenize'), 0)
+            FROM stages WHERE phase = ? GROUP BY lang"""))
+        by_source = rows("SELECT source, sum(tokens) FROM mixture WHERE phase = ? GROUP BY 1 ORDER BY 2 DESC")
+        removed = rows(f"""SELECT stage, reason, sum(docs) FROM reject_reasons WHERE phase = ? AND stage IN
+                           {CURATION_STAGES} GROUP BY ALL ORDER BY 3 DESC LIMIT 15""")
+        quality = rows("""SELECT source, count(*), round(quantile_cont(quality, 0.1), 3),
+                                 round(quantile_cont(quality, 0.5), 3), round(quantile_cont(quality, 0.9), 3)
+                          FROM pool GROUP BY 1 ORDER BY 1""", [])
+        views = {name for (name,) in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+        clusters = rows("""SELECT kind, CASE WHEN cluster_size <= 2 THEN '2' WHEN cluster_size <= 5 THEN '3-5'
+                                            WHEN cluster_size <= 100 THEN '6-100' ELSE '>100' END AS size,
+                                  count(DISTINCT kept_id) AS clusters, count(*) FILTER (WHERE NOT kept) AS removed
+                           FROM dedup_clusters WHERE kind <> 'exact_id' GROUP BY ALL ORDER BY 1, 2""",
+                        []) if "dedup_clusters" in views else []
+        found = examples(con, layout, phase_id, [lang for lang, *_ in languages[:5]], decode) if decode else []
+    setting = json.loads(setting)
+    codes = sorted({lang.split("_")[0] for lang, *_ in languages if not lang.startswith("code_")})
+    front = {"license": "other", "license_name": "mixed-per-source", "pretty_name": f"mmcorpus {phase_id}",
+             "language": codes, "size_categories": [size_category(int(shards or 0))],
+             "task_categories": ["fill-mask"], "tags": ["mmbert", "multilingual", "pretokenized", "gemma2"],
+             "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "shards/*.parquet"}]}]}
+    parts = [
+        "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---",
+        f"# mmcorpus {phase_id}: {setting['name']}",
+        f"{int(shards or 0):,} chunks, {int(tokens or 0):,} Gemma 2 tokens in {len(languages)} languages (with code) "
+        f"from {len(by_source)} sources: the {setting['name']} mixture of mmBERT's recipe (temperature "
+        f"τ = {setting['temperature']}, at most {setting['max_epochs']:g} epochs of a language, sequence length "
+        f"{setting['seq_len']:,}, mask rate {setting['mask_rate']:g}). Built {started} by mmcorpus "
+        f"(commit {commit or 'unknown'}, seed {seed}); the manifest under `manifest/` and the data card "
+        "`report/index.html` (`mmcorpus report`) hold every figure here and more.",
+        "## Loading\n\n```python\nfrom datasets import load_dataset\n\n"
+        "chunks = load_dataset(\"path/to/this/folder\", split=\"train\")  # the shards: shards/*.parquet\n```\n\n"
+        "`mmcorpus query` answers SQL over the manifest; `mmcorpus export-mds` writes MosaicML MDS.",
+        "## Shard schema\n\n" + markdown_table(["column", "type", "meaning"], [
+            (name, str(SHARD.field(name).type), COLUMNS.get(name, "")) for name in SHARD.names]),
+        "## Sources and terms\n\n" + markdown_table(["source", "upstream", "terms", "tokens here"], [
+            (source, *SOURCES.get(source, ("", "")), count) for source, count in by_source])
+        + f"\n\nUsers must follow each source's terms; {TOKENIZER_TERMS}.",
+        "## Languages\n\n" + markdown_table(
+            ["lang", "name", "tokens", "share", "epochs", "capped", "removed in curation"],
+            [(lang, language_name(lang), count, share, epochs, capped, removal.get(lang))
+             for lang, count, share, epochs, capped in languages]),
+        "## What curation removed\n\nThe most frequent reasons (documents; `mmcorpus query rejects_by_reason` for "
+        "all, `rejects` for each document):\n\n" + markdown_table(["stage", "reason", "documents"], removed),
+        "Quality score of the pool's documents (0 at a filter's threshold, 1 at its clean end), by source:\n\n"
+        + markdown_table(["source", "documents", "10%", "median", "90%"], quality),
+    ]
+    if clusters:
+        parts.append("Duplicate clusters by size (kept: one per cluster, the highest quality):\n\n"
+                     + markdown_table(["pass", "cluster size", "clusters", "documents removed"], clusters))
+    if found:
+        parts.append(f"## Examples\n\n{EXAMPLES}\n\n" + markdown_table(["language", "doc_id", "text"], found))
+    parts += [f"## Intended use\n\n{INTENDED_USE}", f"## Limitations\n\n{LIMITATIONS}",
+              "## Citation\n\n```bibtex\n" + CITATION + "\n```"]
+    layout.write_text(Layout.card(phase_id), "\n\n".join(parts) + "\n")
+    return layout.url_of(Layout.card(phase_id))
