@@ -56,6 +56,7 @@ REJECTS = pa.schema(
         ("reason", pa.string()),
         ("origin", pa.string()),
         ("detail", pa.string()),
+        ("text", pa.string()),  # with --keep-rejected-text
     ]
 )
 

@@ -57,6 +57,7 @@ class BuildSettings:
     ray_address: str | None = None
     retries: int = 1  # a task that raises runs again this many times; an input file then is quarantined
     task_memory: int | None = None  # bytes per task; None: from the cluster (Runner)
+    keep_rejected_text: bool = False  # rejects keep the document's text (the `rejects` view's `text`)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class CurationConfig:
 
     lid: LidConfig
     quality: QualityConfig
+    keep_text: bool = False  # rejects keep the text
 
 
 def part_name(relative: str) -> str:
@@ -78,6 +80,8 @@ def curate_file(layout: Layout, source: str, options: ReaderOptions, tokenizers:
     reader = READERS[source].create(options, tokenizers)
     stages: list[Stage] = [LanguageId(curation.lid, upstream_min_scores(curation.quality)),
                            QualityFilter(curation.quality)]
+    for stage in stages:
+        stage.keep_text = curation.keep_text
     docs: Iterator[Document] = reader.run([relative])
     for stage in stages:
         docs = stage.run(docs)
@@ -114,9 +118,11 @@ def _curated_docs(layout: Layout, name: str) -> Iterator[Document]:
                 yield Document(text=row.pop("text"), id=row.pop("id"), metadata=row)
 
 
-def pool_file(layout: Layout, source: str, part: str, tokenizer: AssetSpec, removals: str | None) -> dict:
+def pool_file(layout: Layout, source: str, part: str, tokenizer: AssetSpec, removals: str | None,
+              keep_text: bool = False) -> dict:
     removed, renamed = read_removals(layout, removals) if removals else ({}, {})
     stages: list[Stage] = [DedupFilter(removed, renamed), Tokenize(load_gemma2(tokenizer))]
+    stages[0].keep_text = keep_text
     docs = _curated_docs(layout, Layout.curated(source, part))
     for stage in stages:
         docs = stage.run(docs)
@@ -138,9 +144,9 @@ def pool_file(layout: Layout, source: str, part: str, tokenizer: AssetSpec, remo
     return {"docs": sum(sink.count for sink in sinks.values()), "tokens": tokens, "langs": sorted(sinks)}
 
 
-def curate_tasks(layout: Layout, recipe: Recipe, runner: Runner) -> list[Task]:
+def curate_tasks(layout: Layout, recipe: Recipe, runner: Runner, keep_text: bool = False) -> list[Task]:
     """One task per input file of every source; a path that cannot be read becomes a quarantine task."""
-    curation = runner.share(CurationConfig(recipe.lid, recipe.quality))
+    curation = runner.share(CurationConfig(recipe.lid, recipe.quality, keep_text))
     tasks = []
     for name, options in recipe.sources.sources.items():
         reader = READERS[name].create(options, recipe.tokenizers)
@@ -176,7 +182,7 @@ def build(settings: BuildSettings) -> dict:
     with Runner(layout, settings.workers, settings.ray_address, retries=settings.retries,
                 task_memory=settings.task_memory) as runner:
         t0 = time.time()
-        tasks = curate_tasks(layout, recipe, runner)
+        tasks = curate_tasks(layout, recipe, runner, settings.keep_rejected_text)
         runner.run("curate", tasks)
         timings["curate"] = time.time() - t0
         t0 = time.time()
@@ -188,7 +194,7 @@ def build(settings: BuildSettings) -> dict:
         runner.run("pool", [
             Task(f"{source}__{part}", pool_file,
                  dict(layout=layout, source=source, part=part, tokenizer=recipe.tokenizers["gemma2"],
-                      removals=removed),
+                      removals=removed, keep_text=settings.keep_rejected_text),
                  inputs=(Layout.curated(source, part), *([removed] if removed else [])))
             for source, part in parts for removed in [removals.get((source, part))]
         ])

@@ -11,8 +11,12 @@ import re
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    import duckdb
 
 from pipeline.config import SAMPLES_DIR, SECTIONS, ConfigError, PhaseConfig, Recipe, load_phases, load_recipe
 
@@ -64,6 +68,8 @@ EXAMPLES = {
   mmcorpus query --describe mixture
   mmcorpus query rejects_by_reason
   mmcorpus query --out /data/mmcorpus --format csv "SELECT lang, sum(tokens) FROM mixture GROUP BY 1\"""",
+    "why": "examples:\n  mmcorpus why fineweb2/<urn:uuid:...>\n  mmcorpus query \"SELECT id FROM rejects LIMIT 5\"   "
+           "# ids to ask about",
     "check": "examples:\n  mmcorpus check --phase 1\n  mmcorpus check --phase 3 --variant eng --out /data/mmcorpus",
     "plan": """examples:
   mmcorpus plan --phase 1                                    # from the pool under out/
@@ -111,6 +117,8 @@ def parser() -> argparse.ArgumentParser:
                                                              "8 GiB)")
     build.add_argument("--retries", type=int, default=1, help="retries of a failing task before its input file "
                                                              "is quarantined (default: 1)")
+    build.add_argument("--keep-rejected-text", action="store_true",
+                       help="rejected documents keep their text in the `rejects` view (more disk)")
     build.add_argument("--budget", type=float, help="phase token budget (default: the pool's eligible tokens)")
     build.add_argument("--ray-address", help="a Ray cluster: http://head:8265 submits the build as a Ray job; "
                                              "ray://... or host:port joins it (default: $RAY_ADDRESS, else embedded)")
@@ -128,6 +136,11 @@ def parser() -> argparse.ArgumentParser:
     query.add_argument("--describe", metavar="VIEW", help="one view's columns and types")
     add_out_argument(query)
     query.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
+
+    why = commands.add_parser("why", help="a document's whole path: where it was read, each stage's verdict, its "
+                                          "dedup cluster, the chunks and shards it landed in")
+    why.add_argument("id", help="the document's id, as in the shards' doc_id and the rejects view")
+    add_out_argument(why)
 
     check = commands.add_parser("check", help="verify a built phase: sha256s, row/token counts, stage counts")
     add_phase_arguments(check)
@@ -208,7 +221,7 @@ def run_build(args: argparse.Namespace, argv: list[str]) -> int:
         raise ConfigError(f"--budget must be > 0, got {args.budget}")
     settings = BuildSettings(out=args.out, phase=phase, recipe=recipe, seed=args.seed, workers=args.workers,
                              budget_tokens=args.budget, ray_address=args.ray_address, retries=args.retries,
-                             task_memory=args.task_memory)
+                             task_memory=args.task_memory, keep_rejected_text=args.keep_rejected_text)
     if args.dry_run:
         for name, options in recipe.sources.sources.items():
             files = READERS[name].create(options, recipe.tokenizers).list_files()
@@ -297,20 +310,12 @@ LIST_WORDS = (".tables", ".schema", "help", ".help", "\\d")  # what other SQL sh
 def run_query(args: argparse.Namespace) -> int:
     import duckdb
 
-    from manifests.catalog import DESCRIPTIONS, NAMED_QUERIES, QueryRefused, connect, run_read_only
-    from manifests.layout import Layout
+    from manifests.catalog import DESCRIPTIONS, NAMED_QUERIES, QueryRefused, run_read_only
 
     text = (args.sql or "").strip()
     if not (text or args.list or args.describe):
         raise ConfigError("query: give SQL, a view or named query, --list or --describe VIEW")
-    layout = Layout(args.out)
-    if layout.is_local and Path(layout.root).is_file():
-        raise ConfigError(f"--out {args.out} is a file: give the output folder of a build")
-    try:
-        con = connect(layout)
-    except FileNotFoundError as error:
-        raise ConfigError(str(error)) from None
-    with con:
+    with open_catalog(args.out) as con:
         views = sorted(name for (name,) in con.execute(
             "SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall())
         if args.list or text in LIST_WORDS:
@@ -353,6 +358,98 @@ def run_query(args: argparse.Namespace) -> int:
             if n == 0:
                 print("  ".join("-" * width for width in widths))
     return 0
+
+
+def open_catalog(out: str) -> "duckdb.DuckDBPyConnection":
+    from manifests.catalog import connect
+    from manifests.layout import Layout
+
+    layout = Layout(out)
+    if layout.is_local and Path(layout.root).is_file():
+        raise ConfigError(f"--out {out} is a file: give the output folder of a build")
+    try:
+        return connect(layout)
+    except FileNotFoundError as error:
+        raise ConfigError(str(error)) from None
+
+
+STAGE_ORDER = ("read", "lid", "quality", "dedup", "tokenize")
+
+
+def run_why(args: argparse.Namespace) -> int:
+    from manifests.layout import Layout
+
+    layout = Layout(args.out)
+    with open_catalog(args.out) as con:
+        def rows(sql: str, *params: object) -> list[tuple]:
+            return con.execute(sql, list(params)).fetchall()
+
+        views = {name for (name,) in rows("SELECT view_name FROM duckdb_views()")}
+        rejected = rows("SELECT stage, reason, detail, origin, source, lang FROM rejects WHERE id = ?", args.id) \
+            if "rejects" in views else []
+        pooled = rows("SELECT source, lang, quality, n_tokens, origin, dump, file_path FROM pool WHERE id = ?",
+                      args.id) if "pool" in views else []
+        if not rejected and not pooled:
+            like = rows("SELECT id FROM pool WHERE contains(id, ?) UNION SELECT id FROM rejects WHERE contains(id, ?) "
+                        "ORDER BY 1 LIMIT 5", args.id, args.id) if {"pool", "rejects"} <= views else []
+            hint = f"; ids containing it: {', '.join(i for (i,) in like)}" if like else ""
+            print(f"mmcorpus: {args.id}: no such document in {layout.url} (neither pooled nor rejected){hint}",
+                  file=sys.stderr)
+            return 1
+        clusters = rows("""SELECT pass, kind, kept, id, kept_id, cluster_size FROM dedup_clusters
+                           WHERE id = ? OR kept_id = ? ORDER BY pass, id""", args.id, args.id) \
+            if "dedup_clusters" in views else []
+        phases = [phase for (phase,) in rows("SELECT phase FROM run ORDER BY phase")]
+        placed = {phase: rows("""SELECT regexp_extract(filename, '[^/]*$'), chunk, epoch, len(input_ids)
+                                 FROM read_parquet(?, filename = true) WHERE doc_id = ? ORDER BY epoch, chunk""",
+                              layout.url_of(Layout.shards_glob(phase)), args.id) for phase in phases}
+        mixed = {phase: rows("SELECT reason FROM read_parquet(?) WHERE id = ?",
+                             [layout.url_of(g) for g in (f"{phase}/rejects/*/*/*.parquet",)], args.id)
+                 for phase in phases if layout.glob(f"{phase}/rejects/*/*/*.parquet")}
+    source, lang, origin = (pooled[0][0], pooled[0][1], pooled[0][4]) if pooled else \
+        (rejected[0][4], rejected[0][5], rejected[0][3])
+    print(f"{args.id}  ({source}, {lang})")
+    curation = {stage: (reason, detail) for stage, reason, detail, *_ in rejected if stage in STAGE_ORDER}
+    where = origin + (f"  (dump {pooled[0][5]}, WARC {pooled[0][6]})" if pooled and pooled[0][5] else "")
+    for stage in STAGE_ORDER:
+        if stage in curation:
+            reason, detail = curation[stage]
+            print(f"  {stage:<9} rejected: {reason}" + (f" ({detail})" if detail else ""))
+            break
+        verdict = {"read": f"read from {where}", "quality": f"kept, quality {pooled[0][2]:.4f}" if pooled else "kept",
+                   "tokenize": f"kept, {pooled[0][3]:,} tokens" if pooled else "kept"}.get(stage, "kept")
+        print(f"  {stage:<9} {verdict}")
+    for line in cluster_lines(args.id, clusters):
+        print(f"  {'cluster':<9} {line}")
+    for phase in phases:
+        chunks = placed[phase]
+        if chunks:
+            shards = sorted({shard for shard, *_ in chunks})
+            epochs = sorted({epoch for _, _, epoch, _ in chunks})
+            print(f"  {phase:<9} {len(chunks)} chunk(s), {sum(n for *_, n in chunks):,} tokens, epochs "
+                  f"{', '.join(map(str, epochs))}, in {', '.join(shards)}")
+        elif mixed.get(phase):
+            print(f"  {phase:<9} not in the shards: {mixed[phase][0][0]}")
+        elif pooled:
+            print(f"  {phase:<9} not in the shards: outside the phase's languages or quality tier")
+    return 0
+
+
+def cluster_lines(doc_id: str, clusters: list[tuple]) -> list[str]:
+    """What each dedup pass decided about a document, from the rows of `dedup_clusters` that name it (as a
+    member, id, or as a keeper, kept_id)."""
+    lines = []
+    for number, kind, kept, member, kept_id, size in clusters:
+        if kind == "exact_id":  # every member's row holds the shared upstream id; its own row, its final id
+            if kept_id == doc_id:
+                lines.append(f"pass {number} {kind}: its upstream id is shared by {size} documents; "
+                             + ("it keeps the id" if member == doc_id else f"renamed from {member}"))
+        elif member == doc_id and kept:
+            removed = [m for n, k, keeps, m, kid, _ in clusters if n == number and kid == doc_id and not keeps]
+            lines.append(f"pass {number} {kind}: kept from a cluster of {size}; removed: {', '.join(removed)}")
+        elif member == doc_id:
+            lines.append(f"pass {number} {kind}: removed from a cluster of {size} as a copy of {kept_id}")
+    return lines
 
 
 def cell(value: object) -> str:
@@ -502,7 +599,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     commands = {"build": lambda: run_build(args, argv), "config": lambda: run_config(args),
-                "query": lambda: run_query(args), "check": lambda: run_check(args), "plan": lambda: run_plan(args),
+                "query": lambda: run_query(args), "why": lambda: run_why(args), "check": lambda: run_check(args),
+                "plan": lambda: run_plan(args),
                 "export-mds": lambda: run_export(args), "report": lambda: run_report(args),
                 "eval-mlm": lambda: run_eval(args)}
     try:

@@ -27,7 +27,8 @@ class Reject:
     stage: str
     reason: str
     origin: str
-    detail: str | None = None
+    detail: str | None = None  # what was measured (`doc_words=23<50`), the kept document's id, the error
+    text: str | None = None  # the document's text, when the build keeps rejected text
 
 
 @dataclass
@@ -93,6 +94,7 @@ class Stage(ABC):
     """A step between reader and pool. Subclasses implement `run` over a document stream."""
 
     name: str
+    keep_text = False  # rejects keep the document's text (`--keep-rejected-text`)
 
     def __init__(self) -> None:
         self.stats = StageStats(self.name)
@@ -113,7 +115,8 @@ class Stage(ABC):
         key = self.key(doc)
         self.stats.rejected[key] += 1
         self.stats.reasons[key][reason_key(reason)] += 1
-        self.rejects.append(Reject(doc.id, key[0], key[1], self.name, reason, doc.metadata.get("origin", ""), detail))
+        self.rejects.append(Reject(doc.id, key[0], key[1], self.name, reason, doc.metadata.get("origin", ""), detail,
+                                   doc.text if self.keep_text else None))
 
     def note(self, doc: Document, label: str) -> None:
         """Flag a kept document (counted per label in the stats, e.g. `lid:upstream_disagrees`)."""

@@ -43,9 +43,12 @@ LINES = re.compile(r"\n+")
 
 
 class Rejected(Exception):
-    def __init__(self, reason: str) -> None:
+    """`reason` names the rule and its threshold (the same for every document it rejects); `detail` the value the
+    document measured (`doc_words=23<50`)."""
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
         super().__init__(reason)
-        self.reason = reason
+        self.reason, self.detail = reason, detail
 
 
 @dataclass(frozen=True)
@@ -137,14 +140,14 @@ class Margins:
         if limit is None or limit <= 0:  # FineWeb2 switches a rule off with 0 or -1
             return
         if value > limit:
-            raise Rejected(f"quality:{self.family} {rule}>{limit:g}")
+            raise Rejected(f"quality:{self.family} {rule}>{limit:g}", f"{rule}={value:.4g}>{limit:g}")
         self.values.append(1.0 - value / limit)
 
     def at_least(self, rule: str, value: float, limit: float | None, top: float = 1.0) -> None:
         if limit is None or limit <= 0:
             return
         if value < limit:
-            raise Rejected(f"quality:{self.family} {rule}<{limit:g}")
+            raise Rejected(f"quality:{self.family} {rule}<{limit:g}", f"{rule}={value:.4g}<{limit:g}")
         self.values.append(min(1.0, (value - limit) / (top - limit)) if top > limit else 1.0)
 
 
@@ -325,11 +328,11 @@ class QualityFilter(Stage):
             with self.track_time([doc]):
                 try:
                     doc.metadata["quality"] = self.score(doc)
-                    reason = None
-                except Rejected as rejected:
-                    reason = rejected.reason
-            if reason:
-                self.reject(doc, reason)
+                    rejected = None
+                except Rejected as failed:
+                    rejected = failed
+            if rejected:
+                self.reject(doc, rejected.reason, rejected.detail)
             else:
                 yield self.keep(doc)
 
