@@ -97,7 +97,7 @@ def markdown_table(columns: list[str], rows: list[tuple]) -> str:
 
 
 def write_dataset_card(layout: Layout, phase_id: str, decode: Callable[[list[int]], str] | None = None) -> str:
-    with connect(layout) as con:
+    with connect(layout, sandbox=False) as con:
         def rows(sql: str, params: list | None = None) -> list[tuple]:
             return con.execute(sql, [phase_id] if params is None else params).fetchall()
 
@@ -139,7 +139,7 @@ def write_dataset_card(layout: Layout, phase_id: str, decode: Callable[[list[int
         f"from {len(by_source)} sources: the {setting['name']} mixture of mmBERT's recipe (temperature "
         f"τ = {setting['temperature']}, at most {setting['max_epochs']:g} epochs of a language, sequence length "
         f"{setting['seq_len']:,}, mask rate {setting['mask_rate']:g}). Built {started} by mmcorpus "
-        f"(commit {commit or 'unknown'}, seed {seed}); the manifest under `manifest/` and the data card "
+        f"(commit {commit or 'unknown'}, seed {seed}); the manifest tables beside the shards and the data card "
         "`report/index.html` (`mmcorpus report`) hold every figure here and more.",
         "## Loading\n\n```python\nfrom datasets import load_dataset\n\n"
         "chunks = load_dataset(\"path/to/this/folder\", split=\"train\")  # the shards: shards/*.parquet\n```\n\n"

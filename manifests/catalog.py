@@ -189,9 +189,11 @@ class QueryRefused(ValueError):
     """SQL that would write, attach or load something: `mmcorpus query` only reads."""
 
 
-def connect(layout: Layout) -> duckdb.DuckDBPyConnection:
+def connect(layout: Layout, sandbox: bool = True) -> duckdb.DuckDBPyConnection:
     """A sandboxed in-memory DuckDB with the catalog's views over this output tree: it reads only files under
-    the tree, writes nothing, installs and loads no extension, and its settings are locked."""
+    the tree, writes nothing, installs and loads no extension, and its settings are locked. `sandbox=False` for
+    the project's own queries (the dataset card a build writes): DuckDB's sandbox needs the working directory,
+    which a Ray job's driver may have lost with its node's runtime environment."""
     if not layout.glob(Layout.manifest_glob("run")):
         raise FileNotFoundError(f"{layout.url}: no built phase (no manifest): run `mmcorpus build` first")
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False,
@@ -199,9 +201,10 @@ def connect(layout: Layout) -> duckdb.DuckDBPyConnection:
     if not layout.is_local:
         con.register_filesystem(layout.fs)
     allowed = _rooted(layout)
-    con.execute("SET allowed_directories = ?", [[allowed]])
-    con.execute("SET enable_external_access = false")
-    con.execute("SET lock_configuration = true")
+    if sandbox:
+        con.execute("SET allowed_directories = ?", [[allowed]])
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
     for name, sql in view_definitions(layout, allowed).items():
         con.execute(f"CREATE VIEW {name} AS {sql}")
     return con
