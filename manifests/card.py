@@ -51,6 +51,12 @@ LIMITATIONS = ("Web text carries the biases, errors and personal information of 
                "languages are repeated up to the epoch cap, so their text is seen several times. The chunks are "
                "tokenized for Gemma 2's vocabulary only.")
 EXAMPLES = "The first 300 characters of the first chunk of a document in each of the five largest languages, decoded:"
+# Per language, the share of its documents that curation rejected (LID, quality, dedup...), for phase `?`
+REMOVED_IN_CURATION = f"""
+    SELECT lang, sum(rejected) FILTER (WHERE stage IN {CURATION_STAGES})::DOUBLE
+                 / nullif(sum(rejected) FILTER (WHERE stage IN {CURATION_STAGES})
+                          + sum(kept) FILTER (WHERE stage = 'tokenize'), 0) AS removed
+    FROM stages WHERE phase = ? GROUP BY lang"""
 SIZES = [(1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, "100K<n<1M"), (1e7, "1M<n<10M"),
          (1e8, "10M<n<100M"), (1e9, "100M<n<1B"), (1e10, "1B<n<10B"), (1e11, "10B<n<100B"), (1e12, "100B<n<1T")]
 
@@ -108,11 +114,7 @@ def write_dataset_card(layout: Layout, phase_id: str, decode: Callable[[list[int
             SELECT lang, sum(tokens) AS tokens, sum(tokens) / sum(sum(tokens)) OVER () AS share,
                    sum(tokens)::DOUBLE / nullif(sum(available_tokens), 0) AS epochs, bool_or(capped)
             FROM mixture WHERE phase = ? GROUP BY lang ORDER BY tokens DESC""")
-        removal = dict(rows(f"""
-            SELECT lang, sum(rejected) FILTER (WHERE stage IN {CURATION_STAGES})::DOUBLE
-                         / nullif(sum(rejected) FILTER (WHERE stage IN {CURATION_STAGES})
-                                  + sum(kept) FILTER (WHERE stage = 'tokenize'), 0)
-            FROM stages WHERE phase = ? GROUP BY lang"""))
+        removal = dict(rows(REMOVED_IN_CURATION))
         by_source = rows("SELECT source, sum(tokens) FROM mixture WHERE phase = ? GROUP BY 1 ORDER BY 2 DESC")
         removed = rows(f"""SELECT stage, reason, sum(docs) FROM reject_reasons WHERE phase = ? AND stage IN
                            {CURATION_STAGES} GROUP BY ALL ORDER BY 3 DESC LIMIT 15""")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import matplotlib
 import numpy as np
+import yaml
 
 matplotlib.use("Agg")  # headless
 import matplotlib.pyplot as plt  # noqa: E402
@@ -23,6 +24,7 @@ from manifests.card import (  # noqa: E402
     EXAMPLES,
     INTENDED_USE,
     LIMITATIONS,
+    REMOVED_IN_CURATION,
     SOURCES,
     TOKENIZER_TERMS,
     examples,
@@ -78,6 +80,7 @@ class Section:
     text: str = ""
     tables: list[Table] = field(default_factory=list)
     figures: list[tuple[str, str]] = field(default_factory=list)  # (file name, caption)
+    code: str = ""  # shown as it is (the recipe's YAML, the citation)
 
 
 class Report:
@@ -113,6 +116,7 @@ class Report:
         self.sources()
         self.curation()
         self.lengths()
+        self.quality()
         self.shards()
         self.mlm_eval()
         self.terms()
@@ -134,7 +138,7 @@ class Report:
             self.sections.append(Section("examples", "Examples", EXAMPLES,
                                          [Table("examples", ["language", "doc_id", "text"], rows)]))
         self.sections.append(Section("use", "Intended use and limitations", f"{INTENDED_USE} {LIMITATIONS}"))
-        self.sections.append(Section("citation", "Citation", CITATION))
+        self.sections.append(Section("citation", "Citation", code=CITATION))
 
     def recipe(self, config: dict, run: dict) -> None:
         phase = config["phase"]
@@ -150,7 +154,8 @@ class Report:
                 f"≤{band['max_cluster_size'] or '∞'}→{band['repeats']}" for band in phase["rehydrate_bands"])
              if phase.get("rehydrate") else "off"),
             ("FineWeb2 share", phase["fineweb2_share"]), ("other sources", json.dumps(phase["other_sources"])),
-            ("tokenizer", run["tokenizer"]), ("tokenizer sha256", run["tokenizer_sha256"]),
+            ("tokenizer", config.get("assets", {}).get("tokenizer:gemma2", {}).get("path") or run["tokenizer"]),
+            ("tokenizer sha256", run["tokenizer_sha256"]),
             ("seed", run["seed"]), ("shards", config["n_shards"]),
             ("versions", ", ".join(f"{k} {v}" for k, v in json.loads(run["versions"]).items())),
         ] + [(f"source {name}", source["path"])
@@ -162,13 +167,18 @@ class Report:
                         + [("total", round(run["seconds"], 2), sum(ran.values()))])
         self.sections.append(Section("recipe", "Recipe", tables=[Table("recipe", ["setting", "value"], rows),
                                                                   timings]))
+        self.sections.append(Section("full-recipe", "The whole recipe", "Every setting the build used (sources, "
+                                     "tokenizers, LID, quality, dedup, phases), as `mmcorpus config show` prints it.",
+                                     code=yaml.safe_dump(config["recipe"], sort_keys=False, allow_unicode=True)))
 
     def languages(self) -> None:
-        table = self.query("languages", """
+        table = self.query("languages", f"""
             SELECT lang, language_name(lang) AS name, sum(available_tokens) AS available, sum(target_tokens) AS target,
                    sum(tokens) AS written,
-                   sum(tokens)::DOUBLE / nullif(sum(available_tokens), 0) AS epochs, bool_or(capped) AS capped
-            FROM mixture WHERE phase = ? GROUP BY lang ORDER BY written DESC""")
+                   sum(tokens)::DOUBLE / nullif(sum(available_tokens), 0) AS epochs, bool_or(capped) AS capped,
+                   any_value(r.removed) AS removed_in_curation
+            FROM mixture m LEFT JOIN ({REMOVED_IN_CURATION}) r USING (lang)
+            WHERE m.phase = ? GROUP BY lang ORDER BY written DESC""", [self.phase_id, self.phase_id])
         rows = table.rows
 
         def draw(ax: plt.Axes) -> None:
@@ -185,7 +195,8 @@ class Report:
         name = self.figure("tokens_per_language", draw, (max(8, len(rows) * 0.3), 4.5))
         self.sections.append(Section("languages", "Tokens per language",
                                      "Written (bars) against target (marks), sorted, log scale; each bar says how "
-                                     "many epochs of the language's available tokens it holds.",
+                                     "many epochs of the language's available tokens it holds. The table adds the "
+                                     "share of the language's documents curation removed.",
                                      [table], [(name, "tokens per language, target vs written")]))
 
     def annealing(self, phases: dict[str, dict]) -> None:
@@ -297,6 +308,34 @@ class Report:
         self.sections.append(Section("lengths", "Length distributions", tables=[summary],
                                      figures=[(name, "document and chunk lengths in tokens")]))
 
+    def quality(self) -> None:
+        """The pool's quality scores by source, and the duplicate clusters by size."""
+        quantiles = self.query("quality", """
+            SELECT source, count(*) AS documents, round(quantile_cont(quality, 0.1), 3) AS p10,
+                   round(quantile_cont(quality, 0.5), 3) AS median, round(quantile_cont(quality, 0.9), 3) AS p90
+            FROM pool GROUP BY 1 ORDER BY 1""", [])
+        scores = self.con.execute("SELECT source, list(quality) FROM pool GROUP BY 1 ORDER BY 1").fetchall()
+
+        def draw(ax: plt.Axes) -> None:
+            for source, values in scores:
+                ax.hist([v for v in values if v is not None], bins=np.linspace(0, 1, 41), alpha=0.5, label=source)
+            ax.set_xlabel("quality score (0: at a filter's threshold, 1: at its clean end)")
+            ax.set_ylabel("documents")
+            ax.legend(fontsize=8)
+
+        name = self.figure("quality", draw, (8, 3.5))
+        tables = [quantiles]
+        views = {view for (view,) in self.con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+        if "dedup_clusters" in views:
+            tables.append(self.query("cluster_sizes", """
+                SELECT kind, cluster_size, count(DISTINCT kept_id) AS clusters,
+                       count(*) FILTER (WHERE NOT kept) AS removed
+                FROM dedup_clusters WHERE kind <> 'exact_id' GROUP BY ALL ORDER BY kind, cluster_size""", []))
+        self.sections.append(Section("quality", "Quality scores and duplicate clusters",
+                                     "The quality score of the pool's documents per source, and the duplicate "
+                                     "clusters dedup found, by size (one document kept per cluster).",
+                                     tables, [(name, "quality scores of the pool's documents")]))
+
     def shards(self) -> None:
         table = self.query("shards", "SELECT path, rows, tokens, bytes, sha256 FROM shards WHERE phase = ? "
                                      "ORDER BY path")
@@ -325,6 +364,8 @@ class Report:
             parts.append(f'<section id="{section.id}"><h2>{html.escape(section.title)}</h2>')
             if section.text:
                 parts.append(f"<p>{html.escape(section.text)}</p>")
+            if section.code:
+                parts.append(f"<pre>{html.escape(section.code)}</pre>")
             for name, caption in section.figures:
                 data = base64.b64encode(self.images[name]).decode()
                 parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'

@@ -13,9 +13,10 @@ from manifests.report import build_report
 from manifests.screenshot import screenshot
 from stages.tokenize import load_gemma2
 
-SECTIONS = ["recipe", "languages", "annealing", "sources", "curation", "lengths", "shards", "terms", "examples", "use",
-            "citation"]
-FIGURES = ["tokens_per_language", "annealing", "tokens_per_source", "kept_vs_rejected", "reject_reasons", "lengths"]
+SECTIONS = ["recipe", "full-recipe", "languages", "annealing", "sources", "curation", "lengths", "quality", "shards",
+            "terms", "examples", "use", "citation"]
+FIGURES = ["tokens_per_language", "annealing", "tokens_per_source", "kept_vs_rejected", "reject_reasons", "lengths",
+           "quality"]
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +92,11 @@ def test_the_page_hides_no_rows_and_names_languages(report):
     assert "max-height" not in text and "overflow" not in text  # no scroll boxes: print and screenshots show all
     languages = read_csv(page.parent / "languages.csv")
     assert {r["lang"]: r["name"] for r in languages}["deu_Latn"] == "German (Latn)"
+    assert all(0 <= float(r["removed_in_curation"]) < 1 for r in languages if r["removed_in_curation"])
     assert "ODC-By 1.0" in text and "CC BY-SA 4.0" in text and "arXiv:2509.06888" in text
+    assert "min_similarity: 0.7" in text and "${MMCORPUS_CACHE}" not in text.split("full-recipe")[0]
+    sizes = read_csv(page.parent / "cluster_sizes.csv")
+    assert sizes and all(int(r["removed"]) >= int(r["clusters"]) * (int(r["cluster_size"]) - 1) for r in sizes)
     examples = read_csv(page.parent / "examples.csv")
     assert len(examples) == 5 and all(len(r["text"]) > 20 for r in examples)
     timings = {r["stage"]: r["tasks run"] for r in read_csv(page.parent / "timings.csv")}
