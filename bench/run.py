@@ -10,6 +10,7 @@ from pathlib import Path
 from bench.curation import bench_lid, bench_stages
 from bench.dedup import bench_dedup
 from bench.pipeline import bench_pipeline
+from bench.profile import bench_profile
 from bench.scaling import bench_scaling
 
 RESULTS = Path(__file__).with_name("results.json")
@@ -34,7 +35,8 @@ def main() -> None:
     results: list[dict] = []
     with tempfile.TemporaryDirectory() as work:
         sections: list[tuple[str, Callable[[], list[dict]]]] = [
-            ("LID batching", lambda: [bench_lid()]), ("curation stages", bench_stages), ("dedup", bench_dedup),
+            ("LID batching", lambda: [bench_lid()]), ("curation stages", bench_stages),
+            ("profile: seconds per MB of each curation step", bench_profile), ("dedup", bench_dedup),
             ("end to end, tokenizer, mixing, scale-out", lambda: bench_pipeline(Path(work))),
             ("scaling at 16, 64 and 256 MB", lambda: bench_scaling(Path(work)))]
         print(f"{'benchmark':<34} {'value':>12} {'baseline':>12} {'ratio':>7}  notes", flush=True)

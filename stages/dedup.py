@@ -105,7 +105,7 @@ class MinhashSignatures:
     def shingles(self, text: str, lang: str | None) -> np.ndarray:
         script = script_of(lang) or dominant_script(text)
         words = split_words(unicodedata.normalize("NFC", text).casefold(), script)
-        ids = np.fromiter((xxhash.xxh64_intdigest(w) for w in words), np.uint64, len(words))
+        ids = np.fromiter(map(xxhash.xxh64_intdigest, words), np.uint64, len(words))
         n = min(self.config.n_grams, max(len(ids), 1))
         count = max(len(ids) - n + 1, 1 if len(ids) else 0)
         shingles = np.zeros(count, np.uint64)
@@ -116,7 +116,9 @@ class MinhashSignatures:
 
     def signature(self, text: str, lang: str | None) -> np.ndarray:
         """112 uint32 minima (all 2**32 - 1 for a text without words)."""
-        shingles = self.shingles(text, lang)
+        return self.minhash(self.shingles(text, lang))
+
+    def minhash(self, shingles: np.ndarray) -> np.ndarray:
         if not len(shingles):
             return np.full(self.config.hashes, 2**32 - 1, np.uint32)
         with np.errstate(over="ignore"):

@@ -186,14 +186,16 @@ class NGrams:
         vocabulary: dict[str, int] = {}
         self.ids = np.fromiter((vocabulary.setdefault(w, len(vocabulary)) for w in words), np.uint64, len(words))
         self.chars = np.concatenate([[0], np.cumsum([len(w) for w in words])]).astype(np.int64)
+        self.cache: dict[int, np.ndarray] = {}
 
     def hashes(self, n: int) -> np.ndarray:
-        count = len(self.ids) - n + 1
-        result = np.zeros(max(count, 0), np.uint64)
-        with np.errstate(over="ignore"):
-            for k in range(n):
-                result = result * self.MULTIPLIERS[k] + self.ids[k:k + count] + np.uint64(k)
-        return result
+        """One hash per n-gram: the (n-1)-gram's hash extended by the n-th word, so each n costs one pass."""
+        if n not in self.cache:
+            count = max(len(self.ids) - n + 1, 0)
+            shorter = self.hashes(n - 1)[:count] if n > 1 else np.zeros(count, np.uint64)
+            with np.errstate(over="ignore"):
+                self.cache[n] = shorter * self.MULTIPLIERS[n - 1] + self.ids[n - 1:n - 1 + count] + np.uint64(n - 1)
+        return self.cache[n]
 
     def span_chars(self, start: int, n: int) -> int:
         return int(self.chars[start + n] - self.chars[start])
@@ -209,17 +211,28 @@ class NGrams:
         return (self.span_chars(start, n) + n - 1) * int(best)
 
     def duplicate_chars(self, n: int) -> int:
-        """Characters in repeated n-grams, scanning left to right and skipping past each repeat."""
-        hashes = self.hashes(n).tolist()
+        """Characters in repeated n-grams, scanning left to right and skipping past each repeat (datatrove's
+        `find_all_duplicate`). The scan stops only at n-grams that occurred earlier: between them it collects."""
+        hashes = self.hashes(n)
+        if not len(hashes):
+            return 0
+        _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+        repeats = np.flatnonzero(first[inverse] < np.arange(len(hashes)))
+        if not len(repeats):
+            return 0
+        values = hashes.tolist()
         seen: set[int] = set()
-        repeated, index = 0, 0
-        while index < len(hashes):
-            if hashes[index] in seen:
-                repeated += self.span_chars(index, n)
-                index += n
+        repeated = index = 0
+        for candidate in repeats.tolist():  # only an n-gram that occurred before can be a repeat
+            if candidate < index:
+                continue  # skipped past
+            seen.update(values[index:candidate])  # visited, none of them seen before
+            if values[candidate] in seen:
+                repeated += self.span_chars(candidate, n)
+                index = candidate + n
             else:
-                seen.add(hashes[index])
-                index += 1
+                seen.add(values[candidate])
+                index = candidate + 1
         return repeated
 
 

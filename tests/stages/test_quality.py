@@ -155,3 +155,20 @@ def test_ngram_counts_equal_datatroves(lang):
         assert n_grams.top_chars(n) == find_top_duplicate(get_n_grams(words, n))
     for n in range(5, 11):
         assert n_grams.duplicate_chars(n) == find_all_duplicate(words, n)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_duplicate_ngrams_equal_datatroves_on_random_repeats(seed):
+    """No repeat, a repeat at the start, late, overlapping, everywhere: the scan that starts at the first repeat
+    counts what datatrove's full scan counts."""
+    import random
+
+    from datatrove.pipeline.filters.gopher_repetition_filter import find_all_duplicate
+
+    from stages.quality import NGrams
+
+    rng = random.Random(seed)
+    vocabulary = [f"w{i}" for i in range(rng.choice([3, 20, 5000]))]
+    words = [rng.choice(vocabulary) for _ in range(rng.randrange(0, 400))]
+    for n in range(5, 11):
+        assert NGrams(words).duplicate_chars(n) == find_all_duplicate(words, n), n
