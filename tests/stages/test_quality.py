@@ -172,3 +172,23 @@ def test_duplicate_ngrams_equal_datatroves_on_random_repeats(seed):
     words = [rng.choice(vocabulary) for _ in range(rng.randrange(0, 400))]
     for n in range(5, 11):
         assert NGrams(words).duplicate_chars(n) == find_all_duplicate(words, n), n
+
+
+def test_verdicts_and_scores_are_those_before_the_speed_ups():
+    """Every reason and score on the bench corpus and the samples, as the quality stage gave them before its
+    rules were sped up (commit ee95ef7: 1,719 documents, 38 rejected)."""
+    import copy
+    import hashlib
+    import json
+
+    from bench.data import documents, sample_texts
+
+    docs = documents(1500, seed=3) + [Document(text=text, id=f"s{i}", metadata={"source": "s", "lang": lang})
+                                      for i, (lang, text) in enumerate(sample_texts())]
+    stage = QualityFilter(load_quality())
+    kept = {doc.id: doc.metadata["quality"] for doc in stage.run(copy.deepcopy(docs))}
+    rejected = {reject.id: reject.reason for reject in stage.rejects}
+    rows = [(doc.id, kept.get(doc.id), rejected.get(doc.id)) for doc in docs]
+    assert (len(rows), len(rejected)) == (1719, 38)
+    digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+    assert digest == "73a35fce1059ee359ced6107e99702f3477cae0795ce46401911ad5a87c4d65f"
