@@ -185,9 +185,9 @@ class NGrams:
     MULTIPLIERS = np.random.default_rng(0x5EED).integers(1, 2**63, size=16, dtype=np.uint64) | np.uint64(1)
 
     def __init__(self, words: list[str]) -> None:
-        vocabulary: dict[str, int] = {}
-        self.ids = np.fromiter((vocabulary.setdefault(w, len(vocabulary)) for w in words), np.uint64, len(words))
-        self.chars = np.concatenate([[0], np.cumsum([len(w) for w in words])]).astype(np.int64)
+        vocabulary = {word: number for number, word in enumerate(dict.fromkeys(words))}  # in order of appearance
+        self.ids = np.fromiter(map(vocabulary.__getitem__, words), np.uint64, len(words))
+        self.chars = np.concatenate([[0], np.cumsum(np.fromiter(map(len, words), np.int64, len(words)))])
         self.cache: dict[int, np.ndarray] = {}
 
     def hashes(self, n: int) -> np.ndarray:
@@ -216,13 +216,11 @@ class NGrams:
         """Characters in repeated n-grams, scanning left to right and skipping past each repeat (datatrove's
         `find_all_duplicate`). The scan stops only at n-grams that occurred earlier: between them it collects."""
         hashes = self.hashes(n)
-        if not len(hashes):
+        values = hashes.tolist()
+        if len(set(values)) == len(values):  # no n-gram repeats (most texts): nothing to scan
             return 0
         _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
         repeats = np.flatnonzero(first[inverse] < np.arange(len(hashes)))
-        if not len(repeats):
-            return 0
-        values = hashes.tolist()
         seen: set[int] = set()
         repeated = index = 0
         for candidate in repeats.tolist():  # only an n-gram that occurred before can be a repeat
