@@ -292,9 +292,9 @@ def gopher_quality(text: str, words: list[str], row: QualityRow, margins: Margin
         margins.at_most("bullet_lines_ratio", bullets, row.max_bullet_lines_ratio)
         trailing = sum(line.rstrip().endswith(ELLIPSES) for line in lines) / len(lines)
         margins.at_most("ellipsis_lines_ratio", trailing, row.max_ellipsis_lines_ratio)
-    # words with a letter: most are letters throughout (isalpha, mapped in C); the rest are looked at one by one
+    # words with a letter: most are letters throughout (isalpha); the rest have one if any character is one
     mixed = compress(words, map(operator.not_, map(str.isalpha, words)))
-    letters = sum(map(str.isalpha, words)) + sum(1 for word in mixed if any(ch.isalpha() for ch in word))
+    letters = sum(map(str.isalpha, words)) + sum(map(any, map(partial(map, str.isalpha), mixed)))
     alphabetic = letters / n_words
     margins.at_least("alpha_words_ratio", alphabetic, row.max_non_alpha_words_ratio)
     stop_words = row.stopwords
@@ -316,7 +316,8 @@ def count_stop_words(words: list[str], stop_words: tuple[str, ...], suffixes: bo
     normalized = map(str.lower, map(partial(unicodedata.normalize, "NFC"), words))
     if not suffixes:
         return sum(map(stop.__contains__, normalized))
-    return sum(any(word.endswith(s) for s in stop) for word in normalized)
+    suffixes_ = tuple(sorted(stop))  # str.endswith takes them all at once
+    return sum(1 for word in normalized if word.endswith(suffixes_))
 
 
 def code_quality(text: str, row: CodeRow, margins: Margins) -> None:
