@@ -74,9 +74,10 @@ def bench_profile(n: int = 3_000) -> list[dict]:
         lid = LanguageId(load_lid())
         steps["lid"] = ("lid", lambda: sum(1 for _ in lid.run(copy.deepcopy(docs))))
         steps["words"] = ("quality", lambda: [split_words(doc.text, scripts[doc.id]) for doc in docs])
-        steps["c4_lines"] = ("quality", _each(
-            [(d.text, lambda line, d=d: split_words(line, scripts[d.id]), rows[d.metadata["lang"]])
-             for d in docs if rows[d.metadata["lang"]].c4], c4_lines))
+        c4 = [(d.text, lambda line, d=d: split_words(line, scripts[d.id]), rows[d.metadata["lang"]])
+              for d in docs if rows[d.metadata["lang"]].c4]
+        if c4:  # C4's line filters apply to the languages FineWeb2 lacks (English): absent from some corpora
+            steps["c4_lines"] = ("quality", _each(c4, c4_lines))
         steps["gopher_length"] = ("quality", _each(
             [(w, rows[d.metadata["lang"]], Margins("q")) for d, w in by_doc], gopher_length))
         for name, rule in (("gopher_repetition", gopher_repetition), ("fineweb", fineweb),

@@ -86,15 +86,20 @@ def size_category(rows: int) -> str:
     return next((label for limit, label in SIZES if rows < limit), "n>1T")
 
 
+def display(value: object) -> str:
+    """A table cell of the cards: booleans as yes or blank, numbers with thousands separators."""
+    if isinstance(value, bool):
+        return "yes" if value else ""
+    if isinstance(value, float):
+        return f"{value:,.4f}" if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "" if value is None else str(value)
+
+
 def markdown_table(columns: list[str], rows: list[tuple]) -> str:
     def cell(value: object) -> str:
-        if isinstance(value, bool):
-            return "yes" if value else ""
-        if isinstance(value, float):
-            return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
-        if isinstance(value, int):
-            return f"{value:,}"
-        text = "" if value is None else " ".join(str(value).split())
+        text = " ".join(display(value).split())
         return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

@@ -27,6 +27,7 @@ from manifests.card import (  # noqa: E402
     REMOVED_IN_CURATION,
     SOURCES,
     TOKENIZER_TERMS,
+    display,
     examples,
     language_name,
 )
@@ -58,19 +59,9 @@ class Table:
 
     def html(self) -> str:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(display(v))}</td>" for v in row) + "</tr>"
                        for row in self.rows)
         return f'<table id="table-{self.name}"><tr>{head}</tr>{body}</table>'
-
-
-def _cell(value: object) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else ""
-    if isinstance(value, float):
-        return f"{value:,.4f}" if abs(value) < 100 else f"{value:,.0f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return "" if value is None else str(value)
 
 
 @dataclass
