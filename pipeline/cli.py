@@ -373,10 +373,8 @@ def open_catalog(out: str) -> "duckdb.DuckDBPyConnection":
         raise ConfigError(str(error)) from None
 
 
-STAGE_ORDER = ("read", "lid", "quality", "dedup", "tokenize")
-
-
 def run_why(args: argparse.Namespace) -> int:
+    from manifests.catalog import CURATION_STAGES
     from manifests.layout import Layout
 
     layout = Layout(args.out)
@@ -403,15 +401,14 @@ def run_why(args: argparse.Namespace) -> int:
         placed = {phase: rows("""SELECT regexp_extract(filename, '[^/]*$'), chunk, epoch, len(input_ids)
                                  FROM read_parquet(?, filename = true) WHERE doc_id = ? ORDER BY epoch, chunk""",
                               layout.url_of(Layout.shards_glob(phase)), args.id) for phase in phases}
-        mixed = {phase: rows("SELECT reason FROM read_parquet(?) WHERE id = ?",
-                             [layout.url_of(g) for g in (f"{phase}/rejects/*/*/*.parquet",)], args.id)
-                 for phase in phases if layout.glob(f"{phase}/rejects/*/*/*.parquet")}
+        mixed = {phase: rows("SELECT reason FROM read_parquet(?) WHERE id = ?", layout.url_of(glob), args.id)
+                 for phase in phases for glob in [Layout.rejects("*", "*", "*", phase)] if layout.glob(glob)}
     source, lang, origin = (pooled[0][0], pooled[0][1], pooled[0][4]) if pooled else \
         (rejected[0][4], rejected[0][5], rejected[0][3])
     print(f"{args.id}  ({source}, {lang})")
-    curation = {stage: (reason, detail) for stage, reason, detail, *_ in rejected if stage in STAGE_ORDER}
+    curation = {stage: (reason, detail) for stage, reason, detail, *_ in rejected if stage in CURATION_STAGES}
     where = origin + (f"  (dump {pooled[0][5]}, WARC {pooled[0][6]})" if pooled and pooled[0][5] else "")
-    for stage in STAGE_ORDER:
+    for stage in CURATION_STAGES:
         if stage in curation:
             reason, detail = curation[stage]
             print(f"  {stage:<9} rejected: {reason}" + (f" ({detail})" if detail else ""))

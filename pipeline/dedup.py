@@ -209,7 +209,7 @@ def run_dedup(runner: Runner, layout: Layout, parts: list[tuple[str, str]],
     signatures = {(source, part): Layout.signatures(config, source, part) for source, part in parts}
     partitions = partitions_for(sum(runner.size(name) for name in signatures.values()), runner.task_memory)
     queries = ClusterQueries(partitions, dedup.passes, config.min_similarity)
-    steps = Steps(runner, layout, f"{Layout.dedup(config)}/steps", partitions, prefix="dedup",
+    steps = Steps(runner, f"{Layout.dedup(config)}/steps", partitions, prefix="dedup",
                   costs_as="dedup-clusters")
     nodes, signature_rows, pairs = make_keys(steps, queries, signatures)
     clusters, nodes, summary = cluster_passes(steps, queries, nodes, signature_rows, pairs)

@@ -127,10 +127,13 @@ class Steps:
     """Runs the steps of one partitioned computation as stages `<prefix>-<step>`, their costs counted together
     under `costs_as` unless a step names its own."""
 
-    def __init__(self, runner: Runner, layout: Layout, folder: str, partitions: int, prefix: str,
-                 costs_as: str) -> None:
-        self.runner, self.layout, self.folder, self.partitions = runner, layout, folder, partitions
+    def __init__(self, runner: Runner, folder: str, partitions: int, prefix: str, costs_as: str) -> None:
+        self.runner, self.folder, self.partitions = runner, folder, partitions
         self.prefix, self.costs_as = prefix, costs_as
+
+    @property
+    def layout(self) -> Layout:
+        return self.runner.layout
 
     def output(self, step: str, name: str, schema: pa.Schema, sql: str, blocks: int = 1) -> Output:
         return Output(f"{self.folder}/{step}/{name}", schema, sql, self.partitions * blocks)

@@ -293,8 +293,9 @@ def gopher_quality(text: str, words: list[str], row: QualityRow, margins: Margin
         trailing = sum(line.rstrip().endswith(ELLIPSES) for line in lines) / len(lines)
         margins.at_most("ellipsis_lines_ratio", trailing, row.max_ellipsis_lines_ratio)
     # words with a letter: most are letters throughout (isalpha); the rest have one if any character is one
-    mixed = compress(words, map(operator.not_, map(str.isalpha, words)))
-    letters = sum(map(str.isalpha, words)) + sum(map(any, map(partial(map, str.isalpha), mixed)))
+    whole = list(map(str.isalpha, words))
+    mixed = compress(words, map(operator.not_, whole))
+    letters = sum(whole) + sum(map(any, map(partial(map, str.isalpha), mixed)))
     alphabetic = letters / n_words
     margins.at_least("alpha_words_ratio", alphabetic, row.max_non_alpha_words_ratio)
     stop_words = row.stopwords
@@ -308,6 +309,12 @@ def _stop_set(stop_words: tuple[str, ...]) -> frozenset[str]:
     return frozenset(unicodedata.normalize("NFC", w).lower() for w in stop_words)
 
 
+@cache
+def _stop_suffixes(stop_words: tuple[str, ...]) -> tuple[str, ...]:
+    """The stop words as one tuple, which str.endswith takes all at once."""
+    return tuple(sorted(_stop_set(stop_words)))
+
+
 def count_stop_words(words: list[str], stop_words: tuple[str, ...], suffixes: bool) -> int:
     """Occurrences of stop words, compared in NFC (web text often arrives decomposed). With `suffixes`, a
     word ending in a stop word counts: FineWeb2 split Korean particles off with a morphological analyzer,
@@ -316,8 +323,8 @@ def count_stop_words(words: list[str], stop_words: tuple[str, ...], suffixes: bo
     normalized = map(str.lower, map(partial(unicodedata.normalize, "NFC"), words))
     if not suffixes:
         return sum(map(stop.__contains__, normalized))
-    suffixes_ = tuple(sorted(stop))  # str.endswith takes them all at once
-    return sum(1 for word in normalized if word.endswith(suffixes_))
+    ends = _stop_suffixes(stop_words)
+    return sum(1 for word in normalized if word.endswith(ends))
 
 
 def code_quality(text: str, row: CodeRow, margins: Margins) -> None:

@@ -71,7 +71,7 @@ def sql_passes(docs: dict[int, tuple[str, float]], passes: list[tuple[str, list]
     kinds = [kind for kind, _ in passes]
     queries = ClusterQueries(partitions, kinds, min_similarity=0.0)
     with tempfile.TemporaryDirectory() as out, Runner(Layout(out), task_memory=256 << 20) as runner:
-        steps = Steps(runner, runner.layout, "steps", partitions, prefix="test", costs_as="test-clusters")
+        steps = Steps(runner, "steps", partitions, prefix="test", costs_as="test-clusters")
         nodes = pa.table({"key": pa.array(list(docs), pa.int64()), "id": [doc_id for doc_id, _ in docs.values()],
                           "quality": [quality for _, quality in docs.values()]})
         pairs = pa.table({"pass_no": [n for n, (_, edges) in enumerate(passes) for _ in edges],
