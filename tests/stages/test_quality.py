@@ -192,3 +192,33 @@ def test_verdicts_and_scores_are_those_before_the_speed_ups():
     assert (len(rows), len(rejected)) == (1719, 38)
     digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
     assert digest == "73a35fce1059ee359ced6107e99702f3477cae0795ce46401911ad5a87c4d65f"
+
+
+def test_line_and_paragraph_splits_equal_gophers_regexes():
+    import random
+    import re
+
+    from stages.quality import split_lines, split_paragraphs
+
+    rng = random.Random(0)
+    texts = ["", "\n", "\n\n", " \n\n ", "a", "a\n", "\na", "a\n\n\n\n\nb"]
+    texts += ["".join(rng.choice("ab \n\n\n") for _ in range(rng.randrange(30))) for _ in range(2000)]
+    for text in texts:
+        assert split_lines(text) == re.split(r"\n+", text), repr(text)
+        assert split_paragraphs(text) == re.split(r"\n{2,}", text.strip()), repr(text)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_one_ngrams_object_answers_every_n_as_datatrove(seed):
+    """One NGrams for n = 5..10 in turn, as the rule asks them: past an n without repeats it answers 0 unscanned."""
+    import random
+
+    from datatrove.pipeline.filters.gopher_repetition_filter import find_all_duplicate
+
+    from stages.quality import NGrams
+
+    rng = random.Random(seed)
+    vocabulary = [f"w{i}" for i in range(rng.choice([3, 20, 5000]))]
+    words = [rng.choice(vocabulary) for _ in range(rng.randrange(0, 400))]
+    n_grams = NGrams(words)
+    assert [n_grams.duplicate_chars(n) for n in range(5, 11)] == [find_all_duplicate(words, n) for n in range(5, 11)]
