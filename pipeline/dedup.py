@@ -23,7 +23,16 @@ from manifests.schemas import DEDUP_CLUSTERS, PAIRS, SIGNATURES
 from manifests.writer import ParquetSink
 from pipeline.partitions import Output, Relation, Steps, batches, partitions_for, run_sql
 from pipeline.runner import Runner, Task
-from stages.dedup import ID_PASS, ClusterQueries, DedupConfig, MinhashConfig, MinhashSignatures, exact_key, url_key
+from stages.dedup import (
+    ID_PASS,
+    ClusterQueries,
+    DedupConfig,
+    MinhashConfig,
+    MinhashSignatures,
+    exact_key,
+    fold,
+    url_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +62,15 @@ def signature_file(layout: Layout, source: str, part: str, config: MinhashConfig
             ParquetSink(layout, Layout.signatures(config, source, part), SIGNATURES) as sink:
         row = 0
         for batch in pq.ParquetFile(f).iter_batches(batch_size=512, columns=["id", "text", "lang", "quality", "url"]):
-            for doc in batch.to_pylist():
-                signature = signatures.signature(doc["text"], doc["lang"])
+            docs = batch.to_pylist()
+            folded = [fold(doc["text"]) for doc in docs]
+            values = signatures.signatures([signatures.shingles(doc["text"], doc["lang"], text)
+                                            for doc, text in zip(docs, folded, strict=True)])
+            bands = signatures.bands(values)
+            for doc, text, signature, band in zip(docs, folded, values.tolist(), bands.tolist(), strict=True):
                 sink.write(dict(source=source, part=part, row=row, id=doc["id"], lang=doc["lang"],
-                                quality=doc["quality"], exact=exact_key(doc["text"]), url=url_key(doc["url"]),
-                                signature=signature.tolist(), bands=signatures.bands(signature).tolist()))
+                                quality=doc["quality"], exact=exact_key(text), url=url_key(doc["url"]),
+                                signature=signature, bands=band))
                 row += 1
     return {"docs": row}
 

@@ -29,6 +29,7 @@ KINDS = ("exact", "url", "minhash")  # the removal passes one may configure, in 
 Kind = Literal["exact", "url", "minhash"]
 ID_PASS = "exact_id"  # always first: documents sharing an upstream id keep one copy, so shard ids are unique
 TRACKING = ("utm_", "fbclid", "gclid", "mc_cid", "mc_eid")
+MINHASH_BLOCK = 8192  # shingles per outer product with the permutations: 8192 x 112 x 8 bytes = 7 MiB
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,14 @@ class DedupConfig:
         return [ID_PASS, *(kind for kind in KINDS if kind in self.kinds)]
 
 
-def exact_key(text: str) -> bytes:
-    """Hash of the text in Unicode NFC, case-folded, whitespace folded."""
-    folded = " ".join(unicodedata.normalize("NFC", text).casefold().split())
-    return hashlib.blake2b(folded.encode("utf-8"), digest_size=16).digest()
+def fold(text: str) -> str:
+    """The text in Unicode NFC, case-folded: what exact keys and MinHash shingles compare."""
+    return unicodedata.normalize("NFC", text).casefold()
+
+
+def exact_key(folded: str) -> bytes:
+    """Hash of a folded text (`fold`) with its whitespace folded."""
+    return hashlib.blake2b(" ".join(folded.split()).encode("utf-8"), digest_size=16).digest()
 
 
 def url_key(url: str | None) -> bytes | None:
@@ -102,34 +107,47 @@ class MinhashSignatures:
         self.band_weights = np.random.default_rng(config.seed + 1).integers(
             1, 2**63, size=config.rows, dtype=np.uint64) | np.uint64(1)
 
-    def shingles(self, text: str, lang: str | None) -> np.ndarray:
+    def shingles(self, text: str, lang: str | None, folded: str | None = None) -> np.ndarray:
+        """One hash per word n-gram of the text, repeats included (they leave the minima as they are). `folded`:
+        the text's `fold`, when the caller has it."""
         script = script_of(lang) or dominant_script(text)
-        words = split_words(unicodedata.normalize("NFC", text).casefold(), script)
+        words = split_words(fold(text) if folded is None else folded, script)
         ids = np.fromiter(map(xxhash.xxh64_intdigest, words), np.uint64, len(words))
         n = min(self.config.n_grams, max(len(ids), 1))
         count = max(len(ids) - n + 1, 1 if len(ids) else 0)
         shingles = np.zeros(count, np.uint64)
-        with np.errstate(over="ignore"):
-            for k in range(n):
-                shingles = shingles * np.uint64(0x100000001B3) + ids[k:k + count]
-        return np.unique(shingles)
+        for k in range(n):
+            shingles = shingles * np.uint64(0x100000001B3) + ids[k:k + count]
+        return shingles
 
     def signature(self, text: str, lang: str | None) -> np.ndarray:
         """112 uint32 minima (all 2**32 - 1 for a text without words)."""
         return self.minhash(self.shingles(text, lang))
 
     def minhash(self, shingles: np.ndarray) -> np.ndarray:
-        if not len(shingles):
-            return np.full(self.config.hashes, 2**32 - 1, np.uint32)
-        with np.errstate(over="ignore"):
-            hashed = (shingles[:, None] * self.a[None, :] + self.b[None, :]) >> np.uint64(32)
-        return hashed.min(axis=0).astype(np.uint32)
+        return self.signatures([shingles])[0]
 
-    def bands(self, signature: np.ndarray) -> np.ndarray:
-        """One uint64 per band, from its `rows` values."""
-        rows = signature.astype(np.uint64).reshape(self.config.bands, self.config.rows)
-        with np.errstate(over="ignore"):
-            return (rows * self.band_weights[None, :]).sum(axis=1, dtype=np.uint64)
+    def signatures(self, shingles: list[np.ndarray]) -> np.ndarray:
+        """One row of minima per document: every document's shingles through all permutations at once, a block
+        of MINHASH_BLOCK shingles at a time (one outer product each, bounded memory at any document size). The
+        shift to 32 bits comes after the minimum: it keeps order, so the minima are the same, for one pass less."""
+        values = np.concatenate(shingles) if shingles else np.zeros(0, np.uint64)
+        owners = np.repeat(np.arange(len(shingles)), [len(s) for s in shingles])
+        minima = np.full((len(shingles), self.config.hashes), 2**64 - 1, np.uint64)
+        for first in range(0, len(values), MINHASH_BLOCK):
+            docs = owners[first:first + MINHASH_BLOCK]
+            starts = np.flatnonzero(np.concatenate(([True], docs[1:] != docs[:-1])))
+            hashed = np.multiply.outer(values[first:first + MINHASH_BLOCK], self.a)
+            hashed += self.b
+            block = np.minimum.reduceat(hashed, starts, axis=0)
+            inside = docs[starts]
+            minima[inside] = np.minimum(minima[inside], block)
+        return (minima >> np.uint64(32)).astype(np.uint32)
+
+    def bands(self, signatures: np.ndarray) -> np.ndarray:
+        """One uint64 per band, from its `rows` values (a row of bands per row of signatures)."""
+        rows = signatures.astype(np.uint64).reshape(*signatures.shape[:-1], self.config.bands, self.config.rows)
+        return (rows * self.band_weights).sum(axis=-1, dtype=np.uint64)
 
 
 class ClusterQueries:
