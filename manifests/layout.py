@@ -30,6 +30,7 @@ _written: ContextVar["Written | None"] = ContextVar("written", default=None)
 # Bytes the running task may hold (`--task-memory`; the runner sets it on the worker): DuckDB spills to disk
 # beyond part of it, and writers that partition size their buffers from it.
 TASK_MEMORY: ContextVar[int] = ContextVar("task_memory", default=1 << 30)
+_DATABASES: dict[int, Any] = {}  # process id -> its DuckDB database, for Layout.duckdb
 TMP_MARK = ".tmp-"
 BLOCK = 1 << 20
 
@@ -312,19 +313,34 @@ class Layout:
             written.sizes[name] = size
 
     # ---- SQL -----------------------------------------------------------------------------------------------------
-    def duckdb(self, threads: int = 1, **config: Any) -> Any:
+    def duckdb(self, threads: int = 1) -> Any:
         """A DuckDB connection that reads this tree (through fsspec when it is not local), held to half the task's
-        memory: beyond it, DuckDB spills sorts, joins and aggregates to a local temporary folder."""
+        memory: beyond it, DuckDB spills sorts, joins and aggregates to a local temporary folder. On a local tree
+        it is a cursor of this process's one database (starting DuckDB costs ~17 ms, a cursor ~0.2 ms: most SQL
+        steps are shorter than that); its views and registered tables are its own and go when it closes."""
         import tempfile
 
         import duckdb
 
-        limits = {"memory_limit": f"{TASK_MEMORY.get() // 2 // 2**20}MiB",
-                  "temp_directory": os.path.join(tempfile.gettempdir(), f"mmcorpus-duckdb-{os.getpid()}")}
-        con = duckdb.connect(config={"threads": threads, **limits, **config})
+        temporary = os.path.join(tempfile.gettempdir(), f"mmcorpus-duckdb-{os.getpid()}")
+        settings = {"threads": threads, "memory_limit": f"{TASK_MEMORY.get() // 2 // 2**20}MiB"}
         if not self.is_local:
+            con = duckdb.connect(config={**settings, "temp_directory": temporary})
             con.register_filesystem(self.fs)
+            return con
+        database = _DATABASES.get(os.getpid())
+        if database is None:  # a forked child has its parent's entry under another pid
+            database = _DATABASES[os.getpid()] = duckdb.connect(config={"temp_directory": temporary})
+        con = database.cursor()
+        for name, value in settings.items():  # global settings: a process runs one task at a time
+            con.execute(f"SET {name} = '{value}'")
         return con
+
+    def parquet_view(self, con: Any, name: str, files: list[str] | tuple[str, ...]) -> None:
+        """A view over these Parquet files of the tree, the connection's own (TEMP: a cursor of the shared
+        database drops it when it closes)."""
+        urls = ", ".join("'" + self.url_of(file).replace("'", "''") + "'" for file in files)
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM read_parquet([{urls}])")
 
 
 @dataclass

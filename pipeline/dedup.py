@@ -167,7 +167,7 @@ def write_removals(layout: Layout, files: tuple[str, ...], config: MinhashConfig
     columns = ", ".join(DEDUP_CLUSTERS.names)
     sink, current, rows = None, None, 0  # one file open at a time: the rows come sorted by file
     with layout.duckdb() as con:
-        con.read_parquet([layout.url_of(name) for name in files]).create_view("clusters")
+        layout.parquet_view(con, "clusters", files)
         reader = con.sql(f"""SELECT {columns} FROM clusters WHERE NOT kept OR id <> kept_id
                              ORDER BY source, part, row, pass""").fetch_arrow_reader(8192)
         try:

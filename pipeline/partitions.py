@@ -80,7 +80,7 @@ def run_sql(layout: Layout, task: str, views: dict[str, tuple[tuple[str, ...], p
     with layout.duckdb(threads=1) as con:
         for name, (files, schema) in views.items():
             if files:
-                con.read_parquet([layout.url_of(file) for file in files]).create_view(name)
+                layout.parquet_view(con, name, files)
             else:
                 con.register(name, schema.empty_table())
         for name, table in (tables or {}).items():

@@ -56,7 +56,8 @@ def test_batched_signatures_equal_one_document_at_a_time():
     from stages.dedup import MINHASH_BLOCK
 
     signatures = MinhashSignatures(MinhashConfig())
-    texts = [udhr("deu_Latn"), "", " ".join(f"w{i}" for i in range(3 * MINHASH_BLOCK)), "nur fünf Wörter hier stehen", "!!"]
+    long = " ".join(f"w{i}" for i in range(3 * MINHASH_BLOCK))
+    texts = [udhr("deu_Latn"), "", long, "nur fünf Wörter hier stehen", "!!"]
     shingles = [signatures.shingles(text, "deu_Latn") for text in texts]
     assert max(map(len, shingles)) > MINHASH_BLOCK
     expected = []
