@@ -13,6 +13,9 @@ from manifests.schemas import REJECTS, STATS
 
 # Fixed writer options so that the same rows give the same bytes (shard sha256s are compared across runs).
 PARQUET_OPTIONS = dict(compression="zstd", compression_level=3, use_dictionary=True, write_statistics=True)
+# Files only the pipeline reads back (placed chunks, the relations between dedup steps): no dictionary pages, which
+# token ids and keys fill in vain (trying them made writing placed chunks 10x slower), and light compression.
+SCRATCH_OPTIONS = dict(compression="zstd", compression_level=1, use_dictionary=False, write_statistics=True)
 
 
 def write_parquet(layout: Layout, name: str, rows: list[dict] | pa.Table, schema: pa.Schema,
@@ -39,14 +42,14 @@ class ParquetSink:
     """Streams rows into one Parquet file in batches; the file appears under its name only on close."""
 
     def __init__(self, layout: Layout, name: str, schema: pa.Schema, batch_rows: int = 2048,
-                 algorithm: str = "xxh64") -> None:
+                 algorithm: str = "xxh64", options: dict = PARQUET_OPTIONS) -> None:
         self.schema = schema
         self.batch_rows = batch_rows
         self.rows: list[dict] = []
         self.count = 0
         self._writing = layout.writing(name, algorithm)
         self.spool = self._writing.__enter__()
-        self.writer = pq.ParquetWriter(self.spool.local, schema, **PARQUET_OPTIONS)
+        self.writer = pq.ParquetWriter(self.spool.local, schema, **options)
 
     def write(self, row: dict) -> None:
         self.rows.append(row)
@@ -93,8 +96,8 @@ class PartitionedSink:
     stays bounded however many partitions there are. A partition's file exists only if it received rows."""
 
     def __init__(self, layout: Layout, name_of: Callable[[int], str], schema: pa.Schema,
-                 max_bytes: int | None = None) -> None:
-        self.layout, self.name_of, self.schema = layout, name_of, schema
+                 max_bytes: int | None = None, options: dict = PARQUET_OPTIONS) -> None:
+        self.layout, self.name_of, self.schema, self.options = layout, name_of, schema, options
         self.max_bytes = max_bytes or min(16 << 20, TASK_MEMORY.get() // 8)
         self.rows: dict[int, list[dict]] = defaultdict(list)
         self.tables: dict[int, list[pa.Table]] = defaultdict(list)
@@ -116,7 +119,8 @@ class PartitionedSink:
 
     def _sink(self, partition: int) -> ParquetSink:
         if partition not in self.sinks:
-            self.sinks[partition] = ParquetSink(self.layout, self.name_of(partition), self.schema)
+            self.sinks[partition] = ParquetSink(self.layout, self.name_of(partition), self.schema,
+                                                options=self.options)
         return self.sinks[partition]
 
     def flush(self) -> None:

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from manifests.layout import Layout
 from manifests.schemas import PLACED, STATS
-from manifests.writer import PartitionedSink, write_parquet, write_task_records
+from manifests.writer import SCRATCH_OPTIONS, PartitionedSink, write_parquet, write_task_records
 from pipeline.config import ConfigError, PhaseConfig
 from pipeline.partitions import batches
 from pipeline.runner import Runner, Task
@@ -159,7 +159,8 @@ def mix_files(layout: Layout, phase_id: str, pools: list[str], plan: dict[tuple[
               seq_len: int, min_chunk: int, n_shards: int, per_group: int, bos: int, eos: int, key: str,
               bands: tuple[RehydrateBand, ...] | None = None) -> dict:
     sampler = SampleChunks(plan, seed, seq_len, min_chunk, bos, eos, bands)
-    sink = PartitionedSink(layout, lambda p: Layout.placed(phase_id, partition_name(p, per_group), key), PLACED)
+    sink = PartitionedSink(layout, lambda p: Layout.placed(phase_id, partition_name(p, per_group), key), PLACED,
+                           options=SCRATCH_OPTIONS)
     documents = (doc for pool in pools for doc in pool_documents(layout, pool))
     for doc in sampler.run(documents):
         meta = doc.metadata
@@ -178,7 +179,7 @@ def split_group(layout: Layout, phase_id: str, group: int, files: list[str]) -> 
     """A group's placed chunks, from every mixing task, divided into one file per shard (bounded memory: a batch
     at a time)."""
     sink = PartitionedSink(layout, lambda shard: Layout.placed(phase_id, partition_name(shard, 1), f"g{group:05d}"),
-                           PLACED)
+                           PLACED, options=SCRATCH_OPTIONS)
     for name in files:
         with layout.open(name) as f:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from manifests.layout import Layout
-from manifests.writer import ParquetSink
+from manifests.writer import SCRATCH_OPTIONS, ParquetSink
 from pipeline.runner import Runner, Task
 
 SHUFFLE_FILE_BYTES = 1 << 20  # the bytes one task writes for one partition, on average
@@ -103,7 +103,8 @@ def run_sql(layout: Layout, task: str, views: dict[str, tuple[tuple[str, ...], p
                             if sink is not None:
                                 sink.close()
                             current = int(parts[start])
-                            sink = ParquetSink(layout, f"{output.folder}/p{current:05d}/{task}.parquet", output.schema)
+                            sink = ParquetSink(layout, f"{output.folder}/p{current:05d}/{task}.parquet", output.schema,
+                                               options=SCRATCH_OPTIONS)
                         sink.write_table(table.slice(start, end - start))
                         rows += int(end - start)
             finally:
