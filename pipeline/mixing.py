@@ -29,7 +29,6 @@ from manifests.writer import SCRATCH_OPTIONS, PartitionedSink, write_parquet, wr
 from pipeline.config import ConfigError, PhaseConfig
 from pipeline.partitions import batches
 from pipeline.runner import Runner, Task
-from stages.base import Document
 from stages.languages import base_language
 from stages.mix import (
     FractionThreshold,
@@ -39,11 +38,11 @@ from stages.mix import (
     Selection,
     band_repeats,
     band_repeats_sql,
+    chunk_hashes,
     copies_per_weight,
     epoch_tokens_sql,
     plan_mixture,
     source_budgets,
-    unit_hash,
 )
 from stages.shards import write_shard
 
@@ -134,18 +133,6 @@ def fraction_threshold(layout: Layout, files: list[str], floor: float, target: f
     return {"threshold": finder.resolve(_eligible_docs(layout, files, floor, bands, weight), bucket, needed)}
 
 
-def pool_documents(layout: Layout, name: str) -> Iterator[Document]:
-    """A pool file's documents with `input_ids` as NumPy views of the column (no Python ints)."""
-    with layout.open(name) as f:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=512):
-            ids = batch.column("input_ids")
-            offsets, values = ids.offsets.to_numpy(), ids.values.to_numpy()
-            rows = batch.drop_columns(["input_ids"]).to_pylist()
-            for i, row in enumerate(rows):
-                row["input_ids"] = values[offsets[i]:offsets[i + 1]]
-                yield Document(text="", id=row.pop("id"), metadata=row)
-
-
 def shards_per_group(n_shards: int, fanout: int) -> int:
     """1 (mixing writes per shard) up to `fanout` shards; else groups of about √n_shards shards."""
     return 1 if n_shards <= fanout else math.ceil(n_shards / math.ceil(math.sqrt(n_shards)))
@@ -158,18 +145,26 @@ def partition_name(partition: int, per_group: int) -> str:
 def mix_files(layout: Layout, phase_id: str, pools: list[str], plan: dict[tuple[str, str], Selection], seed: int,
               seq_len: int, min_chunk: int, n_shards: int, per_group: int, bos: int, eos: int, key: str,
               bands: tuple[RehydrateBand, ...] | None = None) -> dict:
+    """Pick the chunks of a batch of pool files and place each in a shard by a hash of (seed, document, epoch,
+    chunk), written to the file of its shard (or group of shards)."""
     sampler = SampleChunks(plan, seed, seq_len, min_chunk, bos, eos, bands)
     sink = PartitionedSink(layout, lambda p: Layout.placed(phase_id, partition_name(p, per_group), key), PLACED,
                            options=SCRATCH_OPTIONS)
-    documents = (doc for pool in pools for doc in pool_documents(layout, pool))
-    for doc in sampler.run(documents):
-        meta = doc.metadata
-        for epoch, index, chunk in meta["chunks"]:
-            place = unit_hash(seed, "place", doc.id, epoch, index)
-            shard = place % n_shards
-            sink.write(shard // per_group, dict(shard=shard, place=place, input_ids=chunk, doc_id=doc.id,
-                                                chunk=index, source=meta["source"], lang=meta["lang"], epoch=epoch),
-                       4 * len(chunk) + 512)  # a row's tokens and what Python holds around them
+    for pool in pools:
+        with layout.open(pool) as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=512):
+                chunks = sampler.sample(batch)
+                if not chunks.num_rows:
+                    continue
+                place = chunk_hashes((seed, "place"), chunks.column("doc_id").to_pylist(),
+                                     chunks.column("epoch").to_pylist(), chunks.column("chunk").to_pylist())
+                shard = (place % np.uint64(n_shards)).astype(np.int64)
+                placed = chunks.add_column(0, "place", pa.array(place)).add_column(0, "shard", pa.array(shard))
+                order = np.argsort(shard // per_group, kind="stable")
+                placed, partitions = placed.take(order), shard[order] // per_group
+                cuts = np.flatnonzero(np.diff(partitions)) + 1
+                for start, end in zip([0, *cuts], [*cuts, len(partitions)], strict=True):
+                    sink.write_table(int(partitions[start]), placed.slice(start, end - start))
     sink.close()
     write_task_records(layout, "mix", "batch", key, [sampler], phase=phase_id)
     return {"docs": sum(sampler.stats.kept.values()), "tokens": sum(sampler.stats.tokens.values())}

@@ -19,12 +19,14 @@ k_1 is the plan's epochs, as before.
 """
 
 import hashlib
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
-from stages.base import Document, Stage
+from stages.base import Reject, StageStats, reason_key
 from stages.settings import setting
 
 UINT64 = 2**64
@@ -166,25 +168,68 @@ def unit_hash(*parts: object) -> int:
     return int.from_bytes(digest, "little")
 
 
-def chunk_spans(n_tokens: int, seq_len: int, min_chunk: int) -> list[tuple[int, int]]:
-    """[start, end) of each chunk's body (bos/eos come on top): at most seq_len - 2 tokens each; a split
-    document's tail shorter than min_chunk - 2 grows backwards into the previous chunk's tokens. The minimum is
-    for the pieces of a split document only: a document shorter than it is one chunk, whole."""
+def chunk_hashes(head: tuple[object, ...], doc_ids: Iterable[str], epochs: Iterable[int],
+                 indices: Iterable[int]) -> np.ndarray:
+    """`unit_hash(*head, doc_id, epoch, index)` of each chunk, as one uint64 array."""
+    prefix = "".join(f"{part}/" for part in head)
+    digests = (hashlib.blake2b(f"{prefix}{doc_id}/{epoch}/{index}".encode(), digest_size=8).digest()
+               for doc_id, epoch, index in zip(doc_ids, epochs, indices, strict=True))
+    return np.frombuffer(b"".join(digests), dtype="<u8").astype(np.uint64)
+
+
+@dataclass(frozen=True)
+class Chunks:
+    """The chunks of a batch of documents, an array entry each: the document's row in the batch, the chunk's
+    number in its document, and the [start, end) of the document's tokens it carries (bos/eos come on top)."""
+
+    doc: np.ndarray
+    index: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+
+    def take(self, rows: np.ndarray) -> "Chunks":
+        return Chunks(self.doc[rows], self.index[rows], self.start[rows], self.end[rows])
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """Tokens each chunk writes, bos and eos included."""
+        return self.end - self.start + 2
+
+
+def chunk_table(n_tokens: np.ndarray, seq_len: int, min_chunk: int) -> Chunks:
+    """Every chunk of documents of these lengths: at most seq_len - 2 tokens of body each; a split document's
+    tail shorter than min_chunk - 2 grows backwards into the previous chunk's tokens. The minimum is for the
+    pieces of a split document only: a document shorter than it is one chunk, whole."""
     body, min_body = seq_len - 2, min_chunk - 2
-    if n_tokens <= body:
-        return [(0, n_tokens)] if n_tokens else []
-    spans = [(start, min(start + body, n_tokens)) for start in range(0, n_tokens, body)]
-    if len(spans) > 1 and spans[-1][1] - spans[-1][0] < min_body:
-        spans[-1] = (n_tokens - min_body, n_tokens)
-    return spans
+    n_tokens = np.asarray(n_tokens, np.int64)
+    counts = -(-n_tokens // body)  # ceil: no chunk for an empty document
+    doc = np.repeat(np.arange(len(n_tokens)), counts)
+    index = np.arange(len(doc)) - np.repeat(np.cumsum(counts) - counts, counts)
+    start = index * body
+    end = np.minimum(start + body, n_tokens[doc])
+    short_tail = (index == counts[doc] - 1) & (counts[doc] > 1) & (end - start < min_body)
+    start = np.where(short_tail, n_tokens[doc] - min_body, start)
+    return Chunks(doc, index, start, end)
 
 
-def chunk_document(ids: list[int] | np.ndarray, seq_len: int, min_chunk: int, bos: int,
-                   eos: int) -> list[list[int]] | list[np.ndarray]:
-    spans = chunk_spans(len(ids), seq_len, min_chunk)
-    if isinstance(ids, np.ndarray):  # the pool's columns arrive as arrays: keep them so
-        return [np.concatenate(([bos], ids[start:end], [eos])).astype(ids.dtype) for start, end in spans]
-    return [[bos, *ids[start:end], eos] for start, end in spans]
+def chunk_spans(n_tokens: int, seq_len: int, min_chunk: int) -> list[tuple[int, int]]:
+    """[start, end) of each chunk of one document (`chunk_table`)."""
+    chunks = chunk_table(np.array([n_tokens]), seq_len, min_chunk)
+    return list(zip(chunks.start.tolist(), chunks.end.tolist(), strict=True))
+
+
+def chunk_tokens(values: np.ndarray, doc_offsets: np.ndarray, chunks: Chunks, bos: int, eos: int) -> pa.ListArray:
+    """Each chunk's token list, [bos, its span of its document's tokens, eos], gathered in one pass from the
+    documents' concatenated `values` (document d's tokens start at doc_offsets[d])."""
+    lengths = chunks.tokens
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    # position p of chunk c reads values[doc_offsets[doc] + start + p - 1]; its first and last are bos and eos
+    source = np.arange(offsets[-1]) + np.repeat(doc_offsets[chunks.doc] + chunks.start - offsets[:-1] - 1, lengths)
+    flat = values[np.clip(source, 0, max(len(values) - 1, 0))].astype(np.uint32)
+    flat[offsets[:-1]] = bos
+    flat[offsets[1:] - 1] = eos
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat))
 
 
 def epoch_tokens_sql(n: str, seq_len: int, min_chunk: int) -> str:
@@ -234,39 +279,77 @@ class FractionThreshold:
         return threshold
 
 
-class SampleChunks(Stage):
-    """Chunks each pool document and writes its chunks as its (source, lang) `Selection` says: whole times, plus
-    once more for the chunks whose hash is at most the fractional epoch's threshold. Documents below their
-    (source, lang) quality tier are rejected."""
+class SampleChunks:
+    """Chunks pool documents and picks the chunks each (source, lang) `Selection` writes: every chunk whole times,
+    plus once more for the chunks whose hash is at most the fractional epoch's threshold. Documents below their
+    (source, lang) quality tier, and those with no chunk picked, are rejected. Works on a record batch at a time:
+    the token arrays are cut and joined in NumPy, without a Python object per chunk. Keeps a stage's counters
+    and rejects (stages/base.py)."""
 
     name = "mix"
 
     def __init__(self, plan: dict[tuple[str, str], Selection], seed: int, seq_len: int, min_chunk: int, bos: int,
                  eos: int, bands: tuple[RehydrateBand, ...] | None = None) -> None:
-        super().__init__()
         self.plan = plan
         self.seed, self.seq_len, self.min_chunk = seed, seq_len, min_chunk
         self.bos, self.eos = bos, eos
         self.bands = bands  # re-hydration's, or None
+        self.stats = StageStats(self.name)
+        self.rejects: list[Reject] = []
 
-    def run(self, docs: Iterable[Document]) -> Iterator[Document]:
-        for doc in docs:
-            self.count_read(doc)
-            selection = self.plan.get(self.key(doc), Selection(0.0, {}))
-            if doc.metadata["quality"] < selection.floor:
-                self.reject(doc, f"mix:below_quality_tier quality<{selection.floor:.4f}")
+    def sample(self, batch: pa.RecordBatch) -> pa.Table:
+        """The picked chunks of a batch of pool rows: input_ids, doc_id, chunk, source, lang, epoch."""
+        started = time.perf_counter()
+        ids, sources, langs = (batch.column(name).to_pylist() for name in ("id", "source", "lang"))
+        origins = batch.column("origin").to_pylist() if "origin" in batch.schema.names else [""] * len(ids)
+        sizes = (batch.column("cluster_size").to_pylist() if "cluster_size" in batch.schema.names
+                 else [None] * len(ids))
+        quality = batch.column("quality").to_numpy(zero_copy_only=False)
+        keys = list(zip(sources, langs, strict=True))
+        eligible = np.zeros(len(ids), bool)
+        whole = np.zeros(len(ids), np.int64)
+        threshold: dict[int, int] = {}  # document row -> the hash its fractional epoch's chunks must not pass
+        for row, key in enumerate(keys):
+            self.stats.read[key] += 1
+            selection = self.plan.get(key, Selection(0.0, {}))
+            if quality[row] < selection.floor:
+                self._reject(ids[row], key, origins[row], f"mix:below_quality_tier quality<{selection.floor:.4f}")
                 continue
-            weight = band_repeats(doc.metadata.get("cluster_size"), self.bands)
-            whole, threshold = selection.copies.get(weight, (0, None))
-            with self.track_time([doc]):
-                chunks = chunk_document(doc.metadata["input_ids"], self.seq_len, self.min_chunk, self.bos, self.eos)
-                picked = [(epoch, index, chunk) for index, chunk in enumerate(chunks) for epoch in range(whole)]
-                if threshold is not None:
-                    picked += [(whole, index, chunk) for index, chunk in enumerate(chunks)
-                               if unit_hash(self.seed, doc.id, whole, index) <= threshold]
-            if not picked:
-                self.reject(doc, "mix:not_sampled")
-            else:
-                doc.metadata["chunks"] = picked
-                self.stats.tokens[self.key(doc)] += sum(len(chunk) for _, _, chunk in picked)
-                yield self.keep(doc)
+            eligible[row] = True
+            whole[row], fraction = selection.copies.get(band_repeats(sizes[row], self.bands), (0, None))
+            if fraction is not None:
+                threshold[row] = fraction
+        tokens = batch.column("input_ids")
+        doc_offsets = tokens.offsets.to_numpy()
+        chunks = chunk_table(np.diff(doc_offsets) * eligible, self.seq_len, self.min_chunk)
+        repeats = whole[chunks.doc]  # whole epochs: every chunk once per epoch
+        rows = np.repeat(np.arange(len(chunks.doc)), repeats)
+        epochs = np.arange(len(rows)) - np.repeat(np.cumsum(repeats) - repeats, repeats)
+        fractional = np.flatnonzero(np.isin(chunks.doc, list(threshold)))
+        if len(fractional):
+            docs = chunks.doc[fractional].tolist()
+            hashes = chunk_hashes((self.seed,), (ids[d] for d in docs), whole[docs].tolist(),
+                                  chunks.index[fractional].tolist())
+            extra = fractional[hashes <= np.array([threshold[d] for d in docs], np.uint64)]
+            rows, epochs = np.concatenate((rows, extra)), np.concatenate((epochs, whole[chunks.doc[extra]]))
+        picked = chunks.take(rows)
+        written = np.bincount(picked.doc, weights=picked.tokens, minlength=len(ids)).astype(np.int64)
+        for row, key in enumerate(keys):
+            if written[row]:
+                self.stats.kept[key] += 1
+                self.stats.tokens[key] += int(written[row])
+            elif eligible[row]:
+                self._reject(ids[row], key, origins[row], "mix:not_sampled")
+        share = (time.perf_counter() - started) / max(len(ids), 1)
+        for key in keys:
+            self.stats.seconds[key] += share
+        documents = pa.array(picked.doc, pa.int64())
+        return pa.table({"input_ids": chunk_tokens(tokens.values.to_numpy(), doc_offsets, picked, self.bos, self.eos),
+                         "doc_id": batch.column("id").take(documents), "chunk": pa.array(picked.index, pa.int32()),
+                         "source": batch.column("source").take(documents),
+                         "lang": batch.column("lang").take(documents), "epoch": pa.array(epochs, pa.int32())})
+
+    def _reject(self, doc_id: str, key: tuple[str, str], origin: str, reason: str) -> None:
+        self.stats.rejected[key] += 1
+        self.stats.reasons[key][reason_key(reason)] += 1
+        self.rejects.append(Reject(doc_id, key[0], key[1], self.name, reason, origin))

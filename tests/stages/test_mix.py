@@ -1,6 +1,7 @@
 """The mixing math on hand-checkable counts, chunking, and hash-ordered fractional epochs."""
 
 import duckdb
+import numpy as np
 import pytest
 
 from stages.mix import (
@@ -10,8 +11,10 @@ from stages.mix import (
     band_repeats,
     band_repeats_sql,
     check_bands,
-    chunk_document,
+    chunk_hashes,
     chunk_spans,
+    chunk_table,
+    chunk_tokens,
     copies_per_weight,
     epoch_tokens_sql,
     plan_mixture,
@@ -75,7 +78,9 @@ def test_plan_water_fills_within_each_source():
 )
 def test_chunk_edge_cases(n, lengths):
     ids = list(range(100, 100 + n))
-    chunks = chunk_document(ids, seq_len=12, min_chunk=8, bos=2, eos=1)
+    values = np.array([7, 7, *ids, 7], np.uint32)  # the document among others' tokens
+    chunks = chunk_table(np.array([2, n, 1]), seq_len=12, min_chunk=8).take(np.arange(len(lengths)) + 1)
+    chunks = chunk_tokens(values, np.array([0, 2, 2 + n]), chunks, bos=2, eos=1).to_pylist()
     assert [len(c) for c in chunks] == lengths
     assert all(c[0] == 2 and c[-1] == 1 for c in chunks)
     if n == 25:
@@ -129,3 +134,20 @@ def test_bands_must_rise_and_end_open():
         check_bands((RehydrateBand(10, 2), RehydrateBand(5, 3), RehydrateBand(None, 1)))
     with pytest.raises(ValueError, match="open band"):
         check_bands((RehydrateBand(10, 2),))
+
+
+def test_chunk_table_cuts_each_document_as_chunk_spans_does():
+    ns = [0, 1, 5, 10, 11, 12, 20, 25, 27, 100, 0, 3]
+    chunks = chunk_table(np.array(ns), seq_len=12, min_chunk=8)
+    for d, n in enumerate(ns):
+        mine = chunks.take(np.flatnonzero(chunks.doc == d))
+        spans = [(start, min(start + 10, n)) for start in range(0, n, 10)]
+        if len(spans) > 1 and spans[-1][1] - spans[-1][0] < 6:
+            spans[-1] = (n - 6, n)
+        assert list(zip(mine.start.tolist(), mine.end.tolist(), strict=True)) == spans, n
+        assert mine.index.tolist() == list(range(len(spans)))
+
+
+def test_chunk_hashes_are_unit_hashes():
+    hashes = chunk_hashes((3, "place"), ["a", "b/c"], [0, 2], [5, 0])
+    assert hashes.tolist() == [unit_hash(3, "place", "a", 0, 5), unit_hash(3, "place", "b/c", 2, 0)]
