@@ -112,16 +112,22 @@ def plan_phase(phase: PhaseConfig, available: dict[tuple[str, str], int], budget
 
 
 def _eligible_docs(layout: Layout, files: list[str], floor: float, bands: tuple[RehydrateBand, ...] | None,
-                   weight: int) -> Iterator[tuple[str, int]]:
-    """(id, tokens) of the documents at or above the quality floor whose re-hydration weight is `weight`."""
+                   weight: int) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Batches of (ids, token counts) of the documents at or above the quality floor whose re-hydration weight
+    is `weight`."""
     columns = ["id", "n_tokens", "quality", "cluster_size"] if bands else ["id", "n_tokens", "quality"]
     for name in files:
         with layout.open(name) as f:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=8192, columns=columns):
-                rows = zip(*(batch.column(i).to_pylist() for i in range(len(columns))), strict=True)
-                for doc_id, n_tokens, quality, *cluster_size in rows:
-                    if quality >= floor and band_repeats(cluster_size[0] if bands else None, bands) == weight:
-                        yield doc_id, n_tokens
+                chosen = batch.column("quality").to_numpy(zero_copy_only=False) >= floor
+                if bands:
+                    chosen &= np.array([band_repeats(size, bands) == weight
+                                        for size in batch.column("cluster_size").to_pylist()], bool)
+                elif weight != 1:
+                    continue
+                ids = batch.column("id").to_pylist()
+                yield ([doc_id for doc_id, keep in zip(ids, chosen.tolist(), strict=True) if keep],
+                       batch.column("n_tokens").to_numpy(zero_copy_only=False)[chosen])
 
 
 def fraction_threshold(layout: Layout, files: list[str], floor: float, target: float, seed: int, epoch: int,

@@ -20,7 +20,7 @@ k_1 is the plan's epochs, as before.
 
 import hashlib
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -244,22 +244,27 @@ def epoch_tokens_sql(n: str, seq_len: int, min_chunk: int) -> str:
 
 class FractionThreshold:
     """The hash up to which chunks carry a fraction of an epoch: taking chunks in hash order, the point where
-    their tokens come closest to `target` (within half a chunk). Two passes over (doc_id, n_tokens), in bounded
+    their tokens come closest to `target` (within half a chunk). Two passes over batches of (document ids, token
+    counts), in bounded
     memory: token sums per hash range, then the chunks of the one range where the target falls."""
 
     def __init__(self, seed: int, epoch: int, seq_len: int, min_chunk: int) -> None:
         self.seed, self.epoch, self.seq_len, self.min_chunk = seed, epoch, seq_len, min_chunk
         self.histogram = np.zeros(2**HISTOGRAM_BITS, np.int64)
 
-    def chunks(self, docs: Iterable[tuple[str, int]]) -> Iterator[tuple[int, int]]:
-        """(hash, tokens) of every chunk."""
-        for doc_id, n_tokens in docs:
-            for index, (start, end) in enumerate(chunk_spans(n_tokens, self.seq_len, self.min_chunk)):
-                yield unit_hash(self.seed, doc_id, self.epoch, index), end - start + 2
+    def chunks(self, ids: list[str], n_tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(hash, tokens) of every chunk of a batch of documents, as arrays."""
+        chunks = chunk_table(n_tokens, self.seq_len, self.min_chunk)
+        docs = chunks.doc.tolist()
+        hashes = chunk_hashes((self.seed,), (ids[d] for d in docs), [self.epoch] * len(docs), chunks.index.tolist())
+        return hashes, chunks.tokens
 
-    def count(self, docs: Iterable[tuple[str, int]]) -> None:
-        for value, tokens in self.chunks(docs):
-            self.histogram[value >> (64 - HISTOGRAM_BITS)] += tokens
+    def count(self, batches: Iterable[tuple[list[str], np.ndarray]]) -> None:
+        """First pass over batches of (document ids, token counts)."""
+        for ids, n_tokens in batches:
+            hashes, tokens = self.chunks(ids, n_tokens)
+            ranges = (hashes >> np.uint64(64 - HISTOGRAM_BITS)).astype(np.int64)
+            self.histogram += np.bincount(ranges, weights=tokens, minlength=len(self.histogram)).astype(np.int64)
 
     def locate(self, target: float) -> tuple[int, float]:
         """The hash range where the cumulative tokens reach the target, and the tokens still needed inside it."""
@@ -268,9 +273,14 @@ class FractionThreshold:
         before = float(cumulative[bucket - 1]) if bucket else 0.0
         return bucket, target - before
 
-    def resolve(self, docs: Iterable[tuple[str, int]], bucket: int, needed: float) -> int:
-        inside = sorted((value, tokens) for value, tokens in self.chunks(docs)
-                        if value >> (64 - HISTOGRAM_BITS) == bucket)
+    def resolve(self, batches: Iterable[tuple[list[str], np.ndarray]], bucket: int, needed: float) -> int:
+        """Second pass: the chunks of the target's hash range, in hash order."""
+        inside = []
+        for ids, n_tokens in batches:
+            hashes, tokens = self.chunks(ids, n_tokens)
+            mine = (hashes >> np.uint64(64 - HISTOGRAM_BITS)) == bucket
+            inside += zip(hashes[mine].tolist(), tokens[mine].tolist(), strict=True)
+        inside.sort()
         threshold, total = (bucket << (64 - HISTOGRAM_BITS)) - 1, 0  # just below the range: none of it
         for value, tokens in inside:
             if total + tokens - needed > needed - total:  # this chunk would overshoot more than it fills
@@ -317,7 +327,7 @@ class SampleChunks:
                 continue
             eligible[row] = True
             whole[row], fraction = selection.copies.get(band_repeats(sizes[row], self.bands), (0, None))
-            if fraction is not None:
+            if fraction is not None and fraction >= 0:  # below 0: the fraction takes no chunk
                 threshold[row] = fraction
         tokens = batch.column("input_ids")
         doc_offsets = tokens.offsets.to_numpy()

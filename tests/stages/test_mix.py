@@ -99,16 +99,16 @@ def test_epoch_tokens_sql_matches_the_chunker():
 
 
 def test_fraction_threshold_reaches_the_target_within_half_a_chunk():
-    docs = [(f"doc{i}", 100 + (i * 37) % 900) for i in range(3000)]
+    docs = [([f"doc{i}" for i in range(3000)], np.array([100 + (i * 37) % 900 for i in range(3000)]))]
     finder = FractionThreshold(seed=3, epoch=1, seq_len=1024, min_chunk=64)
     finder.count(docs)
     total = int(finder.histogram.sum())
     for fraction in (0.01, 0.3, 0.77):
         bucket, needed = finder.locate(fraction * total)
         threshold = finder.resolve(docs, bucket, needed)
-        taken = sum(tokens for value, tokens in finder.chunks(docs) if value <= threshold)
-        assert abs(taken - fraction * total) <= 1024 / 2
-    assert FractionThreshold(3, 1, 1024, 64).chunks(docs[:1]).__next__()[0] == unit_hash(3, "doc0", 1, 0)
+        hashes, tokens = finder.chunks(*docs[0])
+        assert abs(int(tokens[hashes <= threshold].sum()) - fraction * total) <= 1024 / 2
+    assert FractionThreshold(3, 1, 1024, 64).chunks(*docs[0])[0][0] == unit_hash(3, "doc0", 1, 0)
 
 
 def test_copies_per_weight_keep_the_target_within_the_cap():
