@@ -205,6 +205,27 @@ def bench_mixing(out: Path, timings: dict) -> dict:
                                                           f"of shards (ratio = shard MB/s over copy MB/s)")
 
 
+def bench_mix_task(out: Path) -> dict:
+    """Mixing and sharding as one worker runs them, in this process without Ray: every pool file through
+    `mix_files` (each document one whole epoch plus half of a second), then `write_shard` per shard."""
+    from pipeline.mixing import mix_files, partitions
+    from stages.mix import Selection
+    from stages.shards import write_shard
+
+    layout = Layout(out)
+    pools = layout.glob(Layout.POOL_GLOB)
+    plan = {tuple(name.split("/")[1:3]): Selection(0.0, {1: (1, 2**63)}) for name in pools}
+    start = time.perf_counter()
+    mixed = mix_files(layout, "bench-mix", pools, plan, seed=0, seq_len=1024, min_chunk=64, n_shards=8, per_group=1,
+                      bos=2, eos=1, key="all")
+    placed = partitions(layout.glob(f"{Layout.placed_dir('bench-mix')}/*/*.parquet"), "s")
+    written = [write_shard(layout, files, f"bench-mix/shard-{shard:05d}.parquet") for shard, files in placed.items()]
+    seconds = time.perf_counter() - start
+    assert sum(shard["tokens"] for shard in written) == mixed["tokens"]
+    return dict(name="mix_task_tokens_per_s", value=mixed["tokens"] / seconds,
+                notes=f"one worker's mixing + sharding without Ray ({mixed['tokens']:,} tokens, 8 shards)")
+
+
 def peak_memory(stage: str, root: Path, out: Path) -> int:
     """Peak RSS (KiB) of one stage's task on one input file, in a fresh process."""
     code = f"from bench.pipeline import run_stage; run_stage({stage!r}, {str(root)!r}, {str(out)!r})"
@@ -275,6 +296,7 @@ def bench_pipeline(work: Path, megabytes: float = 120) -> list[dict]:
              notes="Gemma 2 tokens the pool keeps per MB of upstream text (for `plan --cost`)"),
         bench_tokenization(),
         bench_mixing(large / "out1", one),
+        bench_mix_task(large / "out1"),
     ]
     for stage in ("curate", "dedup", "tokenize", "mix"):
         rss = {name: peak_memory(stage, root, root / ("out1" if name == "large" else "out"))

@@ -30,6 +30,16 @@ def print_row(r: dict) -> None:
     print(f"{r['name']:<34} {number(r['value']):>12} {number(r.get('baseline')):>12} {ratio:>7}  {notes}", flush=True)
 
 
+def tokenizer_limit(results: list[dict]) -> dict:
+    """End to end against its physical limit: every document is tokenized, so curation can not pass the rate
+    of tokenizing alone (the profile's tokenizer step, one core)."""
+    by_name = {row["name"]: row for row in results}
+    limit = 1 / by_name["profile_tokenizer_s_per_mb"]["value"]
+    reached = by_name["e2e_mb_per_s_per_core"]["value"]
+    return dict(name="e2e_fraction_of_tokenizer_limit", value=reached / limit,
+                notes=f"{reached:.2f} of {limit:.2f} MB/s per core: tokenizing alone, the most curation can reach")
+
+
 def main() -> None:
     started = time.time()
     results: list[dict] = []
@@ -45,6 +55,8 @@ def main() -> None:
             for row in run():
                 results.append(row)
                 print_row(row)
+        results.append(tokenizer_limit(results))
+        print_row(results[-1])
     RESULTS.write_text(json.dumps(dict(machine=platform.processor() or platform.machine(), results=results,
                                        seconds=time.time() - started), indent=2))
     print(f"\nwritten {RESULTS} in {time.time() - started:.0f} s")
