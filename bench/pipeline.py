@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bench import say
 from bench.data import documents
 from manifests.layout import Layout
 from pipeline.config import PROJECT_ROOT as ROOT
@@ -52,10 +53,12 @@ def generate_input(root: Path, megabytes: float, files: int = 40, seed: int = 0,
 def build(root: Path, out: Path, workers: int) -> dict:
     """A phase-1 build in its own process and embedded Ray; its run information from the manifest (per-stage
     `timings`, and per Ray stage the costs in `stages`)."""
+    started = say(f"building phase 1 of {root.name} on {workers} worker(s)")
     subprocess.run([sys.executable, "-m", "pipeline.cli", "build", "--phase", "1", "--workers", str(workers),
                     "--sources", str(root / "sources.yaml"), "--out", str(out)], cwd=ROOT, check=True,
                    capture_output=True)
     run = pq.read_table(out / Layout.manifest("phase1", "run")).to_pylist()[0]
+    say(f"built in {time.perf_counter() - started:.0f} s")
     return json.loads(run["config"])
 
 
@@ -134,7 +137,7 @@ def datatrove_end_to_end(root: Path, work: Path) -> float:
             LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=1,
                                   logging_dir=str(work / "logs" / name)).run()
 
-    start = time.perf_counter()
+    start = say(f"datatrove's stock pipeline on {root.name}, 1 worker")
     for folder in folders:
         lang = folder.parent.name
         run([ParquetReader(str(folder)), *filters(lang),
@@ -275,6 +278,7 @@ def run_stage(stage: str, root: str, out: str) -> None:
 
 def bench_pipeline(work: Path, megabytes: float = 120) -> list[dict]:
     small, large = work / "small", work / "large"
+    say(f"generating {megabytes:.0f} MB of FineWeb2-layout input")
     generated = generate_input(large, megabytes)
     generate_input(small, megabytes / 4, seed=1)
     one = build(large, large / "out1", 1)["timings"]

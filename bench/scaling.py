@@ -12,6 +12,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from bench import say
 from bench.pipeline import build, generate_input
 from pipeline.cost import scaling_exponent
 
@@ -27,6 +28,7 @@ def measure(work: Path, sizes: tuple[int, ...] = SIZES) -> dict[int, dict]:
     runs = {}
     for size in sizes:
         root = work / f"scale-{size}"
+        say(f"generating {size} MB")
         generated = generate_input(root, size, files=round(size / FILE_MB), seed=size, shard_tokens=SHARD_TOKENS,
                                    independent=True, duplicates=DUPLICATES)
         info = build(root, root / "out", workers=2)
