@@ -159,18 +159,16 @@ def mix_files(layout: Layout, phase_id: str, pools: list[str], plan: dict[tuple[
     for pool in pools:
         with layout.open(pool) as f:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=512):
-                chunks = sampler.sample(batch)
-                if not chunks.num_rows:
-                    continue
-                place = chunk_hashes((seed, "place"), chunks.column("doc_id").to_pylist(),
-                                     chunks.column("epoch").to_pylist(), chunks.column("chunk").to_pylist())
-                shard = (place % np.uint64(n_shards)).astype(np.int64)
-                placed = chunks.add_column(0, "place", pa.array(place)).add_column(0, "shard", pa.array(shard))
-                order = np.argsort(shard // per_group, kind="stable")
-                placed, partitions = placed.take(order), shard[order] // per_group
-                cuts = np.flatnonzero(np.diff(partitions)) + 1
-                for start, end in zip([0, *cuts], [*cuts, len(partitions)], strict=True):
-                    sink.write_table(int(partitions[start]), placed.slice(start, end - start))
+                for chunks in sampler.sample(batch):
+                    place = chunk_hashes((seed, "place"), chunks.column("doc_id").to_pylist(),
+                                         chunks.column("epoch").to_pylist(), chunks.column("chunk").to_pylist())
+                    shard = (place % np.uint64(n_shards)).astype(np.int64)
+                    placed = chunks.add_column(0, "place", pa.array(place)).add_column(0, "shard", pa.array(shard))
+                    order = np.argsort(shard // per_group, kind="stable")
+                    placed, partitions = placed.take(order), shard[order] // per_group
+                    cuts = np.flatnonzero(np.diff(partitions)) + 1
+                    for start, end in zip([0, *cuts], [*cuts, len(partitions)], strict=True):
+                        sink.write_table(int(partitions[start]), placed.slice(start, end - start))
     sink.close()
     write_task_records(layout, "mix", "batch", key, [sampler], phase=phase_id)
     return {"docs": sum(sampler.stats.kept.values()), "tokens": sum(sampler.stats.tokens.values())}

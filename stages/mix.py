@@ -19,8 +19,9 @@ k_1 is the plan's epochs, as before.
 """
 
 import hashlib
+import itertools
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,7 @@ from stages.base import Reject, StageStats, reason_key
 from stages.settings import setting
 
 UINT64 = 2**64
+SLICE_TOKENS = 1 << 22  # the most tokens one table of picked chunks holds (with their gather indices: 48 MiB)
 HISTOGRAM_BITS = 16  # the first pass of FractionThreshold sums chunk tokens into 2^16 hash ranges
 
 
@@ -307,8 +309,11 @@ class SampleChunks:
         self.stats = StageStats(self.name)
         self.rejects: list[Reject] = []
 
-    def sample(self, batch: pa.RecordBatch) -> pa.Table:
-        """The picked chunks of a batch of pool rows: input_ids, doc_id, chunk, source, lang, epoch."""
+    def sample(self, batch: pa.RecordBatch) -> Iterator[pa.Table]:
+        """The picked chunks of a batch of pool rows (input_ids, doc_id, chunk, source, lang, epoch), in tables of
+        SLICE_TOKENS tokens (and the chunk that passes it): memory stays bounded however long the documents and
+        however many epochs.
+        Consume it whole: the counters are complete only then."""
         started = time.perf_counter()
         ids, sources, langs = (batch.column(name).to_pylist() for name in ("id", "source", "lang"))
         origins = batch.column("origin").to_pylist() if "origin" in batch.schema.names else [""] * len(ids)
@@ -350,14 +355,22 @@ class SampleChunks:
                 self.stats.tokens[key] += int(written[row])
             elif eligible[row]:
                 self._reject(ids[row], key, origins[row], "mix:not_sampled")
-        share = (time.perf_counter() - started) / max(len(ids), 1)
+        values, working = tokens.values.to_numpy(), time.perf_counter() - started
+        ends = np.cumsum(picked.tokens)
+        cuts = np.searchsorted(ends, np.arange(SLICE_TOKENS, ends[-1] if len(ends) else 0, SLICE_TOKENS), "right")
+        for first, last in itertools.pairwise(dict.fromkeys([0, *cuts.tolist(), len(ends)])):
+            started = time.perf_counter()
+            part = picked.take(np.arange(first, last))
+            documents = pa.array(part.doc, pa.int64())
+            table = pa.table({"input_ids": chunk_tokens(values, doc_offsets, part, self.bos, self.eos),
+                              "doc_id": batch.column("id").take(documents), "chunk": pa.array(part.index, pa.int32()),
+                              "source": batch.column("source").take(documents),
+                              "lang": batch.column("lang").take(documents),
+                              "epoch": pa.array(epochs[first:last], pa.int32())})
+            working += time.perf_counter() - started
+            yield table
         for key in keys:
-            self.stats.seconds[key] += share
-        documents = pa.array(picked.doc, pa.int64())
-        return pa.table({"input_ids": chunk_tokens(tokens.values.to_numpy(), doc_offsets, picked, self.bos, self.eos),
-                         "doc_id": batch.column("id").take(documents), "chunk": pa.array(picked.index, pa.int32()),
-                         "source": batch.column("source").take(documents),
-                         "lang": batch.column("lang").take(documents), "epoch": pa.array(epochs, pa.int32())})
+            self.stats.seconds[key] += working / len(keys)
 
     def _reject(self, doc_id: str, key: tuple[str, str], origin: str, reason: str) -> None:
         self.stats.rejected[key] += 1

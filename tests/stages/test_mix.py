@@ -151,3 +151,37 @@ def test_chunk_table_cuts_each_document_as_chunk_spans_does():
 def test_chunk_hashes_are_unit_hashes():
     hashes = chunk_hashes((3, "place"), ["a", "b/c"], [0, 2], [5, 0])
     assert hashes.tolist() == [unit_hash(3, "place", "a", 0, 5), unit_hash(3, "place", "b/c", 2, 0)]
+
+
+def test_sampled_chunks_come_in_bounded_slices_with_the_same_rows(monkeypatch):
+    """Picked chunks of long documents over several epochs come in tables of about SLICE_TOKENS tokens; cut
+    finer, they are the same rows, counters and rejects."""
+    import pyarrow as pa
+
+    import stages.mix
+    from stages.mix import SampleChunks, Selection
+
+    lengths = [5, 3000, 0, 700, 12000, 40]
+    batch = pa.record_batch({
+        "id": [f"d{i}" for i in range(len(lengths))], "source": ["s"] * len(lengths),
+        "lang": ["deu_Latn", "deu_Latn", "deu_Latn", "fra_Latn", "fra_Latn", "fra_Latn"],
+        "quality": pa.array([0.9, 0.8, 0.7, 0.1, 0.9, 0.9], pa.float32()),
+        "input_ids": pa.array([list(range(n)) for n in lengths], pa.list_(pa.uint32())), "origin": ["o"] * 6})
+    plan = {("s", "deu_Latn"): Selection(0.0, {1: (2, 2**63)}), ("s", "fra_Latn"): Selection(0.5, {1: (0, 2**62)})}
+
+    def sampled(slice_tokens: int) -> tuple[list[pa.Table], SampleChunks]:
+        monkeypatch.setattr(stages.mix, "SLICE_TOKENS", slice_tokens)
+        sampler = SampleChunks(plan, seed=1, seq_len=1024, min_chunk=64, bos=2, eos=1)
+        return list(sampler.sample(batch)), sampler
+
+    whole, one = sampled(1 << 22)
+    sliced, many = sampled(2000)
+    assert len(whole) == 1 and len(sliced) > 5
+    assert all(pa.compute.sum(pa.compute.list_value_length(t.column("input_ids"))).as_py() <= 2000 + 1024
+               for t in sliced)  # a slice ends with the chunk that passes the bound
+    assert pa.concat_tables(sliced).equals(whole[0])
+    assert (one.stats.kept, one.stats.tokens, one.stats.rejected) == (many.stats.kept, many.stats.tokens,
+                                                                      many.stats.rejected)
+    assert one.rejects == many.rejects
+    assert {(r.id, r.reason) for r in one.rejects} >= {("d2", "mix:not_sampled"),
+                                                       ("d3", "mix:below_quality_tier quality<0.5000")}
