@@ -21,6 +21,7 @@ from manifests.writer import ParquetSink
 from pipeline.config import load_lid, load_quality, load_tokenizers
 from stages.dedup import MinhashConfig, MinhashSignatures
 from stages.lid import LanguageId
+from stages.ngrams import repeated_ngrams
 from stages.quality import (
     Margins,
     Rejected,
@@ -57,6 +58,7 @@ def bench_profile(n: int = 3_000) -> list[dict]:
     shingles = [signatures.shingles(doc.text, doc.metadata["lang"]) for doc in docs]
     tokenizer = Gemma2Tokenizer(load_tokenizers()["gemma2"])
     texts = [doc.text for doc in docs]
+    repeated_ngrams(words[0], [2], [5])  # Numba loads the compiled kernel once per worker, not per MB
     steps: dict[str, tuple[str, Callable[[], object]]] = {}
     with tempfile.TemporaryDirectory() as work:
         root = Path(work)

@@ -26,12 +26,12 @@ from functools import cache, partial
 from itertools import compress
 from pathlib import Path
 
-import numpy as np
 from datatrove.pipeline.filters.gopher_repetition_filter import find_duplicates
 from datatrove.utils.text import TERMINAL_PUNCTUATION
 
 from stages.base import Document, Stage
 from stages.languages import base_language
+from stages.ngrams import repeated_ngrams
 from stages.settings import setting
 from stages.text import dominant_script, script_of, split_words
 
@@ -173,81 +173,6 @@ def c4_lines(text: str, words_in: Callable[[str], list[str]], row: QualityRow) -
     return cleaned
 
 
-class NGrams:
-    """Word n-grams as 64-bit hashes of the words' own hashes, so that repetition rules need no string joins.
-
-    `top_chars` and `duplicate_chars` give what datatrove's `find_top_duplicate` over space-joined n-grams and
-    `find_all_duplicate` return (tests/stages/test_quality.py checks them against datatrove's functions).
-    """
-
-    MULTIPLIERS = np.random.default_rng(0x5EED).integers(1, 2**63, size=16, dtype=np.uint64) | np.uint64(1)
-
-    def __init__(self, words: list[str]) -> None:
-        # a str caches its hash: equal words, equal ids, without a vocabulary
-        self.ids = np.fromiter(map(hash, words), np.int64, len(words)).view(np.uint64)
-        self.chars = np.concatenate([[0], np.cumsum(np.fromiter(map(len, words), np.int64, len(words)))])
-        self.cache: dict[int, np.ndarray] = {}
-        self.unrepeated_from = len(words) + 1  # the smallest n known to have no repeated n-gram
-
-    def hashes(self, n: int) -> np.ndarray:
-        """One hash per n-gram: the (n-1)-gram's hash extended by the n-th word, so each n costs one pass."""
-        if n not in self.cache:
-            count = max(len(self.ids) - n + 1, 0)
-            shorter = self.hashes(n - 1)[:count] if n > 1 else np.zeros(count, np.uint64)
-            self.cache[n] = shorter * self.MULTIPLIERS[n - 1] + self.ids[n - 1:n - 1 + count] + np.uint64(n - 1)
-        return self.cache[n]
-
-    def groups(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """The n-grams' positions ordered by hash (equal n-grams stay in text order), and where each run of
-        equal hashes starts in that order."""
-        hashes = self.hashes(n)
-        order = np.argsort(hashes, kind="stable")
-        ordered = hashes[order]
-        starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
-        return order, starts
-
-    def span_chars(self, start: int, n: int) -> int:
-        return int(self.chars[start + n] - self.chars[start])
-
-    def top_chars(self, n: int) -> int:
-        """Characters of the most frequent n-gram (joined by spaces) times its count; ties: the earliest."""
-        if len(self.ids) < n:
-            return 0
-        order, starts = self.groups(n)
-        counts = np.append(starts[1:], len(order)) - starts
-        best = counts.max()
-        start = int(order[starts[counts == best]].min())
-        return (self.span_chars(start, n) + n - 1) * int(best)
-
-    def duplicate_chars(self, n: int) -> int:
-        """Characters in repeated n-grams, scanning left to right and skipping past each repeat (datatrove's
-        `find_all_duplicate`). The scan stops only at n-grams that occurred earlier: between them it collects.
-        An n-gram repeats only where its (n-1)-gram does: past an n without repeats, every n has none."""
-        if n >= self.unrepeated_from:
-            return 0
-        order, starts = self.groups(n)
-        if len(starts) == len(order):  # no n-gram repeats (most texts): nothing to scan
-            self.unrepeated_from = n
-            return 0
-        later = np.ones(len(order), bool)
-        later[starts] = False
-        repeats = np.sort(order[later])  # every occurrence after its n-gram's first
-        values = self.hashes(n).tolist()
-        seen: set[int] = set()
-        repeated = index = 0
-        for candidate in repeats.tolist():  # only an n-gram that occurred before can be a repeat
-            if candidate < index:
-                continue  # skipped past
-            seen.update(values[index:candidate])  # visited, none of them seen before
-            if values[candidate] in seen:
-                repeated += self.span_chars(candidate, n)
-                index = candidate + n
-            else:
-                seen.add(values[candidate])
-                index = candidate + 1
-        return repeated
-
-
 def split_lines(text: str) -> list[str]:
     """`re.split(r"\\n+", text)` (Gopher's lines) by str.split, several times faster: runs of newlines count once,
     so only the first and last pieces may be empty."""
@@ -272,12 +197,14 @@ def gopher_repetition(text: str, words: list[str], row: QualityRow, margins: Mar
     duplicates, chars = find_duplicates(lines)
     margins.at_most("dup_line_frac", duplicates / len(lines), row.dup_line_frac)
     margins.at_most("dup_line_char_frac", chars / len(text), row.dup_line_char_frac)
-    n_grams = NGrams(words)
-    for n, limit in row.top_n_grams or ():
+    top_ns = [n for n, _ in row.top_n_grams or ()]
+    duplicate_ns = [n for n, _ in row.dup_n_grams or ()]
+    tops, duplicates = repeated_ngrams(words, top_ns, duplicate_ns)
+    for (n, limit), chars in zip(row.top_n_grams or (), tops, strict=True):
         if len(words) >= n:
-            margins.at_most(f"top_{n}_gram", n_grams.top_chars(n) / len(text), limit)
-    for n, limit in row.dup_n_grams or ():
-        margins.at_most(f"dup_{n}_gram", n_grams.duplicate_chars(n) / len(text), limit)
+            margins.at_most(f"top_{n}_gram", chars / len(text), limit)
+    for (n, limit), chars in zip(row.dup_n_grams or (), duplicates, strict=True):
+        margins.at_most(f"dup_{n}_gram", chars / len(text), limit)
 
 
 def fineweb(text: str, words: list[str], row: QualityRow, margins: Margins) -> None:

@@ -145,33 +145,38 @@ def test_ngram_counts_equal_datatroves(lang):
         get_n_grams,
     )
 
-    from stages.quality import NGrams
+    from stages.ngrams import repeated_ngrams
     from stages.text import split_words
 
     text = udhr(lang)
     words = split_words(text + text[: len(text) // 3] + "\n" + " ".join(text.split()[:40]) * 3, lang[-4:])
-    n_grams = NGrams(words)
-    for n in (2, 3, 4):
-        assert n_grams.top_chars(n) == find_top_duplicate(get_n_grams(words, n))
-    for n in range(5, 11):
-        assert n_grams.duplicate_chars(n) == find_all_duplicate(words, n)
+    tops, duplicates = repeated_ngrams(words, [2, 3, 4], list(range(5, 11)))
+    assert tops == [find_top_duplicate(get_n_grams(words, n)) for n in (2, 3, 4)]
+    assert duplicates == [find_all_duplicate(words, n) for n in range(5, 11)]
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_duplicate_ngrams_equal_datatroves_on_random_repeats(seed):
-    """No repeat, a repeat at the start, late, overlapping, everywhere: the scan that starts at the first repeat
-    counts what datatrove's full scan counts."""
+@pytest.mark.parametrize("seed", range(12))
+def test_ngram_counts_equal_datatroves_on_random_repeats(seed):
+    """No repeat, a repeat at the start, late, overlapping, everywhere, ties for the top n-gram, texts shorter
+    than n: the counts are datatrove's, asked for every n at once or one n at a time."""
     import random
 
-    from datatrove.pipeline.filters.gopher_repetition_filter import find_all_duplicate
+    from datatrove.pipeline.filters.gopher_repetition_filter import (
+        find_all_duplicate,
+        find_top_duplicate,
+        get_n_grams,
+    )
 
-    from stages.quality import NGrams
+    from stages.ngrams import repeated_ngrams
 
     rng = random.Random(seed)
     vocabulary = [f"w{i}" for i in range(rng.choice([3, 20, 5000]))]
-    words = [rng.choice(vocabulary) for _ in range(rng.randrange(0, 400))]
-    for n in range(5, 11):
-        assert NGrams(words).duplicate_chars(n) == find_all_duplicate(words, n), n
+    words = [rng.choice(vocabulary) for _ in range(rng.choice([0, 1, 3, 7, rng.randrange(0, 400)]))]
+    tops = [find_top_duplicate(get_n_grams(words, n)) if len(words) >= n else 0 for n in (2, 3, 4)]
+    duplicates = [find_all_duplicate(words, n) for n in range(5, 11)]
+    assert repeated_ngrams(words, [2, 3, 4], list(range(5, 11))) == (tops, duplicates)
+    assert [repeated_ngrams(words, [], [n])[1][0] for n in range(10, 4, -1)] == duplicates[::-1]
+    assert [repeated_ngrams(words, [n], [])[0][0] for n in (4, 3, 2)] == tops[::-1]
 
 
 def test_verdicts_and_scores_are_those_before_the_speed_ups():
@@ -206,19 +211,3 @@ def test_line_and_paragraph_splits_equal_gophers_regexes():
     for text in texts:
         assert split_lines(text) == re.split(r"\n+", text), repr(text)
         assert split_paragraphs(text) == re.split(r"\n{2,}", text.strip()), repr(text)
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_one_ngrams_object_answers_every_n_as_datatrove(seed):
-    """One NGrams for n = 5..10 in turn, as the rule asks them: past an n without repeats it answers 0 unscanned."""
-    import random
-
-    from datatrove.pipeline.filters.gopher_repetition_filter import find_all_duplicate
-
-    from stages.quality import NGrams
-
-    rng = random.Random(seed)
-    vocabulary = [f"w{i}" for i in range(rng.choice([3, 20, 5000]))]
-    words = [rng.choice(vocabulary) for _ in range(rng.randrange(0, 400))]
-    n_grams = NGrams(words)
-    assert [n_grams.duplicate_chars(n) for n in range(5, 11)] == [find_all_duplicate(words, n) for n in range(5, 11)]
