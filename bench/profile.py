@@ -58,7 +58,8 @@ def bench_profile(n: int = 3_000) -> list[dict]:
     shingles = [signatures.shingles(doc.text, doc.metadata["lang"]) for doc in docs]
     tokenizer = Gemma2Tokenizer(load_tokenizers()["gemma2"])
     texts = [doc.text for doc in docs]
-    repeated_ngrams(words[0], [2], [5])  # Numba loads the compiled kernel once per worker, not per MB
+    repeated_ngrams(words[0], [2], [5])  # Numba loads compiled kernels once per worker, not per MB
+    signatures.minhash(shingles[0])
     steps: dict[str, tuple[str, Callable[[], object]]] = {}
     with tempfile.TemporaryDirectory() as work:
         root = Path(work)

