@@ -8,6 +8,7 @@ from collections import Counter
 from functools import cache
 
 import icu
+import numpy as np
 import regex
 
 # ISO 15924 scripts whose words are not separated by spaces.
@@ -15,6 +16,7 @@ UNSPACED_SCRIPTS = frozenset({"Hani", "Hans", "Hant", "Jpan", "Hira", "Kana", "T
                               "Tibt"})
 JAPANESE_KANA = frozenset({"Hira", "Kana"})
 WORD = regex.compile(r"[\p{L}\p{M}\p{N}]+(?:['’\-][\p{L}\p{M}\p{N}]+)*")
+ASTRAL = regex.compile(r"[\U00010000-\U0010FFFF]")
 
 
 def dominant_script(text: str, sample: int = 2000) -> str | None:
@@ -48,13 +50,24 @@ def split_words(text: str, script: str | None) -> list[str]:
         return WORD.findall(text)
     breaker = _word_breaker()
     breaker.setText(text)
+    at = _code_points(text)
     words = []
     start = breaker.first()
     for end in breaker:
         if breaker.getRuleStatus() != icu.UWordBreak.NONE:
-            words.append(text[start:end])
+            words.append(text[at[start]:at[end]])
         start = end
     return words
+
+
+def _code_points(text: str) -> range | list[int]:
+    """ICU's offset (in UTF-16 code units) -> Python's (in code points): the same, unless the text has
+    characters past U+FFFF (emoji, rare ideographs), which take two units each."""
+    if ASTRAL.search(text) is None:
+        return range(len(text) + 1)
+    units = np.frombuffer(text.encode("utf-16-le"), np.uint16)
+    starts = (units < 0xDC00) | (units > 0xDFFF)  # a low surrogate ends the character its high one began
+    return np.concatenate(([0], np.cumsum(starts))).tolist()
 
 
 def script_of(label: str | None) -> str | None:

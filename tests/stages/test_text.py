@@ -30,3 +30,10 @@ def test_words_in_every_script(text, script, words):
 
 def test_no_letters_no_script():
     assert dominant_script("1234 !!") is None
+
+
+def test_words_after_characters_past_the_basic_plane():
+    """ICU counts offsets in UTF-16 units: an emoji or a rare ideograph (two units) must not shift every word
+    after it."""
+    assert split_words("😀สวัสดีครับ 🙏🏽 ทดสอบ", "Thai") == split_words("สวัสดีครับ ทดสอบ", "Thai")
+    assert split_words("𠀀中文字符测试 你好", "Hani") == ["𠀀", *split_words("中文字符测试 你好", "Hani")]
