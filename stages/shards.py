@@ -4,6 +4,7 @@ export a phase's shards as MosaicML MDS."""
 import json
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import zstandard
@@ -17,13 +18,16 @@ from stages.mds import MDSError, ShardInfo, decompress, encode_shard, index_entr
 def write_shard(layout: Layout, placed: list[str], target: str) -> dict:
     """Write a shard from the chunks placed in it (its own partition files, nothing else); the order is the
     chunks' placement hash, so it is fixed."""
-    if not placed:
-        table = SHARD.empty_table()
-    else:
-        with layout.duckdb(threads=1) as con:
-            table = con.sql(f"""SELECT {", ".join(SHARD.names)} FROM read_parquet($files)
-                                ORDER BY place, doc_id, epoch, chunk""",
-                            params={"files": [layout.url_of(name) for name in placed]}).to_arrow_table()
+    table = SHARD.empty_table()
+    if placed:
+        tables = []
+        for name in placed:
+            with layout.open(name) as f:
+                tables.append(pq.read_table(f, columns=["place", *SHARD.names]))
+        table = pa.concat_tables(tables)
+        order = pc.sort_indices(table, sort_keys=[("place", "ascending"), ("doc_id", "ascending"),
+                                                  ("epoch", "ascending"), ("chunk", "ascending")])
+        table = table.take(order).select(SHARD.names).combine_chunks()
     checksum = write_parquet(layout, target, table, SHARD, algorithm="sha256")
     tokens = pc.sum(pc.list_value_length(table.column("input_ids"))).as_py() or 0
     return dict(path=target, rows=table.num_rows, tokens=tokens, bytes=layout.size(target),
