@@ -4,6 +4,7 @@ Scripts written without spaces (Chinese, Japanese, Thai, Khmer, Burmese, Lao, Ti
 ICU's dictionary-based word break iterator (PyICU); other scripts split on letters and digits.
 """
 
+import itertools
 from collections import Counter
 from functools import cache
 
@@ -17,6 +18,7 @@ UNSPACED_SCRIPTS = frozenset({"Hani", "Hans", "Hant", "Jpan", "Hira", "Kana", "T
 JAPANESE_KANA = frozenset({"Hira", "Kana"})
 WORD = regex.compile(r"[\p{L}\p{M}\p{N}]+(?:['’\-][\p{L}\p{M}\p{N}]+)*")
 ASTRAL = regex.compile(r"[\U00010000-\U0010FFFF]")
+NOT_A_WORD = icu.UWordBreak.NONE  # the rule status of spaces and punctuation
 
 
 def dominant_script(text: str, sample: int = 2000) -> str | None:
@@ -50,21 +52,17 @@ def split_words(text: str, script: str | None) -> list[str]:
         return WORD.findall(text)
     breaker = _word_breaker()
     breaker.setText(text)
-    at = _code_points(text)
-    words = []
-    start = breaker.first()
-    for end in breaker:
-        if breaker.getRuleStatus() != icu.UWordBreak.NONE:
-            words.append(text[at[start]:at[end]])
-        start = end
-    return words
-
-
-def _code_points(text: str) -> range | list[int]:
-    """ICU's offset (in UTF-16 code units) -> Python's (in code points): the same, unless the text has
-    characters past U+FFFF (emoji, rare ideographs), which take two units each."""
+    status = breaker.getRuleStatus  # of the boundary the iterator reached last: a pair's end
+    spans = itertools.pairwise(itertools.chain((breaker.first(),), breaker))
     if ASTRAL.search(text) is None:
-        return range(len(text) + 1)
+        return [text[start:end] for start, end in spans if status() != NOT_A_WORD]
+    at = _code_points(text)
+    return [text[at[start]:at[end]] for start, end in spans if status() != NOT_A_WORD]
+
+
+def _code_points(text: str) -> list[int]:
+    """ICU's offsets count UTF-16 code units, Python's code points: a character past U+FFFF (an emoji, a rare
+    ideograph) takes two units. Python's offset for each of ICU's."""
     units = np.frombuffer(text.encode("utf-16-le"), np.uint16)
     starts = (units < 0xDC00) | (units > 0xDFFF)  # a low surrogate ends the character its high one began
     return np.concatenate(([0], np.cumsum(starts))).tolist()
