@@ -211,3 +211,18 @@ def test_line_and_paragraph_splits_equal_gophers_regexes():
     for text in texts:
         assert split_lines(text) == re.split(r"\n+", text), repr(text)
         assert split_paragraphs(text) == re.split(r"\n{2,}", text.strip()), repr(text)
+
+
+def test_stop_words_counted_the_same_from_memory(monkeypatch):
+    """Verdicts remembered per word as written (first call) or recomputed after the memory is cleared give the
+    counts of normalizing every word: NFC, lower case, suffixes for Korean particles."""
+    import stages.quality
+    from stages.quality import count_stop_words
+
+    words = ["Die", "die", "DIE", "Straße", "Cafe\u0301", "café", "und", "x"] * 3
+    stop_words = ("die", "café", "und")
+    for _ in range(2):
+        assert count_stop_words(words, stop_words, False) == 18
+        assert count_stop_words(["사람은", "모든", "은"], ("은", "는"), True) == 2
+    monkeypatch.setattr(stages.quality, "STOP_WORD_MEMORY", 1)
+    assert count_stop_words([*words, "neu"], stop_words, False) == 18
