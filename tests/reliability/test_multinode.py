@@ -3,9 +3,11 @@ explicit ports, one CPU each), the build submitted as a Ray job, one worker node
 finishes on the nodes left and writes the embedded build's shards, byte for byte."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -34,11 +36,16 @@ def test_losing_a_worker_node_during_curation(sample_build, tmp_path):
     logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("head", "a", "b")}  # noqa: SIM115
     head = node(bin_dir, env, logs["head"], "--head", f"--port={gcs}", f"--ray-client-server-port={free_port()}",
                 "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", '--resources={"head": 1}')
-    workers = []
+    workers: list[subprocess.Popen] = []
+    folders: list[str] = []
     try:
         wait_for_port(dashboard, head)
         def worker(name: str) -> subprocess.Popen:
-            return node(bin_dir, env, logs[name], f"--address=127.0.0.1:{gcs}", f'--resources={{"worker_{name}": 1}}')
+            # nodes of one machine share a session folder and its socket names unless given their own: two
+            # starting together could both take the object store's socket (`bind: Address already in use`)
+            folders.append(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: sockets' paths are limited
+            return node(bin_dir, env, logs[name], f"--address=127.0.0.1:{gcs}", f'--resources={{"worker_{name}": 1}}',
+                        f"--temp-dir={folders[-1]}")
 
         workers = [worker(name) for name in ("a", "b")]
         for _ in range(3):  # a node whose port was taken in the meantime (ports picked here are ephemeral) exits
@@ -73,6 +80,8 @@ def test_losing_a_worker_node_during_curation(sample_build, tmp_path):
             stop(process)
         for log in logs.values():
             log.close()
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def wait_for_nodes(bin_dir: str, env: dict, gcs: int, count: int, workers: list[subprocess.Popen]) -> bool:
