@@ -27,7 +27,7 @@ from manifests.layout import Layout
 from manifests.schemas import PLACED, STATS
 from manifests.writer import SCRATCH_OPTIONS, PartitionedSink, write_parquet, write_task_records
 from pipeline.config import ConfigError, PhaseConfig
-from pipeline.partitions import batches
+from pipeline.partitions import batches, runs
 from pipeline.runner import Runner, Task
 from stages.languages import base_language
 from stages.mix import (
@@ -164,10 +164,10 @@ def mix_files(layout: Layout, phase_id: str, pools: list[str], plan: dict[tuple[
                                          chunks.column("epoch").to_pylist(), chunks.column("chunk").to_pylist())
                     shard = (place % np.uint64(n_shards)).astype(np.int64)
                     placed = chunks.add_column(0, "place", pa.array(place)).add_column(0, "shard", pa.array(shard))
-                    order = np.argsort(shard // per_group, kind="stable")
-                    placed, partitions = placed.take(order), shard[order] // per_group
-                    cuts = np.flatnonzero(np.diff(partitions)) + 1
-                    for start, end in zip([0, *cuts], [*cuts, len(partitions)], strict=True):
+                    partitions = shard // per_group
+                    order = np.argsort(partitions, kind="stable")
+                    placed, partitions = placed.take(order), partitions[order]
+                    for start, end in runs(partitions):
                         sink.write_table(int(partitions[start]), placed.slice(start, end - start))
     sink.close()
     write_task_records(layout, "mix", "batch", key, [sampler], phase=phase_id)

@@ -42,6 +42,12 @@ def batches(sizes: dict[str, int], target: int) -> list[list[str]]:
     return found
 
 
+def runs(keys: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) of each run of equal consecutive keys."""
+    cuts = [0, *(np.flatnonzero(np.diff(keys)) + 1).tolist(), len(keys)]
+    return list(zip(cuts, cuts[1:], strict=False)) if len(keys) else []
+
+
 @dataclass(frozen=True)
 class Relation:
     folder: str
@@ -97,8 +103,7 @@ def run_sql(layout: Layout, task: str, views: dict[str, tuple[tuple[str, ...], p
                 for batch in reader:
                     parts = batch.column(0).to_numpy()
                     table = pa.Table.from_batches([batch]).drop_columns(["_p"]).cast(output.schema)
-                    cuts = [0, *(np.flatnonzero(np.diff(parts)) + 1), len(parts)]
-                    for start, end in zip(cuts, cuts[1:], strict=False):
+                    for start, end in runs(parts):
                         if parts[start] != current:
                             if sink is not None:
                                 sink.close()

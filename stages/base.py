@@ -44,6 +44,10 @@ class StageStats:
     tokens: Counter = field(default_factory=Counter)
     seconds: Counter = field(default_factory=Counter)
 
+    def count_reject(self, key: tuple[str, str | None], reason: str) -> None:
+        self.rejected[key] += 1
+        self.reasons[key][reason_key(reason)] += 1
+
     def rows(self) -> list[dict]:
         """Long-form rows: one total row per (source, lang) with reason None, then one row per reject reason
         (counted in `rejected`) and one per note on kept documents (counted in `kept`)."""
@@ -113,8 +117,7 @@ class Stage(ABC):
 
     def reject(self, doc: Document, reason: str, detail: str | None = None) -> None:
         key = self.key(doc)
-        self.stats.rejected[key] += 1
-        self.stats.reasons[key][reason_key(reason)] += 1
+        self.stats.count_reject(key, reason)
         self.rejects.append(Reject(doc.id, key[0], key[1], self.name, reason, doc.metadata.get("origin", ""), detail,
                                    doc.text if self.keep_text else None))
 

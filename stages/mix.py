@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from stages.base import Reject, StageStats, reason_key
+from stages.base import Reject, StageStats
 from stages.settings import setting
 
 UINT64 = 2**64
@@ -189,7 +189,7 @@ class Chunks:
     start: np.ndarray
     end: np.ndarray
 
-    def take(self, rows: np.ndarray) -> "Chunks":
+    def take(self, rows: np.ndarray | slice) -> "Chunks":
         return Chunks(self.doc[rows], self.index[rows], self.start[rows], self.end[rows])
 
     @property
@@ -247,8 +247,8 @@ def epoch_tokens_sql(n: str, seq_len: int, min_chunk: int) -> str:
 class FractionThreshold:
     """The hash up to which chunks carry a fraction of an epoch: taking chunks in hash order, the point where
     their tokens come closest to `target` (within half a chunk). Two passes over batches of (document ids, token
-    counts), in bounded
-    memory: token sums per hash range, then the chunks of the one range where the target falls."""
+    counts), in bounded memory: token sums per hash range, then the chunks of the one range where the target
+    falls."""
 
     def __init__(self, seed: int, epoch: int, seq_len: int, min_chunk: int) -> None:
         self.seed, self.epoch, self.seq_len, self.min_chunk = seed, epoch, seq_len, min_chunk
@@ -360,7 +360,7 @@ class SampleChunks:
         cuts = np.searchsorted(ends, np.arange(SLICE_TOKENS, ends[-1] if len(ends) else 0, SLICE_TOKENS), "right")
         for first, last in itertools.pairwise(dict.fromkeys([0, *cuts.tolist(), len(ends)])):
             started = time.perf_counter()
-            part = picked.take(np.arange(first, last))
+            part = picked.take(slice(first, last))
             documents = pa.array(part.doc, pa.int64())
             table = pa.table({"input_ids": chunk_tokens(values, doc_offsets, part, self.bos, self.eos),
                               "doc_id": batch.column("id").take(documents), "chunk": pa.array(part.index, pa.int32()),
@@ -373,6 +373,5 @@ class SampleChunks:
             self.stats.seconds[key] += working / len(keys)
 
     def _reject(self, doc_id: str, key: tuple[str, str], origin: str, reason: str) -> None:
-        self.stats.rejected[key] += 1
-        self.stats.reasons[key][reason_key(reason)] += 1
+        self.stats.count_reject(key, reason)
         self.rejects.append(Reject(doc_id, key[0], key[1], self.name, reason, origin))
