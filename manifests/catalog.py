@@ -14,6 +14,9 @@ only the output tree, never write, attach, export, install or load anything, and
 
 import fnmatch
 import json
+import shutil
+import tempfile
+import weakref
 from typing import Any
 
 import duckdb
@@ -196,8 +199,12 @@ def connect(layout: Layout, sandbox: bool = True) -> duckdb.DuckDBPyConnection:
     which a Ray job's driver may have lost with its node's runtime environment."""
     if not layout.glob(Layout.manifest_glob("run")):
         raise FileNotFoundError(f"{layout.url}: no built phase (no manifest): run `mmcorpus build` first")
+    # DuckDB's temporary folder is always an allowed directory, and its default is `.tmp` under the working
+    # directory, whatever it holds: a private one, removed with the connection, holds only what DuckDB spills
+    spill = tempfile.mkdtemp(prefix="mmcorpus-query-")
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False,
-                                 "threads": 2})
+                                 "threads": 2, "temp_directory": spill})
+    weakref.finalize(con, shutil.rmtree, spill, ignore_errors=True)
     if not layout.is_local:
         con.register_filesystem(layout.fs)
     allowed = _rooted(layout)

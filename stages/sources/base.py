@@ -6,15 +6,18 @@ record is rejected alone; a bad file (corrupt, truncated, wrong schema) becomes 
 and the error, after whatever documents came out of it before the damage.
 """
 
+import io
 import json
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
-from typing import IO, Any
+from typing import IO, Any, Literal
 from urllib.parse import urlsplit
 
 import fsspec
+import zstandard
 
+from manifests.layout import checksum_stream
 from stages.assets import AssetSpec
 from stages.base import Document, Stage
 from stages.settings import ConfigError, Location, setting
@@ -32,6 +35,10 @@ class ReaderOptions:
 
     path: Location = setting(help="local folder (relative to the YAML naming it) or fsspec URL, upstream layout")
     max_chars: int = setting(MAX_CHARS, help="a longer text is cut here and noted read:text_capped")
+    identity: Literal["mtime", "content"] = setting(
+        "mtime", help="what tells a rebuild that an input file changed: `mtime` its size and ETag or modification "
+        "time (as make and rsync); `content` its size and an xxhash64 of its bytes, which reads every input on "
+        "every build")
 
 
 class BadRecord(ValueError):
@@ -112,10 +119,16 @@ class SourceReader(Stage):
         return parts[-1 - up]
 
     def identity(self, relative: str) -> dict:
-        """What tells whether an upstream file changed: its size and its ETag, hash or modification time (raises
-        OSError for a path that cannot be read, such as a dangling or looping link)."""
-        info = self.fs.info(f"{self.fs_root}/{relative}")
-        version = next((info[key] for key in IDENTITY_KEYS if info.get(key) is not None), None)
+        """What tells whether an upstream file changed: its size and its ETag, hash or modification time, or with
+        `identity: content` a checksum of its bytes in their place, so that a touched file is not curated again
+        (raises OSError for a path that cannot be read, such as a dangling or looping link)."""
+        path = f"{self.fs_root}/{relative}"
+        info = self.fs.info(path)
+        if self.options.identity == "content":
+            with self.fs.open(path, "rb") as f:
+                version = checksum_stream(f)
+        else:
+            version = next((info[key] for key in IDENTITY_KEYS if info.get(key) is not None), None)
         return {"path": relative, "size": int(info.get("size") or 0), "version": str(version)}
 
     def accept(self, relative: str) -> bool:
@@ -195,10 +208,52 @@ def valid_url(url: str | None) -> bool:
     return bool(parts.scheme and parts.netloc)
 
 
+class ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of a zstd file, every frame in turn (the zstd CLI and streaming writers may write
+    several, without their content size). It raises ZstdError where the input ends inside a frame: zstandard's
+    own readers take that for the end of the data, and fsspec's cannot be read line by line."""
+
+    def __init__(self, compressed: IO[bytes]) -> None:
+        super().__init__()
+        self.compressed = compressed
+        self.decompressor = zstandard.ZstdDecompressor()
+        self.frame = self.decompressor.decompressobj()
+        self.in_frame = False  # whether the current frame has begun: the input must not end there
+        self.pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self.pending:
+            data = self.compressed.read(1 << 16)  # 64 KiB at a time: what one call may expand is bounded by it
+            if not data:
+                if self.in_frame:
+                    raise zstandard.ZstdError("zstd decompressor error: the input ends inside a frame (truncated)")
+                return 0
+            self.pending = memoryview(self.decompress(data))
+        n = min(len(buffer), len(self.pending))
+        buffer[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
+
+    def decompress(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            out.append(self.frame.decompress(data))
+            self.in_frame = not self.frame.eof
+            if self.in_frame:
+                break
+            data = self.frame.unused_data  # the next frame begins in this block
+            self.frame = self.decompressor.decompressobj()
+        return b"".join(out)
+
+
 def iter_json_lines(reader: SourceReader, relative: str) -> Iterator[tuple[int, dict]]:
     """(line number, record) for a JSON-lines file, compressed or not; bad lines become rejects."""
-    with reader.open(relative, "rb", compression="infer") as f:
-        for number, raw in enumerate(f):
+    zstd = relative.endswith(".zst")
+    with reader.open(relative, "rb", compression=None if zstd else "infer") as f:
+        for number, raw in enumerate(io.BufferedReader(ZstdFrames(f), 1 << 20) if zstd else f):
             if not raw.strip():
                 continue
             try:

@@ -1,4 +1,4 @@
-"""Dolma v1.7 (allenai/dolma): gzipped JSON lines, `<subset>/<name>-NNNN.json.gz`.
+"""Dolma v1.7 (allenai/dolma): JSON lines, gzip or zstd, `<subset>/<name>-NNNN.json.gz` (or `.json.zst`).
 
 Records carry `id, text, source, added, created, metadata`. Each subset folder is configured with the language
 it is expected to hold (`subsets: {cc_en_head: eng_Latn, starcoder: code}`), which LID checks, and folders not
@@ -16,6 +16,7 @@ from stages.settings import setting
 from stages.sources.base import BadRecord, ReaderOptions, SourceReader, id_field, iter_json_lines, text_field
 
 DEFAULT_LANG = "eng_Latn"
+EXTENSIONS = (".gz", ".zst", "l", "l.gz", "l.zst")  # after `*.json`
 
 
 @dataclass(frozen=True)
@@ -33,9 +34,9 @@ class DolmaReader(SourceReader):
         super().__init__(path, **options)
         self.subsets = self.options.subsets
         folders = list(self.subsets) if self.subsets else ["*"]
-        self.patterns = tuple(f"{folder}/*.json{ext}" for folder in folders for ext in (".gz", ".zst", "l", "l.gz"))
+        self.patterns = tuple(f"{folder}/*.json{ext}" for folder in folders for ext in EXTENSIONS)
         if not self.subsets:  # the path may be one subset's folder itself
-            self.patterns += tuple(f"*.json{ext}" for ext in (".gz", ".zst", "l", "l.gz"))
+            self.patterns += tuple(f"*.json{ext}" for ext in EXTENSIONS)
 
     def records(self, relative: str) -> Iterator[tuple[int, dict]]:
         return iter_json_lines(self, relative)

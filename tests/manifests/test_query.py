@@ -44,6 +44,18 @@ def test_the_sandbox_refuses(sample_build, tmp_path, capsys, sql):
     assert list(tmp_path.iterdir()) == [] and shard.read_bytes() == before
 
 
+@pytest.mark.parametrize("path", [".tmp/secret.csv", "{cwd}/.tmp/secret.csv"])
+def test_the_sandbox_refuses_the_working_directorys_tmp_folder(sample_build, tmp_path, monkeypatch, capsys, path):
+    """DuckDB's default temporary folder, `<cwd>/.tmp`, is one it may always read."""
+    out, _ = sample_build
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".tmp").mkdir()
+    (tmp_path / ".tmp" / "secret.csv").write_text("secret\nhunter2\n")
+    code, text, err = run_query(out, f"SELECT * FROM read_csv('{path.format(cwd=tmp_path)}')", capsys)
+    assert code == 2 and "hunter2" not in text, text
+    assert len(err) == 1 and "Permission Error" in err[0], err
+
+
 def test_reading_inside_the_output_is_allowed(sample_build, capsys):
     out, _ = sample_build
     code, text, _ = run_query(out, f"SELECT count(*) AS n FROM read_parquet('{out}/phase1/shards/*.parquet')", capsys)

@@ -108,6 +108,14 @@ def test_every_damaged_file_is_quarantined_with_a_one_line_reason(damaged, capsy
     assert {r["reason"] for r in rows if r["row"] == "file"} == {"read:corrupt_file"}
 
 
+def test_a_truncated_zstd_file_is_quarantined_for_its_truncation(damaged, capsys):
+    _, out = damaged
+    rows = query(out, "SELECT detail FROM quarantine WHERE file LIKE '%.zst'", capsys)
+    assert [r["detail"] for r in rows] == [
+        "ZstdError: zstd decompressor error: the input ends inside a frame (truncated)"
+    ]
+
+
 def test_bad_records_are_quarantined_alone(damaged, capsys):
     _, out = damaged
     rows = query(out, "SELECT source, file, row FROM quarantine WHERE row != 'file' ORDER BY 1, 2, 3", capsys)

@@ -2,6 +2,7 @@
 or changing a setting or the seed, holds the same shards (sha256) as a fresh build of the same inputs and config;
 damaged intermediates and shards are caught by their checksums and rebuilt."""
 
+import gzip
 import logging
 import random
 import shutil
@@ -15,7 +16,7 @@ from manifests.layout import Layout
 from pipeline.build import build
 from pipeline.cli import main
 from pipeline.config import SAMPLES_DIR as SAMPLES
-from tests.helpers import settings_for
+from tests.helpers import edit_keeping_size_and_mtime, settings_for
 
 GERMAN = "fineweb2/data/deu_Latn/train"
 
@@ -93,6 +94,23 @@ def test_changed_settings_and_seed_equal_a_fresh_build(ray_session, tokenizers, 
     assert fresh_equals(tmp_path, out, sources, overrides=stricter)[0]
     build(settings_for(out, sources=sources, overrides=stricter, seed=7))
     assert fresh_equals(tmp_path, out, sources, overrides=stricter, seed=7)[0]
+
+
+def test_identity_content_recurates_a_same_size_edit_that_keeps_the_mtime(ray_session, tokenizers, tmp_path, inputs):
+    """The default identity (size and mtime) does not see such an edit (test_readers.py); `content` does."""
+    folder = inputs / "dolma" / "cc_en_head"
+    plain = folder / "cc_en_head-0000.jsonl"  # uncompressed, so that a few bytes can change in place
+    plain.write_bytes(gzip.decompress((folder / "cc_en_head-0000.json.gz").read_bytes()))
+    (folder / "cc_en_head-0000.json.gz").unlink()
+    out, sources = tmp_path / "out", inputs / "sources.yaml"
+    by_content = ("sources.sources.dolma.identity=content",)
+    build(settings_for(out, sources=sources, overrides=by_content))
+    before = shard_hashes(out)
+    edit_keeping_size_and_mtime(plain, b"inherent dignity", b"INHERENT DIGNITY")
+    info = build(settings_for(out, sources=sources, overrides=by_content))
+    assert info["ran"]["curate"] == 1
+    assert shard_hashes(out) != before
+    assert fresh_equals(tmp_path, out, sources, overrides=by_content)[0]
 
 
 def test_plain_rerun_runs_nothing(ray_session, tokenizers, tmp_path, inputs, caplog):

@@ -1,15 +1,20 @@
 """Each reader on its bundled samples, on damaged files, and through fsspec URLs."""
 
 import gzip
+import io
 import json
+import os
+from collections import Counter
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import zstandard
 
 from pipeline.config import SAMPLES_DIR as SAMPLES
 from stages.sources import DolmaReader, FineWeb2Reader, MegaWikaReader, ProLongReader, StarCoderReader
+from tests.helpers import edit_keeping_size_and_mtime
 
 
 def read_all(reader):
@@ -127,11 +132,93 @@ def test_dolma_bad_lines_and_truncated_gzip(copy_samples):
     assert sum(1 for d in docs if "-0001" in d.metadata["origin"]) == 5
 
 
+def zstd_streamed(data: bytes) -> bytes:
+    """As the zstd CLI writes a pipe: a frame whose header leaves out the content size."""
+    out = io.BytesIO()
+    with zstandard.ZstdCompressor().stream_writer(out, closefd=False) as writer:
+        writer.write(data)
+    return out.getvalue()
+
+
+def test_dolma_zstd_files_read_every_document(copy_samples):
+    root = copy_samples("dolma")
+    folder = root / "cc_en_head"
+    data = gzip.decompress((folder / "cc_en_head-0000.json.gz").read_bytes())
+    lines = data.splitlines()
+    half = len(data) // 2
+    compress = zstandard.ZstdCompressor().compress
+    (folder / "cc_en_head-0001.json.zst").write_bytes(compress(data))
+    (folder / "cc_en_head-0002.json.zst").write_bytes(compress(data[:half]) + compress(data[half:]))  # 2 frames
+    (folder / "cc_en_head-0003.jsonl.zst").write_bytes(zstd_streamed(data))
+    reader = DolmaReader(str(root), subsets={"cc_en_head": "eng_Latn"})
+    docs, rejects = read_all(reader)
+    assert not rejects
+    by_file = Counter(d.metadata["origin"].rsplit(":", 1)[0] for d in docs)
+    assert by_file == {f"cc_en_head/cc_en_head-{name}": len(lines) for name in
+                       ("0000.json.gz", "0001.json.zst", "0002.json.zst", "0003.jsonl.zst")}
+    texts = [[d.text for d in docs if d.metadata["origin"].startswith(f"cc_en_head/cc_en_head-000{i}")]
+             for i in range(4)]
+    assert texts[1] == texts[2] == texts[3] == texts[0]
+
+
+def test_dolma_damaged_zstd_is_quarantined_for_its_damage(copy_samples):
+    root = copy_samples("dolma")
+    folder = root / "cc_en_head"
+    data = gzip.decompress((folder / "cc_en_head-0000.json.gz").read_bytes())
+    compress = zstandard.ZstdCompressor().compress
+    packed, streamed = compress(data), zstd_streamed(data)
+    first = b"".join(data.splitlines(keepends=True)[:10])
+    second = compress(data[len(first):])
+    (folder / "cc_en_head-0001.json.zst").write_bytes(packed[: len(packed) // 2])
+    (folder / "cc_en_head-0002.json.zst").write_bytes(streamed[:-1])  # one byte short of the frame's end
+    (folder / "cc_en_head-0003.json.zst").write_bytes(b"\x89garbage\x00" * 300)
+    (folder / "cc_en_head-0004.json.zst").write_bytes(compress(first) + second[: len(second) // 2])
+    (folder / "cc_en_head-0000.json.gz").unlink()
+    docs, rejects = read_all(DolmaReader(str(root), subsets={"cc_en_head": "eng_Latn"}))
+    details = {r.id.split("/", 2)[2]: (r.reason, r.detail) for r in rejects}
+    truncated = ("read:corrupt_file", "ZstdError: zstd decompressor error: the input ends inside a frame (truncated)")
+    assert details == {
+        "cc_en_head-0001.json.zst:file": truncated,
+        "cc_en_head-0002.json.zst:file": truncated,
+        "cc_en_head-0003.json.zst:file": ("read:corrupt_file",
+                                          "ZstdError: zstd decompressor error: Unknown frame descriptor"),
+        "cc_en_head-0004.json.zst:file": truncated,
+    }
+    rows = Counter(d.metadata["origin"].rsplit(":", 1)[0].split("-")[-1] for d in docs)
+    assert rows["0004.json.zst"] == 10  # the whole first frame came before the damage, and still arrives
+    assert rows["0002.json.zst"] < len(data.splitlines()) and not rows["0001.json.zst"] + rows["0003.json.zst"]
+
+
 def test_megawika_samples_map_wiki_folders_to_labels():
     docs, rejects = read_all(MegaWikaReader(str(SAMPLES / "megawika")))
     assert not rejects
     assert {doc.metadata["lang"] for doc in docs} == {"deu_Latn", "eng_Latn", "ita_Latn", "por_Latn", "jpn_Jpan"}
     assert all(doc.metadata["url"].startswith("https://") for doc in docs)
+
+
+def test_megawika_zstd_file_reads_like_its_plain_copy(copy_samples):
+    root = copy_samples("megawika")
+    plain = root / "de" / "de-00000.jsonl"
+    plain.with_suffix(".jsonl.zst").write_bytes(zstd_streamed(plain.read_bytes()))
+    docs, rejects = read_all(MegaWikaReader(str(root)))
+    assert not rejects
+    texts = {name: [d.text for d in docs if d.metadata["origin"].startswith(f"de/{name}:")]
+             for name in ("de-00000.jsonl", "de-00000.jsonl.zst")}
+    assert texts["de-00000.jsonl.zst"] == texts["de-00000.jsonl"] != []
+
+
+def test_identity_by_content_sees_a_same_size_edit_that_keeps_the_mtime(copy_samples):
+    root = copy_samples("megawika")
+    relative = "de/de-00000.jsonl"
+    by_mtime, by_content = MegaWikaReader(str(root)), MegaWikaReader(str(root), identity="content")
+    before = by_mtime.identity(relative), by_content.identity(relative)
+    assert before[1]["version"].startswith("xxh64:")
+    edit_keeping_size_and_mtime(root / relative, b"Menschen", b"MENSCHEN")
+    assert by_mtime.identity(relative) == before[0]  # documented: make and rsync do not see it either
+    edited = by_content.identity(relative)
+    assert edited != before[1]
+    os.utime(root / relative)  # touched: a new mtime, the same bytes
+    assert by_mtime.identity(relative) != before[0] and by_content.identity(relative) == edited
 
 
 def test_megawika_unknown_wiki_folder_is_a_file_reject(copy_samples):
