@@ -98,12 +98,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     config = config_for(args.config, tokenizer.vocab_size, phase.global_rope_theta, phase.local_rope_theta)
     if args.init_from:
-        stored = checkpoint.read_config(args.init_from)
-        if stored.vocab_size < tokenizer.vocab_size:
-            raise SystemExit(f"{args.init_from}: a vocabulary of {stored.vocab_size:,} cannot take the tokenizer's "
-                             f"{tokenizer.vocab_size:,} ids")
-        config = replace(stored, global_rope_theta=config.global_rope_theta, local_rope_theta=config.local_rope_theta)
-        model = checkpoint.load(args.init_from, config).to(device)
+        try:
+            stored = checkpoint.read_config(args.init_from)
+            if stored.vocab_size < tokenizer.vocab_size:
+                raise checkpoint.CheckpointError(f"{args.init_from}: a vocabulary of {stored.vocab_size:,} cannot "
+                                                 f"take the tokenizer's {tokenizer.vocab_size:,} ids")
+            config = replace(stored, global_rope_theta=config.global_rope_theta,
+                             local_rope_theta=config.local_rope_theta)
+            model = checkpoint.load(args.init_from, config).to(device)
+        except checkpoint.CheckpointError as error:  # the message says it all; a traceback would bury it
+            print(f"reference.check: error: {error}", file=sys.stderr)
+            return 2
     else:
         model = Encoder(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)

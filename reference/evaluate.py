@@ -8,6 +8,7 @@ in the catalog and a table in the data card.
 """
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,14 +81,18 @@ def evaluate(layout: Layout, phase: PhaseConfig, checkpoint_dir: Path, tokenizer
              settings: EvalSettings) -> list[dict]:
     """One row per language of the phase's shards; written to the phase's manifest and the catalog rebuilt."""
     device = torch.device(settings.device)
-    model = checkpoint.load(checkpoint_dir).to(device).eval()
-    if model.config.vocab_size < tokenizer.vocab_size:
-        raise checkpoint.CheckpointError(f"{checkpoint_dir}: a vocabulary of {model.config.vocab_size:,} cannot "
+    stored = checkpoint.read_config(checkpoint_dir)
+    if stored.vocab_size < tokenizer.vocab_size:
+        raise checkpoint.CheckpointError(f"{checkpoint_dir}: a vocabulary of {stored.vocab_size:,} cannot "
                                          f"take the tokenizer's {tokenizer.vocab_size:,} ids")
+    model = checkpoint.load(checkpoint_dir).to(device).eval()
     backend = settings.backend or default_backend(device)
     rows = []
     for lang, chunks in sorted(sample_chunks(layout, phase.id, settings.chunks_per_language, settings.seed).items()):
         loss, tokens, masked = language_loss(model, chunks, phase, tokenizer, settings, device, backend)
+        if masked and not math.isfinite(loss):  # finite weights can still overflow; such a row would mislead
+            raise checkpoint.CheckpointError(f"{checkpoint_dir}: the MLM loss on {lang} is {loss}: the weights "
+                                             "overflow in the forward pass")
         log.info("%s: loss %.3f over %d masked of %d tokens (%d chunks)", lang, loss, masked, tokens, len(chunks))
         rows.append(dict(phase=phase.id, lang=lang, chunks=len(chunks), tokens=tokens, masked_tokens=masked,
                          loss=loss, perplexity=float(np.exp(loss)), mask_rate=phase.mask_rate,

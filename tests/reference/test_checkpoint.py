@@ -1,6 +1,7 @@
 """Hugging Face ModernBERT checkpoints in and out of the encoder, checked against transformers' own model."""
 
 import json
+import re
 
 import pytest
 
@@ -116,3 +117,142 @@ def test_errors_name_the_file_and_the_problem(tmp_path):
     checkpoint.save_file(weights, tmp_path / checkpoint.WEIGHTS)
     with pytest.raises(checkpoint.CheckpointError, match="decoder.weight differs from the embeddings"):
         checkpoint.load(tmp_path)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    """A two-layer checkpoint written by `checkpoint.save`: (folder, its tensors by checkpoint name)."""
+    torch.manual_seed(0)
+    directory = checkpoint.save(Encoder(EncoderConfig(vocab_size=512, n_layers=2, hidden=64, heads=4,
+                                                      intermediate=96)), tmp_path / "ckpt")
+    return directory, checkpoint.read_weights(directory)
+
+
+@pytest.fixture
+def refuses(monkeypatch):
+    """`refuses(folder, pattern)`: load raises a one-line CheckpointError before any model is allocated (only the
+    meta device, which allocates nothing, may build one)."""
+
+    def allocating(config: EncoderConfig) -> Encoder:
+        assert torch.get_default_device().type == "meta", "a model was allocated before the checkpoint was checked"
+        return Encoder(config)
+
+    monkeypatch.setattr(checkpoint, "Encoder", allocating)
+
+    def check(directory: object, pattern: str) -> None:
+        with pytest.raises(checkpoint.CheckpointError, match=pattern) as error:
+            checkpoint.load(directory)
+        assert "\n" not in str(error.value)
+
+    return check
+
+
+def edit_config(directory: object, **changes: object) -> None:
+    path = directory / checkpoint.CONFIG
+    path.write_text(json.dumps(json.loads(path.read_text()) | changes))
+
+
+def shard(directory: object, weight_map: dict[str, str] | None = None) -> None:
+    """Move the weights into one shard named by an index, as `save_pretrained` writes large models."""
+    names = list(checkpoint.read_weights(directory))
+    (directory / checkpoint.WEIGHTS).rename(directory / "model-00001-of-00001.safetensors")
+    weight_map = weight_map or dict.fromkeys(names, "model-00001-of-00001.safetensors")
+    (directory / checkpoint.WEIGHTS_INDEX).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def test_refuses_a_missing_folder(tmp_path, refuses):
+    refuses(tmp_path / "nowhere", r"nowhere: not a folder")
+
+
+@pytest.mark.parametrize(("content", "pattern"), [
+    (b"\xff\xfe{}", r"config\.json: not JSON \('utf-8' codec can't decode"),
+    (b"[1, 2]", r"config\.json: not a JSON object"),
+])
+def test_refuses_an_invalid_config(saved, refuses, content, pattern):
+    directory, _ = saved
+    (directory / checkpoint.CONFIG).write_bytes(content)
+    refuses(directory, pattern)
+
+
+@pytest.mark.parametrize(("changes", "pattern"), [
+    ({"num_hidden_layers": -1}, r"num_hidden_layers is -1; it must be at least 1"),
+    ({"hidden_size": -64}, r"hidden_size is -64; it must be at least 1"),
+    ({"num_attention_heads": 0}, r"num_attention_heads is 0; it must be at least 1"),
+    ({"num_attention_heads": 5}, r"hidden_size 64 does not split into 5 heads"),
+    ({"global_attn_every_n_layers": 0}, r"global_attn_every_n_layers is 0; it must be at least 1"),
+    ({"pad_token_id": 512}, r"pad_token_id is 512, outside the vocabulary of 512"),
+    ({"norm_eps": -1e-5}, r"norm_eps is -1e-05; it must be a positive number"),
+    ({"num_hidden_layers": float("inf")}, r"config\.json: cannot convert float infinity to integer"),
+])
+def test_refuses_config_values_out_of_range(saved, refuses, changes, pattern):
+    directory, _ = saved
+    edit_config(directory, **changes)
+    refuses(directory, pattern)
+
+
+def test_refuses_more_layers_than_the_weights_hold_before_building_them(saved, refuses):
+    directory, _ = saved
+    edit_config(directory, num_hidden_layers=200_000)
+    refuses(directory, r"num_hidden_layers 200,000 describes 6,988,837,504 parameters; the weight files hold "
+                       r"2 layers, 107,392 parameters in \d+,\d{3} bytes")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "missing shard", "index not JSON"])
+def test_refuses_missing_or_corrupt_weights(saved, refuses, damage):
+    directory, _ = saved
+    weights = directory / checkpoint.WEIGHTS
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:-100])
+    elif damage == "garbage":
+        weights.write_bytes(b"\x00" * 4096)
+    else:
+        shard(directory)
+        if damage == "missing shard":
+            (directory / "model-00001-of-00001.safetensors").unlink()
+        else:
+            (directory / checkpoint.WEIGHTS_INDEX).write_text("{")
+    pattern = {"missing shard": r"weight file 'model-00001-of-00001\.safetensors' is missing",
+               "index not JSON": r"model\.safetensors\.index\.json: no weight_map"}.get(damage,
+                                                                                      "not a safetensors file")
+    refuses(directory, pattern)
+
+
+@pytest.mark.parametrize(("name", "shape"), [("model.layers.1.mlp.Wi.weight", (96, 64)),
+                                             ("decoder.weight", (512, 32))])
+def test_refuses_shapes_that_do_not_fit(saved, refuses, name, shape):
+    directory, weights = saved
+    checkpoint.save_file(weights | {name: torch.zeros(shape)}, directory / checkpoint.WEIGHTS)
+    refuses(directory, re.escape(f"{name} has shape {shape}, expected"))
+
+
+@pytest.mark.parametrize("escape", ["traversal", "absolute", "symlink"])
+def test_weight_files_stay_inside_the_checkpoint_folder(saved, refuses, escape):
+    directory, weights = saved
+    outside = directory.parent / "outside.safetensors"  # a valid file: only its place is wrong
+    checkpoint.save_file(weights, outside)
+    if escape == "symlink":
+        (directory / checkpoint.WEIGHTS).unlink()
+        (directory / checkpoint.WEIGHTS).symlink_to(outside)
+    else:
+        target = "../../../../../../../../etc/passwd" if escape == "traversal" else str(outside)
+        shard(directory, dict.fromkeys(weights, target))
+    refuses(directory, r"resolves to \S+, outside the checkpoint folder")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_refuses_non_finite_weights(saved, refuses, value):
+    directory, weights = saved
+    weights["model.layers.1.mlp.Wo.weight"][3, 5] = value
+    checkpoint.save_file(weights, directory / checkpoint.WEIGHTS)
+    refuses(directory, r"model\.layers\.1\.mlp\.Wo\.weight holds 1 NaN or infinite values of 6,144")
+
+
+@pytest.mark.parametrize("problem", ["no folder", "vocabulary too small"])
+def test_check_init_from_refuses_a_bad_checkpoint_in_one_line(saved, tmp_path, tokenizers, capsys, problem):
+    from reference.check import main
+
+    directory = saved[0] if problem == "vocabulary too small" else tmp_path / "nowhere"
+    assert main(["--phase", "1", "--out", str(tmp_path), "--init-from", str(directory)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("reference.check: error: ") and err.count("\n") == 1
+    assert ("not a folder" if problem == "no folder" else "a vocabulary of 512 cannot take") in err

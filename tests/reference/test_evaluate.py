@@ -1,5 +1,7 @@
 """`mmcorpus eval-mlm`: a checkpoint's MLM loss per language on a built phase, in the manifest and the data card."""
 
+import json
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -56,3 +58,32 @@ def test_eval_mlm_refuses_a_bad_checkpoint(sample_build, tmp_path, capsys):
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     assert main(["eval-mlm", "--phase", "1", "--out", str(out), "--checkpoint", str(tmp_path)]) == 2
     assert "model_type is 'bert'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("problem", ["nan weight", "weights that overflow", "weight_map out of the folder"])
+def test_eval_mlm_refuses_weights_it_cannot_trust_in_one_line(sample_build, tmp_path, capsys, problem):
+    out, _ = sample_build
+    torch.manual_seed(0)
+    model = Encoder(config_for("tiny", 256_000, 10_000, 10_000))
+    with torch.no_grad():
+        if problem == "nan weight":
+            model.layers[1].mlp.Wo.weight[0, 0] = float("nan")
+        elif problem == "weights that overflow":
+            model.head.weight.fill_(1e38)  # finite, but the head's sums are not
+    directory = checkpoint.save(model, tmp_path / "ckpt")
+    if problem == "weight_map out of the folder":
+        names = checkpoint.read_weights(directory)
+        (directory / checkpoint.WEIGHTS).unlink()
+        (directory / checkpoint.WEIGHTS_INDEX).write_text(
+            json.dumps({"weight_map": dict.fromkeys(names, "../../../../../../../../etc/passwd")}))
+    evaluated = out / Layout.manifest("phase1", "mlm_eval")
+    evaluated.unlink(missing_ok=True)
+
+    assert main(["eval-mlm", "--phase", "1", "--out", str(out), "--checkpoint", str(directory),
+                 "--chunks-per-language", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmcorpus: error: ") and err.count("\n") == 1
+    assert {"nan weight": "model.layers.1.mlp.Wo.weight holds 1 NaN or infinite values",
+            "weights that overflow": "the MLM loss on",
+            "weight_map out of the folder": "resolves to /etc/passwd, outside the checkpoint folder"}[problem] in err
+    assert not evaluated.exists()
