@@ -10,11 +10,17 @@ This module is a leaf: it imports nothing of the project.
 """
 
 import contextlib
+import fnmatch
 import hashlib
+import json
 import os
 import posixpath
 import shutil
+import socket
 import tempfile
+import threading
+import time
+import uuid
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -32,7 +38,12 @@ _written: ContextVar["Written | None"] = ContextVar("written", default=None)
 TASK_MEMORY: ContextVar[int] = ContextVar("task_memory", default=1 << 30)
 _DATABASES: dict[int, Any] = {}  # process id -> its DuckDB database, for Layout.duckdb
 TMP_MARK = ".tmp-"
+HEARTBEAT_SECONDS, STALE_LOCK_SECONDS = 30.0, 300.0  # a build's lock is refreshed, and taken over once this old
 BLOCK = 1 << 20
+
+
+class TreeLocked(RuntimeError):
+    """Another live build holds the output tree (the CLI exits 2)."""
 
 
 class Written(dict[str, str]):
@@ -85,6 +96,7 @@ class Layout:
     """An output tree rooted at a local folder or an fsspec URL."""
 
     CATALOG = "catalog.duckdb"
+    LOCK = "_lock.json"
     POOL = "pool"
     MARKERS = "_done"
 
@@ -187,6 +199,14 @@ class Layout:
     def manifest_glob(table: str) -> str:
         return f"phase*/manifest/{table}.parquet"
 
+    @classmethod
+    def read_after_build(cls, name: str) -> bool:
+        """Whether the manifest, the catalog's views or a phase's summary read this file (not only the tasks
+        downstream of it): such files are verified before every build's manifest."""
+        patterns = [*cls.stats_globs("phase*"), *cls.rejects_globs(), cls.POOL_GLOB, cls.clusters_glob("*"),
+                    cls.manifest_glob("*")]
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
     @staticmethod
     def report(phase: str, name: str = "") -> str:
         return f"{phase}/report/{name}".rstrip("/")
@@ -235,6 +255,15 @@ class Layout:
         found = self.fs.glob(self.path(pattern))
         return sorted(name for name in map(self.relative, found) if TMP_MARK not in posixpath.basename(name))
 
+    def files(self, folder: str) -> list[str]:
+        """Names of every file under a folder, at any depth, sorted (temporary files left out)."""
+        if not self.is_local:
+            self.fs.invalidate_cache()
+        if not self.fs.isdir(self.path(folder)):
+            return []
+        found = self.fs.find(self.path(folder))
+        return sorted(name for name in map(self.relative, found) if TMP_MARK not in posixpath.basename(name))
+
     def checksum(self, name: str, algorithm: str = "xxh64") -> str:
         with self.open(name) as f:
             return checksum_stream(f, algorithm)
@@ -278,10 +307,11 @@ class Layout:
                 self.fs.put_file(spool.local, target)  # a completed (multipart) upload, or nothing
             self._record(name, spool.checksum, size)
         finally:
-            if os.path.exists(spool.local):
-                os.unlink(spool.local)
-            if not self.is_local:
-                os.rmdir(os.path.dirname(spool.local))
+            if self.is_local:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(spool.local)
+            else:  # with whatever else the writer left beside the file (DuckDB's WAL)
+                shutil.rmtree(os.path.dirname(spool.local), ignore_errors=True)
 
     def delete(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -312,6 +342,61 @@ class Layout:
             written[name] = checksum
             written.sizes[name] = size
 
+    # ---- one build at a time ------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self, command: str) -> Iterator[None]:
+        """Hold the tree for one build: `_lock.json` names the holder (host, process, command, since when) and a
+        heartbeat it refreshes. A second build fails with TreeLocked naming the holder, before any work; a lock
+        whose process is gone (same host) or whose heartbeat stopped (another host, a lost node) is stale and taken
+        over. On an object store the lock is the first object written, so a missing bucket fails here."""
+        token = uuid.uuid4().hex
+        holder = dict(host=socket.gethostname(), pid=os.getpid(), command=command, token=token,
+                      since=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+        self._take_lock(holder)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(holder, stop), daemon=True)
+        beat.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            beat.join()
+            with contextlib.suppress(OSError, ValueError):
+                if json.loads(self.read_text(self.LOCK)).get("token") == token:
+                    self.delete(self.LOCK)
+
+    def _take_lock(self, holder: dict) -> None:
+        record = json.dumps(holder | {"heartbeat": time.time()})
+        for _ in range(2):
+            if self.is_local:
+                os.makedirs(self.root, exist_ok=True)
+                try:  # created only if absent: two builds starting together cannot both win
+                    with open(os.open(self.path(self.LOCK), os.O_CREAT | os.O_EXCL | os.O_WRONLY), "w") as f:
+                        f.write(record)
+                    return
+                except FileExistsError:
+                    pass
+            elif not self.exists(self.LOCK):
+                self.fs.pipe_file(self.path(self.LOCK), record.encode())
+                if json.loads(self.read_text(self.LOCK))["token"] == holder["token"]:
+                    return
+            try:
+                other = json.loads(self.read_text(self.LOCK))
+            except (FileNotFoundError, ValueError):
+                other = {}  # a lock half written by a killed build, or released meanwhile
+            if other and not _stale(other):
+                raise TreeLocked(
+                    f"{self.url}: being built by process {other.get('pid')} on {other.get('host')} since "
+                    f"{other.get('since')} ({other.get('command')}); wait for it, or delete "
+                    f"{self.url_of(self.LOCK)} if that build is gone")
+            self.delete(self.LOCK)
+        raise TreeLocked(f"{self.url}: another build took the lock {self.url_of(self.LOCK)} at the same time")
+
+    def _heartbeat(self, holder: dict, stop: threading.Event) -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            with contextlib.suppress(OSError):
+                self.write_text(self.LOCK, json.dumps(holder | {"heartbeat": time.time()}))
+
     # ---- SQL -----------------------------------------------------------------------------------------------------
     def duckdb(self, threads: int = 1) -> Any:
         """A DuckDB connection that reads this tree (through fsspec when it is not local), held to half the task's
@@ -341,6 +426,18 @@ class Layout:
         database drops it when it closes)."""
         urls = ", ".join("'" + self.url_of(file).replace("'", "''") + "'" for file in files)
         con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM read_parquet([{urls}])")
+
+
+def _stale(holder: dict) -> bool:
+    """A lock whose build is gone: its process ended (same host), or its heartbeat stopped."""
+    if holder.get("host") == socket.gethostname():
+        try:
+            os.kill(int(holder.get("pid") or 0), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, ValueError):
+            pass
+    return time.time() - float(holder.get("heartbeat") or 0) > STALE_LOCK_SECONDS
 
 
 @dataclass

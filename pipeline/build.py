@@ -18,7 +18,6 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
 
 import pyarrow.parquet as pq
 import xxhash
@@ -42,6 +41,8 @@ from stages.sources.base import ReaderOptions
 from stages.tokenize import Gemma2Tokenizer, Tokenize, load_gemma2
 
 log = logging.getLogger(__name__)
+SHARED_FOLDERS = ("curated", "pool", "dedup", "stats", "rejects")  # every phase's build writes these
+PHASE_FOLDERS = ("shards", "stats", "rejects")  # under <phase>/
 PACKAGES = ("mmcorpus", "ray", "pyarrow", "duckdb", "fsspec", "sentencepiece", "tokenizers", "datatrove", "fasttext",
             "numpy", "xxhash", "pyicu-wheels")
 
@@ -102,10 +103,9 @@ def _upstream_fields(meta: dict) -> dict:
 
 
 def quarantine_input(layout: Layout, source: str, relative: str, part: str, error: str) -> dict:
-    """An input file that could not be read (or whose task kept failing): one reject, empty outputs."""
+    """An input path that cannot be read (a dangling or looping link): one reject, empty outputs."""
     write_parquet(layout, Layout.curated(source, part), [], CURATED)
-    reason = "read:unreadable_path" if error.startswith("unreadable") else "read:task_failed"
-    write_task_records(layout, "curate", source, part, [failed_file(source, relative, reason, error)])
+    write_task_records(layout, "curate", source, part, [failed_file(source, relative, "read:unreadable_path", error)])
     log.warning("%s: quarantined %s: %s", source, relative, error)
     return {"input": relative, "docs": 0, "quarantined": error}
 
@@ -165,17 +165,21 @@ def curate_tasks(layout: Layout, recipe: Recipe, runner: Runner, keep_text: bool
             tasks.append(Task(key, curate_file,
                               dict(layout=layout, source=name, options=options, tokenizers=recipe.tokenizers,
                                    relative=relative, part=part, curation=curation),
-                              identity=identity, size=identity["size"],
-                              on_failure=partial(quarantine_input, layout, name, relative, part)))
+                              identity=identity, size=identity["size"], label=f"{options.path}/{relative}"))
     return tasks
 
 
 def build(settings: BuildSettings) -> dict:
+    layout = Layout(settings.out)
+    gemma = Gemma2Tokenizer(settings.recipe.tokenizers["gemma2"])  # fail before any work if an asset is missing
+    settings.recipe.lid.model.check()
+    with layout.locked(f"mmcorpus build --phase {settings.phase.id}"):
+        return _build(settings, layout, gemma)
+
+
+def _build(settings: BuildSettings, layout: Layout, gemma: Gemma2Tokenizer) -> dict:
     started = time.time()
     recipe, phase = settings.recipe, settings.phase
-    layout = Layout(settings.out)
-    gemma = Gemma2Tokenizer(recipe.tokenizers["gemma2"])  # fail before any work if an asset is missing
-    recipe.lid.model.check()
     if removed := layout.remove_temporaries():
         log.info("removed %d temporary file(s) a killed run left", removed)
     timings = {}
@@ -204,18 +208,25 @@ def build(settings: BuildSettings) -> dict:
         plan, shards, mix_settings = mix_phase(runner, layout, phase, settings.seed, settings.budget_tokens,
                                                shard_tokens, gemma.bos_id, gemma.eos_id)
         timings["mix"] = time.time() - t0
+        # What the manifest and the catalog read besides the tasks: verified (or written again) first, and
+        # nothing else left in the folders they read.
+        runner.ensure(name for name in runner.producers if Layout.read_after_build(name))
+        runner.sweep([*SHARED_FOLDERS, *(f"{phase.id}/{folder}" for folder in PHASE_FOLDERS)],
+                     keep=[Layout.stats("mix", "plan", "outside", phase.id)])
+        runner.verify_earlier(lambda name: Layout.read_after_build(name) and not name.startswith(f"{phase.id}/"))
         ran = dict(runner.ran)
         stage_costs = {stage: stats.to_dict() for stage, stats in runner.stats.items()}
         task_memory = runner.task_memory
         files = catalog.file_rows(runner.producers)
-    run_info = dict(mix_settings, phase=phase.to_dict(), recipe=recipe.to_dict(), timings=timings, ran=ran,
-                    stages=stage_costs, task_memory=task_memory,
-                    dedup=dedup_summary, started=datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(),
-                    seconds=time.time() - started, tokenizer=recipe.tokenizers["gemma2"].path,
-                    tokenizer_sha256=gemma.sha256, assets=asset_digests(recipe), versions=package_versions(),
-                    git_commit=git_commit())
-    measured = shard_digests(layout, phase.id)
-    catalog.write_manifest(layout, phase.id, plan, [shards[k] for k in sorted(shards)], run_info, files)
+        run_info = dict(mix_settings, phase=phase.to_dict(), recipe=recipe.to_dict(), timings=timings, ran=ran,
+                        stages=stage_costs, task_memory=task_memory, dedup=dedup_summary,
+                        started=datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(),
+                        seconds=time.time() - started, tokenizer=recipe.tokenizers["gemma2"].path,
+                        tokenizer_sha256=gemma.sha256, assets=asset_digests(recipe), versions=package_versions(),
+                        git_commit=git_commit())
+        measured = shard_digests(layout, phase.id)
+        runner.record(f"{phase.id}-manifest", catalog.write_manifest, layout=layout, phase_id=phase.id, plan=plan,
+                      shards=[shards[k] for k in sorted(shards)], run_info=run_info, files=files)
     layout.delete_tree(Layout.placed_dir(phase.id))
     written = sorted(shard["sha256"] for shard in shards.values())
     if measured != written and layout.exists(Layout.manifest(phase.id, "mlm_eval")):

@@ -204,6 +204,7 @@ def mix_phase(runner: Runner, layout: Layout, phase: PhaseConfig, seed: int, bud
               shard_tokens: int, bos: int, eos: int) -> tuple[list[MixRow], dict[str, dict], dict]:
     """Plan and write one phase's shards; returns the plan, the shard summaries and the run settings."""
     files = sorted(name for name in runner.outputs("pool") if name.startswith(f"{Layout.POOL}/"))
+    runner.ensure(files)  # the summary reads them all: a damaged or deleted one is written again first
     pool = summarize_pool(layout, phase, files)
     if not pool.available:
         raise RuntimeError(f"no pool tokens in the phase-{phase.number} language set under {layout.url_of('pool')}")

@@ -17,7 +17,6 @@ makes it, fails naming the file.
 """
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -25,17 +24,15 @@ import signal
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields, is_dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 from tqdm import tqdm
 
-from manifests import schemas
 from manifests.layout import TASK_MEMORY, Layout, Written, recording
-from pipeline.config import PROJECT_ROOT
+from pipeline.fingerprint import FORMATS, Shared, digest
 
 log = logging.getLogger(__name__)
 VERIFY_BATCH = 64  # files one verification task reads
@@ -88,9 +85,7 @@ class Task:
     kwargs: dict = field(default_factory=dict)
     inputs: tuple[str, ...] = ()  # names in the output tree the task reads: verified before it runs
     identity: Any = None  # what identifies the upstream files it reads (path, size, modification time or ETag)
-    # Called with the error once the retries are spent: records the input as quarantined and returns the
-    # task's summary, so the stage goes on. Without it, a failing task fails the stage.
-    on_failure: Callable[[str], dict] | None = None
+    label: str = ""  # what a failure names: the upstream file the task reads (default: its key)
     size: int = 0  # bytes of input: the biggest tasks start first, so none is left running alone at the end
     memory: int | None = None  # bytes the task may hold at once (default: the runner's task memory); Ray places it
     # on a node with that much to spare
@@ -106,15 +101,6 @@ class Done:
     sizes: dict[str, int] = field(default_factory=dict)  # of the outputs (markers older than this lack them)
 
 
-@dataclass(frozen=True)
-class Shared:
-    """A large argument (a configuration with thousands of rows) put in Ray's object store once, not shipped
-    with every task; it enters fingerprints by its digest."""
-
-    ref: Any
-    digest: str
-
-
 _shared_cache: dict[str, Any] = {}
 
 
@@ -126,47 +112,6 @@ def _resolve(value: Any) -> Any:
 
         _shared_cache[value.digest] = ray.get(value.ref)
     return _shared_cache[value.digest]
-
-
-# The files' schemas are part of every fingerprint: outputs of an older format are rewritten, never read.
-FORMATS = hashlib.sha256("".join(str(value) for _, value in sorted(vars(schemas).items())
-                                 if isinstance(value, pa.Schema)).encode()).hexdigest()
-
-
-def canonical(value: Any) -> Any:
-    """A JSON-ready form of a task argument that depends on its content only (not on where --out lives)."""
-    if isinstance(value, Shared):
-        return {"shared": value.digest}
-    if isinstance(value, Layout):
-        return "<out>"
-    if isinstance(value, pa.Schema):
-        return str(value)
-    if isinstance(value, pa.Table):
-        return {"schema": str(value.schema), "columns": canonical(value.to_pydict())}
-    if is_dataclass(value) and not isinstance(value, type):
-        return {"__class__": type(value).__qualname__, **{f.name: canonical(getattr(value, f.name))
-                                                          for f in fields(value)}}
-    if isinstance(value, dict):
-        return {str(k): canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(value, list | tuple):
-        return [canonical(v) for v in value]
-    if isinstance(value, set | frozenset):
-        return sorted(canonical(v) for v in value)
-    if isinstance(value, Path):  # the project's own data files count by their place in it, wherever it lives
-        return f"<project>/{value.relative_to(PROJECT_ROOT)}" if value.is_relative_to(PROJECT_ROOT) else str(value)
-    if isinstance(value, bytes):
-        return value.hex()
-    if callable(value):
-        return f"{value.__module__}.{value.__qualname__}"
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    if hasattr(value, "item"):  # NumPy scalars
-        return value.item()
-    raise TypeError(f"cannot fingerprint a {type(value).__name__}")
-
-
-def digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(canonical(value), sort_keys=True).encode()).hexdigest()
 
 
 def _run_task(fn: Callable[..., dict], kwargs: dict, layout: Layout, marker: str, fingerprint: str,
@@ -389,20 +334,16 @@ class Runner:
                 task = pending.pop(ready[0])
                 try:
                     record = ray.get(ready[0])
-                except (ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError) as error:
+                except ray.exceptions.RayTaskError as error:  # the task raised, on every try Ray gave it
                     cause = " ".join(repr(getattr(error, "cause", None) or error).split())[:500]
-                    if task.on_failure is None:
-                        failures.append(f"{task.key}: {cause}")
-                        continue
-                    log.warning("%s: task %s failed after %d retries, quarantined: %s", stage, task.key,
-                                self.retries, cause)
-                    record = self._quarantine(stage, task, cause, markers.get(task.key))
-                except ray.exceptions.RayError as error:  # the node, or an object the task needed, was lost
+                    failures.append(f"{task.label or task.key}: {cause}")
+                    continue
+                except ray.exceptions.RayError as error:  # its worker or node died (OOM, a lost node): not its input
                     lost[task.key] += 1
                     if lost[task.key] > SYSTEM_RETRIES:
-                        failures.append(f"{task.key}: {type(error).__name__} {SYSTEM_RETRIES + 1} times")
+                        failures.append(f"{task.label or task.key}: {type(error).__name__} {SYSTEM_RETRIES + 1} times")
                         continue
-                    log.warning("%s: task %s lost with its node (%s): placing it again", stage, task.key,
+                    log.warning("%s: task %s lost with its worker or node (%s): placing it again", stage, task.key,
                                 type(error).__name__)
                     pending[submit(task)] = task
                     continue
@@ -457,20 +398,54 @@ class Runner:
         return [tasks[key] for key in keys]
 
     def _check_inputs(self, tasks: list[Task]) -> None:
-        """Verify, once each, the files these tasks read that an earlier build wrote; run again the producers of
-        those that are damaged or missing."""
-        names = sorted({name for task in tasks for name in task.inputs if name not in self.trusted})
+        self.ensure(name for task in tasks for name in task.inputs)
+
+    def ensure(self, names: Iterable[str]) -> None:
+        """Verify, once each, these files of the tree that an earlier build wrote (inputs of tasks about to run,
+        or what the driver reads: the pool it summarizes, the stats and rejects of the manifest); run again the
+        producers of those that are damaged or missing."""
+        names = sorted({name for name in names if name not in self.trusted})
         unknown = [name for name in names if name not in self.producers]
         if unknown:
             raise TaskFailed(f"{self.layout.url_of(unknown[0])}: read by a task, but no task of this build writes it")
         if damaged := self._verify({name: self.producers[name][2] for name in names}):
             self._repair(damaged)
 
-    def _quarantine(self, stage: str, task: Task, cause: str, old: Done | None) -> dict:
+    def record(self, stage: str, fn: Callable[..., dict | None], **kwargs: Any) -> None:
+        """Run a step in the driver (the manifest) and leave a marker of what it wrote, as a task's, so that later
+        builds verify those files before reading them."""
+        marker = Layout.marker(stage, "driver")
+        old = self._markers(stage).get("driver")
         with recording() as written:
-            summary = task.on_failure(cause)  # type: ignore[misc]
-        return _finish(self.layout, Layout.marker(stage, task.key), self.fingerprint(task), written, summary,
-                       list(old.outputs) if old else [])
+            summary = fn(**kwargs) or {}
+        done = _finish(self.layout, marker, "", written, summary, list(old.outputs) if old else [])
+        self.asked.add(stage)
+        self._register(stage, "driver", Done(done["fingerprint"], done["outputs"], summary, done["sizes"]))
+        self.trusted.update(written)
+
+    def verify_earlier(self, wanted: Callable[[str], bool]) -> None:
+        """Verify the files `wanted` picks among the outputs of stages this build did not run (another phase's
+        manifest and rejects, which the catalog reads); a damaged or missing one fails the build, naming it and
+        the stage that wrote it (building that phase again writes it anew)."""
+        stages = {name.split("/")[-2] for name in self.layout.glob(f"{Layout.MARKERS}/*/*.json")} - self.asked
+        files = {name: (stage, checksum) for stage in sorted(stages) for done in self._markers(stage).values()
+                 for name, checksum in done.outputs.items() if wanted(name)}
+        if damaged := self._verify({name: checksum for name, (_, checksum) in files.items()}):
+            name, problem = sorted(damaged.items())[0]
+            raise TaskFailed(f"{self.layout.url_of(name)}: {problem}; written by stage {files[name][0]} of an "
+                             "earlier build: build that phase again to write it anew")
+
+    def sweep(self, folders: Iterable[str], keep: Iterable[str] = ()) -> None:
+        """Remove the files under these folders that no task of this build wrote and `keep` does not name: what a
+        killed run or a hand left there (a shard of an earlier build with more shards), so that each folder holds
+        exactly what the build's records list."""
+        known = set(self.producers) | set(keep)
+        stray = [name for folder in folders for name in self.layout.files(folder) if name not in known]
+        for name in stray:
+            self.layout.delete(name)
+        if stray:
+            log.info("removed %d file(s) no task of this build wrote, such as %s", len(stray),
+                     self.layout.url_of(stray[0]))
 
     def _repair(self, damaged: dict[str, str]) -> None:
         """Run again the tasks that wrote the damaged files (their own inputs checked in turn)."""

@@ -16,34 +16,6 @@ from manifests.layout import Layout
 from pipeline.cli import main
 from pipeline.config import PROJECT_ROOT as ROOT
 from tests.pipeline.test_build import shard_hashes
-from tests.reliability.test_ray_job import free_port, wait_for_port
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """moto's S3 server on 127.0.0.1 and a bucket; credentials and endpoint through the usual variables."""
-    pytest.importorskip("moto")
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    env = dict(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
-               AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
-        wait_for_port(port, server)
-        import fsspec
-
-        fsspec.filesystem("s3", skip_instance_cache=True).mkdir("corpus")
-        yield dict(os.environ)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 def build_process(out: str, env: dict) -> subprocess.Popen:
