@@ -22,6 +22,7 @@ safetensors headers before any model is allocated), names or shapes that do not 
 
 import json
 import math
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -160,15 +161,16 @@ def weight_files(directory: Path) -> list[Path]:
             raise CheckpointError(f"{index}: weight_map has values that are not file names")
     else:
         raise CheckpointError(f"{directory}: no {WEIGHTS} or {WEIGHTS_INDEX}")
-    root, files = directory.resolve(), []
+    files = []
     for name in names:
+        # The index is data, so its names must stay in the folder as written (no `../`, no absolute path); links the
+        # folder itself holds are followed, as a Hugging Face cache snapshot's links into its blobs.
+        if os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == os.pardir:
+            raise CheckpointError(f"{directory}: weight file {name!r} is outside the checkpoint folder")
         try:
-            path = (root / name).resolve()
+            path = (directory / name).resolve()
         except (OSError, RuntimeError, ValueError) as error:  # a symlink loop, a NUL in the name
             raise CheckpointError(f"{directory}: weight file {name!r}: {error}") from None
-        if not path.is_relative_to(root):  # `../../etc/passwd`, an absolute path, a symlink out of the folder
-            raise CheckpointError(f"{directory}: weight file {name!r} resolves to {path}, outside the checkpoint "
-                                  "folder (copy the files in, e.g. with huggingface-cli download --local-dir)")
         if not path.is_file():
             raise CheckpointError(f"{directory}: weight file {name!r} is missing")
         files.append(path)
