@@ -352,7 +352,10 @@ class Layout:
         token = uuid.uuid4().hex
         holder = dict(host=socket.gethostname(), pid=os.getpid(), command=command, token=token,
                       since=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
-        self._take_lock(holder)
+        try:
+            self._take_lock(holder)
+        except OSError as error:  # a missing bucket, no credentials: said before any work
+            raise OSError(f"{self.url_of(self.LOCK)}: cannot write: {' '.join(str(error).split())}") from error
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(holder, stop), daemon=True)
         beat.start()
