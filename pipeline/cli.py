@@ -10,8 +10,9 @@ import logging
 import re
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import yaml
 
@@ -19,15 +20,30 @@ if TYPE_CHECKING:
     import duckdb
 
 from pipeline.config import SAMPLES_DIR, SECTIONS, ConfigError, PhaseConfig, Recipe, load_phases, load_recipe
+from stages.settings import SEED_MAX, UINT64_MAX, Range, number_problem
 
 log = logging.getLogger("mmcorpus")
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def number(kind: type[int] | type[float], bounds: Range) -> Callable[[str], float]:
+    """An option's type: a number of `kind` within `bounds`, and finite and within 64 bits as every setting."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, got "
+                                             f"{text!r}") from None
+        problem = number_problem(value) or (None if value in bounds else f"must be {bounds}")
+        if problem:
+            raise argparse.ArgumentTypeError(f"{problem}, got {text}")
+        return value
+
+    return parse
+
+
+positive_int = number(int, Range(ge=1))
+seed = number(int, Range(ge=0, le=SEED_MAX))
 
 
 SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,
@@ -35,12 +51,25 @@ SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, 
 
 
 def byte_size(text: str) -> int:
-    """`512MiB`, `2GiB`, `1.5G` or plain bytes."""
+    """`512MiB`, `2GiB`, `1.5G` or plain bytes: the memory of a task, at least MIN_TASK_MEMORY."""
+    from pipeline.runner import MIN_TASK_MEMORY
+
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
     unit = match.group(2).lower() if match else ""
     if not match or unit not in SIZE_UNITS:
         raise argparse.ArgumentTypeError(f"expected a size such as 512MiB or 2GiB, got {text!r}")
-    return int(float(match.group(1)) * SIZE_UNITS[unit])
+    size = float(match.group(1)) * SIZE_UNITS[unit]
+    if not MIN_TASK_MEMORY <= size <= UINT64_MAX:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_TASK_MEMORY >> 20} MiB and fit in 64 bits, "
+                                         f"got {text}")
+    return int(size)
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line, as every other error (the usage is one --help away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -93,7 +122,7 @@ def version() -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="mmcorpus", description=__doc__, formatter_class=HelpFormatter)
+    root = Parser(prog="mmcorpus", description=__doc__, formatter_class=HelpFormatter)
     root.add_argument("--version", action="version", version=f"mmcorpus {version()}")
     root.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the resolved recipe at the "
                                                                      "start of a build")
@@ -110,16 +139,17 @@ def parser() -> argparse.ArgumentParser:
     add_recipe_arguments(build)
     add_out_argument(build)
     build.add_argument("--workers", type=positive_int, default=2, help="CPUs of the embedded Ray (default: 2)")
-    build.add_argument("--seed", type=int, default=0, help="seed for sampling and shuffling (default: 0)")
+    build.add_argument("--seed", type=seed, default=0, help="seed for sampling and shuffling (default: 0)")
     build.add_argument("--task-memory", type=byte_size, help="memory each task may hold, e.g. 2GiB: Ray places "
                                                              "tasks by it and stages spill or partition within it "
                                                              "(default: the smallest node's memory per CPU, at most "
                                                              "8 GiB)")
-    build.add_argument("--retries", type=int, default=1, help="retries of a failing task before its input file "
-                                                             "is quarantined (default: 1)")
+    build.add_argument("--retries", type=number(int, Range(ge=0)), default=1,
+                       help="retries of a failing task before its input file is quarantined (default: 1)")
     build.add_argument("--keep-rejected-text", action="store_true",
                        help="rejected documents keep their text in the `rejects` view (more disk)")
-    build.add_argument("--budget", type=float, help="phase token budget (default: the pool's eligible tokens)")
+    build.add_argument("--budget", type=number(float, Range(gt=0)),
+                       help="phase token budget (default: the pool's eligible tokens)")
     build.add_argument("--ray-address", help="a Ray cluster: http://head:8265 submits the build as a Ray job; "
                                              "ray://... or host:port joins it (default: $RAY_ADDRESS, else embedded)")
     build.add_argument("--dry-run", action="store_true", help="check the recipe and the inputs, print the resolved "
@@ -152,7 +182,7 @@ def parser() -> argparse.ArgumentParser:
                                                   "counts file (default: the pool under --out)")
     plan.add_argument("--scale", choices=["sample", "full"], default="sample",
                       help="full: the recipe's budget (2.3T / 600B / 100B); sample: what the counts hold")
-    plan.add_argument("--budget", type=float, help="token budget (overrides --scale)")
+    plan.add_argument("--budget", type=number(float, Range(gt=0)), help="token budget (overrides --scale)")
     add_out_argument(plan)
     plan.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
     plan.add_argument("--cost", action="store_true", help="also estimate the full recipe's core-hours and wall time "
@@ -177,7 +207,7 @@ def parser() -> argparse.ArgumentParser:
                           help="Hugging Face ModernBERT/mmBERT folder (config.json + model.safetensors)")
     evaluate.add_argument("--chunks-per-language", type=positive_int, default=64, help="sample size (default: 64)")
     evaluate.add_argument("--batch-tokens", type=positive_int, help="tokens per batch (default: the phase's seq_len)")
-    evaluate.add_argument("--seed", type=int, default=0, help="chooses the sample and the masks (default: 0)")
+    evaluate.add_argument("--seed", type=seed, default=0, help="chooses the sample and the masks (default: 0)")
     evaluate.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
 
     commands.add_parser("fetch-assets", help="download the tokenizer and LID model files into the cache (set-up)")
@@ -216,9 +246,7 @@ def run_build(args: argparse.Namespace, argv: list[str]) -> int:
     from stages.sources import READERS
 
     recipe = recipe_from(args)
-    phase = recipe.phases.phase(args.phase, args.variant)
-    if args.budget is not None and args.budget <= 0:
-        raise ConfigError(f"--budget must be > 0, got {args.budget}")
+    phase = recipe.phase(args.phase, args.variant)
     settings = BuildSettings(out=args.out, phase=phase, recipe=recipe, seed=args.seed, workers=args.workers,
                              budget_tokens=args.budget, ray_address=args.ray_address, retries=args.retries,
                              task_memory=args.task_memory, keep_rejected_text=args.keep_rejected_text)
@@ -496,8 +524,6 @@ def run_plan(args: argparse.Namespace) -> int:
         raise ConfigError(f"no --counts and no pool under {layout.url}: build first or give a counts CSV")
     if not available:
         raise ConfigError(f"no available tokens for the phase-{phase.number} languages")
-    if args.budget is not None and args.budget <= 0:
-        raise ConfigError(f"--budget must be > 0, got {args.budget}")
     budget = args.budget or (phase.budget_tokens if args.scale == "full" else float(sum(available.values())))
     rows = plan_rows(phase, available, budget)
     columns = ["source", "lang", "available", "p", "target", "epochs"]

@@ -9,7 +9,7 @@ a ConfigError naming the file and the key; the CLI prints it as one line and exi
 
 import os
 import subprocess
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -37,6 +37,7 @@ LID_FILE = CONFIG_DIR / "lid.yaml"
 DEDUP_FILE = CONFIG_DIR / "dedup.yaml"
 QUALITY_FILE = CONFIG_DIR / "quality.yaml"
 SECTIONS = ("sources", "tokenizers", "lid", "quality", "dedup", "phases")
+MAX_ALIAS_VALUES = 100_000  # values a YAML text may repeat through aliases; an alias bomb repeats billions
 
 __all__ = ["COUNTS_FILE", "ConfigError", "PROJECT_ROOT", "SAMPLES_DIR"]
 
@@ -44,14 +45,38 @@ __all__ = ["COUNTS_FILE", "ConfigError", "PROJECT_ROOT", "SAMPLES_DIR"]
 def read_yaml(path: Path) -> dict:
     try:
         with open(path) as f:
-            data = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+            text = f.read()
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except (FileNotFoundError, IsADirectoryError):
         raise ConfigError(f"{path}: no such file") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+    if "&" in text:  # no anchor, no alias: FineWeb2's 1,929 rows skip the walk
+        check_aliases(data, str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
+
+
+def check_aliases(data: object, source: str) -> None:
+    """Refuse YAML whose aliases repeat more than MAX_ALIAS_VALUES values, or refer to themselves. The parser
+    shares one object per anchor, so loading is quick; whatever walks the values (the settings' checks, `config
+    show`, the run table's JSON) would walk every repeat, for minutes and gigabytes. This walk stops early."""
+    seen: set[int] = set()
+    repeated = 0
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if not isinstance(value, dict | list):
+            continue
+        items = list(value.values()) if isinstance(value, dict) else value
+        if id(value) in seen:
+            repeated += len(items)
+            if repeated > MAX_ALIAS_VALUES:
+                raise ConfigError(f"{source}: YAML aliases repeat more than {MAX_ALIAS_VALUES:,} values "
+                                  "(an alias bomb?): refused")
+        seen.add(id(value))
+        stack.extend(items)
 
 
 @dataclass(frozen=True)
@@ -59,20 +84,25 @@ class PhaseConfig:
     """One phase of the recipe (DESIGN section 6); `variants` in the YAML override any of these fields."""
 
     name: str = setting(help="the phase's name (pre-training, mid-training, decay)")
-    budget_tokens: float = setting(help="the full-scale token budget (a sample build defaults to its pool)")
+    budget_tokens: float = setting(help="the full-scale token budget (a sample build defaults to its pool)", gt=0)
     languages: LanguageSet = setting(help="the phase's language set: a column of mmBERT's counts")
-    temperature: float = setting(help="sampling temperature τ: p(lang) ∝ n(lang)^τ")
-    max_epochs: float = setting(help="the most epochs of any (source, language)")
-    seq_len: int = setting(help="tokens per training sequence, bos and eos included")
-    min_chunk_tokens: int = setting(help="the shortest piece of a split document (a short document stays whole)")
-    mask_rate: float = setting(help="MLM mask rate of the phase (the encoder reference uses it)")
-    global_rope_theta: float = setting(help="RoPE θ of the global attention layers (the encoder reference's)")
-    local_rope_theta: float = setting(help="RoPE θ of the local (sliding-window) attention layers")
-    shard_tokens: int = setting(help="tokens per shard (the sources config may set it for its input)")
-    fineweb2_share: float = setting(help="FineWeb2's part of the budget")
-    other_sources: dict[str, float] = setting(factory=dict, help="the rest of the budget, in these proportions")
-    fixed_shares: dict[str, float] = setting(factory=dict, help="languages with a pinned share (decay-eng)")
-    quality_quantile: float = setting(0.0, help="keep documents at or above this quality quantile per language")
+    temperature: float = setting(help="sampling temperature τ: p(lang) ∝ n(lang)^τ", gt=0, le=1)
+    max_epochs: float = setting(help="the most epochs of any (source, language)", ge=1)
+    seq_len: int = setting(help="tokens per training sequence, bos and eos included", gt=2)
+    min_chunk_tokens: int = setting(
+        help="the shortest piece of a split document (a short document stays whole); at most seq_len", gt=2)
+    mask_rate: float = setting(help="MLM mask rate of the phase (the encoder reference uses it)", gt=0, lt=1)
+    global_rope_theta: float = setting(help="RoPE θ of the global attention layers (the encoder reference's)", gt=0)
+    local_rope_theta: float = setting(help="RoPE θ of the local (sliding-window) attention layers", gt=0)
+    shard_tokens: int = setting(help="tokens per shard, at least seq_len (the sources config may set it for its "
+                                     "input)")
+    fineweb2_share: float = setting(help="FineWeb2's part of the budget", ge=0, le=1)
+    other_sources: dict[str, float] = setting(factory=dict, help="the rest of the budget, in these proportions",
+                                              ge=0)
+    fixed_shares: dict[str, float] = setting(factory=dict, help="languages with a pinned share (decay-eng); "
+                                                                "they sum to less than 1", ge=0, lt=1)
+    quality_quantile: float = setting(
+        0.0, help="keep documents at or above this quality quantile per language", ge=0, lt=1)
     rehydrate: bool = setting(False, help="repeat FineWeb2 documents by their upstream minhash_cluster_size band "
                                           "(re-hydration), within the epoch cap")
     rehydrate_bands: tuple[RehydrateBand, ...] = setting(
@@ -82,15 +112,11 @@ class PhaseConfig:
     default_variant: str | None = setting(None, help="the variant `--phase N` builds")
 
     def __post_init__(self) -> None:
-        checks = [
-            (0 < self.temperature <= 1, f"temperature must be in (0, 1], got {self.temperature}"),
-            (self.budget_tokens > 0, f"budget_tokens must be > 0, got {self.budget_tokens}"),
-            (self.max_epochs >= 1, f"max_epochs must be >= 1, got {self.max_epochs}"),
-            (0 <= self.quality_quantile < 1, f"quality_quantile must be in [0, 1), got {self.quality_quantile}"),
-            (2 < self.min_chunk_tokens <= self.seq_len, "min_chunk_tokens must be in (2, seq_len]"),
-            (self.shard_tokens >= 1, f"shard_tokens must be >= 1, got {self.shard_tokens}"),
-            (0 <= self.fineweb2_share <= 1, f"fineweb2_share must be in [0, 1], got {self.fineweb2_share}"),
-            (all(w >= 0 for w in self.other_sources.values()), "other_sources weights must be >= 0"),
+        checks = [  # each field's own range is checked as it is read (setting(..., ge=...))
+            (self.min_chunk_tokens <= self.seq_len,
+             f"min_chunk_tokens must be <= seq_len ({self.seq_len}), got {self.min_chunk_tokens}"),
+            (self.shard_tokens >= self.seq_len,  # a smaller shard holds less than a sequence, and is a task each
+             f"shard_tokens must be >= seq_len ({self.seq_len}), got {self.shard_tokens}"),
             (sum(self.fixed_shares.values()) < 1, "fixed_shares must sum to less than 1"),
         ]
         for unknown in sorted(set(self.other_sources) - set(READERS)):
@@ -167,6 +193,7 @@ class SourcesConfig:
 
     sources: dict[str, ReaderOptions]
     shard_tokens: int | None = None  # tokens per shard for this input (small samples want small shards)
+    where: Where = field(default=Where("sources"), compare=False)  # the section, for checks once a phase is chosen
 
 
 @dataclass(frozen=True)
@@ -188,6 +215,15 @@ class Recipe:
             "tokenizers": plain(self.tokenizers), "lid": plain(self.lid), "quality": plain(self.quality),
             "dedup": plain(self.dedup), "phases": {str(k): v for k, v in self.phases.entries.items()},
         }
+
+    def phase(self, number: int, variant: str | None = None) -> PhaseConfig:
+        """A phase to build: the input's shard_tokens, which replaces the phase's, holds a sequence at least."""
+        phase = self.phases.phase(number, variant)
+        shard_tokens = self.sources.shard_tokens
+        if shard_tokens is not None and shard_tokens < phase.seq_len:
+            raise (self.sources.where / "shard_tokens").error(
+                f"must be >= the seq_len of {phase.id} ({phase.seq_len}), got {shard_tokens}")
+        return phase
 
     def assets(self) -> dict[str, AssetSpec]:
         """Every model and tokenizer file the recipe names, by role."""
@@ -218,7 +254,7 @@ def _load_sources(data: dict, where: Where) -> SourcesConfig:
     shard_tokens = convert(int | None, data.get("shard_tokens"), where / "shard_tokens")
     if shard_tokens is not None and shard_tokens < 1:
         raise (where / "shard_tokens").error("must be >= 1")
-    return SourcesConfig(sources, shard_tokens)
+    return SourcesConfig(sources, shard_tokens, where)
 
 
 def _load_quality(data: dict, where: Where) -> QualityConfig:
@@ -276,8 +312,10 @@ def load_recipe(recipe: Path | None = None, sections: dict[str, Path | None] | N
             raw[section] = (read_yaml(path), Where(path))
         else:
             raise Where(recipe, (section,)).error("expected a file name or a mapping")
+    changed: list[tuple[str, str, list[str]]] = []  # (option text, section, keys) of each --set
     for override in overrides:
         section, keys, value = parse_override(override)
+        changed.append((override, section, keys))
         data = raw[section][0]
         for key in keys[:-1]:
             key = next((k for k in data if str(k) == key), key)  # phases are numbered: YAML keys are ints
@@ -285,9 +323,24 @@ def load_recipe(recipe: Path | None = None, sections: dict[str, Path | None] | N
             if not isinstance(data, dict):
                 raise ConfigError(f"--set {override}: {key} is not a mapping")
         data[next((k for k in data if str(k) == keys[-1]), keys[-1])] = value
-    loaded = {section: LOADERS[section](data, where) for section, (data, where) in raw.items()}
+    try:
+        loaded = {section: LOADERS[section](data, where) for section, (data, where) in raw.items()}
+    except ConfigError as error:
+        raise _blamed(error, changed, raw) from None
     files = {section: str(where.file) for section, (_, where) in raw.items()}
     return Recipe(files=files, **loaded)
+
+
+def _blamed(error: ConfigError, changed: list[tuple[str, str, list[str]]],
+            raw: dict[str, tuple[dict, Where]]) -> ConfigError:
+    """The error as the `--set` option's when it is about a value the option gave (at or below its key)."""
+    at = error.where
+    for text, section, keys in changed:
+        where = raw[section][1]
+        key = (*where.keys, *keys)
+        if at is not None and at.file == where.file and at.keys[:len(key)] == key:
+            return Where(f"--set {text}", at.keys[len(where.keys):]).error(error.reason)
+    return error
 
 
 def parse_override(text: str) -> tuple[str, list[str], Any]:
@@ -315,6 +368,7 @@ def parse_override(text: str) -> tuple[str, list[str], Any]:
         parsed = yaml.safe_load(value)
     except yaml.YAMLError as error:
         raise ConfigError(f"--set {text}: not a YAML value: {' '.join(str(error).split())}") from None
+    check_aliases(parsed, f"--set {text}")
     return keys[0], keys[1:], parsed
 
 

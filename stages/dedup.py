@@ -23,7 +23,7 @@ import numpy as np
 import xxhash
 
 from stages.base import Document, Stage
-from stages.settings import setting
+from stages.settings import SEED_MAX, setting
 from stages.text import dominant_script, script_of, split_words
 
 KINDS = ("exact", "url", "minhash")  # the removal passes one may configure, in this order
@@ -34,16 +34,13 @@ TRACKING = ("utm_", "fbclid", "gclid", "mc_cid", "mc_eid")
 
 @dataclass(frozen=True)
 class MinhashConfig:
-    n_grams: int = setting(5, help="words per shingle (FineWeb2: 5)")
-    bands: int = setting(14, help="LSH bands (FineWeb2: 14)")
-    rows: int = setting(8, help="MinHash values per band (FineWeb2: 8)")
-    seed: int = setting(1, help="seed of the hash permutations")
+    n_grams: int = setting(5, help="words per shingle (FineWeb2: 5)", ge=1)
+    bands: int = setting(14, help="LSH bands (FineWeb2: 14)", ge=1)
+    rows: int = setting(8, help="MinHash values per band (FineWeb2: 8)", ge=1)
+    seed: int = setting(1, help="seed of the hash permutations", ge=0, le=SEED_MAX)
     min_similarity: float = setting(
-        0.7, help="share of the MinHash values a candidate pair must agree on; 0 keeps every LSH candidate")
-
-    def __post_init__(self) -> None:
-        if self.bands < 1 or self.rows < 1 or self.n_grams < 1 or not 0 <= self.min_similarity <= 1:
-            raise ValueError("minhash needs bands, rows, n_grams >= 1 and min_similarity in [0, 1]")
+        0.7, help="share of the MinHash values a candidate pair must agree on; 0 keeps every LSH candidate",
+        ge=0, le=1)
 
     @property
     def hashes(self) -> int:

@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class MinScore:
-    default: float = setting(0.5, help="minimum model probability for a detected label")
-    overrides: dict[str, float] = setting(factory=dict, help="minimum by lang_Script or ISO 639-3 code")
+    default: float = setting(0.5, help="minimum model probability for a detected label", ge=0, le=1)
+    overrides: dict[str, float] = setting(factory=dict, help="minimum by lang_Script or ISO 639-3 code", ge=0, le=1)
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,7 @@ class LidConfig:
     unknown_to_model: Literal["keep", "reject"] = setting(
         "keep", help="an upstream label the model has no class for: keep (noted) or reject")
     min_score: MinScore = setting(factory=MinScore, help="minimum model probability for detected labels")
-    max_chars: int = setting(1000, help="characters of a document the model reads")
-
-    def __post_init__(self) -> None:
-        if self.max_chars < 1:
-            raise ValueError(f"max_chars must be >= 1, got {self.max_chars}")
+    max_chars: int = setting(1000, help="characters of a document the model reads", ge=1)
 
     def threshold(self, label: str) -> float:
         overrides = self.min_score.overrides

@@ -40,8 +40,8 @@ class RehydrateBand:
     """Documents whose upstream cluster size is at most `max_cluster_size` (and above the band before) count
     `repeats` times."""
 
-    max_cluster_size: int | None = setting(help="the band's largest cluster size (null: no upper end)")
-    repeats: int = setting(help="copies a document of the band counts for")
+    max_cluster_size: int | None = setting(help="the band's largest cluster size (null: no upper end)", ge=1)
+    repeats: int = setting(help="copies a document of the band counts for", ge=1)
 
 
 # The FineWeb2 card's bands (1, 2, 3, 4, 5-100, 101-1000, larger); the weights are an example of its method,
@@ -54,8 +54,6 @@ def check_bands(bands: tuple[RehydrateBand, ...]) -> None:
     limits = [band.max_cluster_size for band in bands]
     if not bands or limits[-1] is not None or None in limits[:-1] or limits[:-1] != sorted(set(limits[:-1])):
         raise ValueError("rehydrate_bands must rise by max_cluster_size and end with an open band (null)")
-    if any(band.repeats < 1 for band in bands):
-        raise ValueError("rehydrate_bands repeats must be >= 1")
 
 
 def band_repeats(cluster_size: int | None, bands: tuple[RehydrateBand, ...] | None) -> int:

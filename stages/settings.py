@@ -2,10 +2,13 @@
 
 Each stage declares its settings as a frozen dataclass with `setting(default, help)` fields (dolma's shape);
 `load(cls, data, where)` turns a YAML mapping into it: unknown keys, wrong types, missing keys and failed checks
-are a ConfigError naming the file and the dotted key (and, for a misspelt key, the closest valid one).
+are a ConfigError naming the file and the dotted key (and, for a misspelt key, the closest valid one). No number
+is NaN, infinite or an integer beyond 64 bits, and a field's range (`setting(..., ge=1)`) holds for every number in
+its value.
 """
 
 import difflib
+import math
 import os
 import types
 import typing
@@ -17,17 +20,60 @@ from typing import Any, Literal, NewType, TypeVar, get_args, get_origin, get_typ
 # A local path (relative ones resolve against the file that names them) or an fsspec URL, kept as given.
 Location = NewType("Location", str)
 T = TypeVar("T")
+INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1  # the integers NumPy and Arrow columns hold
+SEED_MAX = 2**63 - 1  # seeds go into the manifests' int64 columns (run.seed)
 
 
 class ConfigError(ValueError):
-    """Bad usage or configuration: the CLI prints it as one line and exits with status 2."""
+    """Bad usage or configuration: the CLI prints it as one line and exits with status 2. `where` and `reason`:
+    the setting at fault and what is wrong with it, when the error names one (so that the value a `--set` option
+    gave is blamed on the option, not on the file)."""
+
+    def __init__(self, message: str, where: "Where | None" = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.where, self.reason = where, reason
 
 
-def setting(default: Any = MISSING, help: str = "", factory: Any = MISSING) -> Any:  # noqa: A002 - dolma's name
-    """A dataclass field with its help text (shown by `mmcorpus config fields`)."""
+@dataclass(frozen=True)
+class Range:
+    """Bounds of a number: `ge`/`le` inclusive, `gt`/`lt` exclusive (pydantic's names)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def __contains__(self, value: float) -> bool:
+        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+
+    def __str__(self) -> str:
+        if (self.ge, self.gt) != (None, None) and (self.le, self.lt) != (None, None):
+            low = f"[{self.ge}" if self.ge is not None else f"({self.gt}"
+            high = f"{self.le}]" if self.le is not None else f"{self.lt})"
+            return f"in {low}, {high}"
+        bounds = ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+        return " and ".join(f"{op} {bound}" for op, bound in bounds if bound is not None)
+
+
+def setting(default: Any = MISSING, help: str = "", factory: Any = MISSING, *,  # noqa: A002 - dolma's name
+            ge: float | None = None, gt: float | None = None, le: float | None = None,
+            lt: float | None = None) -> Any:
+    """A dataclass field with its help text and the range of its numbers (shown by `mmcorpus config fields`)."""
+    metadata: dict[str, Any] = {"help": help}
+    if (ge, gt, le, lt) != (None, None, None, None):
+        metadata["range"] = Range(ge, gt, le, lt)
     if factory is not MISSING:
-        return field(default_factory=factory, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def number_problem(number: float) -> str | None:
+    """Why no setting may hold this number, or None: NaN and infinities compare false with every threshold and
+    integers beyond 64 bits overflow NumPy and Arrow, both far from the file or option that gave them."""
+    if isinstance(number, int):
+        return None if INT64_MIN <= number <= UINT64_MAX else "must fit in 64 bits"
+    return None if math.isfinite(number) else "must be a finite number"
 
 
 @dataclass(frozen=True)
@@ -47,7 +93,7 @@ class Where:
 
     def error(self, message: str) -> ConfigError:
         key = ".".join(self.keys)
-        return ConfigError(f"{self.file}: {key}: {message}" if key else f"{self.file}: {message}")
+        return ConfigError(f"{self.file}: {key}: {message}" if key else f"{self.file}: {message}", self, message)
 
 
 def closest(name: str, known: typing.Iterable[str]) -> str:
@@ -75,6 +121,8 @@ def load(cls: type[T], data: object, where: Where) -> T:
     for f in settable:
         if f.name in data:
             values[f.name] = convert(hints[f.name], data[f.name], where / f.name)
+            if "range" in f.metadata:
+                check_range(values[f.name], f.metadata["range"], where / f.name)
         elif f.default is MISSING and f.default_factory is MISSING:
             help_text = f.metadata.get("help")
             raise (where / f.name).error("missing" + (f" ({help_text})" if help_text else ""))
@@ -84,6 +132,18 @@ def load(cls: type[T], data: object, where: Where) -> T:
         raise
     except (TypeError, ValueError) as error:
         raise where.error(str(error)) from None
+
+
+def check_range(value: object, bounds: Range, where: Where) -> None:
+    """Every number in `value` (itself, a mapping's values, a list's items) within `bounds`."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_range(item, bounds, where / key)
+    elif isinstance(value, list | tuple | frozenset):
+        for i, item in enumerate(value):
+            check_range(item, bounds, where / i)
+    elif isinstance(value, int | float) and value not in bounds:
+        raise where.error(f"must be {bounds}, got {value!r}")
 
 
 @cache
@@ -96,7 +156,8 @@ def _settable(cls: type) -> tuple[dict[str, Any], list]:
 
 def convert(tp: Any, value: object, where: Where) -> Any:
     """`value` as type `tp`: dataclasses, optionals, literals, lists, tuples, dicts, paths and scalars."""
-    if tp is float and type(value) is float or tp is int and type(value) is int or tp is str and type(value) is str:
+    if (tp is float and type(value) is float and math.isfinite(value) or tp is str and type(value) is str
+            or tp is int and type(value) is int and INT64_MIN <= value <= UINT64_MAX):
         return value  # the common case, first
     origin, args = get_origin(tp), get_args(tp)
     if tp is Any:
@@ -166,8 +227,10 @@ def _scalar(tp: type, value: object, where: Where) -> object:
             raise where.error(f"expected a number, got {value!r}") from None
         if not isinstance(number, int | float):
             raise where.error(f"expected a number, got {_kind(value)}")
+        if problem := number_problem(number):
+            raise where.error(f"{problem}, got {value!r}")
         if tp is int:
-            if float(number) != int(number):
+            if isinstance(number, float) and not number.is_integer():
                 raise where.error(f"expected a whole number, got {value!r}")
             return int(number)
         return float(number)
@@ -221,7 +284,9 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
             default = repr(f.default_factory())
         else:
             default = "(required)"
-        rows.append((key, _type_name(tp), default, f.metadata.get("help", "")))
+        bounds = f.metadata.get("range")
+        help_text = f.metadata.get("help", "") + (f" (must be {bounds})" if bounds else "")
+        rows.append((key, _type_name(tp), default, help_text))
     return rows
 
 

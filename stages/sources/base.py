@@ -34,7 +34,7 @@ class ReaderOptions:
     """What every source takes in the sources YAML; each reader adds its own options."""
 
     path: Location = setting(help="local folder (relative to the YAML naming it) or fsspec URL, upstream layout")
-    max_chars: int = setting(MAX_CHARS, help="a longer text is cut here and noted read:text_capped")
+    max_chars: int = setting(MAX_CHARS, help="a longer text is cut here and noted read:text_capped", ge=1)
     identity: Literal["mtime", "content"] = setting(
         "mtime", help="what tells a rebuild that an input file changed: `mtime` its size and ETag or modification "
         "time (as make and rsync); `content` its size and an xxhash64 of its bytes, which reads every input on "

@@ -117,6 +117,8 @@ def test_config_fields_lists_every_setting_with_help(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith("quality.fixed.min_doc_words: ") and "# Gopher: min words" in line for line in lines)
     assert any(line.startswith("sources.sources.fineweb2.include_removed: bool = False") for line in lines)
+    assert "lid.min_score.default: float = 0.5  # minimum model probability for a detected label (must be in [0, 1])" \
+        in lines
     assert all("#" in line for line in lines)
 
 

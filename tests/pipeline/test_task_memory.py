@@ -11,9 +11,11 @@ from pipeline.runner import MIN_TASK_MEMORY, Runner
 
 def test_sizes_parse():
     assert byte_size("512MiB") == 512 << 20 and byte_size("2GiB") == 2 << 30 and byte_size("1.5G") == 3 << 29
-    assert byte_size("1000000") == 1_000_000 and byte_size("2 GB") == 2 * 10**9
+    assert byte_size("300000000") == 300_000_000 and byte_size("2 GB") == 2 * 10**9
     with pytest.raises(argparse.ArgumentTypeError, match="512MiB"):
         byte_size("lots")
+    with pytest.raises(argparse.ArgumentTypeError, match="at least 256 MiB"):
+        byte_size("1000000")
 
 
 def test_task_memory_fits_the_cluster(ray_session):

@@ -1,10 +1,14 @@
 """Bad configuration exits with status 2 and one clear line naming the file or option, before any work."""
 
+import itertools
 import subprocess
 import sys
+import time
 
 import pytest
 
+from pipeline.cli import main
+from pipeline.config import CONFIG_DIR, SAMPLES_DIR
 from pipeline.config import PROJECT_ROOT as ROOT
 
 PHASE = """1:
@@ -41,9 +45,9 @@ def phases_file(tmp_path, budget="1e9", column="pretrain", tau="0.7"):
     [
         ("unknown source", "unknown source 'commoncrawl'"),
         ("missing path", "does not exist"),
-        ("tau out of range", "temperature must be in (0, 1]"),
-        ("budget 0 in the phase", "budget_tokens must be > 0"),
-        ("budget 0 on the command line", "--budget must be > 0"),
+        ("tau out of range", "1.temperature: must be in (0, 1], got 1.5"),
+        ("budget 0 in the phase", "1.budget_tokens: must be > 0, got 0.0"),
+        ("budget 0 on the command line", "argument --budget: must be > 0, got 0"),
         ("empty language set", "the language set is empty"),
         ("unknown phase", "no phase 7"),
         ("unknown variant", "has no variant 'fr'"),
@@ -75,6 +79,101 @@ def test_bad_configuration_exits_2_with_one_line(tmp_path, case, message):
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1 and message in lines[0], lines
     assert not out.exists()  # nothing started
+
+
+def refused(capsys, out, *args: str) -> str:
+    """`mmcorpus build --phase 1 --dry-run ARGS` in this process: its one error line, after checking the exit
+    status 2 and that nothing was written."""
+    try:
+        code = main(["build", "--phase", "1", "--out", str(out), "--dry-run", *args])
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert not out.exists()
+    return lines[0]
+
+
+def section_copy(tmp_path, name: str, old: str, new: str) -> str:
+    """configs/<name> with `old` replaced by `new`, its relative paths made absolute."""
+    text = (CONFIG_DIR / name).read_text().replace("../samples", str(SAMPLES_DIR))
+    text = text.replace("languages_file: fineweb2-thresholds.yaml",
+                        f"languages_file: {CONFIG_DIR / 'fineweb2-thresholds.yaml'}")
+    assert old in text
+    path = tmp_path / name
+    path.write_text(text.replace(old, new, 1))
+    return str(path)
+
+
+def test_a_negative_max_chars_is_refused(tmp_path, capsys):
+    path = section_copy(tmp_path, "sources.yaml", "include_removed: false",
+                        "include_removed: false\n    max_chars: -1")  # cut every text's last character
+    line = refused(capsys, tmp_path / "out", "--sources", path)
+    assert line == f"mmcorpus: error: {path}: sources.fineweb2.max_chars: must be >= 1, got -1"
+
+
+def test_a_nan_quality_threshold_is_refused(tmp_path, capsys):
+    path = section_copy(tmp_path, "quality.yaml", "char_duplicates_ratio: 0.1", "char_duplicates_ratio: .nan")
+    line = refused(capsys, tmp_path / "out", "--quality", path)
+    assert line == f"mmcorpus: error: {path}: fixed.char_duplicates_ratio: must be a finite number, got nan"
+
+
+@pytest.mark.parametrize("value, message", [
+    ("nan", "must be a finite number, got 'nan'"),
+    ("1e400", "must be a finite number, got '1e400'"),
+    ("-.inf", "must be a finite number, got -inf"),
+    ("123456789012345678901234567890", "must fit in 64 bits, got 123456789012345678901234567890"),
+])
+def test_a_whole_number_setting_must_be_finite_and_fit_64_bits(tmp_path, capsys, value, message):
+    path = section_copy(tmp_path, "quality.yaml", "min_doc_words: 50", f"min_doc_words: {value}")
+    assert refused(capsys, tmp_path / "out", "--quality", path) == \
+        f"mmcorpus: error: {path}: fixed.min_doc_words: {message}"
+
+
+def test_a_bad_set_value_is_blamed_on_the_option(tmp_path, capsys):
+    line = refused(capsys, tmp_path / "out", "--set", "quality.fixed.min_doc_words=nan")
+    assert line == ("mmcorpus: error: --set quality.fixed.min_doc_words=nan: fixed.min_doc_words: must be a finite "
+                    "number, got 'nan'")
+    line = refused(capsys, tmp_path / "out", "--set", "lid.min_score.overrides={deu: 1.5}")
+    assert line.endswith("min_score.overrides.deu: must be in [0, 1], got 1.5"), line
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--budget", "nan"], "argument --budget: must be a finite number, got nan"),
+    (["--budget", "inf"], "argument --budget: must be a finite number, got inf"),
+    (["--retries", "-5"], "argument --retries: must be >= 0, got -5"),
+    (["--seed", "123456789012345678901234567890"], "argument --seed: must fit in 64 bits"),
+    (["--seed", str(2**63)], "argument --seed: must be in [0, 9223372036854775807]"),  # run.seed is an int64
+    (["--task-memory", "9" * 30 + "TiB"], "argument --task-memory: must be at least 256 MiB and fit in 64 bits"),
+])
+def test_out_of_range_flags_are_one_line_naming_the_flag(tmp_path, capsys, args, message):
+    line = refused(capsys, tmp_path / "out", *args)
+    assert line.startswith("mmcorpus build: error: ") and message in line, line
+
+
+def test_shards_must_hold_a_sequence(tmp_path, capsys):
+    path = phases_file(tmp_path)
+    path.write_text(path.read_text().replace("shard_tokens: 65536", "shard_tokens: 1"))
+    assert refused(capsys, tmp_path / "out", "--phases", str(path)) == \
+        f"mmcorpus: error: {path}: 1: shard_tokens must be >= seq_len (1024), got 1"
+    path = section_copy(tmp_path, "sources.yaml", "shard_tokens: 65536", "shard_tokens: 1")  # replaces the phases'
+    assert refused(capsys, tmp_path / "out", "--sources", path) == \
+        f"mmcorpus: error: {path}: shard_tokens: must be >= the seq_len of phase1 (1024), got 1"
+
+
+ALIAS_BOMB = ["&a [lol, lol, lol, lol, lol, lol, lol, lol, lol]",  # then b: 9 a's, ... i: 9 h's, 9^9 lols
+              *(f"&{name} [{', '.join([f'*{below}'] * 9)}]" for below, name in itertools.pairwise("abcdefghi"))]
+
+
+def test_an_alias_bomb_is_refused_at_once(tmp_path, capsys):
+    path = section_copy(tmp_path, "lid.yaml", "max_chars: 1000",
+                        "max_chars:\n" + "".join(f"  - {line}\n" for line in ALIAS_BOMB))
+    started = time.monotonic()
+    line = refused(capsys, tmp_path / "out", "--lid", path)
+    assert time.monotonic() - started < 1
+    assert line == f"mmcorpus: error: {path}: YAML aliases repeat more than 100,000 values (an alias bomb?): refused"
+    option = f"lid.min_score.overrides=[{', '.join(ALIAS_BOMB)}]"
+    assert refused(capsys, tmp_path / "out", "--set", option).startswith(f"mmcorpus: error: --set {option}: YAML")
 
 
 def test_bad_usage_exits_2():
