@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import duckdb
 
 from pipeline.config import SAMPLES_DIR, SECTIONS, ConfigError, PhaseConfig, Recipe, load_phases, load_recipe
+from pipeline.supervisor import announce_end, run_watched, supervised
 from stages.settings import SEED_MAX, UINT64_MAX, Range, number_problem
 
 log = logging.getLogger("mmcorpus")
@@ -265,6 +266,8 @@ def run_build(args: argparse.Namespace, argv: list[str]) -> int:
     log.debug("resolved recipe:\n%s", yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True))
     if is_job_address(args.ray_address):
         return submit_build(args.ray_address, job_arguments(argv, args))
+    if not supervised():
+        return run_watched(argv, "build")
     info = build(settings)
     print_summary(args.out, phase.id, info)
     return 0
@@ -614,8 +617,6 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.runner import Terminated
-
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `mmcorpus query ... | head` ends quietly
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
@@ -627,13 +628,24 @@ def main(argv: list[str] | None = None) -> int:
                 "export-mds": lambda: run_export(args), "report": lambda: run_report(args),
                 "eval-mlm": lambda: run_eval(args)}
     try:
+        return run_command(args, commands)
+    finally:
+        announce_end()
+
+
+def run_command(args: argparse.Namespace, commands: dict[str, Callable[[], int]]) -> int:
+    """The command's exit status; every error one line on stderr."""
+    from manifests.layout import TreeLocked
+    from pipeline.runner import Terminated
+
+    try:
         if args.command in commands:
             return commands[args.command]()
         from pipeline.assets import fetch_assets
 
         fetch_assets()
         return 0
-    except ConfigError as error:
+    except (ConfigError, TreeLocked) as error:
         print(f"mmcorpus: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -191,9 +191,25 @@ class SourceReader(Stage):
                         self.note(doc, "read:text_capped")
                     yield self.keep(doc)
             except Exception as error:  # noqa: BLE001 - any damage ends this file, never the run
+                if not_the_files_fault(error):
+                    raise  # the runner retries the task, then fails the build naming the file
                 detail = " ".join(f"{type(error).__name__}: {error}".split())[:500]
                 log.warning("%s: quarantined %s: %s", self.source, relative, detail)
                 self.reject_record(relative, "file", "read:corrupt_file", detail)
+
+
+# Errors of the machine or of the storage, not of a file's bytes: quarantining the file for them would lose it.
+TRANSIENT_ERRORS = (MemoryError, ConnectionError, TimeoutError, PermissionError, FileNotFoundError)
+STORAGE_CLIENTS = {"botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "s3fs", "gcsfs", "adlfs"}
+
+
+def not_the_files_fault(error: BaseException) -> bool:
+    """An error a retry may not see (memory, the network, the store, the file vanishing): fatal to the task, so
+    the runner retries it and then fails the build; a damaged file fails the same way every time and is
+    quarantined. An OSError with an errno comes from the operating system; a decoder's has none."""
+    if isinstance(error, TRANSIENT_ERRORS) or type(error) is OSError and error.errno is not None:
+        return True
+    return type(error).__module__.split(".")[0] in STORAGE_CLIENTS
 
 
 def valid_url(url: str | None) -> bool:

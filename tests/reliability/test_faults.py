@@ -5,8 +5,10 @@ the same --out."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -114,25 +116,25 @@ def test_orphan_and_stray_shards_are_removed(reference, inputs, tmp_path):
     assert rows == sum(r["rows"] for r in pq.read_table(out / "phase1" / "manifest" / "shards.parquet").to_pylist())
 
 
-def test_another_phases_damaged_manifest_fails_the_build_naming_it(reference, inputs, tmp_path, capsys):
+def test_another_phases_damaged_manifest_fails_the_build_naming_it(reference, inputs, tmp_path, capfd):
     out = copy_of(reference, tmp_path)
     build(settings_for(out, 2, sources=inputs))
     flip(out / "phase2" / "manifest" / "stages.parquet")
     sources = ["--sources", str(inputs)]
     assert main(["build", "--phase", "1", "--out", str(out), *sources]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
+    err = capfd.readouterr().err.strip().splitlines()
     assert "phase2/manifest/stages.parquet: checksum" in err[-1] and "phase2-manifest" in err[-1]
     assert main(["build", "--phase", "2", "--out", str(out), *sources]) == 0  # which writes it anew
     assert main(["build", "--phase", "1", "--out", str(out), *sources]) == 0
 
 
-def test_a_second_build_on_the_same_out_exits_2_naming_the_holder(tmp_path, capsys):
+def test_a_second_build_on_the_same_out_exits_2_naming_the_holder(tmp_path, capfd):
     out = tmp_path / "out"
     with Layout(out).locked("mmcorpus build --phase 1"):
         assert main(["build", "--phase", "1", "--out", str(out)]) == 2
         with pytest.raises(TreeLocked), Layout(out).locked("another"):
             pass
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capfd.readouterr().err.strip().splitlines() if " INFO " not in line]
     assert len(err) == 1 and f"being built by process {os.getpid()}" in err[0] and "mmcorpus build --phase 1" in err[0]
     assert not (out / Layout.LOCK).exists()  # released
     assert not (out / "curated").exists()  # no work was done
@@ -158,3 +160,45 @@ def test_a_missing_bucket_fails_before_any_work(s3, tmp_path):
     assert last.startswith("mmcorpus: build failed:") and "no-such-bucket" in last, last
     assert "curate" not in done.stderr
     assert not list(tmp_path.glob("mmcorpus-*"))  # no spool folder left
+
+
+def test_a_dying_ray_agent_ends_the_build_with_one_line(sample_build, tmp_path):
+    """Ray ends a driver whose raylet died (it fate-shares with its agent) from C++, with a Ray line last; the
+    watching process has the last word, and the same command then resumes."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "pipeline.cli", "build", "--phase", "1", "--out", str(out)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    markers, deadline = out / "_done" / "curate", time.monotonic() + 120
+    while not markers.exists() or len(list(markers.iterdir())) < 2:
+        assert process.poll() is None and time.monotonic() < deadline, "the build ended before the kill"
+        time.sleep(0.05)
+    agents = [pid for pid, command in descendants(process.pid) if "DashboardAgent" in command]
+    assert agents
+    os.kill(agents[0], signal.SIGKILL)
+    _, stderr = process.communicate(timeout=180)
+    assert process.returncode == 1
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("mmcorpus: build failed:") and "run the same command again" in last, stderr[-2000:]
+    resumed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert shard_hashes(out) == shard_hashes(sample_build[0])
+
+
+def descendants(root: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every process below `root`, from /proc."""
+    parents, commands = {}, {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+                commands[int(entry)] = open(f"/proc/{entry}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [root]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return [(pid, commands[pid]) for pid in found]
