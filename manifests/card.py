@@ -18,20 +18,14 @@ from manifests.schemas import SHARD
 if TYPE_CHECKING:
     import duckdb
 
-# The terms each source's text comes under (from its upstream card), and the tokenizer's.
-SOURCES = {
-    "fineweb2": ("HuggingFaceFW/fineweb-2", "ODC-By 1.0, and Common Crawl's terms of use"),
-    "dolma": ("allenai/dolma (v1.7)", "ODC-By 1.0; each subset also under its own source's terms"),
-    "megawika": ("hltcoe/megawika", "CC BY-SA 4.0"),
-    "prolong": ("princeton-nlp/prolong-data-64K", "no licence on its card: each component keeps its upstream terms"),
-    "starcoder": ("bigcode/starcoderdata", "The Stack's terms of use: each file under its repository's licence"),
-}
+# The terms each source's text comes under are the recipe's (a source's `license`, `description`, `homepage`,
+# `citation`; the named sources' own by default), as the run recorded them. The tokenizer's:
 TOKENIZER_TERMS = "the tokens are Gemma 2 ids: the tokenizer is under the Gemma Terms of Use"
 COLUMNS = {
     "input_ids": "Gemma 2 token ids of one chunk, bos first and eos last",
     "doc_id": "the document's id: `<source>/<upstream id>` (`~n` appended when an upstream id was shared)",
     "chunk": "which chunk of the document (0-based)",
-    "source": "fineweb2, dolma, megawika, prolong or starcoder",
+    "source": "the source's name in the recipe: fineweb2, dolma, megawika, prolong, starcoder or one of your own",
     "lang": "ISO 639-3 + ISO 15924 (`deu_Latn`), or `code_<language>`",
     "epoch": "which repetition of the document (0-based): languages with little text are repeated, at most the "
              "phase's epoch cap",
@@ -82,6 +76,33 @@ def examples(con: "duckdb.DuckDBPyConnection", layout: Layout, phase_id: str, la
     return found
 
 
+TERMS_COLUMNS = ["source", "licence", "terms", "homepage", "tokens here"]
+
+
+def terms_rows(sources: dict[str, dict], tokens: list[tuple[str, int]]) -> list[tuple]:
+    """A row per source of the phase, (name, licence, terms, homepage, tokens), from the recipe's entries."""
+    return [(name, *(sources.get(name, {}).get(key) for key in ("license", "description", "homepage")), count)
+            for name, count in tokens]
+
+
+def license_metadata(sources: dict[str, dict], names: list[str]) -> dict:
+    """The card's `license`: the sources' own when they share one the Hub knows, else `other`, naming each
+    source's in `license_details`."""
+    licenses = {name: sources.get(name, {}).get("license") or "not given" for name in names}
+    shared = set(licenses.values())
+    if len(shared) == 1 and not shared & {"other", "not given"}:
+        return {"license": shared.pop()}
+    return {"license": "other", "license_name": "mixed-per-source" if len(shared) > 1 else "per-source-terms",
+            "license_details": "; ".join(f"{name}: {license}" for name, license in licenses.items())
+            + " (the card's Sources and terms)"}
+
+
+def citations(sources: dict[str, dict], names: list[str]) -> str:
+    """mmBERT's citation, then each source's that the recipe gives."""
+    return "\n\n".join([CITATION, *(sources[name]["citation"].strip() for name in names
+                                     if (sources.get(name) or {}).get("citation"))])
+
+
 def size_category(rows: int) -> str:
     return next((label for limit, label in SIZES if rows < limit), "n>1T")
 
@@ -113,8 +134,9 @@ def write_dataset_card(layout: Layout, phase_id: str, decode: Callable[[list[int
             return con.execute(sql, [phase_id] if params is None else params).fetchall()
 
         shards, tokens = rows("SELECT sum(rows), sum(tokens) FROM shards WHERE phase = ?")[0]
-        phase = rows("SELECT json_extract(config, '$.phase'), started, git_commit, seed FROM run WHERE phase = ?")
-        setting, started, commit, seed = phase[0]
+        phase = rows("""SELECT json_extract(config, '$.phase'), json_extract(config, '$.recipe.sources.sources'),
+                                started, git_commit, seed FROM run WHERE phase = ?""")
+        setting, sources, started, commit, seed = phase[0]
         languages = rows("""
             SELECT lang, sum(tokens) AS tokens, sum(tokens) / sum(sum(tokens)) OVER () AS share,
                    sum(tokens)::DOUBLE / nullif(sum(available_tokens), 0) AS epochs, bool_or(capped)
@@ -133,10 +155,11 @@ def write_dataset_card(layout: Layout, phase_id: str, decode: Callable[[list[int
                            FROM dedup_clusters WHERE kind <> 'exact_id' GROUP BY ALL ORDER BY 1, 2""",
                         []) if "dedup_clusters" in views else []
         found = examples(con, layout, phase_id, [lang for lang, *_ in languages[:5]], decode) if decode else []
-    setting = json.loads(setting)
+    setting, sources = json.loads(setting), json.loads(sources)
+    names = [source for source, _ in by_source]
     codes = sorted({lang.split("_")[0] for lang, *_ in languages if not lang.startswith("code_")})
-    front = {"license": "other", "license_name": "mixed-per-source", "pretty_name": f"mmcorpus {phase_id}",
-             "language": codes, "size_categories": [size_category(int(shards or 0))],
+    front = {**license_metadata(sources, names), "pretty_name": f"mmcorpus {phase_id}", "language": codes,
+             "size_categories": [size_category(int(shards or 0))],
              "task_categories": ["fill-mask"], "tags": ["mmbert", "multilingual", "pretokenized", "gemma2"],
              "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "shards/*.parquet"}]}]}
     parts = [
@@ -153,8 +176,7 @@ def write_dataset_card(layout: Layout, phase_id: str, decode: Callable[[list[int
         "`mmcorpus query` answers SQL over the manifest; `mmcorpus export-mds` writes MosaicML MDS.",
         "## Shard schema\n\n" + markdown_table(["column", "type", "meaning"], [
             (name, str(SHARD.field(name).type), COLUMNS.get(name, "")) for name in SHARD.names]),
-        "## Sources and terms\n\n" + markdown_table(["source", "upstream", "terms", "tokens here"], [
-            (source, *SOURCES.get(source, ("", "")), count) for source, count in by_source])
+        "## Sources and terms\n\n" + markdown_table(TERMS_COLUMNS, terms_rows(sources, by_source))
         + f"\n\nUsers must follow each source's terms; {TOKENIZER_TERMS}.",
         "## Languages\n\n" + markdown_table(
             ["lang", "name", "tokens", "share", "epochs", "capped", "removed in curation"],
@@ -171,6 +193,6 @@ def write_dataset_card(layout: Layout, phase_id: str, decode: Callable[[list[int
     if found:
         parts.append(f"## Examples\n\n{EXAMPLES}\n\n" + markdown_table(["language", "doc_id", "text"], found))
     parts += [f"## Intended use\n\n{INTENDED_USE}", f"## Limitations\n\n{LIMITATIONS}",
-              "## Citation\n\n```bibtex\n" + CITATION + "\n```"]
+              "## Citation\n\n```bibtex\n" + citations(sources, names) + "\n```"]
     layout.write_text(Layout.card(phase_id), "\n\n".join(parts) + "\n")
     return layout.url_of(Layout.card(phase_id))

@@ -20,16 +20,17 @@ matplotlib.use("Agg")  # headless
 import matplotlib.pyplot as plt  # noqa: E402
 
 from manifests.card import (  # noqa: E402
-    CITATION,
     EXAMPLES,
     INTENDED_USE,
     LIMITATIONS,
     REMOVED_IN_CURATION,
-    SOURCES,
+    TERMS_COLUMNS,
     TOKENIZER_TERMS,
+    citations,
     display,
     examples,
     language_name,
+    terms_rows,
 )
 from manifests.catalog import connect  # noqa: E402
 from manifests.layout import Layout  # noqa: E402
@@ -110,15 +111,15 @@ class Report:
         self.quality()
         self.shards()
         self.mlm_eval()
-        self.terms()
+        self.terms(config["recipe"]["sources"]["sources"])
         return self.write(config)
 
-    def terms(self) -> None:
-        """Where the text came from and under which terms; use, limitations, citation; decoded examples."""
+    def terms(self, recipe_sources: dict[str, dict]) -> None:
+        """Where the text came from and under which terms (the recipe's, per source); use, limitations, citation;
+        decoded examples."""
         sources = self.query("terms", "SELECT source, sum(tokens) AS tokens FROM mixture WHERE phase = ? "
                                       "GROUP BY 1 ORDER BY 2 DESC")
-        table = Table("terms", ["source", "upstream", "terms", "tokens"],
-                      [(source, *SOURCES.get(source, ("", "")), tokens) for source, tokens in sources.rows])
+        table = Table("terms", TERMS_COLUMNS, terms_rows(recipe_sources, sources.rows))
         self.sections.append(Section("terms", "Sources and terms", f"Users must follow each source's terms; "
                                      f"{TOKENIZER_TERMS}.", [table]))
         if self.decode is not None:
@@ -129,7 +130,8 @@ class Report:
             self.sections.append(Section("examples", "Examples", EXAMPLES,
                                          [Table("examples", ["language", "doc_id", "text"], rows)]))
         self.sections.append(Section("use", "Intended use and limitations", f"{INTENDED_USE} {LIMITATIONS}"))
-        self.sections.append(Section("citation", "Citation", code=CITATION))
+        self.sections.append(Section("citation", "Citation", code=citations(
+            recipe_sources, [source for source, _ in sources.rows])))
 
     def recipe(self, config: dict, run: dict) -> None:
         phase = config["phase"]

@@ -29,6 +29,7 @@ from manifests.schemas import CURATED, POOL, UPSTREAM
 from manifests.writer import ParquetSink, write_parquet, write_task_records
 from pipeline.config import PhaseConfig, Recipe, git_commit, upstream_min_scores
 from pipeline.dedup import read_removals, run_dedup
+from pipeline.inputs import check_inputs
 from pipeline.mixing import mix_phase
 from pipeline.runner import Runner, Task
 from stages.assets import AssetSpec, file_digest
@@ -36,7 +37,7 @@ from stages.base import Document, Stage, failed_file
 from stages.dedup import DedupFilter
 from stages.lid import LanguageId, LidConfig
 from stages.quality import QualityConfig, QualityFilter
-from stages.sources import READERS
+from stages.sources import create_reader
 from stages.sources.base import ReaderOptions
 from stages.tokenize import Gemma2Tokenizer, Tokenize, load_gemma2
 
@@ -78,7 +79,7 @@ def part_name(relative: str) -> str:
 
 def curate_file(layout: Layout, source: str, options: ReaderOptions, tokenizers: dict[str, AssetSpec],
                 relative: str, part: str, curation: CurationConfig) -> dict:
-    reader = READERS[source].create(options, tokenizers)
+    reader = create_reader(source, options, tokenizers)
     stages: list[Stage] = [LanguageId(curation.lid, upstream_min_scores(curation.quality)),
                            QualityFilter(curation.quality)]
     for stage in stages:
@@ -149,7 +150,7 @@ def curate_tasks(layout: Layout, recipe: Recipe, runner: Runner, keep_text: bool
     curation = runner.share(CurationConfig(recipe.lid, recipe.quality, keep_text))
     tasks = []
     for name, options in recipe.sources.sources.items():
-        reader = READERS[name].create(options, recipe.tokenizers)
+        reader = create_reader(name, options, recipe.tokenizers)
         files = reader.list_files()
         log.info("%s: %d input file(s) under %s", name, len(files), options.path)
         for relative in files:
@@ -173,6 +174,12 @@ def build(settings: BuildSettings) -> dict:
     layout = Layout(settings.out)
     gemma = Gemma2Tokenizer(settings.recipe.tokenizers["gemma2"])  # fail before any work if an asset is missing
     settings.recipe.lid.model.check()
+    check_inputs(settings.recipe)  # and if a source of one's own matches no file or its mapping fits no record
+    for name in settings.recipe.sources.sources:
+        if name != "fineweb2" and not settings.phase.other_sources.get(name):
+            log.warning("%s: %s gives it no share of the budget (other_sources): its documents are pooled, not "
+                        "mixed; --set phases.%d.other_sources.%s=<weight> mixes them", name, settings.phase.id,
+                        settings.phase.number, name)
     with layout.locked(f"mmcorpus build --phase {settings.phase.id}"):
         return _build(settings, layout, gemma)
 

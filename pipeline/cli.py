@@ -93,6 +93,9 @@ EXAMPLES = {
     "config": """examples:
   mmcorpus config show --set phases.1.temperature=0.5
   mmcorpus config fields | grep quality""",
+    "sources": """examples:
+  mmcorpus sources                                           # the bundled samples
+  mmcorpus sources --sources my-sources.yaml                 # your own data: files, a sample, the mapping""",
     "query": """examples:
   mmcorpus query --list
   mmcorpus query --describe mixture
@@ -160,6 +163,10 @@ def parser() -> argparse.ArgumentParser:
     config.add_argument("action", choices=["show", "fields"], help="show: the resolved recipe as YAML; fields: "
                                                                    "every setting with its type, default and help")
     add_recipe_arguments(config)
+
+    sources = commands.add_parser("sources", help="each source of the recipe: its reader, the files it matches, its "
+                                                  "first document and what the field mapping did")
+    add_recipe_arguments(sources)
 
     query = commands.add_parser("query", help="run read-only SQL on an output's catalog views")
     query.add_argument("sql", nargs="?", help="SQL, a view's name (all its rows) or a named query's")
@@ -244,7 +251,8 @@ def recipe_from(args: argparse.Namespace) -> Recipe:
 def run_build(args: argparse.Namespace, argv: list[str]) -> int:
     from pipeline.build import BuildSettings, build
     from pipeline.cluster import is_job_address, submit_build
-    from stages.sources import READERS
+    from pipeline.inputs import check_inputs
+    from stages.sources import create_reader
 
     recipe = recipe_from(args)
     phase = recipe.phase(args.phase, args.variant)
@@ -252,8 +260,9 @@ def run_build(args: argparse.Namespace, argv: list[str]) -> int:
                              budget_tokens=args.budget, ray_address=args.ray_address, retries=args.retries,
                              task_memory=args.task_memory, keep_rejected_text=args.keep_rejected_text)
     if args.dry_run:
+        check_inputs(recipe)
         for name, options in recipe.sources.sources.items():
-            files = READERS[name].create(options, recipe.tokenizers).list_files()
+            files = create_reader(name, options, recipe.tokenizers).list_files()
             print(f"{name}: {len(files)} input file(s) under {options.path}")
         for role, spec in recipe.assets().items():
             print(f"{role}: {spec.check() or spec.path}")
@@ -322,16 +331,26 @@ def run_config(args: argparse.Namespace) -> int:
         from stages.lid import LidConfig
         from stages.quality import QualityConfig
         from stages.settings import describe
-        from stages.sources import READERS
+        from stages.sources import READERS, HfOptions, SourceTerms
 
         sections = {"lid": LidConfig, "quality": QualityConfig, "dedup": DedupConfig, "phases.N": PhaseConfig,
-                    **{f"sources.sources.{name}": reader.Options for name, reader in READERS.items()}}
+                    **{f"sources.sources.{name}": reader.Options for name, reader in READERS.items()},
+                    "sources.sources.<your source>": HfOptions, "sources.sources.<any source>": SourceTerms}
         for prefix, cls in sections.items():
             for key, kind, default, text in describe(cls, prefix + "."):
                 print(f"{key}: {kind} = {default}  # {text}")
         return 0
     recipe = recipe_from(args)
     print(yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True), end="")
+    return 0
+
+
+def run_sources(args: argparse.Namespace) -> int:
+    from pipeline.inputs import describe, inspect_source
+
+    recipe = recipe_from(args)
+    for name, options in recipe.sources.sources.items():
+        print("\n".join(describe(inspect_source(name, options, recipe))), end="\n\n")
     return 0
 
 
@@ -623,6 +642,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     commands = {"build": lambda: run_build(args, argv), "config": lambda: run_config(args),
+                "sources": lambda: run_sources(args),
                 "query": lambda: run_query(args), "why": lambda: run_why(args), "check": lambda: run_check(args),
                 "plan": lambda: run_plan(args),
                 "export-mds": lambda: run_export(args), "report": lambda: run_report(args),

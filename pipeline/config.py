@@ -8,6 +8,7 @@ a ConfigError naming the file and the key; the CLI prints it as one line and exi
 """
 
 import os
+import re
 import subprocess
 from dataclasses import dataclass, field, fields, is_dataclass
 from functools import cache
@@ -24,8 +25,9 @@ from stages.lid import LidConfig
 from stages.mix import FINEWEB2_BANDS, RehydrateBand, check_bands
 from stages.quality import QualityConfig, QualityRow
 from stages.settings import ConfigError, Where, check_keys, closest, convert, load, plain, setting
-from stages.sources import READERS
+from stages.sources import FORMATS, READERS, HfOptions, MappedOptions, SourceTerms
 from stages.sources.base import ReaderOptions
+from stages.sources.mapped import split_glob
 
 PROJECT_ROOT = CONFIG_DIR.parent
 SAMPLES_DIR = PROJECT_ROOT / "samples"
@@ -37,6 +39,9 @@ LID_FILE = CONFIG_DIR / "lid.yaml"
 DEDUP_FILE = CONFIG_DIR / "dedup.yaml"
 QUALITY_FILE = CONFIG_DIR / "quality.yaml"
 SECTIONS = ("sources", "tokenizers", "lid", "quality", "dedup", "phases")
+TERMS = [f.name for f in fields(SourceTerms)]  # keys of a source's entry that go to the cards, not the reader
+# A source's name becomes a folder of the pool and the prefix of its documents' ids.
+SOURCE_NAME = re.compile(r"[a-z0-9]+(?:[-_][a-z0-9]+)*")
 MAX_ALIAS_VALUES = 100_000  # values a YAML text may repeat through aliases; an alias bomb repeats billions
 
 __all__ = ["COUNTS_FILE", "ConfigError", "PROJECT_ROOT", "SAMPLES_DIR"]
@@ -119,8 +124,6 @@ class PhaseConfig:
              f"shard_tokens must be >= seq_len ({self.seq_len}), got {self.shard_tokens}"),
             (sum(self.fixed_shares.values()) < 1, "fixed_shares must sum to less than 1"),
         ]
-        for unknown in sorted(set(self.other_sources) - set(READERS)):
-            checks.append((False, f"other_sources names unknown source {unknown!r}{closest(unknown, READERS)}"))
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -189,10 +192,12 @@ class PhasesConfig:
 
 @dataclass(frozen=True)
 class SourcesConfig:
-    """The inputs: each source (a key of stages.sources.READERS) with its reader's options."""
+    """The inputs: each source (a key of stages.sources.READERS, or a name of one's own with a `reader`) with its
+    reader's options, and the terms the data cards give for it."""
 
     sources: dict[str, ReaderOptions]
     shard_tokens: int | None = None  # tokens per shard for this input (small samples want small shards)
+    terms: dict[str, SourceTerms] = field(default_factory=dict)
     where: Where = field(default=Where("sources"), compare=False)  # the section, for checks once a phase is chosen
 
 
@@ -210,15 +215,21 @@ class Recipe:
         """The whole resolved recipe (FineWeb2's 1,929 rows stand as their file, whose sha256 the run records)."""
         return {
             "files": self.files,
-            "sources": {"sources": {name: plain(options) for name, options in self.sources.sources.items()},
+            "sources": {"sources": {name: plain(options) | plain(self.sources.terms.get(name, SourceTerms()))
+                                    for name, options in self.sources.sources.items()},
                         "shard_tokens": self.sources.shard_tokens},
             "tokenizers": plain(self.tokenizers), "lid": plain(self.lid), "quality": plain(self.quality),
             "dedup": plain(self.dedup), "phases": {str(k): v for k, v in self.phases.entries.items()},
         }
 
     def phase(self, number: int, variant: str | None = None) -> PhaseConfig:
-        """A phase to build: the input's shard_tokens, which replaces the phase's, holds a sequence at least."""
+        """A phase to build: its sources named or configured; the input's shard_tokens, which replaces the phase's,
+        holds a sequence at least."""
         phase = self.phases.phase(number, variant)
+        known = [*READERS, *(name for name in self.sources.sources if name not in READERS)]
+        for unknown in sorted(set(phase.other_sources) - set(known)):
+            raise (Where(self.phases.file) / number / "other_sources").error(
+                f"unknown source {unknown!r}{closest(unknown, known)}")
         shard_tokens = self.sources.shard_tokens
         if shard_tokens is not None and shard_tokens < phase.seq_len:
             raise (self.sources.where / "shard_tokens").error(
@@ -235,16 +246,28 @@ def _load_sources(data: dict, where: Where) -> SourcesConfig:
     entries = data.get("sources")
     if not isinstance(entries, dict) or not entries:
         raise (where / "sources").error("must map source names to their settings")
-    sources = {}
+    sources, terms = {}, {}
     for name, entry in entries.items():
-        if name not in READERS:
-            raise (where / "sources").error(f"unknown source {name!r}{closest(str(name), READERS)}")
+        at = where / "sources" / name
+        named = READERS.get(name)
+        if named is None and not (isinstance(entry, dict) and "reader" in entry):
+            raise (where / "sources").error(f"unknown source {name!r}{closest(str(name), READERS)}; a source of your "
+                                            f"own names its reader (reader: {' | '.join(FORMATS)})")
+        if named is None and not SOURCE_NAME.fullmatch(str(name)):
+            raise (where / "sources").error(f"{name!r}: a source's name is a folder name and begins every document "
+                                            "id: lowercase letters and digits, one - or _ between them")
         if not isinstance(entry, dict) or not entry.get("path"):
-            raise (where / "sources" / name).error(f"source {name!r} needs a `path`")
-        options = load(READERS[name].Options, entry, where / "sources" / name)
+            raise at.error(f"source {name!r} needs a `path`")
+        # A reader's name that is not one is refused by loading the options every reader of one's own shares.
+        kind = named.Options if named else getattr(FORMATS.get(str(entry["reader"])), "Options", MappedOptions)
+        check_keys(entry, [*(f.name for f in fields(kind) if f.init), *TERMS], at)
+        options = load(kind, {key: value for key, value in entry.items() if key not in TERMS}, at)
+        own_terms = {key: value for key, value in entry.items() if key in TERMS}
+        terms[name] = load(SourceTerms, plain(named.terms if named else SourceTerms()) | own_terms, at)
+        root = split_glob(options.path, ())[0]  # a path's wildcards match files below a folder that must exist
         if "://" not in options.path:
-            if not Path(options.path).exists():
-                raise (where / "sources" / name / "path").error(f"source {name!r}: {options.path} does not exist")
+            if not Path(root).exists():
+                raise (at / "path").error(f"source {name!r}: {root} does not exist")
         else:
             try:
                 fsspec.core.url_to_fs(options.path)
@@ -254,7 +277,7 @@ def _load_sources(data: dict, where: Where) -> SourcesConfig:
     shard_tokens = convert(int | None, data.get("shard_tokens"), where / "shard_tokens")
     if shard_tokens is not None and shard_tokens < 1:
         raise (where / "shard_tokens").error("must be >= 1")
-    return SourcesConfig(sources, shard_tokens, where)
+    return SourcesConfig(sources, shard_tokens, terms=terms, where=where)
 
 
 def _load_quality(data: dict, where: Where) -> QualityConfig:
@@ -355,11 +378,10 @@ def parse_override(text: str) -> tuple[str, list[str], Any]:
     roots: dict[str, Any] = {"lid": LidConfig, "quality": QualityConfig, "dedup": DedupConfig,
                              "tokenizers": dict[str, AssetSpec], "phases": dict[int, PhaseConfig]}
     if keys[0] == "sources":
-        if keys[1] == "sources" and len(keys) > 2:
+        if keys[1] == "sources" and len(keys) > 3 and keys[3] not in TERMS:
+            # a source of one's own is checked against every option of its readers: its entry names which
             reader = READERS.get(keys[2])
-            if reader is None:
-                raise ConfigError(f"--set {text}: unknown source {keys[2]!r}{closest(keys[2], READERS)}")
-            _check_path(reader.Options, keys[3:], text)
+            _check_path(reader.Options if reader else HfOptions, keys[3:], text)
         elif keys[1] != "shard_tokens" and keys[1] != "sources":
             raise ConfigError(f"--set {text}: unknown key {keys[1]!r}{closest(keys[1], ['sources', 'shard_tokens'])}")
     else:

@@ -33,6 +33,25 @@ def other_scripts() -> dict[str, frozenset[str]]:
     return {row["lang"]: frozenset(row["other_scripts"].split("|")) for row in rows if row["other_scripts"]}
 
 
+@cache
+def iso639_3_labels() -> dict[str, str]:
+    """ISO 639-3 code (`deu`) -> its usual label (`deu_Latn`), from configs/languages.csv."""
+    labels: dict[str, str] = {}
+    for row in _language_rows():
+        labels.setdefault(row["lang"], f"{row['lang']}_{row['script']}")
+    return labels
+
+
+def label_of(code: str) -> str | None:
+    """A source's own language code as a label: `deu_Latn` as it is, `de` or `deu` through configs/languages.csv;
+    None for anything else."""
+    code = code.strip()
+    if valid_label(code):
+        return code
+    lower = code.lower()
+    return short_code_labels().get(lower) or iso639_3_labels().get(lower)
+
+
 def base_language(label: str) -> str:
     """`deu_Latn` -> `deu`; every `code_<language>` -> `code` (how mmBERT's counts name languages)."""
     return CODE if label.startswith(f"{CODE}_") else label.split("_", 1)[0]

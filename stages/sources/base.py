@@ -41,9 +41,29 @@ class ReaderOptions:
         "every build")
 
 
+@dataclass(frozen=True)
+class SourceTerms:
+    """What the data cards say of a source: the terms its text comes under, where it is from, how to cite it.
+    Kept apart from the reader's options: they change no document, so a change of them curates nothing again."""
+
+    license: str | None = setting(None, help="the licence as the Hugging Face Hub names it (odc-by, cc-by-4.0, "
+                                             "apache-2.0, ...), or other: say which terms in `description`")
+    description: str | None = setting(None, help="what the source is and the terms it comes under, in words")
+    homepage: str | None = setting(None, help="where the source comes from (its dataset page)")
+    citation: str | None = setting(None, help="how to cite the source (BibTeX)")
+
+
 class BadRecord(ValueError):
     """A record that cannot become a document (a field of the wrong type, text that is not valid Unicode): it is
     rejected alone as read:bad_record, naming the field; the rest of the file goes on."""
+
+    reason = "read:bad_record"
+
+
+class UnknownLanguage(BadRecord):
+    """A record whose language is no label, no code of configs/languages.csv and not in the source's lang_map."""
+
+    reason = "read:unknown_language"
 
 
 def text_field(record: dict, name: str, required: bool = False) -> str | None:
@@ -76,6 +96,7 @@ class SourceReader(Stage):
     source: str  # the source's key in sources.yaml and in the pool
     patterns: tuple[str, ...]  # globs under the root, in the upstream layout
     Options: type[ReaderOptions] = ReaderOptions
+    terms = SourceTerms()  # the named sources' own, from their upstream cards
 
     def __init__(self, path: str, **options: Any) -> None:
         super().__init__()
@@ -95,8 +116,8 @@ class SourceReader(Stage):
                               f"(known: {', '.join(tokenizers)})")
         return tokenizers[role]
 
-    def list_files(self) -> list[str]:
-        """Paths relative to the root, sorted, so that task keys and output names are stable."""
+    def reach(self) -> None:
+        """Raise, in one line naming the source and its root, when the root cannot be reached or is not there."""
         try:
             exists = self.fs.exists(self.fs_root)
         except Exception as error:  # noqa: BLE001 - each fsspec backend raises its own (offline, credentials)
@@ -104,9 +125,15 @@ class SourceReader(Stage):
             raise OSError(f"source {self.source}: cannot reach {self.root}: {reason}") from None
         if not exists:
             raise FileNotFoundError(f"source {self.source}: {self.root} does not exist")
+
+    def list_files(self) -> list[str]:
+        """Paths relative to the root, sorted, so that task keys and output names are stable."""
+        self.reach()
         found = set()
         for pattern in self.patterns:
-            for path in self.fs.glob(f"{self.fs_root}/{pattern}"):
+            for path, info in self.fs.glob(f"{self.fs_root}/{pattern}", detail=True).items():
+                if info.get("type") == "directory":  # a wildcard of the path matched a folder too
+                    continue
                 relative = path[len(self.fs_root.rstrip("/")) + 1:]
                 if self.accept(relative):
                     found.add(relative)
@@ -176,7 +203,7 @@ class SourceReader(Stage):
             try:
                 doc = self.document(relative, row, record)
             except BadRecord as error:
-                self.reject_record(relative, row, "read:bad_record", f"row {row}: {error}")
+                self.reject_record(relative, row, error.reason, f"row {row}: {error}")
                 continue
             yield doc
 
@@ -200,7 +227,8 @@ class SourceReader(Stage):
 
 # Errors of the machine or of the storage, not of a file's bytes: quarantining the file for them would lose it.
 TRANSIENT_ERRORS = (MemoryError, ConnectionError, TimeoutError, PermissionError, FileNotFoundError)
-STORAGE_CLIENTS = {"botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "s3fs", "gcsfs", "adlfs"}
+STORAGE_CLIENTS = {"botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "s3fs", "gcsfs", "adlfs", "httpx",
+                   "httpx2", "huggingface_hub"}
 
 
 def not_the_files_fault(error: BaseException) -> bool:
@@ -283,9 +311,9 @@ def iter_json_lines(reader: SourceReader, relative: str) -> Iterator[tuple[int, 
             yield number, record
 
 
-def iter_parquet_rows(reader: SourceReader, relative: str, columns: list[str], required: list[str],
+def iter_parquet_rows(reader: SourceReader, relative: str, columns: list[str] | None, required: list[str],
                       batch_size: int = 1024) -> Iterator[tuple[int, dict]]:
-    """(row number, row) over the columns a reader needs; a missing required column fails the file."""
+    """(row number, row) over the columns a reader needs (None: all); a missing required column fails the file."""
     import pyarrow.parquet as pq
 
     with reader.open(relative) as f:
@@ -295,7 +323,8 @@ def iter_parquet_rows(reader: SourceReader, relative: str, columns: list[str], r
         if missing:
             raise ValueError(f"missing column(s) {missing}; file has {sorted(present)}")
         row = 0
-        for batch in parquet.iter_batches(batch_size=batch_size, columns=[c for c in columns if c in present]):
+        wanted = None if columns is None else [c for c in columns if c in present]
+        for batch in parquet.iter_batches(batch_size=batch_size, columns=wanted):
             for record in batch.to_pylist():
                 yield row, record
                 row += 1

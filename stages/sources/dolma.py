@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from stages.base import Document
 from stages.languages import CODE, code_label
 from stages.settings import setting
-from stages.sources.base import BadRecord, ReaderOptions, SourceReader, id_field, iter_json_lines, text_field
+from stages.sources.base import (
+    BadRecord,
+    ReaderOptions,
+    SourceReader,
+    SourceTerms,
+    id_field,
+    iter_json_lines,
+    text_field,
+)
 
 DEFAULT_LANG = "eng_Latn"
 EXTENSIONS = (".gz", ".zst", "l", "l.gz", "l.zst")  # after `*.json`
@@ -27,6 +35,8 @@ class DolmaOptions(ReaderOptions):
 
 class DolmaReader(SourceReader):
     source = "dolma"
+    terms = SourceTerms(license="odc-by", description="allenai/dolma (v1.7): ODC-By 1.0; each subset also under its "
+                        "own source's terms", homepage="https://huggingface.co/datasets/allenai/dolma")
     Options = DolmaOptions
     options: DolmaOptions
 

@@ -12,7 +12,15 @@ from dataclasses import dataclass
 
 from stages.base import Document
 from stages.settings import setting
-from stages.sources.base import BadRecord, ReaderOptions, SourceReader, id_field, iter_parquet_rows, text_field
+from stages.sources.base import (
+    BadRecord,
+    ReaderOptions,
+    SourceReader,
+    SourceTerms,
+    id_field,
+    iter_parquet_rows,
+    text_field,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +36,8 @@ class FineWeb2Options(ReaderOptions):
 
 class FineWeb2Reader(SourceReader):
     source = "fineweb2"
+    terms = SourceTerms(license="odc-by", description="HuggingFaceFW/fineweb-2: ODC-By 1.0, and Common Crawl's terms "
+                        "of use", homepage="https://huggingface.co/datasets/HuggingFaceFW/fineweb-2")
     Options = FineWeb2Options
     options: FineWeb2Options
     patterns = ("data/*/train/*.parquet", "*/train/*.parquet", "train/*.parquet")

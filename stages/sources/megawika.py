@@ -9,11 +9,13 @@ from urllib.parse import quote
 
 from stages.base import Document
 from stages.languages import short_code_labels
-from stages.sources.base import SourceReader, id_field, iter_json_lines, text_field
+from stages.sources.base import SourceReader, SourceTerms, id_field, iter_json_lines, text_field
 
 
 class MegaWikaReader(SourceReader):
     source = "megawika"
+    terms = SourceTerms(license="cc-by-sa-4.0", description="hltcoe/megawika: CC BY-SA 4.0",
+                        homepage="https://huggingface.co/datasets/hltcoe/megawika")
     patterns = ("*/*.jsonl", "*/*.jsonl.gz", "*/*.jsonl.zst", "*/*.json", "*.jsonl", "*.jsonl.gz", "*.jsonl.zst")
 
     def records(self, relative: str) -> Iterator[tuple[int, dict]]:

@@ -22,7 +22,7 @@ from stages.base import Document
 from stages.languages import CODE, code_label
 from stages.mds import MDSError, ShardInfo, decompress, iter_samples, read_index
 from stages.settings import setting
-from stages.sources.base import ReaderOptions, SourceReader
+from stages.sources.base import ReaderOptions, SourceReader, SourceTerms
 from stages.tokenize import LLAMA3_SPECIAL_START, LLAMA3_VOCAB, llama3_encoding
 
 if TYPE_CHECKING:
@@ -40,6 +40,9 @@ class ProLongOptions(ReaderOptions):
 
 class ProLongReader(SourceReader):
     source = "prolong"
+    terms = SourceTerms(license="other", description="princeton-nlp/prolong-data-64K: no licence on its card: each "
+                        "component keeps its upstream terms",
+                        homepage="https://huggingface.co/datasets/princeton-nlp/prolong-data-64K")
     patterns = ("*/shard.*.mds", "*/shard.*.mds.zstd", "*/*/shard.*.mds", "*/*/shard.*.mds.zstd")
     Options = ProLongOptions
     options: ProLongOptions

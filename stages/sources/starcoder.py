@@ -4,13 +4,15 @@ from collections.abc import Iterator
 
 from stages.base import Document
 from stages.languages import code_label
-from stages.sources.base import SourceReader, id_field, iter_parquet_rows, text_field
+from stages.sources.base import SourceReader, SourceTerms, id_field, iter_parquet_rows, text_field
 
 COLUMNS = ["content", "id", "max_stars_repo_path", "max_stars_repo_name", "max_stars_count"]
 
 
 class StarCoderReader(SourceReader):
     source = "starcoder"
+    terms = SourceTerms(license="other", description="bigcode/starcoderdata: The Stack's terms of use: each file "
+                        "under its repository's licence", homepage="https://huggingface.co/datasets/bigcode/starcoderdata")
     patterns = ("*/*.parquet", "*.parquet")
 
     def records(self, relative: str) -> Iterator[tuple[int, dict]]:
