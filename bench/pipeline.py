@@ -19,7 +19,7 @@ from bench import say
 from bench.data import documents
 from manifests.layout import Layout
 from pipeline.config import PROJECT_ROOT as ROOT
-from pipeline.config import load_lid, load_quality, load_tokenizers
+from pipeline.config import load_lid, load_phase, load_quality, load_tokenizers
 from stages.tokenize import Gemma2Tokenizer, Tokenize
 
 
@@ -220,11 +220,12 @@ def bench_mix_task(out: Path) -> dict:
     pools = layout.glob(Layout.POOL_GLOB)
     plan = {tuple(name.split("/")[1:3]): Selection(0.0, {1: (1, 2**63)}) for name in pools}
     # a worker runs many such tasks: time it warm (its first one also pays for Arrow's memory pool growing)
-    mix_files(layout, "bench-warm", pools[:1], plan, seed=0, seq_len=1024, min_chunk=64, n_shards=8, per_group=1,
-              bos=2, eos=1, key="warm")
+    rules = load_phase(1).chunking
+    mix_files(layout, "bench-warm", pools[:1], plan, seed=0, rules=rules, n_shards=8, per_group=1, bos=2, eos=1,
+              key="warm")
     start = time.perf_counter()
-    mixed = mix_files(layout, "bench-mix", pools, plan, seed=0, seq_len=1024, min_chunk=64, n_shards=8, per_group=1,
-                      bos=2, eos=1, key="all")
+    mixed = mix_files(layout, "bench-mix", pools, plan, seed=0, rules=rules, n_shards=8, per_group=1, bos=2, eos=1,
+                      key="all")
     mixing = time.perf_counter() - start
     placed = partitions(layout.glob(f"{Layout.placed_dir('bench-mix')}/*/*.parquet"), "s")
     written = [write_shard(layout, files, f"bench-mix/shard-{shard:05d}.parquet") for shard, files in placed.items()]
@@ -279,7 +280,7 @@ def run_stage(stage: str, root: str, out: str) -> None:
     elif stage == "mix":
         lang = pool.parent.name
         plan = {("fineweb2", lang): Selection(0.0, {1: (2, None)})}
-        mix_files(target, "phase1", [str(pool.relative_to(out_path))], plan, seed=0, seq_len=1024, min_chunk=64,
+        mix_files(target, "phase1", [str(pool.relative_to(out_path))], plan, seed=0, rules=load_phase(1).chunking,
                   n_shards=4, per_group=1, bos=2, eos=1, key=f"fineweb2__{lang}__{pool.stem}")
     print(peak_rss_kib())
 

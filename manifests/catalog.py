@@ -60,7 +60,8 @@ DESCRIPTIONS = {
     "stages": "per phase, stage, source and language: documents read, kept, rejected; tokens; seconds",
     "reject_reasons": "per phase, stage, source, language and reason: documents rejected (curation stages are "
                       "shared: each phase repeats them)",
-    "notes": "per phase, stage, source and language: kept documents a stage flagged, by note",
+    "notes": "per phase, stage, source and language: kept documents a stage flagged, by note, and the tokens "
+             "concerned (mixing's skipped and moved tail tokens)",
     "lineage": "per phase, every document in the shards: its origin (upstream file:row), crawl dump, WARC, shard",
     "files": "per phase, every file the build wrote: stage, task, checksum",
     "run": "per phase, the build: seed, the whole recipe (JSON), versions, tokenizer and its sha256, commit",
@@ -134,7 +135,7 @@ def write_manifest(layout: Layout, phase_id: str, plan: list, shards: list[dict]
                           FROM read_parquet(?, union_by_name = true) WHERE reason IS NULL
                           GROUP BY ALL ORDER BY stage, source, lang""", [phase_id, stats], STAGES),
             "reject_reasons": (_reasons_sql("reason", "rejected"), [phase_id, stats], REJECT_REASONS),
-            "notes": (_reasons_sql("note", "kept"), [phase_id, stats], NOTES),
+            "notes": (_reasons_sql("note", "kept", ", sum(tokens)::BIGINT AS tokens"), [phase_id, stats], NOTES),
             "lineage": ("""SELECT DISTINCT ? AS phase, s.doc_id, p.origin, p.dump, p.file_path,
                                   regexp_extract(s.filename, '[^/]+$') AS shard
                            FROM read_parquet(?, filename = true) s JOIN read_parquet(?) p ON s.doc_id = p.id
@@ -159,8 +160,8 @@ def write_manifest(layout: Layout, phase_id: str, plan: list, shards: list[dict]
     write_parquet(layout, Layout.manifest(phase_id, "run"), [run], RUN)
 
 
-def _reasons_sql(column: str, count: str) -> str:
-    return f"""SELECT ? AS phase, stage, source, lang, reason AS {column}, sum({count})::BIGINT AS docs
+def _reasons_sql(column: str, count: str, extra: str = "") -> str:
+    return f"""SELECT ? AS phase, stage, source, lang, reason AS {column}, sum({count})::BIGINT AS docs{extra}
                FROM read_parquet(?, union_by_name = true) WHERE reason IS NOT NULL
                GROUP BY ALL HAVING docs > 0 ORDER BY stage, source, lang, {column}"""
 

@@ -160,6 +160,7 @@ NOTES = pa.schema(
         ("lang", pa.string()),
         ("note", pa.string()),
         ("docs", pa.int64()),
+        ("tokens", pa.int64()),  # the tokens a note concerns (mixing's skipped and moved tail tokens), else 0
     ]
 )
 

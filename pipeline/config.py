@@ -22,7 +22,7 @@ from stages.assets import AssetSpec
 from stages.dedup import DedupConfig
 from stages.languages import CONFIG_DIR, COUNTS_FILE, LanguageSet
 from stages.lid import LidConfig
-from stages.mix import FINEWEB2_BANDS, RehydrateBand, check_bands
+from stages.mix import FINEWEB2_BANDS, ChunkRules, RehydrateBand, check_bands
 from stages.quality import QualityConfig, QualityRow
 from stages.settings import ConfigError, Where, check_keys, closest, convert, load, plain, setting
 from stages.sources import FORMATS, READERS, HfOptions, MappedOptions, SourceTerms
@@ -95,7 +95,10 @@ class PhaseConfig:
     max_epochs: float = setting(help="the most epochs of any (source, language)", ge=1)
     seq_len: int = setting(help="tokens per training sequence, bos and eos included", gt=2)
     min_chunk_tokens: int = setting(
-        help="the shortest piece of a split document (a short document stays whole); at most seq_len", gt=2)
+        help="a later piece of a split document shorter than this takes tokens moved from the chunk before it "
+             "(mmBERT's backfill); at most seq_len - 2", ge=1)
+    always_skip: int = setting(help="a later piece of a split document shorter than this is dropped (the first "
+                                    "piece is always kept)", ge=0)
     mask_rate: float = setting(help="MLM mask rate of the phase (the encoder reference uses it)", gt=0, lt=1)
     global_rope_theta: float = setting(help="RoPE θ of the global attention layers (the encoder reference's)", gt=0)
     local_rope_theta: float = setting(help="RoPE θ of the local (sliding-window) attention layers", gt=0)
@@ -118,8 +121,8 @@ class PhaseConfig:
 
     def __post_init__(self) -> None:
         checks = [  # each field's own range is checked as it is read (setting(..., ge=...))
-            (self.min_chunk_tokens <= self.seq_len,
-             f"min_chunk_tokens must be <= seq_len ({self.seq_len}), got {self.min_chunk_tokens}"),
+            (self.min_chunk_tokens <= self.seq_len - 2,  # a backfilled piece must leave its donor a token
+             f"min_chunk_tokens must be <= seq_len - 2 ({self.seq_len - 2}), got {self.min_chunk_tokens}"),
             (self.shard_tokens >= self.seq_len,  # a smaller shard holds less than a sequence, and is a task each
              f"shard_tokens must be >= seq_len ({self.seq_len}), got {self.shard_tokens}"),
             (sum(self.fixed_shares.values()) < 1, "fixed_shares must sum to less than 1"),
@@ -134,6 +137,10 @@ class PhaseConfig:
         """phase1, phase2, phase3 (its default variant), phase3-eng, phase3-cont."""
         named = self.variant and self.variant != self.default_variant
         return f"phase{self.number}-{self.variant}" if named else f"phase{self.number}"
+
+    @property
+    def chunking(self) -> ChunkRules:
+        return ChunkRules(self.seq_len, self.min_chunk_tokens, self.always_skip)
 
     @property
     def language_codes(self) -> frozenset[str]:

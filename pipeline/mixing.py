@@ -31,6 +31,7 @@ from pipeline.partitions import batches, runs
 from pipeline.runner import Runner, Task
 from stages.languages import base_language
 from stages.mix import (
+    ChunkRules,
     FractionThreshold,
     MixRow,
     RehydrateBand,
@@ -79,7 +80,7 @@ def summarize_pool(layout: Layout, phase: PhaseConfig, files: list[str]) -> Pool
         floors = {(s, lang): float(q) if phase.quality_quantile > 0 else 0.0
                   for s, lang, _, q, _ in groups if (s, lang) in inside}
         con.register("floors", _floors_table(floors))
-        epoch = epoch_tokens_sql("p.n_tokens", phase.seq_len, phase.min_chunk_tokens)
+        epoch = epoch_tokens_sql("p.n_tokens", phase.chunking)
         by_weight: dict[tuple[str, str], dict[int, int]] = defaultdict(dict)
         for s, lang, weight, n in con.execute(
             f"""SELECT p.source, p.lang, {band_repeats_sql('p.cluster_size', phase.bands)}, sum({epoch})
@@ -131,9 +132,8 @@ def _eligible_docs(layout: Layout, files: list[str], floor: float, bands: tuple[
 
 
 def fraction_threshold(layout: Layout, files: list[str], floor: float, target: float, seed: int, epoch: int,
-                       seq_len: int, min_chunk: int, bands: tuple[RehydrateBand, ...] | None = None,
-                       weight: int = 1) -> dict:
-    finder = FractionThreshold(seed, epoch, seq_len, min_chunk)
+                       rules: ChunkRules, bands: tuple[RehydrateBand, ...] | None = None, weight: int = 1) -> dict:
+    finder = FractionThreshold(seed, epoch, rules)
     finder.count(_eligible_docs(layout, files, floor, bands, weight))
     bucket, needed = finder.locate(target)
     return {"threshold": finder.resolve(_eligible_docs(layout, files, floor, bands, weight), bucket, needed)}
@@ -149,11 +149,11 @@ def partition_name(partition: int, per_group: int) -> str:
 
 
 def mix_files(layout: Layout, phase_id: str, pools: list[str], plan: dict[tuple[str, str], Selection], seed: int,
-              seq_len: int, min_chunk: int, n_shards: int, per_group: int, bos: int, eos: int, key: str,
+              rules: ChunkRules, n_shards: int, per_group: int, bos: int, eos: int, key: str,
               bands: tuple[RehydrateBand, ...] | None = None) -> dict:
     """Pick the chunks of a batch of pool files and place each in a shard by a hash of (seed, document, epoch,
     chunk), written to the file of its shard (or group of shards)."""
-    sampler = SampleChunks(plan, seed, seq_len, min_chunk, bos, eos, bands)
+    sampler = SampleChunks(plan, seed, rules, bos, eos, bands)
     sink = PartitionedSink(layout, lambda p: Layout.placed(phase_id, partition_name(p, per_group), key), PLACED,
                            options=SCRATCH_OPTIONS)
     for pool in pools:
@@ -221,7 +221,7 @@ def mix_phase(runner: Runner, layout: Layout, phase: PhaseConfig, seed: int, bud
         Task(threshold_key(source, lang, weight), fraction_threshold,
              dict(layout=layout, files=pool.files[(source, lang)], floor=pool.floors[(source, lang)],
                   target=(k % 1) * pool.by_weight[(source, lang)][weight], seed=seed, epoch=math.floor(k),
-                  seq_len=phase.seq_len, min_chunk=phase.min_chunk_tokens, bands=phase.bands, weight=weight),
+                  rules=phase.chunking, bands=phase.bands, weight=weight),
              inputs=tuple(pool.files[(source, lang)]))
         for (source, lang, weight), k in sorted(fractions.items())
     ])
@@ -235,10 +235,10 @@ def mix_phase(runner: Runner, layout: Layout, phase: PhaseConfig, seed: int, bud
     sizes = {name: runner.size(name) for name in by_file}
     per_group = shards_per_group(n_shards, SHUFFLE_FANOUT)
     runner.run(f"{phase.id}-mix", [
-        Task(key, mix_files, dict(layout=layout, phase_id=phase.id, pools=names, seed=seed, seq_len=phase.seq_len,
+        Task(key, mix_files, dict(layout=layout, phase_id=phase.id, pools=names, seed=seed, rules=phase.chunking,
                                   plan={by_file[name]: selection[by_file[name]] for name in names},
-                                  min_chunk=phase.min_chunk_tokens, n_shards=n_shards, per_group=per_group, bos=bos,
-                                  eos=eos, key=key, bands=phase.bands),
+                                  n_shards=n_shards, per_group=per_group, bos=bos, eos=eos, key=key,
+                                  bands=phase.bands),
              inputs=tuple(names), size=sum(sizes[name] for name in names))
         for number, names in enumerate(batches(sizes, MIX_BATCH_BYTES))
         for key in [f"batch-{number:05d}"]

@@ -41,6 +41,7 @@ class StageStats:
     rejected: Counter = field(default_factory=Counter)
     reasons: dict = field(default_factory=lambda: defaultdict(Counter))
     notes: dict = field(default_factory=lambda: defaultdict(Counter))  # kept documents flagged, by label
+    note_tokens: dict = field(default_factory=lambda: defaultdict(Counter))  # tokens a note concerns, by label
     tokens: Counter = field(default_factory=Counter)
     seconds: Counter = field(default_factory=Counter)
 
@@ -48,9 +49,14 @@ class StageStats:
         self.rejected[key] += 1
         self.reasons[key][reason_key(reason)] += 1
 
+    def count_note(self, key: tuple[str, str | None], label: str, tokens: int = 0) -> None:
+        self.notes[key][label] += 1
+        self.note_tokens[key][label] += tokens
+
     def rows(self) -> list[dict]:
         """Long-form rows: one total row per (source, lang) with reason None, then one row per reject reason
-        (counted in `rejected`) and one per note on kept documents (counted in `kept`)."""
+        (counted in `rejected`) and one per note on kept documents (counted in `kept`, the tokens it concerns in
+        `tokens`)."""
         rows = []
         for key in sorted(set(self.read) | set(self.kept) | set(self.rejected), key=str):
             source, lang = key
@@ -66,7 +72,7 @@ class StageStats:
                                  rejected=n, tokens=0, seconds=0.0))
             for note, n in sorted(self.notes[key].items()):
                 rows.append(dict(stage=self.stage, source=source, lang=lang, reason=note, read=0, kept=n,
-                                 rejected=0, tokens=0, seconds=0.0))
+                                 rejected=0, tokens=self.note_tokens[key][note], seconds=0.0))
         return rows
 
 
@@ -123,7 +129,7 @@ class Stage(ABC):
 
     def note(self, doc: Document, label: str) -> None:
         """Flag a kept document (counted per label in the stats, e.g. `lid:upstream_disagrees`)."""
-        self.stats.notes[self.key(doc)][label] += 1
+        self.stats.count_note(self.key(doc), label)
 
     @contextmanager
     def track_time(self, docs: list[Document]) -> Iterator[None]:

@@ -5,10 +5,12 @@ the recipe gives them. Within a source, languages are sampled with p_i = n_i^τ 
 tokens n_i; target t_i = p_i · B_source. A language whose target exceeds `max_epochs` · n_i is capped there and
 its shortfall re-spread over the others in proportion to p (water-filling, repeated until stable).
 
-Tokens are counted as one epoch writes them: chunks with bos/eos and backfilled tails, so targets and written
-tokens compare directly. With r = t_i / n_i, every eligible chunk is written floor(r) times; for the fraction
-r - floor(r), chunks are taken in the order of a hash of (seed, doc_id, epoch, chunk) up to the hash below
-which the fraction's tokens are reached (`FractionThreshold`). No choice depends on arrival order or workers.
+Chunking follows mmBERT's data (`ChunkRules`): pieces of seq_len - 2 tokens, each written as bos + piece + eos;
+a short later piece is dropped or takes tokens moved (never copied) from the chunk before it. Tokens are counted
+as one epoch writes them, bos/eos included and dropped tails left out, so targets and written tokens compare
+directly. With r = t_i / n_i, every eligible chunk is written floor(r) times; for the fraction r - floor(r),
+chunks are taken in the order of a hash of (seed, doc_id, epoch, chunk) up to the hash below which the fraction's
+tokens are reached (`FractionThreshold`). No choice depends on arrival order or workers.
 
 Re-hydration (`rehydrate: true`, FineWeb2's idea): a document gives `repeats` copies by the band its upstream
 near-duplicate cluster size falls in, so text that was duplicated a moderate number of times in the wild (and
@@ -21,7 +23,7 @@ k_1 is the plan's epochs, as before.
 import hashlib
 import itertools
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,13 +170,32 @@ def unit_hash(*parts: object) -> int:
     return int.from_bytes(digest, "little")
 
 
+def key_hashes(keys: Iterable[str]) -> np.ndarray:
+    """`unit_hash` of each "/"-joined key, as one uint64 array."""
+    digests = (hashlib.blake2b(key.encode(), digest_size=8).digest() for key in keys)
+    return np.frombuffer(b"".join(digests), dtype="<u8").astype(np.uint64)
+
+
 def chunk_hashes(head: tuple[object, ...], doc_ids: Iterable[str], epochs: Iterable[int],
                  indices: Iterable[int]) -> np.ndarray:
     """`unit_hash(*head, doc_id, epoch, index)` of each chunk, as one uint64 array."""
     prefix = "".join(f"{part}/" for part in head)
-    digests = (hashlib.blake2b(f"{prefix}{doc_id}/{epoch}/{index}".encode(), digest_size=8).digest()
-               for doc_id, epoch, index in zip(doc_ids, epochs, indices, strict=True))
-    return np.frombuffer(b"".join(digests), dtype="<u8").astype(np.uint64)
+    return key_hashes(f"{prefix}{doc_id}/{epoch}/{index}"
+                      for doc_id, epoch, index in zip(doc_ids, epochs, indices, strict=True))
+
+
+@dataclass(frozen=True)
+class ChunkRules:
+    """How a phase cuts documents into sequences: the rules mmBERT's data was cut by (the Ettin/mmBERT pipeline's
+    chunker with backfill and no duplicates, whose folders are named `*-tokenized-chunked-<seq_len>-<min_chunk>-
+    <always_skip>-backfill-nodups`). A document's tokens are cut into pieces of seq_len - 2, each written as bos +
+    piece + eos. The first piece is always kept; a later piece shorter than `always_skip` is dropped (skipped); a later
+    piece shorter than `min_chunk` takes a random number of tokens, uniform in [0, seq_len - 2 - its length), from
+    the end of the chunk before it: moved, so no token is written twice in an epoch."""
+
+    seq_len: int
+    min_chunk: int
+    always_skip: int
 
 
 @dataclass(frozen=True)
@@ -196,26 +217,31 @@ class Chunks:
         return self.end - self.start + 2
 
 
-def chunk_table(n_tokens: np.ndarray, seq_len: int, min_chunk: int) -> Chunks:
-    """Every chunk of documents of these lengths: at most seq_len - 2 tokens of body each; a split document's
-    tail shorter than min_chunk - 2 grows backwards into the previous chunk's tokens. The minimum is for the
-    pieces of a split document only: a document shorter than it is one chunk, whole."""
-    body, min_body = seq_len - 2, min_chunk - 2
+def chunk_table(n_tokens: np.ndarray, ids: Sequence[str], rules: ChunkRules,
+                seed: int) -> tuple[Chunks, np.ndarray, np.ndarray]:
+    """Every chunk of documents of these lengths under `rules`, and per document the tokens of its dropped tail
+    and the tokens moved into its short tail. The move is drawn from a hash of (seed, document id): a document is
+    cut the same way in every epoch, task and phase of the same shape."""
+    body = rules.seq_len - 2
     n_tokens = np.asarray(n_tokens, np.int64)
-    counts = -(-n_tokens // body)  # ceil: no chunk for an empty document
+    pieces = -(-n_tokens // body)  # ceil: no chunk for an empty document
+    tail = n_tokens - (pieces - 1) * body  # the last piece's length, 1 to body
+    later = pieces > 1
+    skipped = np.where(later & (tail < rules.always_skip), tail, 0)
+    short = np.flatnonzero(later & (tail >= rules.always_skip) & (tail < rules.min_chunk))
+    moved = np.zeros(len(n_tokens), np.int64)
+    if len(short):
+        draws = key_hashes(f"{seed}/backfill/{ids[d]}" for d in short.tolist())
+        moved[short] = (draws % (body - tail[short]).astype(np.uint64)).astype(np.int64)
+    counts = pieces - (skipped > 0)
     doc = np.repeat(np.arange(len(n_tokens)), counts)
     index = np.arange(len(doc)) - np.repeat(np.cumsum(counts) - counts, counts)
     start = index * body
     end = np.minimum(start + body, n_tokens[doc])
-    short_tail = (index == counts[doc] - 1) & (counts[doc] > 1) & (end - start < min_body)
-    start = np.where(short_tail, n_tokens[doc] - min_body, start)
-    return Chunks(doc, index, start, end)
-
-
-def chunk_spans(n_tokens: int, seq_len: int, min_chunk: int) -> list[tuple[int, int]]:
-    """[start, end) of each chunk of one document (`chunk_table`)."""
-    chunks = chunk_table(np.array([n_tokens]), seq_len, min_chunk)
-    return list(zip(chunks.start.tolist(), chunks.end.tolist(), strict=True))
+    shift = moved[doc]  # the last chunk starts that much earlier, the one before it ends that much earlier
+    start -= np.where(index == counts[doc] - 1, shift, 0)
+    end -= np.where(index == counts[doc] - 2, shift, 0)
+    return Chunks(doc, index, start, end), skipped, moved
 
 
 def chunk_tokens(values: np.ndarray, doc_offsets: np.ndarray, chunks: Chunks, bos: int, eos: int) -> pa.ListArray:
@@ -232,14 +258,14 @@ def chunk_tokens(values: np.ndarray, doc_offsets: np.ndarray, chunks: Chunks, bo
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat))
 
 
-def epoch_tokens_sql(n: str, seq_len: int, min_chunk: int) -> str:
-    """SQL for the tokens one epoch writes for a document of `n` tokens, as `chunk_spans` cuts it: its tokens,
-    the backfilled tail, and bos/eos per chunk."""
-    body, min_body = seq_len - 2, min_chunk - 2
-    chunks = f"(({n} + {body - 1}) // {body})"
-    tail = f"({n} - ({chunks} - 1) * {body})"
-    backfill = f"(CASE WHEN {chunks} > 1 AND {tail} < {min_body} THEN {min_body} - {tail} ELSE 0 END)"
-    return f"(CASE WHEN {n} < 1 THEN 0 ELSE {n} + {backfill} + 2 * {chunks} END)"
+def epoch_tokens_sql(n: str, rules: ChunkRules) -> str:
+    """SQL for the tokens one epoch writes for a document of `n` tokens, as `chunk_table` cuts it: its tokens but
+    a dropped tail, and bos/eos per chunk (moving tokens between chunks changes no total)."""
+    body = rules.seq_len - 2
+    pieces = f"(({n} + {body - 1}) // {body})"
+    tail = f"({n} - ({pieces} - 1) * {body})"
+    return (f"(CASE WHEN {n} < 1 THEN 0 WHEN {pieces} > 1 AND {tail} < {rules.always_skip} "
+            f"THEN {n} - {tail} + 2 * ({pieces} - 1) ELSE {n} + 2 * {pieces} END)")
 
 
 class FractionThreshold:
@@ -248,13 +274,13 @@ class FractionThreshold:
     counts), in bounded memory: token sums per hash range, then the chunks of the one range where the target
     falls."""
 
-    def __init__(self, seed: int, epoch: int, seq_len: int, min_chunk: int) -> None:
-        self.seed, self.epoch, self.seq_len, self.min_chunk = seed, epoch, seq_len, min_chunk
+    def __init__(self, seed: int, epoch: int, rules: ChunkRules) -> None:
+        self.seed, self.epoch, self.rules = seed, epoch, rules
         self.histogram = np.zeros(2**HISTOGRAM_BITS, np.int64)
 
     def chunks(self, ids: list[str], n_tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(hash, tokens) of every chunk of a batch of documents, as arrays."""
-        chunks = chunk_table(n_tokens, self.seq_len, self.min_chunk)
+        chunks, _, _ = chunk_table(n_tokens, ids, self.rules, self.seed)
         docs = chunks.doc.tolist()
         hashes = chunk_hashes((self.seed,), (ids[d] for d in docs), [self.epoch] * len(docs), chunks.index.tolist())
         return hashes, chunks.tokens
@@ -298,10 +324,10 @@ class SampleChunks:
 
     name = "mix"
 
-    def __init__(self, plan: dict[tuple[str, str], Selection], seed: int, seq_len: int, min_chunk: int, bos: int,
-                 eos: int, bands: tuple[RehydrateBand, ...] | None = None) -> None:
+    def __init__(self, plan: dict[tuple[str, str], Selection], seed: int, rules: ChunkRules, bos: int, eos: int,
+                 bands: tuple[RehydrateBand, ...] | None = None) -> None:
         self.plan = plan
-        self.seed, self.seq_len, self.min_chunk = seed, seq_len, min_chunk
+        self.seed, self.rules = seed, rules
         self.bos, self.eos = bos, eos
         self.bands = bands  # re-hydration's, or None
         self.stats = StageStats(self.name)
@@ -334,7 +360,7 @@ class SampleChunks:
                 threshold[row] = fraction
         tokens = batch.column("input_ids")
         doc_offsets = tokens.offsets.to_numpy()
-        chunks = chunk_table(np.diff(doc_offsets) * eligible, self.seq_len, self.min_chunk)
+        chunks, skipped, moved = chunk_table(np.diff(doc_offsets) * eligible, ids, self.rules, self.seed)
         repeats = whole[chunks.doc]  # whole epochs: every chunk once per epoch
         rows = np.repeat(np.arange(len(chunks.doc)), repeats)
         epochs = np.arange(len(rows)) - np.repeat(np.cumsum(repeats) - repeats, repeats)
@@ -351,6 +377,10 @@ class SampleChunks:
             if written[row]:
                 self.stats.kept[key] += 1
                 self.stats.tokens[key] += int(written[row])
+                if skipped[row]:  # counted once per document, however many epochs write it
+                    self.stats.count_note(key, "mix:tail_skipped", int(skipped[row]))
+                if moved[row]:
+                    self.stats.count_note(key, "mix:tail_backfilled", int(moved[row]))
             elif eligible[row]:
                 self._reject(ids[row], key, origins[row], "mix:not_sampled")
         values, working = tokens.values.to_numpy(), time.perf_counter() - started

@@ -54,11 +54,13 @@ def test_later_phase_shards_follow_their_recipe(later_phases, phase_id):
 
 
 def test_short_documents_are_kept_whole(later_phases, capsys):
-    """Phases 2 and 3 cut at 8,192 with a 512-token minimum: documents shorter than that are one chunk each."""
+    """Phases 2 and 3 cut at 8,192: a document shorter than a piece is one chunk, whole; past a document's first
+    chunk none is shorter than always_skip (32) with bos and eos."""
     out, _ = later_phases
-    rows = query(out, f"""SELECT count(*) AS n, max(len(input_ids)) AS longest, max(chunk) AS chunk
-                          FROM read_parquet('{out}/phase2/shards/*.parquet') WHERE len(input_ids) < 512""", capsys)
-    assert rows[0]["n"] > 0 and rows[0]["chunk"] == 0
+    rows = query(out, f"""SELECT count(*) FILTER (WHERE len(input_ids) < 512) AS short,
+                                 count(*) FILTER (WHERE chunk > 0 AND len(input_ids) < 34) AS short_later
+                          FROM read_parquet('{out}/phase2/shards/*.parquet')""", capsys)
+    assert rows[0]["short"] > 0 and rows[0]["short_later"] == 0
     assert query(out, "SELECT count(*) AS n FROM rejects WHERE reason LIKE 'mix:shorter%'", capsys)[0]["n"] == 0
 
 

@@ -18,7 +18,8 @@ PHASE = """1:
   temperature: {tau}
   max_epochs: 5
   seq_len: 1024
-  min_chunk_tokens: 64
+  min_chunk_tokens: 512
+  always_skip: 128
   mask_rate: 0.3
   global_rope_theta: 10000
   local_rope_theta: 10000

@@ -1,4 +1,4 @@
-"""The mixing math on hand-checkable counts, chunking, and hash-ordered fractional epochs."""
+"""The mixing math on hand-checkable counts, chunking as mmBERT's chunker, and hash-ordered fractional epochs."""
 
 import duckdb
 import numpy as np
@@ -6,13 +6,13 @@ import pytest
 
 from stages.mix import (
     FINEWEB2_BANDS,
+    ChunkRules,
     FractionThreshold,
     RehydrateBand,
     band_repeats,
     band_repeats_sql,
     check_bands,
     chunk_hashes,
-    chunk_spans,
     chunk_table,
     chunk_tokens,
     copies_per_weight,
@@ -65,42 +65,149 @@ def test_plan_water_fills_within_each_source():
     assert {r.epochs for r in rows} == {0.5, 0.75}
 
 
+PHASE1, PHASE2 = ChunkRules(1024, 512, 128), ChunkRules(8192, 512, 32)  # configs/phases.yaml's shapes
+TINY = ChunkRules(seq_len=12, min_chunk=6, always_skip=3)  # pieces of 10
+
+
+def mmbert_chunks(tokens: np.ndarray, rules: ChunkRules, draw: int) -> tuple[list[list[int]], int]:
+    """The chunker rules as mmBERT's data pipeline states them, one document at a time, its random move replaced
+    by `draw` (any integer; taken modulo the range the move is uniform in): the chunks with bos 2 / eos 1, and
+    the skipped tokens."""
+    body = rules.seq_len - 2
+    pieces = np.array_split(tokens, np.arange(body, len(tokens), body))
+    chunks: list[np.ndarray] = []
+    skipped = 0
+    for i, piece in enumerate(pieces):
+        if len(piece) < rules.always_skip and i != 0:
+            skipped += len(piece)
+            continue
+        if len(piece) < rules.min_chunk and chunks:
+            moved = draw % (body - len(piece))
+            if moved:
+                piece = np.concatenate([chunks[-1][-moved:], piece])
+                chunks[-1] = chunks[-1][:-moved]
+        chunks.append(piece)
+    return [[2, *chunk.tolist(), 1] for chunk in chunks], skipped
+
+
+def cut(lengths: list[int], rules: ChunkRules, seed: int = 7) -> tuple[list[list[list[int]]], np.ndarray, np.ndarray]:
+    """Each document's chunks as the mixing cuts them (document d holds tokens 1000 + its positions), with the
+    skipped and moved tokens per document."""
+    ids = [f"doc{d}" for d in range(len(lengths))]
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    values = (1000 + np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)).astype(np.uint32)
+    chunks, skipped, moved = chunk_table(np.array(lengths), ids, rules, seed)
+    tokens = chunk_tokens(values, offsets, chunks, bos=2, eos=1).to_pylist()
+    per_doc: list[list[list[int]]] = [[] for _ in lengths]
+    for doc, chunk in zip(chunks.doc.tolist(), tokens, strict=True):
+        per_doc[doc].append(chunk)
+    return per_doc, skipped, moved
+
+
+@pytest.mark.parametrize("rules", [PHASE1, PHASE2], ids=["1024-512-128", "8192-512-32"])
+def test_chunks_are_cut_as_mmberts_chunker_cuts_them(rules):
+    """Listed lengths and 2,000 random ones (half of them a few tokens past a multiple of a piece): the same
+    boundaries as a direct transcription of the rules, no token written twice, skipped tails counted."""
+    body = rules.seq_len - 2
+    rng = np.random.default_rng(30)
+    lengths = [1, 31, 32, 511, 512, 8190, 8191, 8223, 16381, 50_000]
+    lengths += rng.integers(1, 3 * body, 1000).tolist()
+    lengths += (rng.integers(1, 4, 1000) * body + rng.integers(0, 2 * rules.min_chunk, 1000)).tolist()
+    seen = {"skipped": 0, "moved": 0}
+    for first in range(0, len(lengths), 250):  # in batches: a batch of 8192-token documents holds ~10M tokens
+        batch = lengths[first:first + 250]
+        per_doc, skipped, moved = cut(batch, rules)
+        for d, n in enumerate(batch):
+            draw = unit_hash(7, "backfill", f"doc{d}")
+            expected, expected_skipped = mmbert_chunks(1000 + np.arange(n), rules, draw)
+            assert per_doc[d] == expected, n
+            assert skipped[d] == expected_skipped, n
+            bodies = [token for chunk in per_doc[d] for token in chunk[1:-1]]
+            assert bodies == list(range(1000, 1000 + n - expected_skipped)), n  # each token once, in order
+            if moved[d]:
+                assert len(per_doc[d][-1]) - 2 == n - (len(per_doc[d]) - 1) * body + moved[d]
+            seen["skipped"] += int(skipped[d] > 0)
+            seen["moved"] += int(moved[d] > 0)
+    assert seen["skipped"] > 20 and seen["moved"] > 100
+
+
 @pytest.mark.parametrize(
-    "n, lengths",
+    "n, lengths, skipped",
     [
-        (1, [3]),  # a one-token document: kept whole
-        (5, [7]),  # shorter than the minimum chunk: kept whole, as one chunk (DESIGN section 3)
-        (6, [8]),  # exactly the minimum body
-        (20, [12, 12]),  # an exact multiple of the body: no tail
-        (25, [12, 12, 8]),  # a 5-token tail grows backwards to the 6-token minimum
-        (27, [12, 12, 9]),  # a tail long enough stays as it is
+        (1, [3], 0),  # a one-token document: kept whole
+        (2, [4], 0),  # the first piece is kept however short
+        (20, [12, 12], 0),  # an exact multiple of the piece: no tail
+        (22, [12, 12], 2),  # a 2-token tail is under always_skip: dropped
+        (24, None, 0),  # a 4-token tail takes tokens moved from the chunk before
+        (27, [12, 12, 9], 0),  # a tail long enough stays as it is
     ],
 )
-def test_chunk_edge_cases(n, lengths):
-    ids = list(range(100, 100 + n))
-    values = np.array([7, 7, *ids, 7], np.uint32)  # the document among others' tokens
-    chunks = chunk_table(np.array([2, n, 1]), seq_len=12, min_chunk=8).take(np.arange(len(lengths)) + 1)
-    chunks = chunk_tokens(values, np.array([0, 2, 2 + n]), chunks, bos=2, eos=1).to_pylist()
+def test_chunk_edge_cases(n, lengths, skipped):
+    (chunks,), dropped, moved = cut([n], TINY)
+    if lengths is None:
+        move = unit_hash(7, "backfill", "doc0") % (10 - 4)
+        lengths = [12, 12 - move, 6 + move]
+        assert moved[0] == move
     assert [len(c) for c in chunks] == lengths
+    assert dropped[0] == skipped
     assert all(c[0] == 2 and c[-1] == 1 for c in chunks)
-    if n == 25:
-        assert chunks[-1][1:-1] == ids[-6:]
-    if n <= 10:  # one chunk, holding the whole document
-        assert chunks == [[2, *ids, 1]]
 
 
-def test_epoch_tokens_sql_matches_the_chunker():
-    for seq_len, min_chunk in ((1024, 64), (8192, 512), (12, 8)):
-        ns = list(range(0, 3 * seq_len, 7)) + [seq_len - 2, 2 * (seq_len - 2), 2 * (seq_len - 2) + 1]
-        expected = [sum(end - start + 2 for start, end in chunk_spans(n, seq_len, min_chunk)) for n in ns]
-        sql = epoch_tokens_sql("n", seq_len, min_chunk)
-        got = [row[0] for row in duckdb.sql(f"SELECT {sql} FROM unnest({ns}) t(n)").fetchall()]
-        assert got == expected
+def test_a_document_is_cut_the_same_in_every_batch():
+    """The move comes from (seed, document id), never from the batch or its position in it."""
+    alone, _, _ = cut([24], TINY)
+    ids = ["other", "doc0"]
+    chunks, _, moved = chunk_table(np.array([24, 24]), ids, TINY, seed=7)
+    assert moved[1] == cut([24], TINY)[2][0]
+    assert [e - s for s, e in zip(chunks.start[chunks.doc == 1], chunks.end[chunks.doc == 1], strict=True)] == [
+        len(c) - 2 for c in alone[0]]
+
+
+@pytest.mark.parametrize("rules", [PHASE1, PHASE2, TINY], ids=["1024-512-128", "8192-512-32", "12-6-3"])
+def test_epoch_tokens_sql_matches_the_chunker(rules):
+    body = rules.seq_len - 2
+    ns = list(range(0, 3 * rules.seq_len, 7)) + [body, 2 * body, 2 * body + 1, 2 * body + rules.always_skip]
+    chunks, _, _ = chunk_table(np.array(ns), [str(n) for n in ns], rules, seed=1)
+    expected = np.bincount(chunks.doc, weights=chunks.tokens, minlength=len(ns)).astype(int).tolist()
+    sql = epoch_tokens_sql("n", rules)
+    got = [row[0] for row in duckdb.sql(f"SELECT {sql} FROM unnest({ns}) t(n)").fetchall()]
+    assert got == expected
+
+
+@pytest.mark.parametrize("rules", [PHASE1, PHASE2], ids=["1024-512-128", "8192-512-32"])
+def test_plan_tokens_equal_written_tokens(rules):
+    """What the plan counts for a document (epoch_tokens_sql, the fraction thresholds' histogram) is what
+    mixing writes for it, token for token; skipped and moved tail tokens land in the notes."""
+    import pyarrow as pa
+
+    from stages.mix import SampleChunks, Selection
+
+    rng = np.random.default_rng(5)
+    lengths = [1, 31, 511, 8191, 8223, 16381, *rng.integers(1, 3 * rules.seq_len, 200).tolist()]
+    ids = [f"d{i}" for i in range(len(lengths))]
+    sql = epoch_tokens_sql("n", rules)
+    planned = duckdb.sql(f"SELECT sum({sql})::BIGINT FROM unnest({lengths}) t(n)").fetchall()[0][0]
+    finder = FractionThreshold(seed=3, epoch=0, rules=rules)
+    finder.count([(ids, np.array(lengths))])
+    assert int(finder.histogram.sum()) == planned
+    batch = pa.record_batch({
+        "id": ids, "source": ["s"] * len(ids), "lang": ["deu_Latn"] * len(ids),
+        "quality": pa.array([1.0] * len(ids), pa.float32()),
+        "input_ids": pa.array([list(range(5, 5 + n)) for n in lengths], pa.list_(pa.uint32()))})
+    sampler = SampleChunks({("s", "deu_Latn"): Selection(0.0, {1: (2, None)})}, seed=3, rules=rules, bos=2, eos=1)
+    written = pa.concat_tables(sampler.sample(batch))
+    assert pa.compute.sum(pa.compute.list_value_length(written.column("input_ids"))).as_py() == 2 * planned
+    assert sampler.stats.tokens[("s", "deu_Latn")] == 2 * planned
+    _, skipped, moved = chunk_table(np.array(lengths), ids, rules, seed=3)
+    notes, tokens = sampler.stats.notes[("s", "deu_Latn")], sampler.stats.note_tokens[("s", "deu_Latn")]
+    assert (notes["mix:tail_skipped"], tokens["mix:tail_skipped"]) == (np.count_nonzero(skipped), skipped.sum())
+    assert (notes["mix:tail_backfilled"], tokens["mix:tail_backfilled"]) == (np.count_nonzero(moved), moved.sum())
+    assert tokens["mix:tail_skipped"] > 0 and tokens["mix:tail_backfilled"] > 0
 
 
 def test_fraction_threshold_reaches_the_target_within_half_a_chunk():
     docs = [([f"doc{i}" for i in range(3000)], np.array([100 + (i * 37) % 900 for i in range(3000)]))]
-    finder = FractionThreshold(seed=3, epoch=1, seq_len=1024, min_chunk=64)
+    finder = FractionThreshold(seed=3, epoch=1, rules=PHASE1)
     finder.count(docs)
     total = int(finder.histogram.sum())
     for fraction in (0.01, 0.3, 0.77):
@@ -108,7 +215,7 @@ def test_fraction_threshold_reaches_the_target_within_half_a_chunk():
         threshold = finder.resolve(docs, bucket, needed)
         hashes, tokens = finder.chunks(*docs[0])
         assert abs(int(tokens[hashes <= threshold].sum()) - fraction * total) <= 1024 / 2
-    assert FractionThreshold(3, 1, 1024, 64).chunks(*docs[0])[0][0] == unit_hash(3, "doc0", 1, 0)
+    assert FractionThreshold(3, 1, PHASE1).chunks(*docs[0])[0][0] == unit_hash(3, "doc0", 1, 0)
 
 
 def test_copies_per_weight_keep_the_target_within_the_cap():
@@ -136,18 +243,6 @@ def test_bands_must_rise_and_end_open():
         check_bands((RehydrateBand(10, 2),))
 
 
-def test_chunk_table_cuts_each_document_as_chunk_spans_does():
-    ns = [0, 1, 5, 10, 11, 12, 20, 25, 27, 100, 0, 3]
-    chunks = chunk_table(np.array(ns), seq_len=12, min_chunk=8)
-    for d, n in enumerate(ns):
-        mine = chunks.take(np.flatnonzero(chunks.doc == d))
-        spans = [(start, min(start + 10, n)) for start in range(0, n, 10)]
-        if len(spans) > 1 and spans[-1][1] - spans[-1][0] < 6:
-            spans[-1] = (n - 6, n)
-        assert list(zip(mine.start.tolist(), mine.end.tolist(), strict=True)) == spans, n
-        assert mine.index.tolist() == list(range(len(spans)))
-
-
 def test_chunk_hashes_are_unit_hashes():
     hashes = chunk_hashes((3, "place"), ["a", "b/c"], [0, 2], [5, 0])
     assert hashes.tolist() == [unit_hash(3, "place", "a", 0, 5), unit_hash(3, "place", "b/c", 2, 0)]
@@ -171,7 +266,7 @@ def test_sampled_chunks_come_in_bounded_slices_with_the_same_rows(monkeypatch):
 
     def sampled(slice_tokens: int) -> tuple[list[pa.Table], SampleChunks]:
         monkeypatch.setattr(stages.mix, "SLICE_TOKENS", slice_tokens)
-        sampler = SampleChunks(plan, seed=1, seq_len=1024, min_chunk=64, bos=2, eos=1)
+        sampler = SampleChunks(plan, seed=1, rules=PHASE1, bos=2, eos=1)
         return list(sampler.sample(batch)), sampler
 
     whole, one = sampled(1 << 22)
