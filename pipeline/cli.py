@@ -106,7 +106,8 @@ EXAMPLES = {
     "check": "examples:\n  mmcorpus check --phase 1\n  mmcorpus check --phase 3 --variant eng --out /data/mmcorpus",
     "plan": """examples:
   mmcorpus plan --phase 1                                    # from the pool under out/
-  mmcorpus plan --phase 1 --scale full --counts configs/mmbert-language-counts.csv --cost""",
+  mmcorpus plan --phase 1 --scale full --counts configs/mmbert-language-counts.csv --cost
+  mmcorpus plan --phase 1 --sources my-sources.yaml --set phases.1.other_sources.mycorpus=50""",
     "export-mds": "examples:\n  mmcorpus export-mds --phase 1 out/phase1-mds\n  mmcorpus export-mds --phase 2 "
                   "--out s3://bucket/mmcorpus s3://bucket/mds/phase2",
     "report": "examples:\n  mmcorpus report --phase 1             # out/phase1/report/index.html",
@@ -186,6 +187,7 @@ def parser() -> argparse.ArgumentParser:
 
     plan = commands.add_parser("plan", help="print a phase's targets per source and language; writes nothing")
     add_phase_arguments(plan)
+    add_recipe_arguments(plan)  # the sources a phase may name, and --set as the build had it
     plan.add_argument("--counts", type=Path, help="CSV of available tokens: lang,tokens[,source], or mmBERT's "
                                                   "counts file (default: the pool under --out)")
     plan.add_argument("--scale", choices=["sample", "full"], default="sample",
@@ -532,7 +534,8 @@ def run_plan(args: argparse.Namespace) -> int:
     from pipeline.mixing import plan_rows, pool_files, read_counts, summarize_pool
     from stages.languages import base_language
 
-    phase = phase_of(args)
+    recipe = recipe_from(args)
+    phase = recipe.phase(args.phase, args.variant)
     layout = Layout(args.out)
     if args.cost:  # before the table: a missing benchmark is one line, not a table and then an error
         from pipeline.cost import RESULTS, measured_rates
@@ -574,8 +577,7 @@ def run_plan(args: argparse.Namespace) -> int:
     if args.cost:
         from pipeline.cost import describe, full_recipe
 
-        phases = load_phases(args.phases) if args.phases else load_recipe().phases
-        print("\n" + describe(full_recipe(rates, args.cost_workers, phases), rates, args.rates or RESULTS))
+        print("\n" + describe(full_recipe(rates, args.cost_workers, recipe.phases), rates, args.rates or RESULTS))
     return 0
 
 

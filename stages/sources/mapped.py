@@ -80,9 +80,9 @@ class MappedOptions(ReaderOptions):
 
 @dataclass(frozen=True, kw_only=True)
 class HfOptions(MappedOptions):
-    config: str | None = setting(None, help="the dataset's config (its README's `configs`; default: the one marked "
-                                            "default, else `default`)")
-    split: str = setting("train", help="the split whose data files are read")
+    config: str | None = setting(None, help="reader hf: the dataset's config (its README's `configs`; default: "
+                                            "the one marked default, else `default`)")
+    split: str = setting("train", help="reader hf: the split whose data files are read")
 
 
 def lookup(record: dict, path: str) -> object:

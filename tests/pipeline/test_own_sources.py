@@ -118,8 +118,8 @@ def test_own_sources_reach_the_shards_at_the_phases_shares(own_build, capsys):
     langs = {(row["source"], row["lang"]) for row in shards}
     assert {("mycorpus", "pol_Latn"), ("mycorpus", "tur_Latn"), ("mycorpus", "vie_Latn"), ("webpq", "rus_Cyrl"),
             ("webpq", "ukr_Cyrl"), ("hub", "spa_Latn")} <= langs
-    assert main(["plan", "--phase", "1", "--out", str(out), "--phases", str(root / "phases.yaml"),
-                 "--format", "json"]) == 0
+    assert main(["plan", "--phase", "1", "--out", str(out), "--sources", str(root / "sources.yaml"),
+                 "--phases", str(root / "phases.yaml"), "--format", "json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert {row["source"] for row in plan if row["target"] > 0} == set(SHARES)
 
