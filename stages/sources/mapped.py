@@ -94,6 +94,19 @@ def lookup(record: dict, path: str) -> object:
     return lookup(value, rest) if isinstance(value, dict) else None
 
 
+def drop(record: dict, path: str) -> None:
+    """Remove a field from a record; a nested one from copies of the records above it, which go when emptied."""
+    if path in record:
+        del record[path]
+        return
+    head, dot, rest = path.partition(".")
+    if dot and isinstance(record.get(head), dict):
+        record[head] = inner = dict(record[head])
+        drop(inner, rest)
+        if not inner:
+            del record[head]
+
+
 def path_pattern(template: str) -> re.Pattern:
     """`data/{lang}/train/` as a regex over the start of a path below the root, the language as group `lang`: `*`
     stays within a folder's name, `**` crosses folders, and the pattern ends at a folder's end."""
@@ -128,14 +141,13 @@ class MappedReader(SourceReader):
         self.patterns = (self.pattern,) if self.pattern else tuple(f"**/*{suffix}" for suffix in self.suffixes)
         self.url_field = options.url or (DOLMA_URL if options.reader == "dolma" else None)
         self.path_lang = path_pattern(options.lang_from_path) if options.lang_from_path else None
-        mapped = [options.text, options.id, self.url_field, options.lang_field]
-        self.read_fields = {path.split(".")[0] for path in mapped if path}  # top-level fields the mapping reads
+        self.read = [path for path in (options.text, options.id, self.url_field, options.lang_field) if path]
 
     def columns(self) -> list[str] | None:
         """The top-level fields a Parquet file is read for; None: all of them (metadata keeps every field)."""
         if self.options.metadata is None:
             return None
-        return sorted(self.read_fields | {path.split(".")[0] for path in self.options.metadata})
+        return sorted({path.split(".")[0] for path in [*self.read, *self.options.metadata]})
 
     def parquet_rows(self, relative: str) -> Iterator[tuple[int, dict]]:
         return iter_parquet_rows(self, relative, self.columns(), required=[self.options.text.split(".")[0]])
@@ -152,9 +164,13 @@ class MappedReader(SourceReader):
         return doc
 
     def kept(self, record: dict) -> dict:
-        if self.options.metadata is None:
-            return {key: value for key, value in record.items() if key not in self.read_fields}
-        return {path: lookup(record, path) for path in self.options.metadata}
+        """The fields `metadata` names, or else every field the mapping does not read."""
+        if self.options.metadata is not None:
+            return {path: lookup(record, path) for path in self.options.metadata}
+        rest = dict(record)
+        for path in self.read:
+            drop(rest, path)
+        return rest
 
     def language_code(self, relative: str, record: dict) -> str:
         """The language as the source gives it: the field's value or the path's part (raises for neither)."""

@@ -68,7 +68,8 @@ def test_jsonl_plain_gzip_zstd_with_nested_fields_and_a_language_field(tmp_path)
     first = next(d for d in docs if d.id == "mycorpus/pl-0")
     assert first.text == polish[0] and first.metadata["url"] == "https://example.org/pl-0"
     assert first.metadata["origin"] == "pl.jsonl:0"
-    assert first.metadata["extra"] == {"tags": ["a"]}  # every field the mapping does not read
+    # every field the mapping does not read: of `meta` nothing is left, of `body` its other field
+    assert first.metadata["extra"] == {"body": {"words": len(polish[0].split())}, "tags": ["a"]}
     assert "mycorpus/pl.jsonl:11" in {d.id for d in docs}
     assert sorted((r.reason, r.detail.split(":")[0] if r.detail.startswith("line") else r.detail)
                   for r in rejects) == [
