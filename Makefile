@@ -20,7 +20,16 @@ ASSETS := $(addprefix $(MMCORPUS_CACHE)/,tokenizer.gemma tokenizer.json tokenize
 $(ASSETS) &: configs/tokenizers.yaml configs/lid.yaml | $(BIN)/mmcorpus
 	$(BIN)/mmcorpus fetch-assets
 
-setup: $(BIN)/mmcorpus $(ASSETS)
+# mmBERT's own data loader (mosaicml-streaming) in an environment of its own: it pins numpy < 2.2 and torch. The
+# test that loads exports as mmBERT's trainer does runs in it (tests/mmbert/).
+MDS_VENV := .venv-mds
+$(MDS_VENV)/installed: tests/mmbert/requirements.txt
+	rm -rf $(MDS_VENV)
+	$(PYTHON) -m venv $(MDS_VENV)
+	$(MDS_VENV)/bin/python -m pip install --quiet --no-deps -r $<
+	touch $@
+
+setup: $(BIN)/mmcorpus $(ASSETS) $(MDS_VENV)/installed
 
 # Curation runs once into $(OUT)/pool; each phase only mixes it again. VARIANT=eng|cont picks a decay variant.
 phase1-data phase2-data phase3-data: phase%-data: setup

@@ -109,7 +109,7 @@ EXAMPLES = {
   mmcorpus plan --phase 1 --scale full --counts configs/mmbert-language-counts.csv --cost
   mmcorpus plan --phase 1 --sources my-sources.yaml --set phases.1.other_sources.mycorpus=50""",
     "export-mds": "examples:\n  mmcorpus export-mds --phase 1 out/phase1-mds\n  mmcorpus export-mds --phase 2 "
-                  "--out s3://bucket/mmcorpus s3://bucket/mds/phase2",
+                  "--compression zstd --out s3://bucket/mmcorpus s3://bucket/mds/phase2",
     "report": "examples:\n  mmcorpus report --phase 1             # out/phase1/report/index.html",
     "eval-mlm": "examples:\n  mmcorpus eval-mlm --phase 2 --checkpoint ~/mmBERT-base --chunks-per-language 16",
     "fetch-assets": "examples:\n  mmcorpus fetch-assets                 # what `make setup` runs",
@@ -200,10 +200,15 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("--cost-workers", type=positive_int, default=64, help="Ray workers for the wall-time estimate")
     plan.add_argument("--rates", type=Path, help="benchmark results (default: bench/results.json)")
 
-    export = commands.add_parser("export-mds", help="write a built phase's shards as MosaicML MDS (zstd)")
+    export = commands.add_parser("export-mds", help="write a built phase's shards as MosaicML MDS, laid out as "
+                                                    "mmBERT's trainer reads its data")
     add_phase_arguments(export)
     add_out_argument(export)
-    export.add_argument("dest", help="destination folder or URL (index.json + shard.NNNNN.mds.zstd)")
+    export.add_argument("--compression", choices=["zstd"], help="also write each MDS file compressed (the raw ones, "
+                                                                "which mmBERT's trainer reads, are always written)")
+    export.add_argument("dest", help="destination folder or URL: a folder per source "
+                                     "(<source>-tokenized-chunked-<seq>-<min>-<skip>-backfill-nodups/) and a root "
+                                     "index.json over them")
 
     report = commands.add_parser("report", help="write a built phase's data card: <out>/<phase>/report/")
     add_phase_arguments(report)
@@ -598,9 +603,9 @@ def run_export(args: argparse.Namespace) -> int:
     from pipeline.runner import Runner
 
     with Runner(layout):  # Ray: one task per shard (the embedded one, or the cluster at RAY_ADDRESS)
-        result = export_mds(layout, shards, Layout(args.dest))
+        result = export_mds(layout, phase_id, shards, Layout(args.dest), args.compression)
     print(f"{phase_id}: {result['samples']:,} samples, {result['tokens']:,} tokens in {result['shards']} MDS "
-          f"shard(s) under {args.dest} (read back and checked)")
+          f"shard(s), {result['folders']} source folder(s), under {args.dest} (read back and checked)")
     return 0
 
 

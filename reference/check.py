@@ -1,7 +1,7 @@
 """`make reference-check PHASE=1`: train the encoder briefly on a phase's shards; fail unless the MLM loss falls.
 
-    python -m reference.check --phase 1 [--out out] [--config tiny] [--steps 300] [--device cpu|cuda]
-                              [--init-from CHECKPOINT_DIR] [--save CHECKPOINT_DIR]
+    python -m reference.check --phase 1 [--out out | --mds EXPORT] [--config tiny] [--steps 300]
+                              [--device cpu|cuda] [--init-from CHECKPOINT_DIR] [--save CHECKPOINT_DIR]
 
 Prints parameters, tokens/s (and MFU on a GPU), the initial and final loss (means of the first and last ten
 steps), and with --compare-padded the step time of the same batches padded to their longest sequence.
@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant")
     parser.add_argument("--phases", type=Path, default=PHASES_FILE)
     parser.add_argument("--out", default="out", help="output folder or fsspec URL (default: out)")
-    parser.add_argument("--source", help="shards folder or MDS export, a path or URL (default: <out>/<phase>/shards)")
+    parser.add_argument("--source", "--mds", help="shards folder or `mmcorpus export-mds` folder, a path or URL "
+                                                  "(default: <out>/<phase>/shards)")
     parser.add_argument("--config", default="tiny", help="tiny, small or base")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-tokens", type=int, help="tokens per batch (default: the phase's seq_len)")

@@ -1,7 +1,8 @@
 """Feeding the encoder from a phase's shards: read chunks, pack them into fixed-token batches, mask for MLM.
 
 Chunks come from the Parquet shards (`<out>/<phase>/shards/`) or from an MDS export (a folder with
-`index.json`). A batch packs whole chunks up to a token budget; `cu_seqlens` keeps them apart in attention.
+`index.json`; its raw files, as mmBERT's trainer reads them). A batch packs whole chunks up to a token budget;
+`cu_seqlens` keeps them apart in attention.
 """
 
 from collections.abc import Iterable, Iterator
@@ -19,7 +20,10 @@ def read_chunks(source: Layout) -> Iterator[np.ndarray]:
     """Token chunks (uint32) of a phase: a folder (or object-store prefix) of Parquet shards or an MDS export."""
     if source.exists("index.json"):
         for info in read_index(source.read_text("index.json")):
-            raw = decompress(source.read_bytes(info.basename), info.compression)
+            if source.exists(info.raw_basename):  # the bytes mmBERT's trainer reads
+                raw = source.read_bytes(info.raw_basename)
+            else:
+                raw = decompress(source.read_bytes(info.basename), info.compression)
             for sample in iter_samples(raw, info):
                 yield np.asarray(sample["input_ids"], np.uint32)
         return

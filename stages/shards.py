@@ -1,7 +1,11 @@
 """Shards: gather the chunks that mixing placed in one shard, shuffle them by hash, write Parquet (zstd);
-export a phase's shards as MosaicML MDS."""
+export a phase's shards as MosaicML MDS, laid out as mmBERT's own data is."""
 
+import copy
+import csv
+import io
 import json
+from collections import defaultdict
 
 import numpy as np
 import pyarrow as pa
@@ -13,6 +17,7 @@ from manifests.layout import Layout, checksum_bytes
 from manifests.schemas import SHARD
 from manifests.writer import write_parquet
 from stages.mds import MDSError, ShardInfo, decompress, encode_shard, index_entry, iter_samples, read_index
+from stages.mix import ChunkRules
 
 
 def write_shard(layout: Layout, placed: list[str], target: str) -> dict:
@@ -34,51 +39,138 @@ def write_shard(layout: Layout, placed: list[str], target: str) -> dict:
                 sha256=checksum.split(":", 1)[1])
 
 
-# `id` is `<doc_id>#<chunk>@<epoch>`: the document, which of its chunks, which repetition of it
-MDS_COLUMNS = {"id": "str", "input_ids": "ndarray:uint32", "len": "int", "lang": "str", "source": "str",
+# `id` is `<doc_id>#<chunk>@<epoch>`: the document, which of its chunks, which repetition of it. mmBERT's trainer
+# keeps a sample's arrays (input_ids) and drops the rest.
+MDS_COLUMNS = {"input_ids": "ndarray:uint32", "id": "str", "len": "int", "lang": "str", "source": "str",
                "epoch": "int"}
 MDS_SIZE_LIMIT = 1 << 26  # streaming's default: 64 MiB of raw samples per shard
+PERCENTILES = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99, 100)  # of chunk lengths, in each folder's stats.json
+TAIL_NOTES = {"mix:tail_skipped": "total_tokens_skipped", "mix:tail_backfilled": "total_tokens_moved"}
 
 
-def export_mds(source: Layout, shards: list[str], dest: Layout, size_limit: int = MDS_SIZE_LIMIT) -> dict:
-    """Write Parquet shards as MosaicML MDS (zstd shards + index.json, the layout `streaming` reads): one Ray task
-    per Parquet shard (in this process when Ray is not running), each writing its own MDS files
-    (`shard.<parquet shard>.<part>.mds.zstd`) and reading them back; the index comes last, once every file is
-    written and checked. Returns sample, token and file counts."""
+def mds_folder(source: str, rules: ChunkRules) -> str:
+    """A source's folder, named as mmBERT's data folders are: by the chunker settings that cut it."""
+    return f"{source}-tokenized-chunked-{rules.seq_len}-{rules.min_chunk}-{rules.always_skip}-backfill-nodups"
+
+
+def built_chunking(layout: Layout, phase_id: str) -> ChunkRules:
+    """The chunking the phase's shards were cut by, from its run manifest (not today's recipe)."""
+    with layout.open(Layout.manifest(phase_id, "run")) as f:
+        phase = json.loads(pq.read_table(f, columns=["config"]).column(0)[0].as_py())["phase"]
+    if "always_skip" not in phase:
+        raise RuntimeError(f"{phase_id} was built before its chunks were cut as mmBERT's: build it again")
+    return ChunkRules(phase["seq_len"], phase["min_chunk_tokens"], phase["always_skip"])
+
+
+def tail_tokens(layout: Layout, phase_id: str) -> dict[str, dict[str, int]]:
+    """source -> the tokens mixing dropped from and moved into short tails (its notes, once per document)."""
+    with layout.open(Layout.manifest(phase_id, "notes")) as f:
+        notes = pq.read_table(f, columns=["stage", "source", "note", "tokens"]).to_pylist()
+    found: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(TAIL_NOTES.values(), 0))
+    for row in notes:
+        if row["stage"] == "mix" and row["note"] in TAIL_NOTES:
+            found[row["source"]][TAIL_NOTES[row["note"]]] += row["tokens"]
+    return found
+
+
+def export_mds(source: Layout, phase_id: str, shards: list[str], dest: Layout, compression: str | None = None,
+               size_limit: int = MDS_SIZE_LIMIT) -> dict:
+    """Write a phase's Parquet shards as MDS the way mmBERT's trainer reads its data: one folder per source
+    (`mds_folder`) with its index.json, stats.json and token_decile.json, raw shards (`compression` zstd writes
+    each compressed too), and a root index.json merging the folders' (basenames prefixed with their folder, as
+    streaming's merge_index does), num_tokens.json and dataset_stats.csv. One Ray task per Parquet shard (in this
+    process when Ray is not running), each writing its MDS files and reading them back; the indexes come last,
+    once every file is written and checked. Files of an earlier export left in the folders are removed, so a
+    rerun gives the same tree, byte for byte. Returns sample, token and file counts."""
     import ray
 
+    rules = built_chunking(source, phase_id)
+    args = [(source, shard, number, dest, rules, compression, size_limit) for number, shard in enumerate(shards)]
     if ray.is_initialized():
         remote = ray.remote(num_cpus=1, max_retries=1)(export_shard)
-        results = ray.get([remote.remote(source, shard, number, dest, size_limit)
-                           for number, shard in enumerate(shards)])
+        results = ray.get([remote.remote(*task) for task in args])
     else:
-        results = [export_shard(source, shard, number, dest, size_limit) for number, shard in enumerate(shards)]
-    entries = [entry for result in results for entry in result["entries"]]
-    dest.write_text("index.json", json.dumps({"shards": entries, "version": 2}, sort_keys=True))
-    return {"shards": len(entries), "samples": sum(r["samples"] for r in results),
-            "tokens": sum(r["tokens"] for r in results)}
+        results = [export_shard(*task) for task in args]
+    tails = tail_tokens(source, phase_id)
+    folders = sorted({folder for result in results for folder in result})
+    merged, rows = [], []
+    for folder in folders:
+        parts = [result[folder] for result in results if folder in result]
+        entries = [entry for part in parts for entry in part["entries"]]
+        lengths = np.concatenate([part["lengths"] for part in parts]).astype(np.int64)
+        dest.write_text(f"{folder}/index.json", json.dumps({"shards": entries, "version": 2}, sort_keys=True))
+        origin = parts[0]["source"]
+        percentiles = np.percentile(lengths, PERCENTILES)
+        stats = {"total_duplicated_tokens": 0, "total_tokens_written": int(lengths.sum()),  # mmBERT's keys, in order
+                 "total_tokens_skipped": tails[origin]["total_tokens_skipped"],
+                 "percentiles": {f"{p}th": int(v) for p, v in zip(PERCENTILES, percentiles, strict=True)},
+                 "total_tokens_moved": tails[origin]["total_tokens_moved"]}
+        dest.write_text(f"{folder}/stats.json", json.dumps(stats))
+        # sample numbers by the thousands of tokens they hold: mmBERT's keys 0k to 8k, more for longer sequences
+        deciles = {f"{k}k": np.flatnonzero(lengths // 1000 == k).tolist()
+                   for k in range(max(8, rules.seq_len // 1000) + 1)}
+        dest.write_text(f"{folder}/token_decile.json", json.dumps(deciles))
+        merged += [in_folder(entry, folder) for entry in entries]
+        written = {f"{folder}/{name}" for name in ("index.json", "stats.json", "token_decile.json")}
+        written |= {entry[data]["basename"] for entry in merged[-len(entries):] for data in ("raw_data", "zip_data")
+                    if entry[data]}
+        for name in dest.files(folder):  # an earlier export's files
+            if name not in written:
+                dest.delete(name)
+        rows.append(dict(folder=folder, source=origin, samples=len(lengths), tokens=int(lengths.sum()),
+                         tokens_skipped=stats["total_tokens_skipped"], tokens_moved=stats["total_tokens_moved"],
+                         tokens_duplicated=0, mds_files=len(entries)))
+    dest.write_text("index.json", json.dumps({"shards": merged, "version": 2}, sort_keys=True))
+    tokens = sum(row["tokens"] for row in rows)
+    dest.write_text("num_tokens.json", json.dumps({"num_tokens": tokens, "num_truncated_tokens": 0,
+                                                   "folders": {row["folder"]: row["tokens"] for row in rows}}))
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]) if rows else ["folder"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    dest.write_text("dataset_stats.csv", table.getvalue())
+    return {"folders": len(rows), "shards": len(merged), "samples": sum(row["samples"] for row in rows),
+            "tokens": tokens}
 
 
-def export_shard(source: Layout, shard: str, number: int, dest: Layout, size_limit: int) -> dict:
-    """One Parquet shard as MDS files of at most `size_limit` raw bytes, read back and checked; returns their
-    index entries and counts."""
-    entries: list[dict] = []
-    pending: list[dict] = []
-    pending_bytes = samples = tokens = 0
+def in_folder(entry: dict, folder: str) -> dict:
+    """An index entry as the root index lists it: its files' basenames prefixed with their folder."""
+    entry = copy.deepcopy(entry)
+    for data in ("raw_data", "zip_data"):
+        if entry[data]:
+            entry[data]["basename"] = f"{folder}/{entry[data]['basename']}"
+    return entry
 
-    def flush() -> None:
-        nonlocal pending, pending_bytes
-        if not pending:
+
+def export_shard(source: Layout, shard: str, number: int, dest: Layout, rules: ChunkRules, compression: str | None,
+                 size_limit: int) -> dict[str, dict]:
+    """One Parquet shard as MDS files of at most `size_limit` raw bytes, one series per source in its folder
+    (`<folder>/shard.<shard>.<part>.mds`), read back and checked. Returns per folder: the source, the index
+    entries and every sample's length, in order."""
+    folders: dict[str, dict] = {}
+    pending: dict[str, list[dict]] = defaultdict(list)
+    pending_bytes: dict[str, int] = defaultdict(int)
+
+    def flush(origin: str) -> None:
+        folder = folders.setdefault(origin, {"source": origin, "entries": [], "lengths": [], "samples": 0,
+                                             "tokens": 0})
+        rows = pending.pop(origin, [])
+        pending_bytes.pop(origin, None)
+        if not rows:
             return
-        raw, config = encode_shard(pending, MDS_COLUMNS)
-        packed = zstandard.ZstdCompressor(level=3).compress(raw)
-        basename = f"shard.{number:05d}.{len(entries):03d}.mds"
-        checksum = dest.write_bytes(f"{basename}.zstd", packed, algorithm="sha256")
-        entry = index_entry(raw, config | {"size_limit": size_limit}, len(pending), basename, packed)
-        entry["raw_data"]["hashes"]["sha256"] = checksum_bytes(raw, "sha256").split(":", 1)[1]
-        entry["zip_data"]["hashes"]["sha256"] = checksum.split(":", 1)[1]  # streaming's validate_hash reads these
-        entries.append(entry)
-        pending, pending_bytes = [], 0
+        raw, config = encode_shard(rows, MDS_COLUMNS)
+        basename = f"shard.{number:05d}.{len(folder['entries']):03d}.mds"
+        name = f"{mds_folder(origin, rules)}/{basename}"
+        raw_sha = dest.write_bytes(name, raw, algorithm="sha256").split(":", 1)[1]
+        packed = zstandard.ZstdCompressor(level=3).compress(raw) if compression else None
+        entry = index_entry(raw, config | {"size_limit": size_limit}, len(rows), basename, packed)
+        entry["raw_data"]["hashes"]["sha256"] = raw_sha  # streaming's validate_hash reads these
+        if packed is not None:
+            entry["zip_data"]["hashes"]["sha256"] = dest.write_bytes(f"{name}.zstd", packed, "sha256").split(":")[1]
+        folder["entries"].append(entry)
+        folder["lengths"] += [row["len"] for row in rows]
+        folder["samples"] += len(rows)
+        folder["tokens"] += sum(row["len"] for row in rows)
 
     with source.open(shard) as f:
         parquet = pq.ParquetFile(f)
@@ -92,17 +184,23 @@ def export_shard(source: Layout, shard: str, number: int, dest: Layout, size_lim
                 row = {"id": f"{doc_id}#{chunk}@{epoch}", "input_ids": chunk_ids, "len": len(chunk_ids),
                        "lang": lang, "source": origin, "epoch": epoch}
                 size = 4 * len(chunk_ids) + len(row["id"]) + len(lang) + len(origin) + 96
-                if pending and pending_bytes + size > size_limit:
-                    flush()
-                pending.append(row)
-                pending_bytes += size
-                samples += 1
-                tokens += len(chunk_ids)
-    flush()
-    read_back = _read_entries(dest, [ShardInfo.from_index_entry(entry) for entry in entries], entries)
-    if read_back != (samples, tokens):
-        raise MDSError(f"{dest.url}: {shard} wrote {samples} samples / {tokens} tokens, read back {read_back}")
-    return {"entries": entries, "samples": samples, "tokens": tokens}
+                if pending[origin] and pending_bytes[origin] + size > size_limit:
+                    flush(origin)
+                pending[origin].append(row)
+                pending_bytes[origin] += size
+    for origin in sorted(pending):
+        flush(origin)
+    exported = {}
+    for origin, folder in sorted(folders.items()):
+        name = mds_folder(origin, rules)
+        entries = [in_folder(entry, name) for entry in folder["entries"]]
+        read_back = _read_entries(dest, [ShardInfo.from_index_entry(entry) for entry in entries], entries)
+        if read_back != (folder["samples"], folder["tokens"]):
+            raise MDSError(f"{dest.url_of(name)}: {shard} wrote {folder['samples']} samples / {folder['tokens']} "
+                           f"tokens, read back {read_back}")
+        exported[name] = {"source": origin, "entries": folder["entries"],
+                          "lengths": np.array(folder["lengths"], np.uint32)}
+    return exported
 
 
 def read_mds(folder: Layout) -> tuple[int, int]:

@@ -1,6 +1,5 @@
-"""Phases 2 and 3 mix again from the phase-1 pool; full-scale plans from mmBERT's counts; MDS export."""
+"""Phases 2 and 3 mix again from the phase-1 pool; full-scale plans from mmBERT's counts."""
 
-import hashlib
 import json
 import logging
 
@@ -12,8 +11,6 @@ from manifests.layout import Layout
 from pipeline.build import build
 from pipeline.cli import main
 from pipeline.config import COUNTS_FILE, load_phase
-from stages.mds import MDSError, ShardInfo, decompress, iter_samples
-from stages.shards import read_mds
 from tests.helpers import settings_for
 from tests.pipeline.test_build import query
 
@@ -112,28 +109,3 @@ def test_plan_from_the_pool_prints_a_table(sample_build, capsys):
     assert main(["plan", "--phase", "1", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "fineweb2" in text and "most repeated:" in text
-
-
-def test_mds_export_reads_back(sample_build, tmp_path, capsys):
-    out, _ = sample_build
-    assert main(["export-mds", "--phase", "1", "--out", str(out), str(tmp_path / "mds")]) == 0
-    shards = pq.read_table(out / "phase1" / "shards")
-    lengths = [len(ids) for ids in shards.column("input_ids").to_pylist()]
-    assert read_mds(Layout(tmp_path / "mds")) == (len(lengths), sum(lengths))
-    index = json.loads((tmp_path / "mds" / "index.json").read_text())
-    entry = index["shards"][0]
-    assert index["version"] == 2 and entry["compression"] == "zstd" and entry["format"] == "mds"
-    assert entry["column_names"] == ["epoch", "id", "input_ids", "lang", "len", "source"]
-    mds = tmp_path / "mds" / entry["zip_data"]["basename"]
-    assert hashlib.sha256(mds.read_bytes()).hexdigest() == entry["zip_data"]["hashes"]["sha256"]
-    sample = next(iter_samples(decompress(mds.read_bytes(), "zstd"), ShardInfo.from_index_entry(entry)))
-    row = pq.read_table(out / "phase1" / "shards" / "shard-00000.parquet").slice(0, 1).to_pylist()[0]
-    assert sample["id"] == f"{row['doc_id']}#{row['chunk']}@{row['epoch']}"
-    assert (sample["lang"], sample["source"], sample["epoch"]) == (row["lang"], row["source"], row["epoch"])
-    assert sample["input_ids"].tolist() == row["input_ids"]
-    data = bytearray(mds.read_bytes())
-    data[len(data) // 2] ^= 1
-    mds.write_bytes(bytes(data))
-    with pytest.raises(MDSError, match="sha256 differs"):
-        read_mds(Layout(tmp_path / "mds"))
-    assert entry["column_encodings"] == ["int", "str", "ndarray:uint32", "str", "int", "str"]
