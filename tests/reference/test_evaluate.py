@@ -85,5 +85,5 @@ def test_eval_mlm_refuses_weights_it_cannot_trust_in_one_line(sample_build, tmp_
     assert err.startswith("mmcorpus: error: ") and err.count("\n") == 1
     assert {"nan weight": "model.layers.1.mlp.Wo.weight holds 1 NaN or infinite values",
             "weights that overflow": "the MLM loss on",
-            "weight_map out of the folder": "resolves to /etc/passwd, outside the checkpoint folder"}[problem] in err
+            "weight_map out of the folder": "etc/passwd' is outside the checkpoint folder"}[problem] in err
     assert not evaluated.exists()
