@@ -134,7 +134,7 @@ def test_a_second_build_on_the_same_out_exits_2_naming_the_holder(tmp_path, capf
         assert main(["build", "--phase", "1", "--out", str(out)]) == 2
         with pytest.raises(TreeLocked), Layout(out).locked("another"):
             pass
-    err = [line for line in capfd.readouterr().err.strip().splitlines() if " INFO " not in line]
+    err = [line for line in capfd.readouterr().err.strip().splitlines() if line.startswith("mmcorpus:")]
     assert len(err) == 1 and f"being built by process {os.getpid()}" in err[0] and "mmcorpus build --phase 1" in err[0]
     assert not (out / Layout.LOCK).exists()  # released
     assert not (out / "curated").exists()  # no work was done
