@@ -152,12 +152,9 @@ def export_shard(source: Layout, shard: str, number: int, dest: Layout, rules: C
     pending_bytes: dict[str, int] = defaultdict(int)
 
     def flush(origin: str) -> None:
-        folder = folders.setdefault(origin, {"source": origin, "entries": [], "lengths": [], "samples": 0,
-                                             "tokens": 0})
-        rows = pending.pop(origin, [])
-        pending_bytes.pop(origin, None)
-        if not rows:
-            return
+        folder = folders.setdefault(origin, {"source": origin, "entries": [], "lengths": []})
+        rows = pending.pop(origin)
+        pending_bytes.pop(origin)
         raw, config = encode_shard(rows, MDS_COLUMNS)
         basename = f"shard.{number:05d}.{len(folder['entries']):03d}.mds"
         name = f"{mds_folder(origin, rules)}/{basename}"
@@ -169,8 +166,6 @@ def export_shard(source: Layout, shard: str, number: int, dest: Layout, rules: C
             entry["zip_data"]["hashes"]["sha256"] = dest.write_bytes(f"{name}.zstd", packed, "sha256").split(":")[1]
         folder["entries"].append(entry)
         folder["lengths"] += [row["len"] for row in rows]
-        folder["samples"] += len(rows)
-        folder["tokens"] += sum(row["len"] for row in rows)
 
     with source.open(shard) as f:
         parquet = pq.ParquetFile(f)
@@ -195,9 +190,9 @@ def export_shard(source: Layout, shard: str, number: int, dest: Layout, rules: C
         name = mds_folder(origin, rules)
         entries = [in_folder(entry, name) for entry in folder["entries"]]
         read_back = _read_entries(dest, [ShardInfo.from_index_entry(entry) for entry in entries], entries)
-        if read_back != (folder["samples"], folder["tokens"]):
-            raise MDSError(f"{dest.url_of(name)}: {shard} wrote {folder['samples']} samples / {folder['tokens']} "
-                           f"tokens, read back {read_back}")
+        if read_back != (len(folder["lengths"]), sum(folder["lengths"])):
+            raise MDSError(f"{dest.url_of(name)}: {shard} wrote {len(folder['lengths'])} samples / "
+                           f"{sum(folder['lengths'])} tokens, read back {read_back}")
         exported[name] = {"source": origin, "entries": folder["entries"],
                           "lengths": np.array(folder["lengths"], np.uint32)}
     return exported
@@ -213,12 +208,24 @@ def read_mds(folder: Layout) -> tuple[int, int]:
 def _read_entries(folder: Layout, infos: list[ShardInfo], entries: list[dict]) -> tuple[int, int]:
     samples = tokens = 0
     for info, entry in zip(infos, entries, strict=True):
-        data = folder.read_bytes(info.basename)
-        stored = entry.get("zip_data") if info.compression else entry.get("raw_data")
-        expected = (stored or {}).get("hashes") or {}
-        if "sha256" in expected and checksum_bytes(data, "sha256") != f"sha256:{expected['sha256']}":
-            raise MDSError(f"{folder.url_of(info.basename)}: sha256 differs from index.json")
-        for row in iter_samples(decompress(data, info.compression), info):
+        raw = None  # the raw file, which mmBERT's trainer reads, is checked whenever it is there
+        if not info.compression or folder.exists(info.raw_basename):
+            raw = _checked(folder, info.raw_basename, entry.get("raw_data"))
+        if info.compression:
+            unpacked = decompress(_checked(folder, info.basename, entry.get("zip_data")), info.compression)
+            if raw is not None and unpacked != raw:
+                raise MDSError(f"{folder.url_of(info.basename)}: differs from its raw file {info.raw_basename}")
+            raw = unpacked
+        for row in iter_samples(raw, info):
             samples += 1
             tokens += len(row["input_ids"])
     return samples, tokens
+
+
+def _checked(folder: Layout, name: str, stored: dict | None) -> bytes:
+    """A file's bytes, checked against the sha256 its index entry gives, if any."""
+    data = folder.read_bytes(name)
+    expected = (stored or {}).get("hashes") or {}
+    if "sha256" in expected and checksum_bytes(data, "sha256") != f"sha256:{expected['sha256']}":
+        raise MDSError(f"{folder.url_of(name)}: sha256 differs from index.json")
+    return data
