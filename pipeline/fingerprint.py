@@ -7,9 +7,11 @@ that the task's function reaches by name, followed from one to the next. An upgr
 computes therefore re-runs what that stage produced, and nothing else; an edit of the CLI re-runs nothing.
 """
 
+import ast
 import hashlib
 import inspect
 import json
+import sys
 import types
 from dataclasses import dataclass, fields, is_dataclass
 from functools import cache
@@ -135,22 +137,51 @@ def code_digest(root: Any) -> str:
 
 
 def _reached(code: types.CodeType, scope: dict, parts: list[str]) -> list[Any]:
-    """What a code object reaches by name in its module's globals: functions, classes, kernels and containers to
-    follow; constants (added to `parts`) by value."""
+    """What a code object reaches by name in its module's globals (and in project modules it names): functions,
+    classes, kernels and containers to follow; constants go into `parts`."""
     names = _code_names(code)
     found: list[Any] = []
-    for name in sorted(names):
-        value = scope.get(name)
+    for name in sorted(names & scope.keys()):
+        value = scope[name]
         if isinstance(value, types.ModuleType):
             if _project_module(value):
-                found += [getattr(value, attr) for attr in sorted(names) if hasattr(value, attr)]
-        elif isinstance(value, types.FunctionType | type) or hasattr(value, "py_func"):
-            found.append(value)
-        elif isinstance(value, dict | list | tuple | set | frozenset):
-            found.append(value)
-            parts.append(f"{name}={json.dumps(_constant(value))}")
-        elif value is not None and isinstance(value, int | float | str | bytes | bool):
-            parts.append(f"{name}={value!r}")
+                for attr in sorted(names):
+                    if hasattr(value, attr):
+                        found += _follow(value.__name__, attr, getattr(value, attr), parts)
+        else:
+            found += _follow(scope.get("__name__", ""), name, value, parts)
+    return found
+
+
+def _follow(module: str, name: str, value: Any, parts: list[str]) -> list[Any]:
+    """A global a task reaches: code to follow, or a constant to count. A container counts by the statement that
+    assigns it in its module (a cache a module fills at run time, such as one DuckDB connection per process, must
+    not change the digest), or by its content when it was imported from elsewhere."""
+    if isinstance(value, types.FunctionType | type) or hasattr(value, "py_func"):
+        return [value]
+    if isinstance(value, dict | list | tuple | set | frozenset):
+        parts.append(f"{module}.{name}={_assignments(module).get(name) or json.dumps(_constant(value))}")
+        return [value]
+    if value is not None and isinstance(value, int | float | str | bytes | bool):
+        parts.append(f"{module}.{name}={value!r}")
+    return []
+
+
+@cache
+def _assignments(module: str) -> dict[str, str]:
+    """name -> source of the top-level statement that assigns it, for a module of the project."""
+    try:
+        source = inspect.getsource(sys.modules[module])
+    except (KeyError, OSError, TypeError):
+        return {}
+    found = {}
+    for node in ast.parse(source).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, ast.AnnAssign | ast.AugAssign) else []
+        for target in targets:
+            for leaf in ast.walk(target):
+                if isinstance(leaf, ast.Name):
+                    found[leaf.id] = found.get(leaf.id, "") + (ast.get_source_segment(source, node) or "")
     return found
 
 

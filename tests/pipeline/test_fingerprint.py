@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+from pipeline import fingerprint
 from pipeline.config import PROJECT_ROOT as ROOT
 from pipeline.fingerprint import code_digest, digest
 
@@ -16,6 +17,7 @@ MODULE = """
 
     LIMIT = 3
     WORDS = {"a", "b", "c"}
+    _CACHE = {}  # filled at run time, as a process's DuckDB connections
 
 
     def helper(x):
@@ -37,7 +39,7 @@ MODULE = """
 
 
     def task_b(x):
-        return x
+        return _CACHE.setdefault(x, x)
 """
 
 
@@ -51,6 +53,7 @@ def load(tmp_path, source: str):
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # where inspect finds a class's file
     spec.loader.exec_module(module)
+    fingerprint._assignments.cache_clear()  # a module of the project is loaded once; this one is loaded anew
     return module
 
 
@@ -69,6 +72,13 @@ def test_a_change_anywhere_a_task_reaches_changes_its_fingerprint_and_only_its(t
         changed = digests(load(tmp_path, MODULE.replace(old, new)))
         assert changed[0] != a, old
         assert changed[1] == b, old  # task_b reaches none of it
+
+
+def test_what_a_module_caches_at_run_time_changes_nothing(tmp_path):
+    module = load(tmp_path, MODULE)
+    before = code_digest.__wrapped__(module.task_b)
+    module.task_b(7)
+    assert module._CACHE and code_digest.__wrapped__(module.task_b) == before
 
 
 def test_a_task_argument_counts_by_its_code_too(tmp_path):

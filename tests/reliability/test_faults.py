@@ -87,6 +87,17 @@ def checksum_of(out, path):
     return f"{row['algorithm']}:{row['checksum']}"
 
 
+def test_a_plain_rerun_in_another_process_runs_nothing(reference, inputs, tmp_path):
+    """Fingerprints hold the code, and nothing a process fills at run time (its DuckDB connections)."""
+    out = copy_of(reference, tmp_path)
+    command = ["build", "--phase", "1", "--out", str(out), "--sources", str(inputs)]
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", *command], cwd=ROOT, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = pq.read_table(out / "phase1" / "manifest" / "run.parquet").to_pylist()[0]
+    assert json.loads(run["config"])["ran"] == {}, done.stderr[-3000:]
+
+
 def test_a_deleted_pool_file_is_written_again(reference, inputs, tmp_path):
     out = copy_of(reference, tmp_path)
     deleted = sorted((out / "pool" / "fineweb2" / "deu_Latn").glob("*.parquet"))[0]
