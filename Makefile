@@ -32,7 +32,7 @@ $(MDS_VENV)/installed: tests/mmbert/requirements.txt
 setup: $(BIN)/mmcorpus $(ASSETS) $(MDS_VENV)/installed
 
 # Curation runs once into $(OUT)/pool; each phase only mixes it again. VARIANT=eng|cont picks a decay variant.
-phase1-data phase2-data phase3-data: phase%-data: setup
+phase1-data phase2-data phase3-data: phase%-data: $(BIN)/mmcorpus $(ASSETS)
 	$(BIN)/mmcorpus build --phase $* --out $(OUT) $(if $(VARIANT),--variant $(VARIANT))
 
 test: setup
