@@ -252,8 +252,7 @@ class Layout:
         listed afresh: other processes (Ray workers) write there."""
         if not self.is_local:
             self.fs.invalidate_cache()
-        found = self.fs.glob(self.path(pattern))
-        return sorted(name for name in map(self.relative, found) if TMP_MARK not in posixpath.basename(name))
+        return self._names(self.fs.glob(self.path(pattern)))
 
     def files(self, folder: str) -> list[str]:
         """Names of every file under a folder, at any depth, sorted (temporary files left out)."""
@@ -261,8 +260,11 @@ class Layout:
             self.fs.invalidate_cache()
         if not self.fs.isdir(self.path(folder)):
             return []
-        found = self.fs.find(self.path(folder))
-        return sorted(name for name in map(self.relative, found) if TMP_MARK not in posixpath.basename(name))
+        return self._names(self.fs.find(self.path(folder)))
+
+    def _names(self, paths: list[str]) -> list[str]:
+        """Filesystem paths as names, sorted, temporary files left out."""
+        return sorted(name for name in map(self.relative, paths) if TMP_MARK not in posixpath.basename(name))
 
     def checksum(self, name: str, algorithm: str = "xxh64") -> str:
         with self.open(name) as f:

@@ -258,6 +258,10 @@ class Runner:
             found[name.rsplit("/", 1)[1].removesuffix(".json")] = done
         return found
 
+    def _stages(self, pattern: str) -> set[str]:
+        """The stages matching a glob that have markers in the tree (this build's or an earlier one's)."""
+        return {name.split("/")[-2] for name in self.layout.glob(f"{Layout.MARKERS}/{pattern}/*.json")}
+
     def _register(self, stage: str, key: str, done: Done) -> None:
         self.done[stage][key] = done
         for name, checksum in done.outputs.items():
@@ -296,8 +300,7 @@ class Runner:
         """Remove the markers and outputs of stages named `<prefix>*` that this build did not ask for (a step an
         earlier build ran for data that has since changed, as dedup's rounds): the tree stays what a fresh build
         of the same inputs writes."""
-        stages = {name.split("/")[-2] for name in self.layout.glob(f"{Layout.MARKERS}/{prefix}*/*.json")}
-        for stage in sorted(stages - self.asked):
+        for stage in sorted(self._stages(f"{prefix}*") - self.asked):
             for key, done in self._markers(stage).items():
                 for name in done.outputs:
                     self.layout.delete(name)
@@ -309,7 +312,7 @@ class Runner:
 
         if not todo:
             return
-        self._check_inputs(todo)
+        self.ensure(name for task in todo for name in task.inputs)
         remote = ray.remote(_run_task)
         todo.sort(key=lambda task: -task.size)
 
@@ -397,9 +400,6 @@ class Runner:
             del self.done[stage][key]
         return [tasks[key] for key in keys]
 
-    def _check_inputs(self, tasks: list[Task]) -> None:
-        self.ensure(name for task in tasks for name in task.inputs)
-
     def ensure(self, names: Iterable[str]) -> None:
         """Verify, once each, these files of the tree that an earlier build wrote (inputs of tasks about to run,
         or what the driver reads: the pool it summarizes, the stats and rejects of the manifest); run again the
@@ -427,8 +427,8 @@ class Runner:
         """Verify the files `wanted` picks among the outputs of stages this build did not run (another phase's
         manifest and rejects, which the catalog reads); a damaged or missing one fails the build, naming it and
         the stage that wrote it (building that phase again writes it anew)."""
-        stages = {name.split("/")[-2] for name in self.layout.glob(f"{Layout.MARKERS}/*/*.json")} - self.asked
-        files = {name: (stage, checksum) for stage in sorted(stages) for done in self._markers(stage).values()
+        files = {name: (stage, checksum) for stage in sorted(self._stages("*") - self.asked)
+                 for done in self._markers(stage).values()
                  for name, checksum in done.outputs.items() if wanted(name)}
         if damaged := self._verify({name: checksum for name, (_, checksum) in files.items()}):
             name, problem = sorted(damaged.items())[0]
