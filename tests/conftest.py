@@ -13,8 +13,7 @@ import pytest
 
 from pipeline.config import SAMPLES_DIR as SAMPLES
 from pipeline.config import load_tokenizers
-from tests.helpers import settings_for
-from tests.reliability.test_ray_job import free_port, wait_for_port
+from tests.helpers import free_port, settings_for, wait_for_port
 
 
 @pytest.fixture(scope="session")

@@ -11,14 +11,7 @@ import pytest
 from pipeline.build import build
 from pipeline.cli import main
 from pipeline.config import SAMPLES_DIR as SAMPLES
-from tests.helpers import settings_for
-
-
-def run_query(out, sql, capsys):
-    capsys.readouterr()
-    code = main(["query", "--out", str(out), "--format", "json", sql])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err.strip().splitlines()
+from tests.helpers import run_query, settings_for
 
 
 @pytest.mark.parametrize("sql", [

@@ -11,8 +11,7 @@ import pytest
 from pipeline.build import build
 from pipeline.cli import main
 from pipeline.config import SAMPLES_DIR as SAMPLES
-from tests.helpers import settings_for
-from tests.manifests.test_query import run_query
+from tests.helpers import run_query, settings_for
 
 
 def test_quality_rejects_carry_the_measured_value(sample_build, capsys):

@@ -1,6 +1,5 @@
 """End to end on the bundled samples with real Ray, real Parquet and the real DuckDB catalog."""
 
-import json
 import logging
 import subprocess
 import sys
@@ -15,21 +14,9 @@ from pipeline.cli import main
 from pipeline.config import PROJECT_ROOT as ROOT
 from pipeline.config import load_phase
 from stages.base import Document
-from tests.helpers import settings_for
+from tests.helpers import query, settings_for, shard_hashes
 
 SOURCES = {"fineweb2", "dolma", "megawika", "prolong", "starcoder"}
-
-
-def query(out, sql, capsys):
-    capsys.readouterr()
-    assert main(["query", "--out", str(out), "--format", "json", sql]) == 0
-    return json.loads(capsys.readouterr().out)
-
-
-def shard_hashes(out):
-    return {
-        row["path"]: row["sha256"] for row in pq.read_table(out / "phase1" / "manifest" / "shards.parquet").to_pylist()
-    }
 
 
 def test_all_five_sources_reach_the_shards(sample_build, capsys):

@@ -8,9 +8,7 @@ import pytest
 
 from pipeline.build import build
 from pipeline.config import SAMPLES_DIR as SAMPLES
-from tests.helpers import settings_for
-from tests.pipeline.test_build import query
-from tests.stages.test_lid import udhr
+from tests.helpers import query, settings_for, udhr
 
 FINEWEB2_COLUMNS = ["text", "id", "url", "language", "language_script", "language_score"]
 

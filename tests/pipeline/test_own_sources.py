@@ -19,9 +19,7 @@ from pipeline.build import BuildSettings, build
 from pipeline.cli import main
 from pipeline.config import CONFIG_DIR, SAMPLES_DIR, ConfigError, load_recipe
 from pipeline.config import PROJECT_ROOT as ROOT
-from tests.pipeline.test_build import query
-from tests.reliability.test_ray_job import free_port
-from tests.stages.sources.test_mapped import sample_texts, write_lines
+from tests.helpers import fineweb2_texts, free_port, query, write_lines
 
 OWN = ("mycorpus", "webpq", "hub")
 SHARES = {"fineweb2": 0.6, "dolma": 0.1, "mycorpus": 0.1, "webpq": 0.1, "hub": 0.1}  # 0.6, then 1:1:1:1
@@ -71,9 +69,9 @@ def own_inputs(root):
     def records(lang, code):
         return [{"body": {"content": text}, "meta": {"id": f"{lang}-{i}", "lang": code,
                                                      "url": f"https://example.org/{lang}/{i}"}}
-                for i, text in enumerate(sample_texts(lang))]
+                for i, text in enumerate(fineweb2_texts(lang))]
 
-    german = sample_texts("deu_Latn")[5]
+    german = fineweb2_texts("deu_Latn")[5]
     write_lines(root / "mycorpus" / "pl.jsonl", records("pol_Latn", "pl") + [
         {"body": {"content": german}, "meta": {"id": "planted", "lang": "de"}},
         {"body": {}, "meta": {"id": "empty", "lang": "pl"}},
@@ -82,10 +80,10 @@ def own_inputs(root):
     write_lines(root / "mycorpus" / "more" / "vi.jsonl.zst", records("vie_Latn", "vietnamese"))
     for lang in ("rus_Cyrl", "ukr_Cyrl"):
         (root / "webpq" / lang).mkdir(parents=True)
-        pq.write_table(pa.table({"content": sample_texts(lang)}), root / "webpq" / lang / "part-0.parquet")
+        pq.write_table(pa.table({"content": fineweb2_texts(lang)}), root / "webpq" / lang / "part-0.parquet")
     hub = root / "hub" / "data"
     hub.mkdir(parents=True)
-    pq.write_table(pa.table({"text": sample_texts("spa_Latn")}), hub / "train-00000-of-00001.parquet")
+    pq.write_table(pa.table({"text": fineweb2_texts("spa_Latn")}), hub / "train-00000-of-00001.parquet")
     (root / "sources.yaml").write_text(SOURCES_YAML)
     phases = (CONFIG_DIR / "phases.yaml").read_text()
     old = "other_sources: {dolma: 681.3, starcoder: 100.6, megawika: 4.7, prolong: 4.3}"

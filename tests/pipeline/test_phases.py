@@ -11,8 +11,7 @@ from manifests.layout import Layout
 from pipeline.build import build
 from pipeline.cli import main
 from pipeline.config import COUNTS_FILE, load_phase
-from tests.helpers import settings_for
-from tests.pipeline.test_build import query
+from tests.helpers import query, settings_for
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ from manifests.layout import Layout
 from pipeline.build import build
 from pipeline.config import SAMPLES_DIR, load_phase
 from stages.mix import FINEWEB2_BANDS, band_repeats
-from tests.helpers import settings_for
-from tests.pipeline.test_build import query
+from tests.helpers import query, settings_for
 
 SIZES = [1, 2, 3, 4, 50, 500, 5000]  # one of each band: weights 1, 2, 3, 4, 5, 8, 1
 

@@ -10,8 +10,7 @@ from manifests.writer import PartitionedSink
 from pipeline import mixing
 from pipeline.build import build
 from pipeline.mixing import partitions, shards_per_group
-from tests.helpers import settings_for
-from tests.pipeline.test_build import shard_hashes
+from tests.helpers import settings_for, shard_hashes
 
 
 def summaries(out, stage: str) -> list[dict]:

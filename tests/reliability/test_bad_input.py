@@ -14,9 +14,7 @@ from manifests.catalog import check
 from manifests.layout import Layout
 from pipeline.build import build
 from pipeline.config import SAMPLES_DIR as SAMPLES
-from tests.helpers import settings_for
-from tests.pipeline.test_build import query
-from tests.stages.test_lid import udhr
+from tests.helpers import query, settings_for, udhr
 
 FINEWEB2 = "samples/fineweb2/data/deu_Latn/train/000_00000.parquet"
 

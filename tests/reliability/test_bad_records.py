@@ -17,9 +17,7 @@ from manifests.layout import Layout
 from pipeline.build import build
 from pipeline.config import SAMPLES_DIR as SAMPLES
 from stages.mds import encode_shard, index_entry
-from tests.helpers import settings_for
-from tests.pipeline.test_build import query
-from tests.stages.test_lid import udhr
+from tests.helpers import query, settings_for, udhr
 
 GERMAN = udhr("deu_Latn")
 

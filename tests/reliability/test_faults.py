@@ -20,12 +20,7 @@ from pipeline.cli import main
 from pipeline.config import PROJECT_ROOT as ROOT
 from pipeline.config import SAMPLES_DIR as SAMPLES
 from pipeline.runner import TaskFailed
-from tests.helpers import settings_for
-from tests.reliability.test_rebuild import GERMAN, copies_of_german
-
-
-def shard_hashes(out, phase="phase1"):
-    return {r["path"]: r["sha256"] for r in pq.read_table(out / phase / "manifest" / "shards.parquet").to_pylist()}
+from tests.helpers import GERMAN, copies_of_german, settings_for, shard_hashes
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ import pytest
 
 from manifests.layout import Layout
 from pipeline.config import PROJECT_ROOT as ROOT
-from tests.pipeline.test_build import shard_hashes
-from tests.reliability.test_ray_job import free_port, ray_env, stop, wait_for_port
+from tests.helpers import free_port, ray_env, shard_hashes, stop, wait_for_port
 
 
 def node(bin_dir: str, env: dict, log, *args: str) -> subprocess.Popen:

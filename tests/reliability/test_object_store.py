@@ -15,7 +15,7 @@ from manifests.catalog import check
 from manifests.layout import Layout
 from pipeline.cli import main
 from pipeline.config import PROJECT_ROOT as ROOT
-from tests.pipeline.test_build import shard_hashes
+from tests.helpers import shard_hashes
 
 
 def build_process(out: str, env: dict) -> subprocess.Popen:

@@ -1,64 +1,15 @@
 """The build as a Ray job on a real Ray head started here (loopback), with its logs streamed back."""
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from manifests.catalog import check
 from manifests.layout import Layout
 from pipeline.config import PROJECT_ROOT as ROOT
-from tests.pipeline.test_build import shard_hashes
-
-_given: set[int] = set()
-
-
-def free_port() -> int:
-    """A port free now and not handed out before in this session (the OS may offer a just-released one again)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port not in _given:
-            _given.add(port)
-            return port
-
-
-def ray_env() -> tuple[str, dict]:
-    """The virtualenv's bin folder and an environment whose `python` is this one (jobs run `python`), with Ray's
-    auth token generated on this machine (a no-op when it has one: Ray 2.60's heads require it)."""
-    bin_dir = os.path.dirname(sys.executable)
-    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
-    subprocess.run([os.path.join(bin_dir, "ray"), "get-auth-token", "--generate"], env=env, capture_output=True,
-                   check=True)
-    return bin_dir, env
-
-
-def wait_for_port(port: int, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            assert process.poll() is None and time.monotonic() < deadline, f"nothing answers on port {port}"
-            time.sleep(0.5)
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop a `ray start --block` process group this test started (never `ray stop`: it ends others' runs)."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+from tests.helpers import free_port, ray_env, shard_hashes, stop, wait_for_port
 
 
 @pytest.fixture

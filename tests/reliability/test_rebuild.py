@@ -7,7 +7,6 @@ import logging
 import random
 import shutil
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -16,13 +15,7 @@ from manifests.layout import Layout
 from pipeline.build import build
 from pipeline.cli import main
 from pipeline.config import SAMPLES_DIR as SAMPLES
-from tests.helpers import edit_keeping_size_and_mtime, settings_for
-
-GERMAN = "fineweb2/data/deu_Latn/train"
-
-
-def shard_hashes(out, phase="phase1"):
-    return {r["path"]: r["sha256"] for r in pq.read_table(out / phase / "manifest" / "shards.parquet").to_pylist()}
+from tests.helpers import GERMAN, copies_of_german, edit_keeping_size_and_mtime, settings_for, shard_hashes
 
 
 @pytest.fixture
@@ -43,13 +36,6 @@ def fresh_equals(tmp_path, out, sources, phase=1, **kwargs):
     build(settings_for(fresh, phase, sources=sources, **kwargs))
     phase_id = f"phase{phase}"
     return shard_hashes(out, phase_id) == shard_hashes(fresh, phase_id), fresh
-
-
-def copies_of_german(path):
-    """A new FineWeb2 file: every German document again (exact duplicates) under new ids."""
-    table = pq.read_table(SAMPLES / GERMAN / "000_00000.parquet")
-    ids = pa.array([f"copy-{i}" for i in range(table.num_rows)])
-    pq.write_table(table.set_column(table.schema.get_field_index("id"), "id", ids), path)
 
 
 def test_added_then_removed_input_equals_a_fresh_build(ray_session, tokenizers, tmp_path, inputs):

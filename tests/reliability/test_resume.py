@@ -10,7 +10,7 @@ import time
 import pytest
 
 from pipeline.config import PROJECT_ROOT as ROOT
-from tests.pipeline.test_build import shard_hashes
+from tests.helpers import shard_hashes
 
 
 def start_build(out, workers: int) -> subprocess.Popen:

@@ -3,7 +3,7 @@
 import numpy as np
 
 from stages.dedup import MinhashConfig, MinhashSignatures, exact_key, fold, url_key
-from tests.stages.test_lid import udhr
+from tests.helpers import udhr
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> float:

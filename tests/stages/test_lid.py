@@ -2,22 +2,15 @@
 
 import dataclasses
 
-import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import SAMPLES_DIR as SAMPLES
 from pipeline.config import load_lid, load_quality, upstream_min_scores
 from stages.base import Document
 from stages.languages import LanguageSet
 from stages.lid import FastTextLid, LanguageId, MinScore
+from tests.helpers import udhr
 
 SCORES = upstream_min_scores(load_quality())  # FineWeb2's minimum upstream score per language
-
-
-def udhr(lang: str) -> str:
-    """Text of the FineWeb2 samples in that language: the first nine UDHR articles."""
-    texts = pq.read_table(SAMPLES / "fineweb2" / "data" / lang / "train" / "000_00000.parquet").column("text")
-    return "\n\n".join(texts.to_pylist()[1:4])
 
 
 def doc(text: str, lang: str | None, lang_source: str, score: float | None = None, source: str = "dolma") -> Document:

@@ -5,7 +5,7 @@ import pytest
 from pipeline.config import load_quality
 from stages.base import Document
 from stages.quality import QualityFilter
-from tests.stages.test_lid import udhr
+from tests.helpers import udhr
 
 
 @pytest.fixture(scope="module")

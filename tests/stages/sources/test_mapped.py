@@ -1,34 +1,16 @@
 """Sources of one's own on real files: JSON lines (plain, gzip, zstd) with nested fields and a language field, a
 Parquet folder with the language in the path, a local copy of a Hugging Face dataset through the hf reader."""
 
-import bz2
-import gzip
-import json
 from collections import Counter
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import zstandard
 
-from pipeline.config import SAMPLES_DIR as SAMPLES
 from stages.settings import ConfigError
 from stages.sources import FORMATS, HfOptions, MappedOptions
 from stages.sources.mapped import path_pattern, split_glob
-
-
-def sample_texts(lang: str) -> list[str]:
-    """The eleven documents of a language in the FineWeb2 samples."""
-    path = SAMPLES / "fineweb2" / "data" / lang / "train" / "000_00000.parquet"
-    return pq.read_table(path).column("text").to_pylist()
-
-
-def write_lines(path, records: list) -> None:
-    """JSON lines, compressed by the file's suffix; a str record is written as it is (a broken line)."""
-    data = b"".join((r if isinstance(r, str) else json.dumps(r)).encode() + b"\n" for r in records)
-    compress = {".gz": gzip.compress, ".zst": zstandard.ZstdCompressor().compress, ".bz2": bz2.compress}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(compress.get(path.suffix, bytes)(data))
+from tests.helpers import fineweb2_texts, write_lines
 
 
 def reader(name: str, **options):
@@ -47,7 +29,7 @@ def record(text, lang, doc_id=None, **extra):
 
 
 def test_jsonl_plain_gzip_zstd_with_nested_fields_and_a_language_field(tmp_path):
-    polish, turkish, vietnamese = sample_texts("pol_Latn"), sample_texts("tur_Latn"), sample_texts("vie_Latn")
+    polish, turkish, vietnamese = fineweb2_texts("pol_Latn"), fineweb2_texts("tur_Latn"), fineweb2_texts("vie_Latn")
     write_lines(tmp_path / "pl.jsonl", [record(text, "pl", f"pl-{i}", tags=["a"]) for i, text in enumerate(polish)]
                 + [record(polish[0], "pl"),  # no id: named by file and row
                    {"meta": {"id": "no-text", "lang": "pl"}},
@@ -85,7 +67,7 @@ def test_jsonl_plain_gzip_zstd_with_nested_fields_and_a_language_field(tmp_path)
 
 def test_parquet_folder_with_the_language_in_the_path(tmp_path):
     for lang in ("pol_Latn", "tur_Latn", "xx"):
-        texts = sample_texts("pol_Latn" if lang == "xx" else lang)
+        texts = fineweb2_texts("pol_Latn" if lang == "xx" else lang)
         folder = tmp_path / "data" / lang
         folder.mkdir(parents=True)
         pq.write_table(pa.table({"content": texts, "info": [{"site": f"{lang}.example", "n": i} for i in
@@ -111,7 +93,7 @@ def test_parquet_folder_with_the_language_in_the_path(tmp_path):
 
 def test_dolma_documents_and_languages_detected_or_fixed(tmp_path):
     dolma = [{"id": f"d{i}", "text": text, "source": "web", "metadata": {"url": f"https://example.org/{i}"}}
-             for i, text in enumerate(sample_texts("deu_Latn"))]
+             for i, text in enumerate(fineweb2_texts("deu_Latn"))]
     write_lines(tmp_path / "docs-0000.json.gz", dolma)
     detected = reader("mydolma", path=str(tmp_path), reader="dolma", lang="detect")
     _, docs, rejects = read_all(detected)
@@ -125,7 +107,7 @@ def test_dolma_documents_and_languages_detected_or_fixed(tmp_path):
 
 def hub_layout(root):
     """A dataset repository as on the Hub: two configs in the card's front matter, splits in file names."""
-    news, forum = sample_texts("pol_Latn"), sample_texts("tur_Latn")
+    news, forum = fineweb2_texts("pol_Latn"), fineweb2_texts("tur_Latn")
     (root / "news").mkdir(parents=True)
     pq.write_table(pa.table({"text": news[:8], "lang": ["pl"] * 8}), root / "news" / "train-00000-of-00001.parquet")
     pq.write_table(pa.table({"text": news[8:], "lang": ["pl"] * 3}), root / "news" / "test-00000-of-00001.parquet")
