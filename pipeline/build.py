@@ -222,7 +222,7 @@ def _build(settings: BuildSettings, layout: Layout, gemma: Gemma2Tokenizer) -> d
                      keep=[Layout.stats("mix", "plan", "outside", phase.id)])
         runner.verify_earlier(lambda name: Layout.read_after_build(name) and not name.startswith(f"{phase.id}/"))
         ran = dict(runner.ran)
-        stage_costs = {stage: stats.to_dict() for stage, stats in runner.stats.items()}
+        stage_costs = {stage: costs.to_dict() for stage, costs in runner.costs.items()}
         task_memory = runner.task_memory
         files = catalog.file_rows(runner.producers)
         run_info = dict(mix_settings, phase=phase.to_dict(), recipe=recipe.to_dict(), timings=timings, ran=ran,

@@ -53,7 +53,7 @@ SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, 
 
 def byte_size(text: str) -> int:
     """`512MiB`, `2GiB`, `1.5G` or plain bytes: the memory of a task, at least MIN_TASK_MEMORY."""
-    from pipeline.runner import MIN_TASK_MEMORY
+    from pipeline.progress import MIN_TASK_MEMORY
 
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
     unit = match.group(2).lower() if match else ""

@@ -5,7 +5,7 @@ import argparse
 import pytest
 
 from pipeline.cli import EXAMPLES, main, parser
-from pipeline.runner import Progress
+from pipeline.progress import Progress
 
 
 def test_version(capsys):

@@ -6,7 +6,8 @@ import pytest
 
 from manifests.layout import TASK_MEMORY, Layout
 from pipeline.cli import byte_size
-from pipeline.runner import MIN_TASK_MEMORY, Runner
+from pipeline.progress import MIN_TASK_MEMORY, fit_task_memory
+from pipeline.runner import Runner
 
 
 def test_sizes_parse():
@@ -19,11 +20,11 @@ def test_sizes_parse():
 
 
 def test_task_memory_fits_the_cluster(ray_session):
-    default = Runner._fit_task_memory(None)
+    default = fit_task_memory(None)
     assert MIN_TASK_MEMORY <= default <= 8 << 30
-    assert Runner._fit_task_memory(512 << 20) == 512 << 20
+    assert fit_task_memory(512 << 20) == 512 << 20
     with pytest.raises(ValueError, match="exceeds the largest node"):
-        Runner._fit_task_memory(1 << 50)
+        fit_task_memory(1 << 50)
     with pytest.raises(ValueError, match="at least|>= 256 MiB"):
         Runner(Layout("memory://x"), task_memory=1 << 20)
 
