@@ -1,1 +1,1 @@
-"""The encoder reference (ModernBERT-style, as in mmBERT) that trains on the phase shards: to come."""
+"""The encoder mmBERT trains (ModernBERT-style), its checkpoints, and the checks that train and evaluate it."""

@@ -6,7 +6,8 @@ is the embeddings' own), fused Wqkv, RoPE, attention global every third layer an
 (64 each side) otherwise, GeGLU MLP; final norm; an MLM head tied to the embeddings.
 
 Sequences arrive packed: `input_ids` (total,) with `cu_seqlens` (n + 1,) marking where each one starts, so
-no compute goes to padding and no token attends across sequences. Attention backends share one signature:
+no compute goes to padding and no token attends across sequences. A forward builds the RoPE tables and the mask
+once for the global layers and once for the local ones (`AttentionTables`). Attention backends share one signature:
     flash_attn  FlashAttention-2's varlen kernel (window_size for local layers), when the package is installed
     sdpa        PyTorch's scaled_dot_product_attention with a block-diagonal (+ window) mask
     eager       the same maths written out, the reference the others are tested against
@@ -67,32 +68,40 @@ def attention_mask(cu_seqlens: torch.Tensor, total: int, window: int | None) -> 
     return allowed
 
 
-def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-                    window: int | None) -> torch.Tensor:
+@dataclass(frozen=True)
+class AttentionTables:
+    """What every layer of one kind (global or local) attends with over a packed batch, built once per forward."""
+
+    backend: str
+    cu_seqlens: torch.Tensor  # (n + 1,) int32
+    max_seqlen: int
+    window: int | None  # tokens a query sees, half on each side; None: its whole sequence
+    cos: torch.Tensor  # (total, head_dim / 2)
+    sin: torch.Tensor  # (total, head_dim / 2)
+    mask: torch.Tensor | None  # (total, total) from attention_mask; None for flash_attn, which reads cu_seqlens
+
+
+def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: AttentionTables) -> torch.Tensor:
     """q, k, v: (total, heads, head_dim) -> (total, heads, head_dim)."""
-    allowed = attention_mask(cu_seqlens, q.shape[0], window)
     scores = torch.einsum("ihd,jhd->hij", q.float(), k.float()) / math.sqrt(q.shape[-1])
-    scores = scores.masked_fill(~allowed, float("-inf"))
+    scores = scores.masked_fill(~tables.mask, float("-inf"))
     return torch.einsum("hij,jhd->ihd", scores.softmax(dim=-1), v.float()).to(q.dtype)
 
 
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-                   window: int | None) -> torch.Tensor:
-    allowed = attention_mask(cu_seqlens, q.shape[0], window)
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: AttentionTables) -> torch.Tensor:
     out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
-                                         attn_mask=allowed[None, None])
+                                         attn_mask=tables.mask[None, None])
     return out[0].transpose(0, 1)
 
 
-def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-                    window: int | None) -> torch.Tensor:
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: AttentionTables) -> torch.Tensor:
     from flash_attn import flash_attn_varlen_func
 
     dtype = q.dtype
     half = dtype if dtype in (torch.float16, torch.bfloat16) else torch.bfloat16  # FA2 needs fp16/bf16
-    side = (window // 2, window // 2) if window is not None else (-1, -1)
-    out = flash_attn_varlen_func(q.to(half), k.to(half), v.to(half), cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
-                                 dropout_p=0.0, causal=False, window_size=side)
+    side = (tables.window // 2, tables.window // 2) if tables.window is not None else (-1, -1)
+    out = flash_attn_varlen_func(q.to(half), k.to(half), v.to(half), tables.cu_seqlens, tables.cu_seqlens,
+                                 tables.max_seqlen, tables.max_seqlen, dropout_p=0.0, causal=False, window_size=side)
     return out.to(dtype)
 
 
@@ -121,13 +130,19 @@ class Attention(nn.Module):
         self.Wqkv = nn.Linear(config.hidden, 3 * config.hidden, bias=False)
         self.Wo = nn.Linear(config.hidden, config.hidden, bias=False)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-                backend: str) -> torch.Tensor:
+    def tables(self, positions: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+               backend: str) -> AttentionTables:
+        """What this layer attends with, given each token's position within its sequence (total,)."""
+        cos, sin = rotary(positions, self.head_dim, self.theta)
+        # FlashAttention finds the sequences and the window from cu_seqlens and window_size: no mask to build
+        mask = None if backend == "flash_attn" else attention_mask(cu_seqlens, positions.shape[0], self.window)
+        return AttentionTables(backend, cu_seqlens, max_seqlen, self.window, cos, sin, mask)
+
+    def forward(self, x: torch.Tensor, tables: AttentionTables) -> torch.Tensor:
         total = x.shape[0]
         q, k, v = self.Wqkv(x).view(total, 3, self.heads, self.head_dim).unbind(dim=1)  # each (total, nh, hd)
-        cos, sin = rotary(positions, self.head_dim, self.theta)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        out = ATTENTION[backend](q, k, v, cu_seqlens, max_seqlen, self.window)  # (total, nh, hd)
+        q, k = apply_rotary(q, tables.cos, tables.sin), apply_rotary(k, tables.cos, tables.sin)
+        out = ATTENTION[tables.backend](q, k, v, tables)  # (total, nh, hd)
         return self.Wo(out.reshape(total, -1))
 
 
@@ -151,9 +166,8 @@ class Layer(nn.Module):
         self.mlp_norm = nn.LayerNorm(config.hidden, config.norm_eps, bias=False)
         self.mlp = GeGLU(config)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-                backend: str) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), positions, cu_seqlens, max_seqlen, backend)
+    def forward(self, x: torch.Tensor, tables: AttentionTables) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), tables)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -190,8 +204,12 @@ class Encoder(nn.Module):
         starts = cu_seqlens[:-1].repeat_interleave(cu_seqlens.diff())
         positions = torch.arange(input_ids.shape[0], device=input_ids.device) - starts  # within each sequence
         x = self.embedding_norm(self.embeddings(input_ids))  # (total, hidden)
+        tables: dict[tuple[int | None, float], AttentionTables] = {}
         for layer in self.layers:
-            x = layer(x, positions, cu_seqlens, max_seqlen, backend)
+            kind = layer.attn.window, layer.attn.theta  # global layers share one set of tables, local ones another
+            if kind not in tables:
+                tables[kind] = layer.attn.tables(positions, cu_seqlens, max_seqlen, backend)
+            x = layer(x, tables[kind])
         return self.final_norm(x)
 
     def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
