@@ -212,13 +212,13 @@ def bench_mix_task(out: Path) -> dict:
     """Mixing and sharding as one worker runs them, in this process without Ray: every pool file through
     `mix_files` (each document one whole epoch plus half of a second), then `write_shard` per shard, after one
     pool file's worth of warming up."""
-    from pipeline.mixing import mix_files, partitions
+    from pipeline.mixing import mix_files
     from stages.mix import Selection
     from stages.shards import write_shard
 
     layout = Layout(out)
     pools = layout.glob(Layout.POOL_GLOB)
-    plan = {tuple(name.split("/")[1:3]): Selection(0.0, {1: (1, 2**63)}) for name in pools}
+    plan = {(pool["source"], pool["lang"]): Selection(0.0, {1: (1, 2**63)}) for pool in map(Layout.POOL.parse, pools)}
     # a worker runs many such tasks: time it warm (its first one also pays for Arrow's memory pool growing)
     rules = load_phase(1).chunking
     mix_files(layout, "bench-warm", pools[:1], plan, seed=0, rules=rules, n_shards=8, per_group=1, bos=2, eos=1,
@@ -227,8 +227,8 @@ def bench_mix_task(out: Path) -> dict:
     mixed = mix_files(layout, "bench-mix", pools, plan, seed=0, rules=rules, n_shards=8, per_group=1, bos=2, eos=1,
                       key="all")
     mixing = time.perf_counter() - start
-    placed = partitions(layout.glob(f"{Layout.placed_dir('bench-mix')}/*/*.parquet"), "s")
-    written = [write_shard(layout, files, f"bench-mix/shard-{shard:05d}.parquet") for shard, files in placed.items()]
+    placed = Layout.PLACED_IN_SHARD.by(layout.glob(Layout.PLACED_IN_SHARD.glob(phase="bench-mix")), "shard")
+    written = [write_shard(layout, files, Layout.shard("bench-mix", shard)) for shard, files in placed.items()]
     seconds = time.perf_counter() - start
     assert sum(shard["tokens"] for shard in written) == mixed["tokens"]
     tokens = mixed["tokens"]
@@ -266,7 +266,7 @@ def run_stage(stage: str, root: str, out: str) -> None:
     curated = next((out_path / "curated" / "fineweb2").glob("*.parquet"))
     if stage in ("dedup", "tokenize"):
         shutil.copytree(out_path / "curated", Path(target.root) / "curated", dirs_exist_ok=True)
-    pool = max(out_path.glob("pool/*/*/*.parquet"), key=lambda p: p.stat().st_size)
+    pool = max(out_path.glob(Layout.POOL_GLOB), key=lambda p: p.stat().st_size)
     if stage == "mix":
         shutil.copytree(out_path / "pool", Path(target.root) / "pool", dirs_exist_ok=True)
     curation = CurationConfig(load_lid(), load_quality())

@@ -1,16 +1,16 @@
-"""The output tree: every path under `--out` named once, and the file operations on it, over fsspec.
+"""The output tree's files, over fsspec: where a name lives, and atomic, checksummed reads and writes of it.
 
 `--out` may be a local folder or any fsspec URL (`s3://bucket/prefix`, `gs://...`, `memory://` in tests). Names
-are relative to the root; `Layout` turns them into filesystem paths and URLs. Writes are atomic: a temporary
-name then a rename on a file system, one complete PUT (or a completed multipart upload) on an object store,
-so a file is either whole under its name or absent. Every write computes the file's checksum (xxhash64 for
-intermediates, sha256 for shards and MDS) and reports it to the task recording its outputs.
+are relative to the root and spelled in manifests/names.py (`Layout` inherits them); `Layout` turns them into
+filesystem paths and URLs. Writes are atomic: a temporary name then a rename on a file system, one complete PUT
+(or a completed multipart upload) on an object store, so a file is either whole under its name or absent. Every
+write computes the file's checksum (xxhash64 for intermediates, sha256 for shards and MDS) and reports it to the
+task recording its outputs.
 
-This module is a leaf: it imports nothing of the project.
+With manifests/names.py this module is a leaf: it imports nothing else of the project.
 """
 
 import contextlib
-import fnmatch
 import hashlib
 import json
 import os
@@ -30,6 +30,8 @@ from typing import IO, Any
 import fsspec
 import xxhash
 from fsspec.implementations.local import LocalFileSystem
+
+from manifests.names import Names
 
 # What the current task wrote: name -> checksum. Set by the runner around each task (pipeline/runner.py).
 _written: ContextVar["Written | None"] = ContextVar("written", default=None)
@@ -92,13 +94,8 @@ def sha256_file(path: Path | str) -> str:
         return checksum_stream(f, "sha256").split(":", 1)[1]
 
 
-class Layout:
-    """An output tree rooted at a local folder or an fsspec URL."""
-
-    CATALOG = "catalog.duckdb"
-    LOCK = "_lock.json"
-    POOL = "pool"
-    MARKERS = "_done"
+class Layout(Names):
+    """An output tree rooted at a local folder or an fsspec URL, with the names of its files (manifests/names.py)."""
 
     def __init__(self, root: str | Path, **storage_options: Any) -> None:
         text = str(root)
@@ -113,107 +110,6 @@ class Layout:
 
     def __repr__(self) -> str:
         return f"Layout({self.url!r})"
-
-    # ---- names, relative to the root -------------------------------------------------------------------------
-    @staticmethod
-    def curated(source: str, part: str) -> str:
-        return f"curated/{source}/{part}.parquet"
-
-    @staticmethod
-    def stats(group: str, source: str, part: str, phase: str | None = None) -> str:
-        return f"{phase + '/' if phase else ''}stats/{group}/{source}/{part}.parquet"
-
-    @staticmethod
-    def rejects(group: str, source: str, part: str, phase: str | None = None) -> str:
-        return f"{phase + '/' if phase else ''}rejects/{group}/{source}/{part}.parquet"
-
-    @staticmethod
-    def stats_globs(phase: str | None = None) -> list[str]:
-        """The curation stats, and a phase's own (mixing) when given."""
-        return ["stats/*/*/*.parquet", *([f"{phase}/stats/*/*/*.parquet"] if phase else [])]
-
-    @staticmethod
-    def rejects_globs() -> list[str]:
-        return ["rejects/*/*/*.parquet", "phase*/rejects/*/*/*.parquet"]
-
-    @staticmethod
-    def dedup(config: object) -> str:
-        return f"dedup/{config}"
-
-    @classmethod
-    def signatures(cls, config: object, source: str, part: str) -> str:
-        return f"{cls.dedup(config)}/signatures/{source}/{part}.parquet"
-
-    @classmethod
-    def clusters(cls, config: object) -> str:
-        """A folder of partitions: p<NNNNN>/<task>.parquet, a curated file's rows in one partition."""
-        return f"{cls.dedup(config)}/clusters"
-
-    @classmethod
-    def clusters_glob(cls, config: object) -> str:
-        return f"{cls.clusters(config)}/p*/*.parquet"
-
-    @staticmethod
-    def pool(source: str, lang: str, part: str) -> str:
-        return f"pool/{source}/{lang}/{part}.parquet"
-
-    POOL_GLOB = "pool/*/*/*.parquet"
-
-    @staticmethod
-    def placed_dir(phase: str) -> str:
-        """Chunks placed by mixing, until the shards are written (then removed)."""
-        return f"{phase}/_placed"
-
-    @classmethod
-    def placed(cls, phase: str, partition: str, key: str) -> str:
-        """One mixing task's chunks of one partition: `s00042` (a shard) or `g00003` (a group of shards, which a
-        split task divides into shards)."""
-        return f"{cls.placed_dir(phase)}/{partition}/{key}.parquet"
-
-    @staticmethod
-    def shards_dir(phase: str) -> str:
-        return f"{phase}/shards"
-
-    @classmethod
-    def shard(cls, phase: str, number: int) -> str:
-        return f"{cls.shards_dir(phase)}/shard-{number:05d}.parquet"
-
-    @classmethod
-    def shards_glob(cls, phase: str) -> str:
-        return f"{cls.shards_dir(phase)}/shard-*.parquet"
-
-    @staticmethod
-    def card(phase: str) -> str:
-        """The phase's Hugging Face dataset card (its YAML names the shards as the data files)."""
-        return f"{phase}/README.md"
-
-    @staticmethod
-    def manifest_dir(phase: str) -> str:
-        return f"{phase}/manifest"
-
-    @classmethod
-    def manifest(cls, phase: str, table: str) -> str:
-        return f"{cls.manifest_dir(phase)}/{table}.parquet"
-
-    @staticmethod
-    def manifest_glob(table: str) -> str:
-        return f"phase*/manifest/{table}.parquet"
-
-    @classmethod
-    def read_after_build(cls, name: str) -> bool:
-        """Whether the manifest, the catalog's views or a phase's summary read this file (not only the tasks
-        downstream of it): such files are verified before every build's manifest."""
-        patterns = [*cls.stats_globs("phase*"), *cls.rejects_globs(), cls.POOL_GLOB, cls.clusters_glob("*"),
-                    cls.manifest_glob("*")]
-        return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
-
-    @staticmethod
-    def report(phase: str, name: str = "") -> str:
-        return f"{phase}/report/{name}".rstrip("/")
-
-    @classmethod
-    def marker(cls, stage: str, key: str) -> str:
-        return f"{cls.MARKERS}/{stage}/{key}.json"
 
     # ---- locations ---------------------------------------------------------------------------------------------
     def path(self, name: str) -> str:

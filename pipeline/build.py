@@ -42,8 +42,6 @@ from stages.sources.base import ReaderOptions
 from stages.tokenize import Gemma2Tokenizer, Tokenize, load_gemma2
 
 log = logging.getLogger(__name__)
-SHARED_FOLDERS = ("curated", "pool", "dedup", "stats", "rejects")  # every phase's build writes these
-PHASE_FOLDERS = ("shards", "stats", "rejects")  # under <phase>/
 PACKAGES = ("mmcorpus", "ray", "pyarrow", "duckdb", "fsspec", "sentencepiece", "tokenizers", "datatrove", "fasttext",
             "numpy", "xxhash", "pyicu-wheels")
 
@@ -218,9 +216,9 @@ def _build(settings: BuildSettings, layout: Layout, gemma: Gemma2Tokenizer) -> d
         # What the manifest and the catalog read besides the tasks: verified (or written again) first, and
         # nothing else left in the folders they read.
         runner.ensure(name for name in runner.producers if Layout.read_after_build(name))
-        runner.sweep([*SHARED_FOLDERS, *(f"{phase.id}/{folder}" for folder in PHASE_FOLDERS)],
+        runner.sweep(Layout.built_folders(phase.id),
                      keep=[Layout.stats("mix", "plan", "outside", phase.id)])
-        runner.verify_earlier(lambda name: Layout.read_after_build(name) and not name.startswith(f"{phase.id}/"))
+        runner.verify_earlier(lambda name: Layout.read_after_build(name) and not Layout.in_phase(name, phase.id))
         ran = dict(runner.ran)
         stage_costs = {stage: costs.to_dict() for stage, costs in runner.costs.items()}
         task_memory = runner.task_memory

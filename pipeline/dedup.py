@@ -85,8 +85,8 @@ def make_keys(steps: Steps, queries: ClusterQueries, signatures: dict[tuple[str,
               ) -> tuple[Relation, Relation | None, list[Relation]]:
     """Nodes, signature rows (when MinHash pairs are verified) and candidate pairs (a block per pass), from the
     signature files, read in batches of about a partition's bytes."""
-    numbers = {part: number for number, part in enumerate(sorted(signatures))}
-    by_name = {name: part for part, name in signatures.items()}
+    numbers = {curated: number for number, curated in enumerate(sorted(signatures))}
+    by_name = {name: curated for curated, name in signatures.items()}
     sizes = {name: steps.runner.size(name) for name in signatures.values()}
     schemas = {"nodes": NODES, "bands": BANDS, "signatures": SIGNATURE_ROWS}
     outputs = [steps.output("keys", name, schemas[name], sql) for name, sql in queries.keys().items()]
@@ -176,7 +176,7 @@ def write_removals(layout: Layout, files: tuple[str, ...], config: MinhashConfig
                     if key != current:
                         if sink is not None:
                             sink.close()
-                        sink, current = ParquetSink(layout, removals_name(config, *key), DEDUP_CLUSTERS), key
+                        sink, current = ParquetSink(layout, Layout.removals(config, *key), DEDUP_CLUSTERS), key
                     sink.write_table(table)
                     rows += table.num_rows
         finally:
@@ -196,10 +196,6 @@ def _runs(table: pa.Table) -> list[tuple[tuple[str, str], pa.Table]]:
     return runs
 
 
-def removals_name(config: MinhashConfig, source: str, part: str) -> str:
-    return f"{Layout.dedup(config)}/removed/{source}/{part}.parquet"
-
-
 def read_removals(layout: Layout, name: str) -> tuple[dict[int, tuple[str, str]], dict[int, str]]:
     """For one curated file: row -> (kind, kept id) of the documents removed, row -> new id of those renamed."""
     with layout.open(name) as f:
@@ -209,31 +205,30 @@ def read_removals(layout: Layout, name: str) -> tuple[dict[int, tuple[str, str]]
     return removed, renamed
 
 
-def run_dedup(runner: Runner, layout: Layout, parts: list[tuple[str, str]],
+def run_dedup(runner: Runner, layout: Layout, curated_files: list[tuple[str, str]],
               dedup: DedupConfig) -> tuple[dict, dict[tuple[str, str], str]]:
-    """Every pass for the curated files `parts` ((source, part), sorted). Returns the passes' counts and, per
+    """Every pass for the curated files ((source, part), sorted). Returns the passes' counts and, per
     curated file with removals, the name of its removals file."""
     config = dedup.minhash
     runner.run("dedup-signatures", [
         Task(f"{source}__{part}", signature_file, dict(layout=layout, source=source, part=part, config=config),
              inputs=(Layout.curated(source, part),), size=1)
-        for source, part in parts
+        for source, part in curated_files
     ])
-    signatures = {(source, part): Layout.signatures(config, source, part) for source, part in parts}
+    signatures = {(source, part): Layout.signatures(config, source, part) for source, part in curated_files}
     partitions = partitions_for(sum(runner.size(name) for name in signatures.values()), runner.task_memory)
     queries = ClusterQueries(partitions, dedup.passes, config.min_similarity)
-    steps = Steps(runner, f"{Layout.dedup(config)}/steps", partitions, prefix="dedup",
-                  costs_as="dedup-clusters")
+    steps = Steps(runner, Layout.dedup_steps(config), partitions, prefix="dedup", costs_as="dedup-clusters")
     nodes, signature_rows, pairs = make_keys(steps, queries, signatures)
     clusters, nodes, summary = cluster_passes(steps, queries, nodes, signature_rows, pairs)
     summary["partitions"] = partitions
-    removals = write_clusters(steps, queries, clusters, nodes, config, parts)
+    removals = write_clusters(steps, queries, clusters, nodes, config, curated_files)
     runner.drop_stages("dedup-")  # after success only: a failed build keeps every finished step for its resume
     return summary, removals
 
 
 def write_clusters(steps: Steps, queries: ClusterQueries, clusters: list[Relation], nodes: Relation,
-                   config: MinhashConfig, parts: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+                   config: MinhashConfig, curated_files: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
     """The clusters by curated file, and each file's removals: returns their names by (source, part)."""
     if not clusters:
         return {}
@@ -244,8 +239,9 @@ def write_clusters(steps: Steps, queries: ClusterQueries, clusters: list[Relatio
                               driving="clusters")
     output = Output(Layout.clusters(config), DEDUP_CLUSTERS, queries.clusters(), steps.partitions)
     [clustered], _ = steps.step("clusters", {"records": records, "nodes": nodes}, [output], driving="records")
-    tasks = [Task(f"p{number:05d}", write_removals, dict(layout=steps.layout, files=files, config=config),
+    tasks = [Task(Layout.partition(number), write_removals, dict(layout=steps.layout, files=files, config=config),
                   inputs=files) for number, files in enumerate(clustered.files) if files]
     steps.run("removals", tasks, [])
     written = steps.runner.outputs("dedup-removals")
-    return {part: removals_name(config, *part) for part in parts if removals_name(config, *part) in written}
+    return {curated: Layout.removals(config, *curated) for curated in curated_files
+            if Layout.removals(config, *curated) in written}

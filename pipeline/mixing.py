@@ -144,18 +144,14 @@ def shards_per_group(n_shards: int, fanout: int) -> int:
     return 1 if n_shards <= fanout else math.ceil(n_shards / math.ceil(math.sqrt(n_shards)))
 
 
-def partition_name(partition: int, per_group: int) -> str:
-    return f"s{partition:05d}" if per_group == 1 else f"g{partition:05d}"
-
-
 def mix_files(layout: Layout, phase_id: str, pools: list[str], plan: dict[tuple[str, str], Selection], seed: int,
               rules: ChunkRules, n_shards: int, per_group: int, bos: int, eos: int, key: str,
               bands: tuple[RehydrateBand, ...] | None = None) -> dict:
     """Pick the chunks of a batch of pool files and place each in a shard by a hash of (seed, document, epoch,
-    chunk), written to the file of its shard (or group of shards)."""
+    chunk), written to the file of its shard (or shard group)."""
     sampler = SampleChunks(plan, seed, rules, bos, eos, bands)
-    sink = PartitionedSink(layout, lambda p: Layout.placed(phase_id, partition_name(p, per_group), key), PLACED,
-                           options=SCRATCH_OPTIONS)
+    placed_name = Layout.placed_in_shard if per_group == 1 else Layout.placed_in_group
+    sink = PartitionedSink(layout, lambda group: placed_name(phase_id, group, key), PLACED, options=SCRATCH_OPTIONS)
     for pool in pools:
         with layout.open(pool) as f:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=512):
@@ -164,20 +160,20 @@ def mix_files(layout: Layout, phase_id: str, pools: list[str], plan: dict[tuple[
                                          chunks.column("epoch").to_pylist(), chunks.column("chunk").to_pylist())
                     shard = (place % np.uint64(n_shards)).astype(np.int64)
                     placed = chunks.add_column(0, "place", pa.array(place)).add_column(0, "shard", pa.array(shard))
-                    partitions = shard // per_group
-                    order = np.argsort(partitions, kind="stable")
-                    placed, partitions = placed.take(order), partitions[order]
-                    for start, end in runs(partitions):
-                        sink.write_table(int(partitions[start]), placed.slice(start, end - start))
+                    groups = shard // per_group  # each shard its own group when per_group is 1
+                    order = np.argsort(groups, kind="stable")
+                    placed, groups = placed.take(order), groups[order]
+                    for start, end in runs(groups):
+                        sink.write_table(int(groups[start]), placed.slice(start, end - start))
     sink.close()
     write_task_records(layout, "mix", "batch", key, [sampler], phase=phase_id)
     return {"docs": sum(sampler.stats.kept.values()), "tokens": sum(sampler.stats.tokens.values())}
 
 
 def split_group(layout: Layout, phase_id: str, group: int, files: list[str]) -> dict:
-    """A group's placed chunks, from every mixing task, divided into one file per shard (bounded memory: a batch
-    at a time)."""
-    sink = PartitionedSink(layout, lambda shard: Layout.placed(phase_id, partition_name(shard, 1), f"g{group:05d}"),
+    """A shard group's placed chunks, from every mixing task, divided into one file per shard (bounded memory: a
+    batch at a time)."""
+    sink = PartitionedSink(layout, lambda shard: Layout.placed_in_shard(phase_id, shard, Layout.group_folder(group)),
                            PLACED, options=SCRATCH_OPTIONS)
     for name in files:
         with layout.open(name) as f:
@@ -190,20 +186,10 @@ def split_group(layout: Layout, phase_id: str, group: int, files: list[str]) -> 
     return {"rows": sum(rows.values()), "shards": len(rows)}
 
 
-def partitions(names: list[str], prefix: str) -> dict[int, list[str]]:
-    """Placed files by the number of their partition folder (`s00042` -> 42 for prefix "s")."""
-    found: dict[int, list[str]] = defaultdict(list)
-    for name in names:
-        folder = name.rsplit("/", 2)[-2]
-        if folder.startswith(prefix):
-            found[int(folder[len(prefix):])].append(name)
-    return found
-
-
 def mix_phase(runner: Runner, layout: Layout, phase: PhaseConfig, seed: int, budget: float | None,
               shard_tokens: int, bos: int, eos: int) -> tuple[list[MixRow], dict[str, dict], dict]:
     """Plan and write one phase's shards; returns the plan, the shard summaries and the run settings."""
-    files = sorted(name for name in runner.outputs("pool") if name.startswith(f"{Layout.POOL}/"))
+    files = sorted(name for name in runner.outputs("pool") if Layout.POOL.parse(name))
     runner.ensure(files)  # the summary reads them all: a damaged or deleted one is written again first
     pool = summarize_pool(layout, phase, files)
     if not pool.available:
@@ -243,15 +229,15 @@ def mix_phase(runner: Runner, layout: Layout, phase: PhaseConfig, seed: int, bud
         for number, names in enumerate(batches(sizes, MIX_BATCH_BYTES))
         for key in [f"batch-{number:05d}"]
     ])
-    placed = sorted(name for name in runner.outputs(f"{phase.id}-mix") if name.startswith(Layout.placed_dir(phase.id)))
+    placed = sorted(runner.outputs(f"{phase.id}-mix"))
     if per_group > 1:
         runner.run(f"{phase.id}-split", [
             Task(f"group-{group:05d}", split_group, dict(layout=layout, phase_id=phase.id, group=group, files=files),
                  inputs=tuple(files))
-            for group, files in sorted(partitions(placed, "g").items())
+            for group, files in sorted(Layout.PLACED_IN_GROUP.by(placed, "group", phase=phase.id).items())
         ])
         placed = sorted(runner.outputs(f"{phase.id}-split"))
-    by_shard = partitions(placed, "s")
+    by_shard = Layout.PLACED_IN_SHARD.by(placed, "shard", phase=phase.id)
     shards = runner.run(f"{phase.id}-shard", [
         Task(f"shard-{s:05d}", write_shard, dict(layout=layout, placed=sorted(by_shard.get(s, [])),
                                                  target=Layout.shard(phase.id, s)), inputs=tuple(by_shard.get(s, [])))

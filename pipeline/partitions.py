@@ -101,15 +101,15 @@ def run_sql(layout: Layout, task: str, views: dict[str, tuple[tuple[str, ...], p
             sink, current, rows = None, None, 0
             try:
                 for batch in reader:
-                    parts = batch.column(0).to_numpy()
+                    partition_of_row = batch.column(0).to_numpy()
                     table = pa.Table.from_batches([batch]).drop_columns(["_p"]).cast(output.schema)
-                    for start, end in runs(parts):
-                        if parts[start] != current:
+                    for start, end in runs(partition_of_row):
+                        if partition_of_row[start] != current:
                             if sink is not None:
                                 sink.close()
-                            current = int(parts[start])
-                            sink = ParquetSink(layout, f"{output.folder}/p{current:05d}/{task}.parquet", output.schema,
-                                               options=SCRATCH_OPTIONS)
+                            current = int(partition_of_row[start])
+                            sink = ParquetSink(layout, Layout.partition_file(output.folder, current, task),
+                                               output.schema, options=SCRATCH_OPTIONS)
                         sink.write_table(table.slice(start, end - start))
                         rows += int(end - start)
             finally:
@@ -121,12 +121,9 @@ def run_sql(layout: Layout, task: str, views: dict[str, tuple[tuple[str, ...], p
 
 def gather(runner: Runner, stage: str, output: Output) -> Relation:
     """The relation a step's tasks wrote to `output`, by partition."""
-    files: list[list[str]] = [[] for _ in range(output.partitions)]
-    prefix = f"{output.folder}/p"
-    for name in sorted(runner.outputs(stage)):
-        if name.startswith(prefix):
-            files[int(name[len(prefix):].split("/", 1)[0])].append(name)
-    return Relation(output.folder, output.schema, tuple(tuple(names) for names in files))
+    by_partition = Layout.PARTITION_FILE.by(sorted(runner.outputs(stage)), "partition", folder=output.folder)
+    files = tuple(tuple(by_partition.get(partition, ())) for partition in range(output.partitions))
+    return Relation(output.folder, output.schema, files)
 
 
 class Steps:
@@ -142,7 +139,7 @@ class Steps:
         return self.runner.layout
 
     def output(self, step: str, name: str, schema: pa.Schema, sql: str, blocks: int = 1) -> Output:
-        return Output(f"{self.folder}/{step}/{name}", schema, sql, self.partitions * blocks)
+        return Output(Layout.relation(self.folder, step, name), schema, sql, self.partitions * blocks)
 
     def step(self, step: str, inputs: dict[str, Relation], outputs: list[Output], summary: str | None = None,
              driving: str | None = None, costs_as: str | None = None) -> tuple[list[Relation], dict[str, int]]:
@@ -154,7 +151,7 @@ class Steps:
                 continue
             views = {name: (relation.files[partition], relation.schema) for name, relation in inputs.items()}
             files = tuple(name for names, _ in views.values() for name in names)
-            key = f"p{partition:05d}"
+            key = Layout.partition(partition)
             tasks.append(Task(key, run_sql, dict(layout=self.layout, task=key, views=views, outputs=outputs,
                                                  summary=summary),
                               inputs=files, size=sum(self.runner.size(name) for name in files)))

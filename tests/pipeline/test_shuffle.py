@@ -9,7 +9,7 @@ from manifests.layout import Layout
 from manifests.writer import PartitionedSink
 from pipeline import mixing
 from pipeline.build import build
-from pipeline.mixing import partitions, shards_per_group
+from pipeline.mixing import shards_per_group
 from tests.helpers import settings_for, shard_hashes
 
 
@@ -22,8 +22,6 @@ def test_group_sizes():
     assert shards_per_group(6, 64) == 1 and shards_per_group(64, 64) == 1
     assert shards_per_group(65, 64) == 8  # 9 groups of at most 8
     assert shards_per_group(137_000, 64) == 370  # the full recipe: 371 groups of 370, two reads per byte
-    assert partitions(["p/_placed/s00003/a.parquet", "p/_placed/g00001/a.parquet", "p/_placed/s00003/b.parquet"],
-                      "s") == {3: ["p/_placed/s00003/a.parquet", "p/_placed/s00003/b.parquet"]}
 
 
 def test_two_level_shuffle_writes_the_same_shards(sample_build, monkeypatch):
