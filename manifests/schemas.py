@@ -1,4 +1,4 @@
-"""Explicit Arrow schemas for every Parquet file the pipeline writes (DESIGN section 3)."""
+"""Explicit Arrow schemas for every Parquet file the pipeline writes (docs/architecture.md section 5)."""
 
 import pyarrow as pa
 

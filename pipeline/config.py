@@ -86,7 +86,7 @@ def check_aliases(data: object, source: str) -> None:
 
 @dataclass(frozen=True)
 class PhaseConfig:
-    """One phase of the recipe (DESIGN section 6); `variants` in the YAML override any of these fields."""
+    """One phase of the recipe (docs/architecture.md section 10); a YAML `variants` entry overrides any field."""
 
     name: str = setting(help="the phase's name (pre-training, mid-training, decay)")
     budget_tokens: float = setting(help="the full-scale token budget (a sample build defaults to its pool)", gt=0)

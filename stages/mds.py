@@ -1,4 +1,4 @@
-"""MosaicML Streaming (MDS) shards, read and written natively (DESIGN section 10).
+"""MosaicML Streaming (MDS) shards, read and written natively (docs/architecture.md section 9).
 
 Layout, as mosaicml/streaming's `mds/writer.py` writes it (all integers little-endian):
     u32 num_samples | u32 offsets[num_samples + 1] (absolute) | config JSON | samples

@@ -1,4 +1,4 @@
-"""MDS against the byte layout of mosaicml/streaming (DESIGN section 10), including a shard written by hand."""
+"""MDS against mosaicml/streaming's byte layout (docs/architecture.md section 9), with a shard written by hand."""
 
 import json
 import struct
