@@ -1,32 +1,28 @@
-"""`make reference-check PHASE=1`: train the encoder briefly on a phase's shards; fail unless the MLM loss falls.
+"""Train the encoder briefly on a phase's chunks; the check fails unless the MLM loss falls.
 
-    python -m reference.check --phase 1 [--out out | --mds EXPORT] [--config tiny] [--steps 300]
-                              [--device cpu|cuda] [--init-from CHECKPOINT_DIR] [--save CHECKPOINT_DIR]
-
-Prints parameters, tokens/s (and MFU on a GPU), the initial and final loss (means of the first and last ten
-steps), and with --compare-padded the step time of the same batches padded to their longest sequence.
-Exit 1 unless final <= 0.8 x initial (from random weights; from --init-from, unless final <= initial). With
---init-from the shapes are the checkpoint's and the RoPE θ the phase's. On a CPU the 256,000-way softmax of the
-MLM head dominates a step.
+`mmcorpus reference-check --phase 1 [--out out | --mds EXPORT] [--model tiny] [--steps 300] [--device cuda]
+[--init-from CHECKPOINT_DIR] [--save CHECKPOINT_DIR]` (`make reference-check PHASE=1`) reads the phase and the
+tokenizer from the recipe and passes them here. It prints parameters, tokens/s (and MFU on a GPU), the initial
+and final loss (means of the first and last ten steps), and with --compare-padded the step time of the same
+batches padded to their longest sequence. It fails unless final <= 0.8 x initial (from random weights; from
+--init-from, unless final <= initial). With --init-from the shapes are the checkpoint's and the RoPE θ the
+phase's. On a CPU the 256,000-way softmax of the MLM head dominates a step.
 """
 
-import argparse
 import itertools
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from manifests.layout import Layout
-from pipeline.config import PHASES_FILE, PhaseConfig, load_phase, load_tokenizers
 from reference import checkpoint
-from reference.data import Batch, mask_tokens, pack, read_chunks
-from reference.model import ATTENTION, Encoder, EncoderConfig, config_for, default_backend
+from reference.data import Batch, Phase, mask_tokens, pack, read_chunks
+from reference.model import Encoder, EncoderConfig, config_for, default_backend
 from stages.tokenize import Gemma2Tokenizer
 
 log = logging.getLogger("reference")
@@ -50,7 +46,7 @@ def batches(source: Layout, max_tokens: int) -> itertools.cycle:
     """The phase's batches, repeated as often as the steps need (packed once, kept in memory)."""
     packed = list(pack(read_chunks(source), max_tokens))
     if not packed:
-        raise SystemExit(f"no chunks under {source.url}")
+        raise FileNotFoundError(f"no chunks under {source.url}")
     return itertools.cycle(packed)
 
 
@@ -67,60 +63,54 @@ def padded_twin(batch: Batch, pad_id: int) -> Batch:
     return Batch(rows.reshape(-1), cu, length, labels)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phase", type=int, required=True)
-    parser.add_argument("--variant")
-    parser.add_argument("--phases", type=Path, default=PHASES_FILE)
-    parser.add_argument("--out", default="out", help="output folder or fsspec URL (default: out)")
-    parser.add_argument("--source", "--mds", help="shards folder or `mmcorpus export-mds` folder, a path or URL "
-                                                  "(default: <out>/<phase>/shards)")
-    parser.add_argument("--config", default="tiny", help="tiny, small or base")
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--batch-tokens", type=int, help="tokens per batch (default: the phase's seq_len)")
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--backend", choices=sorted(ATTENTION), help="attention backend (default: the fastest)")
-    parser.add_argument("--compare-padded", action="store_true", help="also time the same batches padded")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--init-from", type=Path, help="start from a Hugging Face ModernBERT/mmBERT checkpoint folder")
-    parser.add_argument("--save", type=Path, help="write the trained weights there as a Hugging Face checkpoint")
-    parser.add_argument("--peak-flops", type=float, default=H100_BF16_PEAK, help="for MFU on a GPU")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+@dataclass(frozen=True)
+class TrainSettings:
+    model: str = "tiny"  # tiny, small or base (reference.model.config_for); the checkpoint's with init_from
+    steps: int = 200
+    batch_tokens: int | None = None  # default: the phase's seq_len
+    lr: float = 3e-3
+    device: str = "cpu"
+    backend: str | None = None  # default: the fastest the device has
+    compare_padded: bool = False  # also time the same batches padded to their longest sequence
+    seed: int = 0
+    init_from: Path | None = None  # a Hugging Face ModernBERT/mmBERT checkpoint folder
+    save: Path | None = None  # where the trained weights go, as a Hugging Face checkpoint
+    peak_flops: float | None = None  # for MFU on a GPU (default: H100_BF16_PEAK)
 
-    phase = load_phase(args.phase, args.variant, args.phases)
-    source = Layout(args.source) if args.source else Layout(Layout(args.out).url_of(Layout.shards_dir(phase.id)))
-    tokenizer = Gemma2Tokenizer(load_tokenizers()["gemma2"])
+
+def initial_model(settings: TrainSettings, phase: Phase, vocab_size: int) -> Encoder:
+    """Random weights of the settings' size, or the checkpoint's with the phase's RoPE θ; a checkpoint that
+    cannot serve raises CheckpointError."""
+    config = config_for(settings.model, vocab_size, phase.global_rope_theta, phase.local_rope_theta)
+    if not settings.init_from:
+        return Encoder(config)
+    stored = checkpoint.read_config(settings.init_from)
+    if stored.vocab_size < vocab_size:
+        raise checkpoint.CheckpointError(f"{settings.init_from}: a vocabulary of {stored.vocab_size:,} cannot "
+                                         f"take the tokenizer's {vocab_size:,} ids")
+    config = replace(stored, global_rope_theta=config.global_rope_theta, local_rope_theta=config.local_rope_theta)
+    return checkpoint.load(settings.init_from, config)
+
+
+def train_check(source: Layout, phase: Phase, tokenizer: Gemma2Tokenizer, settings: TrainSettings) -> bool:
+    """Train on the chunks under `source` for the settings' steps, printing the loss and the speed: whether the
+    loss fell clearly."""
     specials = tokenizer.special_ids
-    device = torch.device(args.device)
+    device = torch.device(settings.device)
     torch.set_num_threads(os.cpu_count() or 1)
-    backend = args.backend or default_backend(device)
-    torch.manual_seed(args.seed)
-    config = config_for(args.config, tokenizer.vocab_size, phase.global_rope_theta, phase.local_rope_theta)
-    if args.init_from:
-        try:
-            stored = checkpoint.read_config(args.init_from)
-            if stored.vocab_size < tokenizer.vocab_size:
-                raise checkpoint.CheckpointError(f"{args.init_from}: a vocabulary of {stored.vocab_size:,} cannot "
-                                                 f"take the tokenizer's {tokenizer.vocab_size:,} ids")
-            config = replace(stored, global_rope_theta=config.global_rope_theta,
-                             local_rope_theta=config.local_rope_theta)
-            model = checkpoint.load(args.init_from, config).to(device)
-        except checkpoint.CheckpointError as error:  # the message says it all; a traceback would bury it
-            print(f"reference.check: error: {error}", file=sys.stderr)
-            return 2
-    else:
-        model = Encoder(config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    warmup = max(1, args.steps // 20)
+    backend = settings.backend or default_backend(device)
+    torch.manual_seed(settings.seed)
+    model = initial_model(settings, phase, tokenizer.vocab_size).to(device)
+    config = model.config
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    warmup = max(1, settings.steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    generator = torch.Generator().manual_seed(args.seed)
-    stream = batches(source, args.batch_tokens or phase.seq_len)
+    generator = torch.Generator().manual_seed(settings.seed)
+    stream = batches(source, settings.batch_tokens or phase.seq_len)
     params = model.num_parameters(embeddings=False)
     log.info("%s on %s: %s parameters (%s without embeddings), backend %s, mask rate %.2f, RoPE %.0f / %.0f",
-             args.config, device, f"{model.num_parameters():,}", f"{params:,}", backend, phase.mask_rate,
+             settings.model, device, f"{model.num_parameters():,}", f"{params:,}", backend, phase.mask_rate,
              phase.global_rope_theta, phase.local_rope_theta)
 
     def step(batch: Batch) -> float:
@@ -135,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         return loss.item()
 
     losses, tokens, flops, seconds = [], 0, 0.0, 0.0
-    for number in range(args.steps):
+    for number in range(settings.steps):
         batch = mask_tokens(next(stream), phase.mask_rate, tokenizer.mask_id, config.vocab_size, specials, generator)
         started = time.perf_counter()
         losses.append(step(batch))
@@ -145,25 +135,26 @@ def main(argv: list[str] | None = None) -> int:
             seconds += time.perf_counter() - started
             tokens += batch.input_ids.numel()
             flops += flops_per_step(config, batch, params)
-        if number % 50 == 0 or number == args.steps - 1:
+        if number % 50 == 0 or number == settings.steps - 1:
             log.info("step %d: loss %.3f", number, losses[-1])
     initial, final = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
-    print(f"{args.config} {phase.id}: loss {initial:.3f} -> {final:.3f} in {args.steps} steps; "
+    print(f"{settings.model} {phase.id}: loss {initial:.3f} -> {final:.3f} in {settings.steps} steps; "
           f"{tokens / seconds:,.0f} tokens/s on {device} ({backend})")
     if device.type == "cuda":
-        print(f"MFU {flops / seconds / args.peak_flops:.1%} of {args.peak_flops / 1e12:.0f} TFLOP/s")
-    if args.compare_padded:
+        peak = settings.peak_flops or H100_BF16_PEAK
+        print(f"MFU {flops / seconds / peak:.1%} of {peak / 1e12:.0f} TFLOP/s")
+    if settings.compare_padded:
         compare_padded(step, stream, phase, tokenizer, config, specials, generator, device)
-    if args.save:
-        print(f"weights written to {checkpoint.save(model, args.save)}")
-    required = 1.0 if args.init_from else 0.8
+    if settings.save:
+        print(f"weights written to {checkpoint.save(model, settings.save)}")
+    required = 1.0 if settings.init_from else 0.8
     if not final <= required * initial:
         print(f"FAIL: the loss did not fall clearly ({final:.3f} > {required} x {initial:.3f})")
-        return 1
-    return 0
+        return False
+    return True
 
 
-def compare_padded(step: Callable[[Batch], float], stream: Iterator[Batch], phase: PhaseConfig,
+def compare_padded(step: Callable[[Batch], float], stream: Iterator[Batch], phase: Phase,
                    tokenizer: Gemma2Tokenizer, config: EncoderConfig, specials: set[int], generator: torch.Generator,
                    device: torch.device) -> None:
     """Time the same batches unpadded (varlen) and padded to their longest sequence."""
@@ -184,7 +175,4 @@ def compare_padded(step: Callable[[Batch], float], stream: Iterator[Batch], phas
     print(f"padded batches: {total / real:.2f}x the tokens; varlen step time {unpadded / 20 * 1e3:.1f} ms vs "
           f"padded {padded / 20 * 1e3:.1f} ms: {padded / unpadded:.2f}x speed-up from unpadding")
 
-
-if __name__ == "__main__":
-    sys.exit(main())
 

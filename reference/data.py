@@ -7,6 +7,7 @@ Chunks come from the Parquet shards (`<out>/<phase>/shards/`) or from an MDS exp
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -14,6 +15,22 @@ import torch
 
 from manifests.layout import Layout
 from stages.mds import decompress, iter_samples, read_index
+
+
+class Phase(Protocol):
+    """What the encoder takes of a phase: the pipeline's PhaseConfig has it, and passes it down (the reference
+    never reads the recipe itself)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def seq_len(self) -> int: ...
+    @property
+    def mask_rate(self) -> float: ...
+    @property
+    def global_rope_theta(self) -> float: ...
+    @property
+    def local_rope_theta(self) -> float: ...
 
 
 def read_chunks(source: Layout) -> Iterator[np.ndarray]:

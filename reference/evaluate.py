@@ -20,9 +20,8 @@ from manifests.catalog import build_catalog
 from manifests.layout import Layout
 from manifests.schemas import MLM_EVAL
 from manifests.writer import write_parquet
-from pipeline.config import PhaseConfig
 from reference import checkpoint
-from reference.data import mask_tokens, pack
+from reference.data import Phase, mask_tokens, pack
 from reference.model import Encoder, default_backend
 from stages.tokenize import Gemma2Tokenizer
 
@@ -57,7 +56,7 @@ def sample_chunks(layout: Layout, phase_id: str, per_language: int, seed: int) -
     return chunks
 
 
-def language_loss(model: Encoder, chunks: list[np.ndarray], phase: PhaseConfig, tokenizer: Gemma2Tokenizer,
+def language_loss(model: Encoder, chunks: list[np.ndarray], phase: Phase, tokenizer: Gemma2Tokenizer,
                   settings: EvalSettings, device: torch.device, backend: str) -> tuple[float, int, int]:
     """(mean loss per masked token, tokens, masked tokens) of one language's chunks."""
     generator = torch.Generator().manual_seed(settings.seed)
@@ -77,7 +76,7 @@ def language_loss(model: Encoder, chunks: list[np.ndarray], phase: PhaseConfig, 
     return (total_loss / masked if masked else float("nan")), tokens, masked
 
 
-def evaluate(layout: Layout, phase: PhaseConfig, checkpoint_dir: Path, tokenizer: Gemma2Tokenizer,
+def evaluate(layout: Layout, phase: Phase, checkpoint_dir: Path, tokenizer: Gemma2Tokenizer,
              settings: EvalSettings) -> list[dict]:
     """One row per language of the phase's shards; written to the phase's manifest and the catalog rebuilt."""
     device = torch.device(settings.device)
