@@ -45,7 +45,7 @@ ray-job: setup
 
 # Train the tiny encoder on a phase's shards (built first); fails unless the MLM loss falls clearly.
 reference-check: setup
-	$(BIN)/python -m reference.check --phase $(PHASE) --out $(OUT) $(if $(VARIANT),--variant $(VARIANT))
+	$(BIN)/mmcorpus reference-check --phase $(PHASE) --out $(OUT) $(if $(VARIANT),--variant $(VARIANT))
 
 # A checkpoint's MLM loss per language on a built phase (CHECKPOINT: a Hugging Face ModernBERT/mmBERT folder),
 # into the phase's manifest (mlm_eval) and its data card.

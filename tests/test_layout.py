@@ -4,6 +4,7 @@ imports pipeline/."""
 
 import ast
 import fnmatch
+import graphlib
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,6 +32,20 @@ def imports(path) -> set[str]:
 def test_lower_layers_never_import_the_pipeline(package):
     for path in (PROJECT_ROOT / package).rglob("*.py"):
         assert not {m for m in imports(path) if m.split(".")[0] == "pipeline"}, path
+
+
+LAYERS = ("manifests", "stages", "reference", "pipeline")  # each folder imports only the folders before it
+
+
+def test_folders_import_one_way():
+    """The folder graph, from every import (those inside functions too), has no loop and follows LAYERS: the
+    CLI in pipeline/ is the top, and reference/ takes what it needs of the recipe as arguments."""
+    graph = {folder: {module.split(".")[0] for path in (PROJECT_ROOT / folder).rglob("*.py")
+                      for module in imports(path) if module.split(".")[0] in LAYERS} - {folder} for folder in LAYERS}
+    list(graphlib.TopologicalSorter(graph).static_order())  # a loop raises CycleError, naming it
+    upward = sorted((folder, other) for folder, others in graph.items() for other in others
+                    if LAYERS.index(other) > LAYERS.index(folder))
+    assert upward == [], f"imports against the order {' <- '.join(LAYERS)}: {upward}"
 
 
 def test_the_layout_is_a_leaf():

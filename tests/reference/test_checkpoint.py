@@ -259,10 +259,10 @@ def test_refuses_non_finite_weights(saved, refuses, value):
 
 @pytest.mark.parametrize("problem", ["no folder", "vocabulary too small"])
 def test_check_init_from_refuses_a_bad_checkpoint_in_one_line(saved, tmp_path, tokenizers, capsys, problem):
-    from reference.check import main
+    from pipeline.cli import main
 
     directory = saved[0] if problem == "vocabulary too small" else tmp_path / "nowhere"
-    assert main(["--phase", "1", "--out", str(tmp_path), "--init-from", str(directory)]) == 2
+    assert main(["reference-check", "--phase", "1", "--out", str(tmp_path), "--init-from", str(directory)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("reference.check: error: ") and err.count("\n") == 1
+    assert err.startswith("mmcorpus: error: ") and err.count("\n") == 1
     assert ("not a folder" if problem == "no folder" else "a vocabulary of 512 cannot take") in err
