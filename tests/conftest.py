@@ -1,5 +1,5 @@
-"""Shared fixtures: the real tokenizers (from `make setup`), one embedded Ray, one phase-1 build of the samples,
-an S3-protocol server (moto's) on loopback."""
+"""Shared fixtures: the real tokenizers (from `make setup`), one embedded Ray, the builds of the samples (read
+only: a test that changes an output works on a copy), an S3-protocol server (moto's) on loopback."""
 
 import logging
 import os
@@ -36,13 +36,45 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
-def sample_build(tmp_path_factory, ray_session, tokenizers):
-    """Phase 1 built once from the bundled samples: (out directory, run info)."""
+def sample_build(tmp_path_factory, ray_session, tokenizers) -> tuple[Path, dict]:
+    """Phase 1 built once from the bundled samples, for every test to read: (out directory, run info)."""
     from pipeline.build import build
 
     out = tmp_path_factory.mktemp("build") / "out"
     settings = settings_for(out)
     return out, build(settings)
+
+
+@pytest.fixture
+def sample_build_copy(sample_build, tmp_path) -> tuple[Path, dict]:
+    """A copy of `sample_build` (modification times kept) that the test may build again, change or damage."""
+    out, info = sample_build
+    shutil.copytree(out, tmp_path / "out")
+    return tmp_path / "out", info
+
+
+@pytest.fixture(scope="session")
+def later_phases(sample_build, tmp_path_factory) -> tuple[Path, dict[str, list[str]]]:
+    """Phases 2, 3 and 3-eng mixed again from a copy of `sample_build`'s pool: (out directory, the runner's log
+    lines by phase id)."""
+    from pipeline.build import build
+
+    out = tmp_path_factory.mktemp("later") / "out"
+    shutil.copytree(sample_build[0], out)
+    runner_log, runs = logging.getLogger("pipeline.runner"), {}
+    for number, variant in ((2, None), (3, None), (3, "eng")):
+        settings = settings_for(out, number, variant)
+        handler = logging.Handler(logging.INFO)
+        messages: list[str] = []
+        handler.emit = lambda record, messages=messages: messages.append(record.getMessage())
+        runner_log.addHandler(handler)
+        runner_log.setLevel(logging.INFO)
+        try:
+            build(settings)
+        finally:
+            runner_log.removeHandler(handler)
+        runs[settings.phase.id] = messages
+    return out, runs
 
 
 @pytest.fixture

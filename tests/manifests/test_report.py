@@ -20,8 +20,10 @@ FIGURES = ["tokens_per_language", "annealing", "tokens_per_source", "kept_vs_rej
 
 
 @pytest.fixture(scope="module")
-def report(sample_build, tokenizers):
-    out, _ = sample_build
+def report(sample_build, tokenizers, tmp_path_factory):
+    """The data card of a copy of the sample build: (out directory, its index.html)."""
+    out = tmp_path_factory.mktemp("report") / "out"
+    shutil.copytree(sample_build[0], out)
     return out, Path(build_report(Layout(out), "phase1", load_gemma2(tokenizers["gemma2"]).decode))
 
 

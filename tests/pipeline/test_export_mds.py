@@ -12,22 +12,19 @@ import pyarrow.parquet as pq
 import pytest
 
 from manifests.layout import Layout
-from pipeline.build import build
 from pipeline.cli import main
 from pipeline.config import PROJECT_ROOT, load_phase
 from stages.mds import MDSError
 from stages.shards import read_mds
-from tests.helpers import settings_for
 
 MDS_VENV = PROJECT_ROOT / ".venv-mds"  # built by `make setup` (Makefile), from tests/mmbert/requirements.txt
 LOADER = PROJECT_ROOT / "tests" / "mmbert" / "load_export.py"
 
 
 @pytest.fixture(scope="module")
-def exports(sample_build, tmp_path_factory):
+def exports(later_phases, tmp_path_factory):
     """Phases 1 and 2 of the samples (phase 2 mixed again from phase 1's pool), each exported: {phase: folder}."""
-    out, _ = sample_build
-    build(settings_for(out, 2))
+    out, _ = later_phases
     folders = {}
     for number in (1, 2):
         folders[number] = tmp_path_factory.mktemp("mds") / f"phase{number}"

@@ -24,8 +24,8 @@ def test_group_sizes():
     assert shards_per_group(137_000, 64) == 370  # the full recipe: 371 groups of 370, two reads per byte
 
 
-def test_two_level_shuffle_writes_the_same_shards(sample_build, monkeypatch):
-    out, first = sample_build
+def test_two_level_shuffle_writes_the_same_shards(sample_build_copy, monkeypatch):
+    out, first = sample_build_copy
     one_level = shard_hashes(out)
     assert first["stages"]["phase1-shard"]["read_amplification"] == 1.0  # each shard task: its own files only
     shard_reads = first["stages"]["phase1-shard"]["read_bytes"]  # the placed chunks, once

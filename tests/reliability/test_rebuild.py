@@ -106,14 +106,14 @@ def test_plain_rerun_runs_nothing(ray_session, tokenizers, tmp_path, inputs, cap
     assert info["ran"] == {}
 
 
-def test_every_single_bit_flip_in_a_pool_file_is_caught(sample_build):
+def test_every_single_bit_flip_in_a_pool_file_is_caught(sample_build, tmp_path):
     out, _ = sample_build
     layout = Layout(out)
     files = pq.read_table(out / "phase1" / "manifest" / "files.parquet").to_pylist()
     pool = next(f for f in files if f["path"].startswith("pool/fineweb2/deu_Latn/"))
     data = (out / pool["path"]).read_bytes()
     assert layout.verify(pool["path"], f"{pool['algorithm']}:{pool['checksum']}") is None
-    scratch = Layout(out.parent / "flips")
+    scratch = Layout(tmp_path)
     rng = random.Random(0)
     for _ in range(200):
         position, bit = rng.randrange(len(data)), rng.randrange(8)
