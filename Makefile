@@ -1,4 +1,5 @@
-# mmcorpus: `make phase1-data` bootstraps .venv and builds phase 1 from the bundled samples; `make test` runs the suite.
+# mmcorpus: `make phase1-data` bootstraps .venv and builds phase 1 from the bundled samples; `make test` runs the suite,
+# `make test-fast` its unit tests.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ PHASE ?= 1
 VARIANT ?=
 export MMCORPUS_CACHE ?= $(HOME)/.cache/mmcorpus
 
-.PHONY: setup phase1-data phase2-data phase3-data test bench ray-job reference-check reference-eval report report-check lint samples clean
+.PHONY: setup phase1-data phase2-data phase3-data test test-fast bench ray-job reference-check reference-eval report report-check lint samples clean
 
 $(BIN)/mmcorpus: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +36,13 @@ setup: $(BIN)/mmcorpus $(ASSETS) $(MDS_VENV)/installed
 phase1-data phase2-data phase3-data: phase%-data: $(BIN)/mmcorpus $(ASSETS)
 	$(BIN)/mmcorpus build --phase $* --out $(OUT) $(if $(VARIANT),--variant $(VARIANT))
 
+# Everything, as CI runs it (.ci/run): the builds of the samples, Ray processes, mmBERT's loader environment.
 test: setup
 	$(BIN)/python -m pytest
+
+# The unit tests, in a minute or two: no build of the samples, no Ray (tests marked slow: pyproject.toml).
+test-fast: $(BIN)/mmcorpus $(ASSETS)
+	$(BIN)/python -m pytest -m "not slow"
 
 # The same build as a Ray job on the cluster at RAY_ADDRESS (its dashboard, http://head:8265); OUT must be
 # storage every node sees: an object store (s3://bucket/prefix) or a shared mount.

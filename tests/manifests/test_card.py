@@ -2,11 +2,13 @@
 card carries the terms, the schema, the languages by name, what curation removed, examples and the citation."""
 
 import pyarrow.parquet as pq
+import pytest
 import yaml
 
 from manifests.card import language_name, size_category
 
 
+@pytest.mark.slow  # builds the samples
 def test_datasets_loads_the_phase_folder_as_its_shards(sample_build, tmp_path):
     from datasets import load_dataset
 
@@ -19,6 +21,7 @@ def test_datasets_loads_the_phase_folder_as_its_shards(sample_build, tmp_path):
     assert sum(len(ids) for ids in chunks["input_ids"]) == tokens
 
 
+@pytest.mark.slow  # builds the samples
 def test_the_card_says_what_a_user_needs(sample_build):
     out, _ = sample_build
     text = (out / "phase1" / "README.md").read_text()

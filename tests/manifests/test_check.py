@@ -2,10 +2,13 @@
 
 import shutil
 
+import pytest
+
 from manifests.catalog import check
 from manifests.layout import Layout
 
 
+@pytest.mark.slow  # builds the samples
 def test_check_reports_tampered_missing_and_extra_shards(sample_build, tmp_path):
     out, _ = sample_build
     copy = tmp_path / "out"

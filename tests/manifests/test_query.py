@@ -13,6 +13,8 @@ from pipeline.cli import main
 from pipeline.config import SAMPLES_DIR as SAMPLES
 from tests.helpers import run_query, settings_for
 
+pytestmark = pytest.mark.slow  # builds the samples
+
 
 @pytest.mark.parametrize("sql", [
     "COPY (SELECT 1 AS a) TO '{tmp}/x.csv'",

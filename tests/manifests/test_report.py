@@ -13,6 +13,8 @@ from manifests.report import build_report
 from manifests.screenshot import screenshot
 from stages.tokenize import load_gemma2
 
+pytestmark = pytest.mark.slow  # builds the samples, renders in a real browser
+
 SECTIONS = ["recipe", "full-recipe", "languages", "annealing", "sources", "curation", "lengths", "quality", "shards",
             "terms", "examples", "use", "citation"]
 FIGURES = ["tokens_per_language", "annealing", "tokens_per_source", "kept_vs_rejected", "reject_reasons", "lengths",
@@ -79,7 +81,6 @@ def test_recipe_names_tokenizer_seed_and_timings(report):
     assert {"curate", "dedup", "pool", "mix", "total"} <= stages
 
 
-@pytest.mark.slow
 def test_renders_in_headless_chromium(report):
     if not (shutil.which("chromium") or shutil.which("chromium-browser")):
         pytest.skip("Debian's chromium is not installed (make report-check installs it)")

@@ -13,6 +13,8 @@ from pipeline.cli import main
 from pipeline.config import SAMPLES_DIR as SAMPLES
 from tests.helpers import run_query, settings_for
 
+pytestmark = pytest.mark.slow  # builds the samples
+
 
 def test_quality_rejects_carry_the_measured_value(sample_build, capsys):
     out, _ = sample_build
@@ -62,5 +64,9 @@ def test_why_follows_a_document_from_read_to_shards(sample_build, capsys):
     assert main(["why", "--out", str(out), rejected]) == 0
     last = capsys.readouterr().out.splitlines()[-1]
     assert re.fullmatch(r"  quality +rejected: quality:gopher_quality doc_words<50 \(doc_words=\d+<50\)", last)
+    assert main(["why", "--out", str(out), "--format", "json", rejected]) == 0
+    steps = json.loads(capsys.readouterr().out)
+    assert [step["step"] for step in steps] == ["read", "lid", "quality"]
+    assert steps[-1]["verdict"].startswith("rejected: quality:gopher_quality doc_words<50")
     assert main(["why", "--out", str(out), "no/such/document"]) == 1
     assert "no such document" in capsys.readouterr().err

@@ -16,6 +16,8 @@ from pipeline.config import load_phase
 from stages.base import Document
 from tests.helpers import query, settings_for, shard_hashes
 
+pytestmark = pytest.mark.slow  # builds the samples
+
 SOURCES = {"fineweb2", "dolma", "megawika", "prolong", "starcoder"}
 
 

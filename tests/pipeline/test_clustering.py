@@ -15,6 +15,8 @@ from pipeline.partitions import Output, Relation, Steps, run_sql
 from pipeline.runner import Runner, Task
 from stages.dedup import ID_PASS, KINDS, ClusterQueries
 
+pytestmark = pytest.mark.slow  # runs the clustering as Ray tasks
+
 
 class UnionFind:
     """The plain reference the SQL components are checked against."""

@@ -10,6 +10,8 @@ from pipeline.build import build
 from pipeline.config import SAMPLES_DIR as SAMPLES
 from tests.helpers import query, settings_for, udhr
 
+pytestmark = pytest.mark.slow  # builds the samples
+
 FINEWEB2_COLUMNS = ["text", "id", "url", "language", "language_script", "language_score"]
 
 

@@ -17,6 +17,8 @@ from pipeline.config import PROJECT_ROOT, load_phase
 from stages.mds import MDSError
 from stages.shards import read_mds
 
+pytestmark = pytest.mark.slow  # builds the samples
+
 MDS_VENV = PROJECT_ROOT / ".venv-mds"  # built by `make setup` (Makefile), from tests/mmbert/requirements.txt
 LOADER = PROJECT_ROOT / "tests" / "mmbert" / "load_export.py"
 

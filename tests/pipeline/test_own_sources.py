@@ -21,6 +21,8 @@ from pipeline.config import CONFIG_DIR, SAMPLES_DIR, ConfigError, load_recipe
 from pipeline.config import PROJECT_ROOT as ROOT
 from tests.helpers import fineweb2_texts, free_port, query, write_lines
 
+pytestmark = pytest.mark.slow  # builds the samples
+
 OWN = ("mycorpus", "webpq", "hub")
 SHARES = {"fineweb2": 0.6, "dolma": 0.1, "mycorpus": 0.1, "webpq": 0.1, "hub": 0.1}  # 0.6, then 1:1:1:1
 SOURCES_YAML = """\

@@ -11,6 +11,8 @@ from pipeline.cli import main
 from pipeline.config import COUNTS_FILE
 from tests.helpers import query
 
+pytestmark = pytest.mark.slow  # builds the samples
+
 
 def test_later_phases_only_mix_again(later_phases):
     _, runs = later_phases

@@ -122,6 +122,7 @@ def test_config_fields_lists_every_setting_with_help(capsys):
     assert all("#" in line for line in lines)
 
 
+@pytest.mark.slow  # builds the samples
 def test_run_table_records_the_whole_recipe(sample_build, capsys):
     out, _ = sample_build
     sql = "SELECT config, versions, git_commit FROM run WHERE phase = 'phase1'"

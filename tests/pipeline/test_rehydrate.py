@@ -16,6 +16,8 @@ from pipeline.config import SAMPLES_DIR, load_phase
 from stages.mix import FINEWEB2_BANDS, band_repeats
 from tests.helpers import query, settings_for
 
+pytestmark = pytest.mark.slow  # builds the samples
+
 SIZES = [1, 2, 3, 4, 50, 500, 5000]  # one of each band: weights 1, 2, 3, 4, 5, 8, 1
 
 

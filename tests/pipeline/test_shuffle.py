@@ -4,6 +4,7 @@ import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from manifests.layout import Layout
 from manifests.writer import PartitionedSink
@@ -24,6 +25,7 @@ def test_group_sizes():
     assert shards_per_group(137_000, 64) == 370  # the full recipe: 371 groups of 370, two reads per byte
 
 
+@pytest.mark.slow  # builds the samples
 def test_two_level_shuffle_writes_the_same_shards(sample_build_copy, monkeypatch):
     out, first = sample_build_copy
     one_level = shard_hashes(out)

@@ -19,6 +19,7 @@ def test_sizes_parse():
         byte_size("1000000")
 
 
+@pytest.mark.slow  # starts Ray
 def test_task_memory_fits_the_cluster(ray_session):
     default = fit_task_memory(None)
     assert MIN_TASK_MEMORY <= default <= 8 << 30

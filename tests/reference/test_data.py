@@ -11,6 +11,7 @@ from pipeline.cli import main  # noqa: E402
 from reference.data import make_batch, mask_tokens, pack, read_chunks  # noqa: E402
 
 
+@pytest.mark.slow  # builds the samples
 def test_parquet_shards_and_mds_export_give_the_same_chunks(sample_build, tmp_path):
     out, _ = sample_build
     assert main(["export-mds", "--phase", "1", "--out", str(out), str(tmp_path / "mds")]) == 0

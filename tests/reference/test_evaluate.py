@@ -16,6 +16,8 @@ from reference.evaluate import sample_chunks  # noqa: E402
 from reference.model import Encoder, config_for  # noqa: E402
 from tests.helpers import settings_for  # noqa: E402
 
+pytestmark = pytest.mark.slow  # builds the samples
+
 
 def test_eval_mlm_per_language(sample_build_copy, tmp_path, capsys):
     out, _ = sample_build_copy

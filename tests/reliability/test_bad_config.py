@@ -221,6 +221,7 @@ def test_error_lines_carry_no_class_names():
     assert error_text(KeyError("lang")) == "key error 'lang'"
 
 
+@pytest.mark.slow  # starts a build in another process
 def test_an_unreachable_source_url_is_named(tmp_path):
     import os
 

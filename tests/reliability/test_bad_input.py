@@ -16,6 +16,8 @@ from pipeline.build import build
 from pipeline.config import SAMPLES_DIR as SAMPLES
 from tests.helpers import query, settings_for, udhr
 
+pytestmark = pytest.mark.slow  # builds the samples
+
 FINEWEB2 = "samples/fineweb2/data/deu_Latn/train/000_00000.parquet"
 
 

@@ -19,6 +19,8 @@ from pipeline.config import SAMPLES_DIR as SAMPLES
 from stages.mds import encode_shard, index_entry
 from tests.helpers import query, settings_for, udhr
 
+pytestmark = pytest.mark.slow  # builds the samples
+
 GERMAN = udhr("deu_Latn")
 
 

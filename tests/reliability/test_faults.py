@@ -22,6 +22,8 @@ from pipeline.config import SAMPLES_DIR as SAMPLES
 from pipeline.runner import TaskFailed
 from tests.helpers import GERMAN, copies_of_german, settings_for, shard_hashes
 
+pytestmark = pytest.mark.slow  # builds the samples, kills builds in other processes
+
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):

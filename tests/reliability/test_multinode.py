@@ -16,6 +16,8 @@ from manifests.layout import Layout
 from pipeline.config import PROJECT_ROOT as ROOT
 from tests.helpers import free_port, ray_env, shard_hashes, stop, wait_for_port
 
+pytestmark = pytest.mark.slow  # starts a Ray cluster of three nodes
+
 
 def node(bin_dir: str, env: dict, log, *args: str) -> subprocess.Popen:
     """One `ray start --block` node in its own process group, every port explicit (the test session's embedded
@@ -28,7 +30,6 @@ def node(bin_dir: str, env: dict, log, *args: str) -> subprocess.Popen:
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-@pytest.mark.slow
 def test_losing_a_worker_node_during_curation(sample_build, tmp_path):
     bin_dir, env = ray_env()
     gcs, dashboard = free_port(), free_port()

@@ -17,6 +17,8 @@ from pipeline.cli import main
 from pipeline.config import PROJECT_ROOT as ROOT
 from tests.helpers import shard_hashes
 
+pytestmark = pytest.mark.slow  # builds on an S3 server in other processes
+
 
 def build_process(out: str, env: dict) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "build", "--phase", "1", "--out", out], cwd=ROOT,

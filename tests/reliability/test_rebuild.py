@@ -17,6 +17,8 @@ from pipeline.cli import main
 from pipeline.config import SAMPLES_DIR as SAMPLES
 from tests.helpers import GERMAN, copies_of_german, edit_keeping_size_and_mtime, settings_for, shard_hashes
 
+pytestmark = pytest.mark.slow  # builds the samples
+
 
 @pytest.fixture
 def inputs(tmp_path):

@@ -12,6 +12,8 @@ import pytest
 from pipeline.config import PROJECT_ROOT as ROOT
 from tests.helpers import shard_hashes
 
+pytestmark = pytest.mark.slow  # kills builds in other processes
+
 
 def start_build(out, workers: int) -> subprocess.Popen:
     return subprocess.Popen(

@@ -10,6 +10,8 @@ import pytest
 from manifests.layout import Layout
 from pipeline.runner import Runner, Task, TaskFailed
 
+pytestmark = pytest.mark.slow  # kills Ray workers
+
 
 def flaky(counter: str, failures: int) -> dict:
     """Fails `failures` times (counted in a file, so across worker processes), then succeeds."""

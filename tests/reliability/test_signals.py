@@ -12,6 +12,8 @@ import pytest
 from pipeline.config import PROJECT_ROOT as ROOT
 from tests.helpers import shard_hashes
 
+pytestmark = pytest.mark.slow  # signals builds in other processes
+
 
 def stop_during_curation(out, how: str) -> subprocess.CompletedProcess:
     process = subprocess.Popen(
