@@ -15,6 +15,17 @@ from pipeline.config import SAMPLES_DIR as SAMPLES
 from pipeline.config import load_tokenizers
 from tests.helpers import free_port, settings_for, wait_for_port
 
+SLOW_FIXTURES = {"ray_session", "s3"}  # a build needs Ray; the S3 server is a process
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep `make test-fast` fast: a test that asks, even through another fixture, for Ray or the S3 server must
+    be marked slow."""
+    unmarked = [item.nodeid for item in items
+                if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("slow")]
+    if unmarked:
+        raise pytest.UsageError(f"mark these tests slow (pytest.mark.slow), they start Ray or a server: {unmarked}")
+
 
 @pytest.fixture(scope="session")
 def tokenizers():
