@@ -5,7 +5,7 @@ import time
 from collections.abc import Callable
 
 from bench.data import documents
-from pipeline.config import load_lid, load_quality, load_tokenizers
+from pipeline.sections import LID, QUALITY, TOKENIZERS
 from stages.lid import FastTextLid, LanguageId
 from stages.quality import QualityFilter
 from stages.tokenize import Gemma2Tokenizer, Tokenize
@@ -20,7 +20,7 @@ def timed(fn: Callable[[], object]) -> float:
 def bench_lid(n: int = 20_000) -> dict:
     """docs/s on one core: our batched predict vs calling the same fastText model per document."""
     texts = [doc.text for doc in documents(n)]
-    config = load_lid()
+    config = LID.load()
     lid = FastTextLid(config.model, config.max_chars)
     model = lid.model
 
@@ -41,8 +41,8 @@ def bench_stages(n: int = 5_000) -> list[dict]:
     """docs/s and MB/s per core of each curation stage on the same documents (one process, one core)."""
     docs = documents(n, seed=1)
     megabytes = sum(len(doc.text.encode()) for doc in docs) / 1e6
-    stages = [("lid", LanguageId(load_lid())), ("quality", QualityFilter(load_quality())),
-              ("tokenize", Tokenize(Gemma2Tokenizer(load_tokenizers()["gemma2"])))]
+    stages = [("lid", LanguageId(LID.load())), ("quality", QualityFilter(QUALITY.load())),
+              ("tokenize", Tokenize(Gemma2Tokenizer(TOKENIZERS.load()["gemma2"])))]
     results = []
     for name, stage in stages:
         sum(1 for _ in stage.run(copy.deepcopy(docs[:50])))  # once per worker: models and compiled kernels load

@@ -5,8 +5,8 @@ from functools import cache
 
 import pyarrow.parquet as pq
 
-from pipeline.config import SAMPLES_DIR as SAMPLES
 from stages.base import Document
+from stages.paths import SAMPLES_DIR as SAMPLES
 
 
 @cache

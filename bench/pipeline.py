@@ -18,8 +18,9 @@ import pyarrow.parquet as pq
 from bench import say
 from bench.data import documents
 from manifests.layout import Layout
-from pipeline.config import PROJECT_ROOT as ROOT
-from pipeline.config import load_lid, load_phase, load_quality, load_tokenizers
+from pipeline.config import load_recipe
+from pipeline.sections import LID, PHASES, QUALITY, SOURCES, TOKENIZERS
+from stages.paths import PROJECT_ROOT as ROOT
 from stages.tokenize import Gemma2Tokenizer, Tokenize
 
 
@@ -92,7 +93,7 @@ def datatrove_end_to_end(root: Path, work: Path) -> float:
     from bench.dedup import SpaceTokenizer, quiet_datatrove
 
     work.mkdir(parents=True, exist_ok=True)
-    model_path = str(load_lid().model.check())
+    model_path = str(LID.load().model.check())
 
     class LocalFT176(FT176LID):
         """fastText lid.176 from the local file `make setup` fetched (datatrove would download it)."""
@@ -112,7 +113,7 @@ def datatrove_end_to_end(root: Path, work: Path) -> float:
 
     words = SpaceTokenizer()
     config = MinhashConfig(hash_config=HashConfig(precision=64))
-    quality = load_quality()
+    quality = QUALITY.load()
     folders = sorted((root / "fineweb2" / "data").glob("*/train"))
     files = len(list((root / "fineweb2" / "data").glob("*/train/*.parquet")))
 
@@ -149,7 +150,7 @@ def datatrove_end_to_end(root: Path, work: Path) -> float:
     run([MinhashDedupBuckets(str(work / "sig"), str(work / "buckets"), config=config)], config.num_buckets, "buckets")
     run([MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=config)], 1, "cluster")
     run([ParquetReader(filtered), MinhashDedupFilter(str(work / "remove")),
-         DocumentTokenizer(str(work / "tokens"), tokenizer_name_or_path=load_tokenizers()["gemma2_json"].check()
+         DocumentTokenizer(str(work / "tokens"), tokenizer_name_or_path=TOKENIZERS.load()["gemma2_json"].check()
                            .as_posix())], files, "tokenize")
     return time.perf_counter() - start
 
@@ -162,7 +163,7 @@ def bench_tokenization(n: int = 6_000) -> dict:
     import sentencepiece
     from tokenizers import Tokenizer
 
-    specs = load_tokenizers()
+    specs = TOKENIZERS.load()
     docs = documents(n, seed=2)
     texts = [d.text for d in docs]
     sp = sentencepiece.SentencePieceProcessor(model_file=str(specs["gemma2"].check()))
@@ -220,7 +221,7 @@ def bench_mix_task(out: Path) -> dict:
     pools = layout.glob(Layout.POOL_GLOB)
     plan = {(pool["source"], pool["lang"]): Selection(0.0, {1: (1, 2**63)}) for pool in map(Layout.POOL.parse, pools)}
     # a worker runs many such tasks: time it warm (its first one also pays for Arrow's memory pool growing)
-    rules = load_phase(1).chunking
+    rules = PHASES.load().phase(1).chunking
     mix_files(layout, "bench-warm", pools[:1], plan, seed=0, rules=rules, n_shards=8, per_group=1, bos=2, eos=1,
               key="warm")
     start = time.perf_counter()
@@ -253,14 +254,13 @@ def run_stage(stage: str, root: str, out: str) -> None:
     """One task of a stage, in-process, on one input file; prints the peak RSS (KiB) while it ran. The peak is
     reset first: Linux carries a parent's peak into a child across fork and exec."""
     from pipeline.build import CurationConfig, curate_file, part_name, pool_file
-    from pipeline.config import load_sources
     from pipeline.dedup import signature_file
     from pipeline.mixing import mix_files
     from stages.dedup import MinhashConfig
     from stages.mix import Selection
 
     out_path = Path(out)
-    options = load_sources(Path(root) / "sources.yaml").sources["fineweb2"]
+    options = SOURCES.load(Path(root) / "sources.yaml").sources["fineweb2"]
     relative = "data/deu_Latn/train/000_00000.parquet"
     target = Layout(Path(out) / "memory")
     curated = next((out_path / "curated" / "fineweb2").glob("*.parquet"))
@@ -269,19 +269,21 @@ def run_stage(stage: str, root: str, out: str) -> None:
     pool = max(out_path.glob(Layout.POOL_GLOB), key=lambda p: p.stat().st_size)
     if stage == "mix":
         shutil.copytree(out_path / "pool", Path(target.root) / "pool", dirs_exist_ok=True)
-    curation = CurationConfig(load_lid(), load_quality())
+    recipe = load_recipe()  # LID's upstream thresholds come from the quality section
+    curation = CurationConfig(recipe.lid, recipe.quality)
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
     if stage == "curate":
-        curate_file(target, "fineweb2", options, load_tokenizers(), relative, part_name(relative), curation)
+        curate_file(target, "fineweb2", options, TOKENIZERS.load(), relative, part_name(relative), curation)
     elif stage == "dedup":
         signature_file(target, "fineweb2", curated.stem, MinhashConfig())
     elif stage == "tokenize":
-        pool_file(target, "fineweb2", curated.stem, load_tokenizers()["gemma2"], None)
+        pool_file(target, "fineweb2", curated.stem, TOKENIZERS.load()["gemma2"], None)
     elif stage == "mix":
         lang = pool.parent.name
         plan = {("fineweb2", lang): Selection(0.0, {1: (2, None)})}
-        mix_files(target, "phase1", [str(pool.relative_to(out_path))], plan, seed=0, rules=load_phase(1).chunking,
-                  n_shards=4, per_group=1, bos=2, eos=1, key=f"fineweb2__{lang}__{pool.stem}")
+        mix_files(target, "phase1", [str(pool.relative_to(out_path))], plan, seed=0,
+                  rules=PHASES.load().phase(1).chunking, n_shards=4, per_group=1, bos=2, eos=1,
+                  key=f"fineweb2__{lang}__{pool.stem}")
     print(peak_rss_kib())
 
 

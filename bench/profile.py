@@ -18,7 +18,7 @@ from bench.data import documents
 from manifests.layout import Layout
 from manifests.schemas import CURATED
 from manifests.writer import ParquetSink
-from pipeline.config import load_lid, load_quality, load_tokenizers
+from pipeline.sections import LID, QUALITY, TOKENIZERS
 from stages.dedup import MinhashConfig, MinhashSignatures
 from stages.lid import LanguageId
 from stages.ngrams import repeated_ngrams
@@ -49,14 +49,14 @@ def _each(items: list, step: Callable[..., object]) -> Callable[[], None]:
 def bench_profile(n: int = 3_000) -> list[dict]:
     docs = documents(n, seed=2)
     megabytes = sum(len(doc.text.encode()) for doc in docs) / 1e6
-    quality = load_quality()
+    quality = QUALITY.load()
     rows = {lang: quality.thresholds(lang) for lang in {doc.metadata["lang"] for doc in docs}}
     scripts = {doc.id: script_of(doc.metadata["lang"]) or dominant_script(doc.text) for doc in docs}
     words = [split_words(doc.text, scripts[doc.id]) for doc in docs]
     by_doc = list(zip(docs, words, strict=True))
     signatures = MinhashSignatures(MinhashConfig())
     shingles = [signatures.shingles(doc.text, doc.metadata["lang"]) for doc in docs]
-    tokenizer = Gemma2Tokenizer(load_tokenizers()["gemma2"])
+    tokenizer = Gemma2Tokenizer(TOKENIZERS.load()["gemma2"])
     texts = [doc.text for doc in docs]
     repeated_ngrams(words[0], [2], [5])  # Numba loads compiled kernels once per worker, not per MB
     signatures.minhash(shingles[0])
@@ -74,7 +74,7 @@ def bench_profile(n: int = 3_000) -> list[dict]:
         reader = FineWeb2Reader(str(root / "in"))
         files = reader.list_files()
         steps["read"] = ("read", lambda: sum(1 for _ in reader.run(files)))
-        lid = LanguageId(load_lid())
+        lid = LanguageId(LID.load())
         steps["lid"] = ("lid", lambda: sum(1 for _ in lid.run(copy.deepcopy(docs))))
         steps["words"] = ("quality", lambda: [split_words(doc.text, scripts[doc.id]) for doc in docs])
         c4 = [(d.text, lambda line, d=d: split_words(line, scripts[d.id]), rows[d.metadata["lang"]])

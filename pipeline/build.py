@@ -27,10 +27,11 @@ from manifests.card import write_dataset_card
 from manifests.layout import Layout
 from manifests.schemas import CURATED, POOL, UPSTREAM
 from manifests.writer import ParquetSink, write_parquet, write_task_records
-from pipeline.config import PhaseConfig, Recipe, git_commit, upstream_min_scores
+from pipeline.config import Recipe, git_commit
 from pipeline.dedup import read_removals, run_dedup
 from pipeline.inputs import check_inputs
 from pipeline.mixing import mix_phase
+from pipeline.phases import PhaseConfig
 from pipeline.runner import Runner, Task
 from stages.assets import AssetSpec, file_digest
 from stages.base import Document, Stage, failed_file
@@ -78,8 +79,7 @@ def part_name(relative: str) -> str:
 def curate_file(layout: Layout, source: str, options: ReaderOptions, tokenizers: dict[str, AssetSpec],
                 relative: str, part: str, curation: CurationConfig) -> dict:
     reader = create_reader(source, options, tokenizers)
-    stages: list[Stage] = [LanguageId(curation.lid, upstream_min_scores(curation.quality)),
-                           QualityFilter(curation.quality)]
+    stages: list[Stage] = [LanguageId(curation.lid), QualityFilter(curation.quality)]
     for stage in stages:
         stage.keep_text = curation.keep_text
     docs: Iterator[Document] = reader.run([relative])

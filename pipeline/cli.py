@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from pipeline import commands, encoder_commands, read_commands
-from pipeline.config import SECTIONS, ConfigError
+from pipeline.config import ConfigError
 from pipeline.option_types import byte_size, number, positive_int, seed
+from pipeline.sections import SECTIONS
 from pipeline.supervisor import announce_end
 from stages.settings import Range
 

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pipeline.config import PROJECT_ROOT, ConfigError, git_commit
+from pipeline.config import ConfigError, git_commit
+from stages.paths import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 

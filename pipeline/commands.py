@@ -8,9 +8,10 @@ import yaml
 
 from manifests.layout import Layout
 from manifests.printing import print_rows
-from pipeline.config import SAMPLES_DIR, ConfigError
+from pipeline.config import ConfigError
 from pipeline.recipes import built_recipe, recipe_from
 from pipeline.supervisor import run_watched, supervised
+from stages.paths import BENCH_RESULTS, SAMPLES_DIR
 
 log = logging.getLogger("mmcorpus")
 
@@ -69,19 +70,13 @@ def job_arguments(argv: list[str], args: argparse.Namespace) -> list[str]:
 
 def run_config(args: argparse.Namespace) -> int:
     if args.action == "fields":
-        from pipeline.config import PhaseConfig
-        from stages.dedup import DedupConfig
-        from stages.lid import LidConfig
-        from stages.quality import QualityConfig
+        from pipeline.sections import SECTIONS
         from stages.settings import describe
-        from stages.sources import READERS, HfOptions, SourceTerms
 
-        sections = {"lid": LidConfig, "quality": QualityConfig, "dedup": DedupConfig, "phases.N": PhaseConfig,
-                    **{f"sources.sources.{name}": reader.Options for name, reader in READERS.items()},
-                    "sources.sources.<your source>": HfOptions, "sources.sources.<any source>": SourceTerms}
-        for prefix, cls in sections.items():
-            for key, kind, default, text in describe(cls, prefix + "."):
-                print(f"{key}: {kind} = {default}  # {text}")
+        for section in SECTIONS.values():
+            for prefix, cls in section.documented().items():
+                for key, kind, default, text in describe(cls, prefix + "."):
+                    print(f"{key}: {kind} = {default}  # {text}")
         return 0
     recipe = recipe_from(args)
     print(yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True), end="")
@@ -104,9 +99,10 @@ def run_plan(args: argparse.Namespace) -> int:
     recipe, phase = built_recipe(args)
     layout = Layout(args.out)
     if args.cost:  # before the table: a missing benchmark is one line, not a table and then an error
-        from pipeline.cost import RESULTS, describe, full_recipe, measured_rates
+        from pipeline.cost import describe, full_recipe, measured_rates
 
-        rates = measured_rates(args.rates or RESULTS)
+        rates_file = args.rates or BENCH_RESULTS
+        rates = measured_rates(rates_file)
     if args.counts:
         available = read_counts(args.counts, phase)
     elif files := pool_files(layout):
@@ -129,7 +125,7 @@ def run_plan(args: argparse.Namespace) -> int:
           f"tokens, {sum(r.capped for r in rows)} capped at {phase.max_epochs:g} epochs, tau {phase.temperature}")
     print("most repeated: " + ", ".join(f"{r.lang} {r.epochs:.2f}x" for r in repeated))
     if args.cost:
-        print("\n" + describe(full_recipe(rates, args.cost_workers, recipe.phases), rates, args.rates or RESULTS))
+        print("\n" + describe(full_recipe(rates, args.cost_workers, recipe.phases), rates, rates_file))
     return 0
 
 

@@ -17,12 +17,12 @@ import json
 import math
 from pathlib import Path
 
-from pipeline.config import COUNTS_FILE, ConfigError, PhasesConfig
+from pipeline.config import ConfigError
+from pipeline.phases import PhasesConfig
+from stages.paths import BENCH_RESULTS, COUNTS_FILE
 
-RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results.json"
 
-
-def measured_rates(path: Path = RESULTS) -> dict:
+def measured_rates(path: Path = BENCH_RESULTS) -> dict:
     """The figures the model needs from bench/results.json: yield, scale-out and the scaling runs."""
     try:
         results = json.loads(path.read_text())["results"]

@@ -24,7 +24,17 @@ from manifests.writer import ParquetSink
 from pipeline.partitions import Output, Relation, Steps, batches, partitions_for, run_sql
 from pipeline.runner import Runner, Task
 from stages.dedup import (
+    BANDS,
+    BEST,
+    CLUSTERS,
+    DECISIONS,
+    EDGES,
+    HALF_PAIRS,
     ID_PASS,
+    MEMBERS,
+    NODES,
+    RECORDS,
+    SIGNATURE_ROWS,
     ClusterQueries,
     DedupConfig,
     MinhashConfig,
@@ -35,25 +45,6 @@ from stages.dedup import (
 )
 
 log = logging.getLogger(__name__)
-
-NODES = pa.schema([("key", pa.int64()), ("id", pa.string()), ("upstream_id", pa.string()), ("quality", pa.float64()),
-                   ("removed", pa.bool_()), ("source", pa.string()), ("part", pa.string()), ("row", pa.int64()),
-                   ("lang", pa.string())])
-SIGNATURE_ROWS = pa.schema([("key", pa.int64()), ("signature", pa.list_(pa.uint32()))])
-BANDS = pa.schema([("pass_no", pa.int32()), ("band", pa.int64()), ("lang", pa.string()), ("value", pa.string()),
-                   ("key", pa.int64())])
-HALF_PAIRS = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("removed_a", pa.bool_()),
-                        ("signature_a", pa.list_(pa.uint32()))])
-EDGES = pa.schema([("u", pa.int64()), ("v", pa.int64())])  # both directions, by u
-MEMBERS = pa.schema([("node", pa.int64()), ("root", pa.int64()), ("quality", pa.float64()), ("id", pa.string())])
-BEST = pa.schema([("root", pa.int64()), ("origin", pa.int32()), ("node", pa.int64()), ("quality", pa.float64()),
-                  ("id", pa.string()), ("members", pa.int64())])
-DECISIONS = pa.schema([("root", pa.int64()), ("kept_key", pa.int64()), ("size", pa.int64())])
-CLUSTERS = pa.schema([("pass", pa.int32()), ("kind", pa.string()), ("node", pa.int64()), ("kept_key", pa.int64()),
-                      ("size", pa.int64()), ("number", pa.int64())])
-RECORDS = pa.schema([("pass", pa.int32()), ("kind", pa.string()), ("node", pa.int64()), ("kept_key", pa.int64()),
-                     ("size", pa.int64()), ("id", pa.string()), ("lang", pa.string()), ("source", pa.string()),
-                     ("part", pa.string()), ("row", pa.int64())])
 
 
 def signature_file(layout: Layout, source: str, part: str, config: MinhashConfig) -> dict:

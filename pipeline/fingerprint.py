@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from manifests import schemas
 from manifests.layout import Layout
-from pipeline.config import PROJECT_ROOT
+from stages.paths import PROJECT_ROOT
 
 PACKAGES = ("pipeline", "stages", "manifests", "reference")
 

@@ -26,8 +26,9 @@ import pyarrow.parquet as pq
 from manifests.layout import Layout
 from manifests.schemas import PLACED, STATS
 from manifests.writer import SCRATCH_OPTIONS, PartitionedSink, write_parquet, write_task_records
-from pipeline.config import ConfigError, PhaseConfig
+from pipeline.config import ConfigError
 from pipeline.partitions import batches, runs
+from pipeline.phases import PhaseConfig
 from pipeline.runner import Runner, Task
 from stages.languages import base_language
 from stages.mix import (

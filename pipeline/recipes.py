@@ -7,7 +7,9 @@ import json
 import pyarrow.parquet as pq
 
 from manifests.layout import Layout
-from pipeline.config import SECTIONS, ConfigError, PhaseConfig, Recipe, load_recipe
+from pipeline.config import ConfigError, Recipe, load_recipe
+from pipeline.phases import PhaseConfig
+from pipeline.sections import SECTIONS
 
 
 def recipe_from(args: argparse.Namespace) -> Recipe:

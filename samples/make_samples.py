@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import load_tokenizers  # noqa: E402
+from pipeline.sections import TOKENIZERS  # noqa: E402
 from stages.mds import encode_shard, index_entry  # noqa: E402
 from stages.tokenize import llama3_encoding  # noqa: E402
 
@@ -276,7 +276,7 @@ def pack(docs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_prolong(prose: list[tuple[str, str]], out: Path) -> None:
-    llama3 = llama3_encoding(load_tokenizers()["llama3"])
+    llama3 = llama3_encoding(TOKENIZERS.load()["llama3"])
 
     def encode(text: str) -> list[int]:
         return [LLAMA3_BOS, *llama3.encode_ordinary(text), LLAMA3_EOS]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from datatrove.data import Document
 
-__all__ = ["BatchStage", "Document", "Filter", "Records", "Reject", "Stage", "StageStats", "failed_file"]
+__all__ = ["BatchStage", "Document", "Records", "Reject", "Stage", "StageStats", "failed_file"]
 
 
 @dataclass(slots=True)
@@ -166,20 +166,3 @@ class BatchStage(Stage):
     def process(self, batch: list[Document]) -> Iterator[Document]:
         """Keep or reject each document of the batch (already counted as read)."""
 
-
-class Filter(Stage):
-    """A stage that decides per document: implement `filter(doc) -> bool | (bool, reason)`."""
-
-    @abstractmethod
-    def filter(self, doc: Document) -> bool | tuple[bool, str]: ...
-
-    def run(self, docs: Iterable[Document]) -> Iterator[Document]:
-        for doc in docs:
-            self.count_read(doc)
-            with self.track_time([doc]):
-                verdict = self.filter(doc)
-            ok, reason = verdict if isinstance(verdict, tuple) else (verdict, f"{self.name}:rejected")
-            if ok:
-                yield self.keep(doc)
-            else:
-                self.reject(doc, reason)

@@ -6,17 +6,16 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from stages.paths import COUNTS_FILE, LANGUAGES_FILE
 from stages.settings import setting
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-COUNTS_FILE = CONFIG_DIR / "mmbert-language-counts.csv"
 CODE = "code"  # the language set entry that admits every `code_<language>` label
 # A label is also a folder name under pool/: nothing else may pass (no `..`, no `/`).
 LABEL = re.compile(r"(?:[a-z]{2,3}_[A-Z][a-z]{3}|code_[a-z0-9][a-z0-9+#._-]{0,40})")
 
 
 @cache
-def _language_rows(path: Path = CONFIG_DIR / "languages.csv") -> list[dict]:
+def _language_rows(path: Path = LANGUAGES_FILE) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 

@@ -16,7 +16,7 @@ language is written in several (`other_scripts` there: Serbian in Latin letters 
 """
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Literal
 
@@ -49,6 +49,8 @@ class LidConfig:
         "keep", help="an upstream label the model has no class for: keep (noted) or reject")
     min_score: MinScore = setting(factory=MinScore, help="minimum model probability for detected labels")
     max_chars: int = setting(1000, help="characters of a document the model reads", ge=1)
+    # FineWeb2's minimum upstream score by lang_Script: the quality section's rows, given by the recipe's loader
+    upstream_min_scores: dict[str, float] = field(default_factory=dict, repr=False, metadata={"derived": True})
 
     def threshold(self, label: str) -> float:
         overrides = self.min_score.overrides
@@ -99,11 +101,10 @@ class FastTextLid:
 class LanguageId(BatchStage):
     name = "lid"
 
-    def __init__(self, config: LidConfig, upstream_min_score: dict[str, float] | None = None) -> None:
+    def __init__(self, config: LidConfig) -> None:
         super().__init__()
         self.config = config
         self.languages = config.languages.resolve()
-        self.upstream_min_score = upstream_min_score or {}  # FineWeb2's language_score per label
         self.model = FastTextLid(config.model, config.max_chars)
 
     def process(self, batch: list[Document]) -> Iterator[Document]:
@@ -154,5 +155,5 @@ class LanguageId(BatchStage):
             meta["lang_score"] = score  # MegaWika has no score of its own: the agreeing model's
         if meta.get("lang_score") is None:
             return None
-        threshold = self.upstream_min_score.get(upstream, 0.0)
+        threshold = self.config.upstream_min_scores.get(upstream, 0.0)
         return f"lid:low_score upstream_score<{threshold}" if meta["lang_score"] < threshold else None

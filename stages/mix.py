@@ -32,7 +32,6 @@ import pyarrow as pa
 from stages.base import Reject, StageStats
 from stages.settings import setting
 
-UINT64 = 2**64
 SLICE_TOKENS = 1 << 22  # the most tokens one table of picked chunks holds (with their gather indices: 48 MiB)
 HISTOGRAM_BITS = 16  # the first pass of FractionThreshold sums chunk tokens into 2^16 hash ranges
 

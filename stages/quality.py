@@ -145,6 +145,10 @@ class QualityConfig:
             self._merged[lang] = merged  # type: ignore[attr-defined]
         return merged
 
+    def upstream_min_scores(self) -> dict[str, float]:
+        """FineWeb2's minimum GlotLID score per lang_Script, which LID holds upstream labels to."""
+        return {lang: row.language_score for lang, row in self.languages.items() if row.language_score is not None}
+
 
 class Margins:
     """Collects the margin of every rule a document passes; raises Rejected on the first it fails."""

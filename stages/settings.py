@@ -269,7 +269,7 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
     rows = []
     hints = get_type_hints(cls)
     for f in fields(cls):
-        if not f.init:
+        if not f.init or f.metadata.get("derived"):
             continue
         key = f"{prefix}{f.name}"
         tp = hints[f.name]

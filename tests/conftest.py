@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import SAMPLES_DIR as SAMPLES
-from pipeline.config import load_tokenizers
+from pipeline.sections import TOKENIZERS
+from stages.paths import SAMPLES_DIR as SAMPLES
 from tests.helpers import free_port, settings_for, wait_for_port
 
 SLOW_FIXTURES = {"ray_session", "s3"}  # a build needs Ray; the S3 server is a process
@@ -29,7 +29,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def tokenizers():
-    specs = load_tokenizers()
+    specs = TOKENIZERS.load()
     missing = [spec.path for spec in specs.values() if spec.local is None]
     if missing:
         pytest.fail(f"tokenizer files missing ({missing}): run `make setup`")

@@ -19,8 +19,8 @@ import zstandard
 
 from pipeline.build import BuildSettings
 from pipeline.cli import main
-from pipeline.config import SAMPLES_DIR as SAMPLES
 from pipeline.config import load_recipe
+from stages.paths import SAMPLES_DIR as SAMPLES
 
 GERMAN = "fineweb2/data/deu_Latn/train"  # the folder of the samples' German FineWeb2 file
 

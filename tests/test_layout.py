@@ -13,8 +13,8 @@ import pytest
 from manifests.layout import Layout, recording
 from manifests.names import Names, Template
 from manifests.writer import write_parquet
-from pipeline.config import PROJECT_ROOT
 from stages.dedup import MinhashConfig
+from stages.paths import PROJECT_ROOT
 
 
 def imports(path) -> set[str]:

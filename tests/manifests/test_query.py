@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.build import build
 from pipeline.cli import main
-from pipeline.config import SAMPLES_DIR as SAMPLES
+from stages.paths import SAMPLES_DIR as SAMPLES
 from tests.helpers import run_query, settings_for
 
 pytestmark = pytest.mark.slow  # builds the samples

@@ -11,9 +11,9 @@ from manifests.catalog import check
 from manifests.layout import Layout
 from pipeline.build import build
 from pipeline.cli import main
-from pipeline.config import PROJECT_ROOT as ROOT
-from pipeline.config import load_phase
+from pipeline.sections import PHASES
 from stages.base import Document
+from stages.paths import PROJECT_ROOT as ROOT
 from tests.helpers import query, settings_for, shard_hashes
 
 pytestmark = pytest.mark.slow  # builds the samples
@@ -32,7 +32,7 @@ def test_all_five_sources_reach_the_shards(sample_build, capsys):
 
 def test_shard_rows_follow_the_contract(sample_build):
     out, info = sample_build
-    phase = load_phase(1)
+    phase = PHASES.load().phase(1)
     table = pq.read_table(out / "phase1" / "shards")
     assert table.schema.names == ["input_ids", "doc_id", "chunk", "source", "lang", "epoch"]
     lengths = [len(ids) for ids in table.column("input_ids").to_pylist()]

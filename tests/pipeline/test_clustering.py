@@ -10,10 +10,10 @@ import pytest
 
 from manifests.layout import Layout
 from manifests.schemas import PAIRS
-from pipeline.dedup import NODES, cluster_passes
+from pipeline.dedup import cluster_passes
 from pipeline.partitions import Output, Relation, Steps, run_sql
 from pipeline.runner import Runner, Task
-from stages.dedup import ID_PASS, KINDS, ClusterQueries
+from stages.dedup import ID_PASS, KINDS, NODES, ClusterQueries
 
 pytestmark = pytest.mark.slow  # runs the clustering as Ray tasks
 

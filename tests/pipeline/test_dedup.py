@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.build import build
-from pipeline.config import SAMPLES_DIR as SAMPLES
+from stages.paths import SAMPLES_DIR as SAMPLES
 from tests.helpers import query, settings_for, udhr
 
 pytestmark = pytest.mark.slow  # builds the samples

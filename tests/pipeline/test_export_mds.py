@@ -13,8 +13,9 @@ import pytest
 
 from manifests.layout import Layout
 from pipeline.cli import main
-from pipeline.config import PROJECT_ROOT, load_phase
+from pipeline.sections import PHASES
 from stages.mds import MDSError
+from stages.paths import PROJECT_ROOT
 from stages.shards import read_mds
 
 pytestmark = pytest.mark.slow  # builds the samples
@@ -55,7 +56,7 @@ def test_mmberts_trainer_loads_every_sample(exports, number, tmp_path):
         pytest.skip(f"{MDS_VENV.name}, mosaicml-streaming's environment, is missing or incomplete: run `make setup`")
     out, folders = exports
     samples = tmp_path / "samples.jsonl"
-    seq_len = load_phase(number).seq_len
+    seq_len = PHASES.load().phase(number).seq_len
     loaded = subprocess.run([str(MDS_VENV / "bin" / "python"), str(LOADER), str(folders[number]), str(seq_len),
                              str(samples)], capture_output=True, text=True, timeout=600)
     assert loaded.returncode == 0, loaded.stderr[-3000:]
@@ -72,7 +73,7 @@ def test_mmberts_trainer_loads_every_sample(exports, number, tmp_path):
 
 def test_the_export_is_laid_out_as_mmberts_data(exports):
     out, folders = exports
-    export, rules = folders[1], load_phase(1).chunking
+    export, rules = folders[1], PHASES.load().phase(1).chunking
     names = sorted(path.name for path in export.iterdir() if path.is_dir())
     sources = ["dolma", "fineweb2", "megawika", "prolong", "starcoder"]
     assert names == [f"{source}-tokenized-chunked-1024-512-128-backfill-nodups" for source in sources]

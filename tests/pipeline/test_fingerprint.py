@@ -9,8 +9,8 @@ import sys
 import textwrap
 
 from pipeline import fingerprint
-from pipeline.config import PROJECT_ROOT as ROOT
 from pipeline.fingerprint import code_digest, digest
+from stages.paths import PROJECT_ROOT as ROOT
 
 MODULE = """
     import numba

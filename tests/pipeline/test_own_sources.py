@@ -17,8 +17,9 @@ from manifests.layout import Layout
 from manifests.report import build_report
 from pipeline.build import BuildSettings, build
 from pipeline.cli import main
-from pipeline.config import CONFIG_DIR, SAMPLES_DIR, ConfigError, load_recipe
-from pipeline.config import PROJECT_ROOT as ROOT
+from pipeline.config import ConfigError, load_recipe
+from stages.paths import CONFIG_DIR, SAMPLES_DIR
+from stages.paths import PROJECT_ROOT as ROOT
 from tests.helpers import fineweb2_texts, free_port, query, write_lines
 
 pytestmark = pytest.mark.slow  # builds the samples

@@ -8,7 +8,7 @@ import pytest
 from manifests.catalog import check
 from manifests.layout import Layout
 from pipeline.cli import main
-from pipeline.config import COUNTS_FILE
+from stages.paths import COUNTS_FILE
 from tests.helpers import query
 
 pytestmark = pytest.mark.slow  # builds the samples

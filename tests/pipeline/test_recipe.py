@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from pipeline.cli import main
-from pipeline.config import CONFIG_DIR, load_recipe
+from pipeline.config import load_recipe
+from stages.paths import CONFIG_DIR
 from stages.settings import ConfigError
 
 

@@ -12,8 +12,9 @@ import pytest
 from manifests.catalog import check
 from manifests.layout import Layout
 from pipeline.build import build
-from pipeline.config import SAMPLES_DIR, load_phase
+from pipeline.sections import PHASES
 from stages.mix import FINEWEB2_BANDS, band_repeats
+from stages.paths import SAMPLES_DIR
 from tests.helpers import query, settings_for
 
 pytestmark = pytest.mark.slow  # builds the samples
@@ -56,7 +57,7 @@ def test_rehydration_repeats_by_band_within_the_cap(clustered, capsys):
     assert check(Layout(out), "phase1") == []
     rehydrated = copies(out)
     assert plain.keys() == rehydrated.keys()
-    max_epochs = load_phase(1).max_epochs
+    max_epochs = PHASES.load().phase(1).max_epochs
     by_lang_weight: dict[tuple[str, int], list[int]] = defaultdict(list)
     for lang, size, n in rehydrated.values():
         assert n <= max_epochs

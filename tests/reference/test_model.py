@@ -6,7 +6,7 @@ torch = pytest.importorskip("torch")
 
 from dataclasses import replace  # noqa: E402
 
-from pipeline.config import load_phase  # noqa: E402
+from pipeline.sections import PHASES  # noqa: E402
 from reference.data import Batch, make_batch, mask_tokens  # noqa: E402
 from reference.model import ATTENTION, Attention, Encoder, EncoderConfig, config_for  # noqa: E402
 
@@ -29,7 +29,7 @@ def test_configurations():
 @pytest.mark.parametrize("number, theta", [(1, 10_000), (2, 160_000), (3, 160_000)])
 def test_rope_theta_per_phase_for_global_and_local_layers(number, theta):
     """mmBERT: both at 10k in pre-training, both at 160k from mid-training on (its published config)."""
-    phase = load_phase(number)
+    phase = PHASES.load().phase(number)
     config = config_for("small", 256_000, phase.global_rope_theta, phase.local_rope_theta)
     layers = Encoder(replace(config, n_layers=3, hidden=64, heads=2, intermediate=64, vocab_size=64)).layers
     assert {layer.attn.theta for layer in layers} == {theta}

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from pipeline.cli import main
-from pipeline.config import CONFIG_DIR, SAMPLES_DIR
-from pipeline.config import PROJECT_ROOT as ROOT
+from stages.paths import CONFIG_DIR, SAMPLES_DIR
+from stages.paths import PROJECT_ROOT as ROOT
 
 PHASE = """1:
   name: test

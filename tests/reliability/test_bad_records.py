@@ -15,8 +15,8 @@ import pytest
 from manifests.catalog import check
 from manifests.layout import Layout
 from pipeline.build import build
-from pipeline.config import SAMPLES_DIR as SAMPLES
 from stages.mds import encode_shard, index_entry
+from stages.paths import SAMPLES_DIR as SAMPLES
 from tests.helpers import query, settings_for, udhr
 
 pytestmark = pytest.mark.slow  # builds the samples

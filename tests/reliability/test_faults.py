@@ -17,9 +17,9 @@ from manifests.catalog import check
 from manifests.layout import Layout, TreeLocked
 from pipeline.build import build
 from pipeline.cli import main
-from pipeline.config import PROJECT_ROOT as ROOT
-from pipeline.config import SAMPLES_DIR as SAMPLES
 from pipeline.runner import TaskFailed
+from stages.paths import PROJECT_ROOT as ROOT
+from stages.paths import SAMPLES_DIR as SAMPLES
 from tests.helpers import GERMAN, copies_of_german, settings_for, shard_hashes
 
 pytestmark = pytest.mark.slow  # builds the samples, kills builds in other processes

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from manifests.layout import Layout
-from pipeline.config import PROJECT_ROOT as ROOT
+from stages.paths import PROJECT_ROOT as ROOT
 from tests.helpers import free_port, ray_env, shard_hashes, stop, wait_for_port
 
 pytestmark = pytest.mark.slow  # starts a Ray cluster of three nodes

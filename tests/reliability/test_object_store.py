@@ -14,7 +14,7 @@ import pytest
 from manifests.catalog import check
 from manifests.layout import Layout
 from pipeline.cli import main
-from pipeline.config import PROJECT_ROOT as ROOT
+from stages.paths import PROJECT_ROOT as ROOT
 from tests.helpers import shard_hashes
 
 pytestmark = pytest.mark.slow  # builds on an S3 server in other processes

@@ -8,7 +8,7 @@ import pytest
 
 from manifests.catalog import check
 from manifests.layout import Layout
-from pipeline.config import PROJECT_ROOT as ROOT
+from stages.paths import PROJECT_ROOT as ROOT
 from tests.helpers import free_port, ray_env, shard_hashes, stop, wait_for_port
 
 pytestmark = pytest.mark.slow  # starts a Ray head and submits a build

@@ -14,7 +14,7 @@ from manifests.catalog import check
 from manifests.layout import Layout
 from pipeline.build import build
 from pipeline.cli import main
-from pipeline.config import SAMPLES_DIR as SAMPLES
+from stages.paths import SAMPLES_DIR as SAMPLES
 from tests.helpers import GERMAN, copies_of_german, edit_keeping_size_and_mtime, settings_for, shard_hashes
 
 pytestmark = pytest.mark.slow  # builds the samples

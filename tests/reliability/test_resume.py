@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from pipeline.config import PROJECT_ROOT as ROOT
+from stages.paths import PROJECT_ROOT as ROOT
 from tests.helpers import shard_hashes
 
 pytestmark = pytest.mark.slow  # kills builds in other processes

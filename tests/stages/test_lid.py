@@ -4,13 +4,12 @@ import dataclasses
 
 import pytest
 
-from pipeline.config import load_lid, load_quality, upstream_min_scores
+from pipeline.config import load_recipe
+from pipeline.sections import LID
 from stages.base import Document
 from stages.languages import LanguageSet
 from stages.lid import FastTextLid, LanguageId, MinScore
 from tests.helpers import udhr
-
-SCORES = upstream_min_scores(load_quality())  # FineWeb2's minimum upstream score per language
 
 
 def doc(text: str, lang: str | None, lang_source: str, score: float | None = None, source: str = "dolma") -> Document:
@@ -20,7 +19,7 @@ def doc(text: str, lang: str | None, lang_source: str, score: float | None = Non
 
 @pytest.fixture(scope="module")
 def config(tokenizers):  # the assets (model included) come with `make setup`
-    return load_lid()
+    return load_recipe().lid  # FineWeb2's minimum upstream scores come from the quality section
 
 
 @pytest.mark.parametrize("lang", ["deu_Latn", "rus_Cyrl", "cmn_Hani", "arb_Arab", "hin_Deva", "jpn_Jpan",
@@ -32,7 +31,7 @@ def test_detects_lang_script_on_real_text(config, lang):
 
 
 def test_script_comes_from_the_text():
-    model = FastTextLid(load_lid().model)
+    model = FastTextLid(LID.load().model)
     assert model.normalize("__label__sr", "Сва људска бића рађају се слободна") == "srp_Cyrl"
     assert model.normalize("__label__sr", "Sva ljudska bića rađaju se slobodna") == "srp_Latn"
     assert model.normalize("__label__ja", "人人生而自由") == "jpn_Jpan"
@@ -40,20 +39,20 @@ def test_script_comes_from_the_text():
 
 
 def test_detected_label_replaces_the_expected_one(config):
-    stage = LanguageId(config, SCORES)
+    stage = LanguageId(config)
     [kept] = stage.run([doc(udhr("fra_Latn"), "eng_Latn", "expected")])
     assert kept.metadata["lang"] == "fra_Latn" and kept.metadata["lang_score"] > 0.8
 
 
 def test_low_score_and_other_language_are_rejected_with_the_prediction(config, tmp_path):
     strict = dataclasses.replace(config, min_score=MinScore(0.9999))
-    stage = LanguageId(strict, SCORES)
+    stage = LanguageId(strict)
     assert list(stage.run([doc("ok ok 123 yes", "eng_Latn", "expected")])) == []
     [reject] = stage.rejects
     assert reject.reason == "lid:low_score score<0.9999" and reject.detail.startswith("predicted ")
     (tmp_path / "counts.csv").write_text("language,only\neng,100\ndeu,0\n")
     narrow = dataclasses.replace(config, languages=LanguageSet("only", tmp_path / "counts.csv"))
-    stage = LanguageId(narrow, SCORES)
+    stage = LanguageId(narrow)
     assert list(stage.run([doc(udhr("deu_Latn"), "eng_Latn", "expected")])) == []
     assert [(r.reason, r.detail.split()[1]) for r in stage.rejects] == [("lid:other_language", "deu_Latn")]
 
@@ -61,34 +60,34 @@ def test_low_score_and_other_language_are_rejected_with_the_prediction(config, t
 def test_upstream_label_unknown_to_the_model_is_kept_or_rejected_as_configured(config):
     xhosa = udhr("xho_Latn")
     assert "xho" not in FastTextLid(config.model).known
-    stage = LanguageId(config, SCORES)
+    stage = LanguageId(config)
     [kept] = stage.run([doc(xhosa, "xho_Latn", "upstream", 0.95, "fineweb2")])
     assert kept.metadata["lang"] == "xho_Latn"  # never relabelled by a model that cannot know it
     assert stage.stats.notes[("fineweb2", "xho_Latn")]["lid:unknown_to_model"] == 1
-    stage = LanguageId(dataclasses.replace(config, unknown_to_model="reject"), SCORES)
+    stage = LanguageId(dataclasses.replace(config, unknown_to_model="reject"))
     assert list(stage.run([doc(xhosa, "xho_Latn", "upstream", 0.95, "fineweb2")])) == []
     assert [r.reason for r in stage.rejects] == ["lid:unknown_to_model"]
 
 
 def test_upstream_disagreement_noted_or_rejected(config):
     german_labelled_french = doc(udhr("deu_Latn"), "fra_Latn", "upstream", 0.95, "fineweb2")
-    stage = LanguageId(config, SCORES)
+    stage = LanguageId(config)
     [kept] = stage.run([german_labelled_french])
     assert kept.metadata["lang"] == "fra_Latn" and kept.metadata["lid_predicted"] == "deu_Latn"
     assert stage.stats.notes[("fineweb2", "fra_Latn")]["lid:upstream_disagrees"] == 1
-    stage = LanguageId(dataclasses.replace(config, upstream="verify"), SCORES)
+    stage = LanguageId(dataclasses.replace(config, upstream="verify"))
     assert list(stage.run([doc(udhr("deu_Latn"), "fra_Latn", "upstream", 0.95, "fineweb2")])) == []
     assert [r.reason for r in stage.rejects] == ["lid:disagrees_with_upstream"]
 
 
 def test_upstream_score_below_fineweb2_minimum(config):
-    stage = LanguageId(config, SCORES)
+    stage = LanguageId(config)
     assert list(stage.run([doc(udhr("deu_Latn"), "deu_Latn", "upstream", 0.5, "fineweb2")])) == []
     assert [r.reason for r in stage.rejects] == ["lid:low_score upstream_score<0.821"]
 
 
 def test_code_is_not_run_through_the_text_model(config):
-    stage = LanguageId(config, SCORES)
+    stage = LanguageId(config)
     [kept] = stage.run([doc("def f():\n    return 1\n", "code_python", "code", source="starcoder")])
     assert kept.metadata["lang"] == "code_python" and "lid_predicted" not in kept.metadata
 
@@ -98,7 +97,7 @@ def test_code_is_not_run_through_the_text_model(config):
     ("de", "trust", "noted"), ("deu", "verify", "lid:disagrees_with_upstream"),
 ])
 def test_dolma_metadata_language_is_checked_against_the_expected_one(config, upstream, policy, outcome):
-    stage = LanguageId(dataclasses.replace(config, upstream=policy), SCORES)
+    stage = LanguageId(dataclasses.replace(config, upstream=policy))
     document = doc("All human beings are born free and equal in dignity and rights. They are endowed with reason "
                    "and conscience.", "eng_Latn", "expected")
     document.metadata["upstream_lang"] = upstream

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.config import load_quality
+from pipeline.sections import QUALITY
 from stages.base import Document
 from stages.quality import QualityFilter
 from tests.helpers import udhr
@@ -10,7 +10,7 @@ from tests.helpers import udhr
 
 @pytest.fixture(scope="module")
 def stage():
-    return QualityFilter(load_quality())
+    return QualityFilter(QUALITY.load())
 
 
 def verdict(stage, text: str, lang: str) -> str | float:
@@ -190,7 +190,7 @@ def test_verdicts_and_scores_are_those_before_the_speed_ups():
 
     docs = documents(1500, seed=3) + [Document(text=text, id=f"s{i}", metadata={"source": "s", "lang": lang})
                                       for i, (lang, text) in enumerate(sample_texts())]
-    stage = QualityFilter(load_quality())
+    stage = QualityFilter(QUALITY.load())
     kept = {doc.id: doc.metadata["quality"] for doc in stage.run(copy.deepcopy(docs))}
     rejected = {reject.id: reject.reason for reject in stage.rejects}
     rows = [(doc.id, kept.get(doc.id), rejected.get(doc.id)) for doc in docs]

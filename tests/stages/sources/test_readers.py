@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from pipeline.config import SAMPLES_DIR as SAMPLES
+from stages.paths import SAMPLES_DIR as SAMPLES
 from stages.sources import DolmaReader, FineWeb2Reader, MegaWikaReader, ProLongReader, StarCoderReader
 from tests.helpers import edit_keeping_size_and_mtime
 
