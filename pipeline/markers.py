@@ -73,17 +73,17 @@ class Ledger:
     def markers(self, stage: str) -> dict[str, Done]:
         """The stage's markers in the tree (this build's or an earlier one's) by task key."""
         found = {}
-        for name in self.layout.glob(f"{Layout.MARKERS}/{stage}/*.json"):
+        for name in self.layout.glob(Layout.markers_glob(stage)):
             try:
                 done = Done.from_record(json.loads(self.layout.read_text(name)))
             except (ValueError, KeyError, TypeError, FileNotFoundError):
                 continue  # unreadable or from an older layout: the task runs again
-            found[name.rsplit("/", 1)[1].removesuffix(".json")] = done
+            found[Layout.MARKER.parse(name)["key"]] = done
         return found
 
     def earlier_stages(self, pattern: str) -> list[str]:
         """The stages matching a glob that have markers in the tree but that this build did not ask for."""
-        marked = {name.split("/")[-2] for name in self.layout.glob(f"{Layout.MARKERS}/{pattern}/*.json")}
+        marked = {Layout.MARKER.parse(name)["stage"] for name in self.layout.glob(Layout.markers_glob(pattern))}
         return sorted(marked - self.asked)
 
     def remove(self, stage: str, key: str, done: Done) -> None:
