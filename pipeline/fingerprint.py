@@ -1,4 +1,4 @@
-"""Fingerprints: what a task depends on, as one sha256 (pipeline/runner.py keeps it in the task's marker).
+"""Fingerprints: what a task depends on, as one sha256 (pipeline/markers.py keeps it in the task's marker).
 
 A task's fingerprint covers its arguments (the configuration it uses, in a canonical JSON form that does not
 depend on where --out lives), the checksums of the output-tree files it reads, the identity of the upstream files
