@@ -215,14 +215,14 @@ def _build(settings: BuildSettings, layout: Layout, gemma: Gemma2Tokenizer) -> d
         timings["mix"] = time.time() - t0
         # What the manifest and the catalog read besides the tasks: verified (or written again) first, and
         # nothing else left in the folders they read.
-        runner.ensure(name for name in runner.producers if Layout.read_after_build(name))
-        runner.sweep(Layout.built_folders(phase.id),
-                     keep=[Layout.stats("mix", "plan", "outside", phase.id)])
-        runner.verify_earlier(lambda name: Layout.read_after_build(name) and not Layout.in_phase(name, phase.id))
+        ledger = runner.ledger
+        runner.ensure(name for name in ledger.producers if Layout.read_after_build(name))
+        ledger.sweep(Layout.built_folders(phase.id), keep=[Layout.stats("mix", "plan", "outside", phase.id)])
+        ledger.verify_earlier(lambda name: Layout.read_after_build(name) and not Layout.in_phase(name, phase.id))
         ran = dict(runner.ran)
         stage_costs = {stage: costs.to_dict() for stage, costs in runner.costs.items()}
         task_memory = runner.task_memory
-        files = catalog.file_rows(runner.producers)
+        files = catalog.file_rows(ledger.producers)
         run_info = dict(mix_settings, phase=phase.to_dict(), recipe=recipe.to_dict(), timings=timings, ran=ran,
                         stages=stage_costs, task_memory=task_memory, dedup=dedup_summary,
                         started=datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(),
@@ -230,7 +230,7 @@ def _build(settings: BuildSettings, layout: Layout, gemma: Gemma2Tokenizer) -> d
                         tokenizer_sha256=gemma.sha256, assets=asset_digests(recipe), versions=package_versions(),
                         git_commit=git_commit())
         measured = shard_digests(layout, phase.id)
-        runner.record(f"{phase.id}-manifest", catalog.write_manifest, layout=layout, phase_id=phase.id, plan=plan,
+        ledger.record(f"{phase.id}-manifest", catalog.write_manifest, layout=layout, phase_id=phase.id, plan=plan,
                       shards=[shards[k] for k in sorted(shards)], run_info=run_info, files=files)
     layout.delete_tree(Layout.placed_dir(phase.id))
     written = sorted(shard["sha256"] for shard in shards.values())

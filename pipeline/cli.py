@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_command(name: str, run: Callable[[], int]) -> int:
     """The command's exit status; every error one line on stderr."""
     from manifests.layout import TreeLocked
-    from pipeline.runner import Terminated
+    from pipeline.session import Terminated
 
     try:
         return run()

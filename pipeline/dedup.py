@@ -78,7 +78,7 @@ def make_keys(steps: Steps, queries: ClusterQueries, signatures: dict[tuple[str,
     signature files, read in batches of about a partition's bytes."""
     numbers = {curated: number for number, curated in enumerate(sorted(signatures))}
     by_name = {name: curated for curated, name in signatures.items()}
-    sizes = {name: steps.runner.size(name) for name in signatures.values()}
+    sizes = {name: steps.runner.ledger.size(name) for name in signatures.values()}
     schemas = {"nodes": NODES, "bands": BANDS, "signatures": SIGNATURE_ROWS}
     outputs = [steps.output("keys", name, schemas[name], sql) for name, sql in queries.keys().items()]
     tasks = []
@@ -207,14 +207,14 @@ def run_dedup(runner: Runner, layout: Layout, curated_files: list[tuple[str, str
         for source, part in curated_files
     ])
     signatures = {(source, part): Layout.signatures(config, source, part) for source, part in curated_files}
-    partitions = partitions_for(sum(runner.size(name) for name in signatures.values()), runner.task_memory)
+    partitions = partitions_for(sum(runner.ledger.size(name) for name in signatures.values()), runner.task_memory)
     queries = ClusterQueries(partitions, dedup.passes, config.min_similarity)
     steps = Steps(runner, Layout.dedup_steps(config), partitions, prefix="dedup", costs_as="dedup-clusters")
     nodes, signature_rows, pairs = make_keys(steps, queries, signatures)
     clusters, nodes, summary = cluster_passes(steps, queries, nodes, signature_rows, pairs)
     summary["partitions"] = partitions
     removals = write_clusters(steps, queries, clusters, nodes, config, curated_files)
-    runner.drop_stages("dedup-")  # after success only: a failed build keeps every finished step for its resume
+    runner.ledger.drop_stages("dedup-")  # after success only: a failed build keeps every finished step for its resume
     return summary, removals
 
 
@@ -233,6 +233,6 @@ def write_clusters(steps: Steps, queries: ClusterQueries, clusters: list[Relatio
     tasks = [Task(Layout.partition(number), write_removals, dict(layout=steps.layout, files=files, config=config),
                   inputs=files) for number, files in enumerate(clustered.files) if files]
     steps.run("removals", tasks, [])
-    written = steps.runner.outputs("dedup-removals")
+    written = steps.runner.ledger.outputs("dedup-removals")
     return {curated: Layout.removals(config, *curated) for curated in curated_files
             if Layout.removals(config, *curated) in written}

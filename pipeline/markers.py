@@ -13,11 +13,11 @@ A file of the tree is trusted once a task of this build wrote it or it matched i
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from manifests.layout import Layout, Written
+from manifests.layout import Layout, Written, recording
 from pipeline.fingerprint import FORMATS, digest
 
 if TYPE_CHECKING:
@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 VERIFY_BATCH = 64  # files one verification task reads
+
+
+class TaskFailed(RuntimeError):
+    """A task failed on every try, or a file a task reads is damaged and no task of this build writes it."""
 
 
 @dataclass(frozen=True)
@@ -161,3 +165,26 @@ class Ledger:
                 f"{name} {problem}" for name, problem in damaged.items() if self.producers[name][1] == key))
             del self.done[stage][key]
         return keys
+
+    def record(self, stage: str, fn: Callable[..., dict | None], **kwargs: Any) -> None:
+        """Run a step in the driver (the manifest) and leave a marker of what it wrote, as a task's, so that later
+        builds verify those files before reading them."""
+        old = self.markers(stage).get("driver")
+        with recording() as written:
+            summary = fn(**kwargs) or {}
+        record = write_marker(self.layout, Layout.marker(stage, "driver"), "", written, summary,
+                              list(old.outputs) if old else [])
+        self.asked.add(stage)
+        self.register(stage, "driver", Done.from_record(record), written_now=True)
+
+    def verify_earlier(self, wanted: Callable[[str], bool]) -> None:
+        """Verify the files `wanted` picks among the outputs of stages this build did not run (another phase's
+        manifest and rejects, which the catalog reads); a damaged or missing one fails the build, naming it and
+        the stage that wrote it (building that phase again writes it anew)."""
+        files = {name: (stage, checksum) for stage in self.earlier_stages("*")
+                 for done in self.markers(stage).values()
+                 for name, checksum in done.outputs.items() if wanted(name)}
+        if damaged := self.verify({name: checksum for name, (_, checksum) in files.items()}):
+            name, problem = sorted(damaged.items())[0]
+            raise TaskFailed(f"{self.layout.url_of(name)}: {problem}; written by stage {files[name][0]} of an "
+                             "earlier build: build that phase again to write it anew")

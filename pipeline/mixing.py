@@ -190,7 +190,7 @@ def split_group(layout: Layout, phase_id: str, group: int, files: list[str]) -> 
 def mix_phase(runner: Runner, layout: Layout, phase: PhaseConfig, seed: int, budget: float | None,
               shard_tokens: int, bos: int, eos: int) -> tuple[list[MixRow], dict[str, dict], dict]:
     """Plan and write one phase's shards; returns the plan, the shard summaries and the run settings."""
-    files = sorted(name for name in runner.outputs("pool") if Layout.POOL.parse(name))
+    files = sorted(name for name in runner.ledger.outputs("pool") if Layout.POOL.parse(name))
     runner.ensure(files)  # the summary reads them all: a damaged or deleted one is written again first
     pool = summarize_pool(layout, phase, files)
     if not pool.available:
@@ -219,7 +219,7 @@ def mix_phase(runner: Runner, layout: Layout, phase: PhaseConfig, seed: int, bud
         for key, by_weight in copies.items()
     }
     by_file = {name: key for key, names in pool.files.items() for name in names}
-    sizes = {name: runner.size(name) for name in by_file}
+    sizes = {name: runner.ledger.size(name) for name in by_file}
     per_group = shards_per_group(n_shards, SHUFFLE_FANOUT)
     runner.run(f"{phase.id}-mix", [
         Task(key, mix_files, dict(layout=layout, phase_id=phase.id, pools=names, seed=seed, rules=phase.chunking,
@@ -230,14 +230,14 @@ def mix_phase(runner: Runner, layout: Layout, phase: PhaseConfig, seed: int, bud
         for number, names in enumerate(batches(sizes, MIX_BATCH_BYTES))
         for key in [f"batch-{number:05d}"]
     ])
-    placed = sorted(runner.outputs(f"{phase.id}-mix"))
+    placed = sorted(runner.ledger.outputs(f"{phase.id}-mix"))
     if per_group > 1:
         runner.run(f"{phase.id}-split", [
             Task(f"group-{group:05d}", split_group, dict(layout=layout, phase_id=phase.id, group=group, files=files),
                  inputs=tuple(files))
             for group, files in sorted(Layout.PLACED_IN_GROUP.by(placed, "group", phase=phase.id).items())
         ])
-        placed = sorted(runner.outputs(f"{phase.id}-split"))
+        placed = sorted(runner.ledger.outputs(f"{phase.id}-split"))
     by_shard = Layout.PLACED_IN_SHARD.by(placed, "shard", phase=phase.id)
     shards = runner.run(f"{phase.id}-shard", [
         Task(f"shard-{s:05d}", write_shard, dict(layout=layout, placed=sorted(by_shard.get(s, [])),

@@ -121,7 +121,7 @@ def run_sql(layout: Layout, task: str, views: dict[str, tuple[tuple[str, ...], p
 
 def gather(runner: Runner, stage: str, output: Output) -> Relation:
     """The relation a step's tasks wrote to `output`, by partition."""
-    by_partition = Layout.PARTITION_FILE.by(sorted(runner.outputs(stage)), "partition", folder=output.folder)
+    by_partition = Layout.PARTITION_FILE.by(sorted(runner.ledger.outputs(stage)), "partition", folder=output.folder)
     files = tuple(tuple(by_partition.get(partition, ())) for partition in range(output.partitions))
     return Relation(output.folder, output.schema, files)
 
@@ -154,7 +154,7 @@ class Steps:
             key = Layout.partition(partition)
             tasks.append(Task(key, run_sql, dict(layout=self.layout, task=key, views=views, outputs=outputs,
                                                  summary=summary),
-                              inputs=files, size=sum(self.runner.size(name) for name in files)))
+                              inputs=files, size=sum(self.runner.ledger.size(name) for name in files)))
         return self.run(step, tasks, outputs, costs_as)
 
     def single(self, step: str, inputs: dict[str, Relation], name: str, schema: pa.Schema, sql: str,

@@ -14,30 +14,20 @@ build makes it, fails naming the file.
 import contextlib
 import logging
 import os
-import signal
-import sys
-import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from manifests.layout import TASK_MEMORY, Layout, recording
 from pipeline.fingerprint import Shared, digest
-from pipeline.markers import Done, Ledger, write_marker
+from pipeline.markers import Done, Ledger, TaskFailed, write_marker
 from pipeline.progress import MIN_TASK_MEMORY, Progress, StageCosts, fit_task_memory, measured
+from pipeline.session import ray_session, sigterm_raises
 
 log = logging.getLogger(__name__)
 SYSTEM_RETRIES = 3  # a task lost with its node (beyond Ray's own retries) is placed again this many times
-
-
-class TaskFailed(RuntimeError):
-    pass
-
-
-class Terminated(Exception):
-    """SIGTERM reached the driver: stop scheduling, shut Ray down, exit 143."""
 
 
 @dataclass(frozen=True)
@@ -85,47 +75,6 @@ def _run_task(fn: Callable[..., dict], kwargs: dict, layout: Layout, marker: str
     return write_marker(layout, marker, fingerprint, written, summary, stale, costs)
 
 
-@contextlib.contextmanager
-def _ray_session(address: str | None, workers: int, object_store_mb: int) -> Iterator[None]:
-    """Ray for the runner's tasks: the cluster at `address`, or else a new embedded one; none is started where Ray
-    already runs (a test's session)."""
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    if address:
-        from pipeline.cluster import check_answers
-
-        check_answers(address)
-        ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        # address="local": a new embedded Ray, even where `ray start` left a cluster on this machine
-        ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING,
-                 object_store_memory=object_store_mb * 2**20)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """SIGTERM raises Terminated in the driver (a handler set after Ray's own, and restored afterwards)."""
-    if sys.platform == "win32" or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated()
-
-
 class Runner:
     """Context manager around a Ray session; `run(stage, tasks)` executes the tasks not already done."""
 
@@ -149,24 +98,14 @@ class Runner:
 
     def __enter__(self) -> "Runner":
         with contextlib.ExitStack() as stack:
-            stack.enter_context(_ray_session(self.address, self.workers, self.object_store_mb))
+            stack.enter_context(ray_session(self.address, self.workers, self.object_store_mb))
             self.task_memory = fit_task_memory(self.task_memory)
-            stack.enter_context(_sigterm_raises())
+            stack.enter_context(sigterm_raises())
             self._session = stack.pop_all()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._session.close()
-
-    @property
-    def producers(self) -> dict[str, tuple[str, str, str]]:
-        return self.ledger.producers
-
-    def outputs(self, stage: str) -> dict[str, str]:
-        return self.ledger.outputs(stage)
-
-    def size(self, name: str) -> int:
-        return self.ledger.size(name)
 
     def share(self, value: Any) -> Shared:
         import ray
@@ -198,9 +137,6 @@ class Runner:
         log.info("%s: %d tasks, %d already done, %d to run", stage, len(tasks), len(tasks) - len(todo), len(todo))
         self._execute(stage, todo, markers, costs_as or stage)
         return {key: self.ledger.done[stage][key].summary for key in sorted(wanted)}
-
-    def drop_stages(self, prefix: str) -> None:
-        self.ledger.drop_stages(prefix)
 
     def _execute(self, stage: str, todo: list[Task], markers: dict[str, Done], costs_as: str) -> None:
         import ray
@@ -259,44 +195,18 @@ class Runner:
         or what the driver reads: the pool it summarizes, the stats and rejects of the manifest); run again the
         producers of those that are damaged or missing."""
         names = sorted({name for name in names if name not in self.ledger.trusted})
-        unknown = [name for name in names if name not in self.producers]
+        unknown = [name for name in names if name not in self.ledger.producers]
         if unknown:
             raise TaskFailed(f"{self.layout.url_of(unknown[0])}: read by a task, but no task of this build writes it")
-        if damaged := self.ledger.verify({name: self.producers[name][2] for name in names}):
+        if damaged := self.ledger.verify({name: self.ledger.producers[name][2] for name in names}):
             self._repair(damaged)
-
-    def record(self, stage: str, fn: Callable[..., dict | None], **kwargs: Any) -> None:
-        """Run a step in the driver (the manifest) and leave a marker of what it wrote, as a task's, so that later
-        builds verify those files before reading them."""
-        old = self.ledger.markers(stage).get("driver")
-        with recording() as written:
-            summary = fn(**kwargs) or {}
-        record = write_marker(self.layout, Layout.marker(stage, "driver"), "", written, summary,
-                              list(old.outputs) if old else [])
-        self.ledger.asked.add(stage)
-        self.ledger.register(stage, "driver", Done.from_record(record), written_now=True)
-
-    def verify_earlier(self, wanted: Callable[[str], bool]) -> None:
-        """Verify the files `wanted` picks among the outputs of stages this build did not run (another phase's
-        manifest and rejects, which the catalog reads); a damaged or missing one fails the build, naming it and
-        the stage that wrote it (building that phase again writes it anew)."""
-        files = {name: (stage, checksum) for stage in self.ledger.earlier_stages("*")
-                 for done in self.ledger.markers(stage).values()
-                 for name, checksum in done.outputs.items() if wanted(name)}
-        if damaged := self.ledger.verify({name: checksum for name, (_, checksum) in files.items()}):
-            name, problem = sorted(damaged.items())[0]
-            raise TaskFailed(f"{self.layout.url_of(name)}: {problem}; written by stage {files[name][0]} of an "
-                             "earlier build: build that phase again to write it anew")
-
-    def sweep(self, folders: Iterable[str], keep: Iterable[str] = ()) -> None:
-        self.ledger.sweep(folders, keep)
 
     def _repair(self, damaged: dict[str, str]) -> None:
         """Run again the tasks that wrote the damaged files (their own inputs checked in turn)."""
         by_stage: dict[str, dict[str, Task]] = defaultdict(dict)
         problems: dict[str, list[str]] = defaultdict(list)
         for name, problem in sorted(damaged.items()):
-            producer = self.producers.get(name)
+            producer = self.ledger.producers.get(name)
             if producer is None:
                 raise TaskFailed(f"{self.layout.url_of(name)}: {problem}, and no task of this build writes it")
             stage, key, _ = producer

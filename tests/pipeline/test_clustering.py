@@ -109,7 +109,8 @@ def largest_input_share(runner: Runner) -> float:
     shares = []
     for stage in {stage for stage, _ in runner.tasks if stage != "test-load" and "-large-" not in stage
                   and "-small-" not in stage}:
-        sizes = [sum(runner.size(name) for name in task.inputs) for (s, _), task in runner.tasks.items() if s == stage]
+        sizes = [sum(runner.ledger.size(name) for name in task.inputs)
+                 for (s, _), task in runner.tasks.items() if s == stage]
         if sum(sizes) > 64 << 10:
             shares.append(max(sizes) / sum(sizes))
     return max(shares)
