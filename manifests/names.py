@@ -13,6 +13,7 @@ Names are relative to the root (manifests/layout.py turns them into paths and UR
 This module is a leaf: it imports nothing of the project.
 """
 
+import datetime
 import fnmatch
 import posixpath
 import re
@@ -99,6 +100,8 @@ class Names:
     CARD = Template("{phase}/README.md")  # the Hugging Face dataset card: its YAML names the shards as data files
     MANIFEST_DIR = Template("{phase}/manifest")
     MANIFEST = Template(MANIFEST_DIR.pattern + "/{table}.parquet")
+    RUN_RECORD = Template(MANIFEST_DIR.pattern + "/runs/{stamp}.parquet")  # a build's row of the phase's history
+    RUN_STAMP = "%Y%m%dT%H%M%S.%fZ"  # a build's start (UTC) in its record's name: the names sort in time order
     REPORT_DIR = Template("{phase}/report")
     REPORT = Template(REPORT_DIR.pattern + "/{file}")
     MARKER = Template(MARKERS + "/{stage}/{key}.json")
@@ -213,6 +216,15 @@ class Names:
     @classmethod
     def manifest_glob(cls, table: str) -> str:
         return cls.MANIFEST.glob(phase="phase*", table=table)
+
+    @classmethod
+    def run_record(cls, phase: str, started: datetime.datetime) -> str:
+        return cls.RUN_RECORD.format(phase=phase, stamp=started.astimezone(datetime.UTC).strftime(cls.RUN_STAMP))
+
+    @classmethod
+    def run_records_glob(cls, phase: str = "phase*") -> str:
+        """The run history of a phase (of every phase by default), one file per build."""
+        return cls.RUN_RECORD.glob(phase=phase)
 
     @classmethod
     def report(cls, phase: str, name: str = "") -> str:

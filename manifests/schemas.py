@@ -115,6 +115,18 @@ RUN = pa.schema(
     ]
 )
 
+# A phase's run history: one row per build, even one that reused everything; `run` is the row of the build
+# that wrote the current shards.
+RUNS = pa.schema(
+    [
+        *RUN,
+        ("ran", pa.string()),  # stage -> tasks run, JSON
+        ("reused", pa.string()),  # stage -> tasks found done by an earlier build, JSON
+        ("costs", pa.string()),  # stage -> what its tasks that ran cost (pipeline/progress.py), JSON
+        ("shards", pa.list_(pa.string())),  # the sha256 of each shard it wrote or found, in shard order
+    ]
+)
+
 # Every file a build's tasks wrote, with its checksum (xxhash64 for intermediates, sha256 for shards).
 FILES = pa.schema([("phase", pa.string()), ("path", pa.string()), ("stage", pa.string()), ("task", pa.string()),
                    ("algorithm", pa.string()), ("checksum", pa.string())])

@@ -6,9 +6,9 @@ Ray stages, each one task per unit (pipeline/runner.py: fingerprinted markers, c
     pool     one task per curated file: dedup -> tokenize           -> pool/<source>/<lang>/<part>.parquet
     <phase>-threshold, -mix, -shard: plan, select and place chunks, write shards (pipeline/mixing.py)
                                                                      -> <phase>/shards/shard-NNNNN.parquet
-then the manifest and the DuckDB catalog (manifests/layout.py names every path). Every task writes its stats
-and rejects next to its outputs. A part is named after its input file, so adding or removing an input leaves
-the other parts' work in place.
+then the manifest, a row of the phase's run history and the DuckDB catalog (manifests/names.py names every
+path). Every task writes its stats and rejects next to its outputs. A part is named after its input file, so
+adding or removing an input leaves the other parts' work in place.
 """
 
 import datetime
@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -187,6 +188,7 @@ def _build(settings: BuildSettings, layout: Layout, gemma: Gemma2Tokenizer) -> d
     recipe, phase = settings.recipe, settings.phase
     if removed := layout.remove_temporaries():
         log.info("removed %d temporary file(s) a killed run left", removed)
+    built = catalog.current_run(layout, phase.id)  # the build that wrote the phase's shards, if any
     timings = {}
     with Runner(layout, settings.workers, settings.ray_address, retries=settings.retries,
                 task_memory=settings.task_memory) as runner:
@@ -213,6 +215,9 @@ def _build(settings: BuildSettings, layout: Layout, gemma: Gemma2Tokenizer) -> d
         plan, shards, mix_settings = mix_phase(runner, layout, phase, settings.seed, settings.budget_tokens,
                                                shard_tokens, gemma.bos_id, gemma.eos_id)
         timings["mix"] = time.time() - t0
+        if built and (line := catalog.replacement(phase.id, built, settings.seed, phase.variant,
+                                                  mix_settings["budget_tokens"])):
+            log.info(line)
         # What the manifest and the catalog read besides the tasks: verified (or written again) first, and
         # nothing else left in the folders they read.
         ledger = runner.ledger
@@ -220,18 +225,22 @@ def _build(settings: BuildSettings, layout: Layout, gemma: Gemma2Tokenizer) -> d
         ledger.sweep(Layout.built_folders(phase.id), keep=[Layout.stats("mix", "plan", "outside", phase.id)])
         ledger.verify_earlier(lambda name: Layout.read_after_build(name) and not Layout.in_phase(name, phase.id))
         ran = dict(runner.ran)
+        asked = Counter(stage for stage, _ in runner.tasks)
+        reused = {stage: n - ran.get(stage, 0) for stage, n in sorted(asked.items()) if n > ran.get(stage, 0)}
         stage_costs = {stage: costs.to_dict() for stage, costs in runner.costs.items()}
         task_memory = runner.task_memory
         files = catalog.file_rows(ledger.producers)
         run_info = dict(mix_settings, phase=phase.to_dict(), recipe=recipe.to_dict(), timings=timings, ran=ran,
-                        stages=stage_costs, task_memory=task_memory, dedup=dedup_summary,
+                        reused=reused, stages=stage_costs, task_memory=task_memory, dedup=dedup_summary,
                         started=datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(),
                         seconds=time.time() - started, tokenizer=recipe.tokenizers["gemma2"].path,
                         tokenizer_sha256=gemma.sha256, assets=asset_digests(recipe), versions=package_versions(),
                         git_commit=git_commit())
         measured = shard_digests(layout, phase.id)
+        ordered = [shards[k] for k in sorted(shards)]
+        catalog.record_run(layout, phase.id, run_info, ordered)
         ledger.record(f"{phase.id}-manifest", catalog.write_manifest, layout=layout, phase_id=phase.id, plan=plan,
-                      shards=[shards[k] for k in sorted(shards)], run_info=run_info, files=files)
+                      shards=ordered, run_info=run_info, files=files)
     layout.delete_tree(Layout.placed_dir(phase.id))
     written = sorted(shard["sha256"] for shard in shards.values())
     if measured != written and layout.exists(Layout.manifest(phase.id, "mlm_eval")):

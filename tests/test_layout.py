@@ -3,6 +3,7 @@ back there, and dependencies run one way (stages -> manifests -> pipeline): no m
 imports pipeline/."""
 
 import ast
+import datetime
 import fnmatch
 import graphlib
 
@@ -98,6 +99,9 @@ NAMES = [
     (Layout.manifest_dir("phase1"), "phase1/manifest", Names.MANIFEST_DIR, dict(phase="phase1")),
     (Layout.manifest("phase1", "shards"), "phase1/manifest/shards.parquet", Names.MANIFEST,
      dict(phase="phase1", table="shards")),
+    (Layout.run_record("phase1", datetime.datetime(2026, 12, 3, 7, 40, tzinfo=datetime.UTC)),
+     "phase1/manifest/runs/20261203T074000.000000Z.parquet", Names.RUN_RECORD,
+     dict(phase="phase1", stamp="20261203T074000.000000Z")),
     (Layout.report("phase1"), "phase1/report", Names.REPORT_DIR, dict(phase="phase1")),
     (Layout.report("phase1", "index.html"), "phase1/report/index.html", Names.REPORT,
      dict(phase="phase1", file="index.html")),
