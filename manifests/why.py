@@ -34,7 +34,8 @@ def trace(con: duckdb.DuckDBPyConnection, layout: Layout, doc_id: str) -> tuple[
     if not rejected and not pooled:
         like = rows(SIMILAR, doc_id, doc_id) if {"pool", "rejects"} <= views else []
         hint = f"; ids containing it: {', '.join(i for (i,) in like)}" if like else ""
-        raise NoSuchDocument(f"{doc_id}: no such document in {layout.url} (neither pooled nor rejected){hint}")
+        shown = doc_id if doc_id.isprintable() else repr(doc_id)  # a control character pasted with it, made visible
+        raise NoSuchDocument(f"{shown}: no such document in {layout.url} (neither pooled nor rejected){hint}")
     clusters = rows(CLUSTERS, doc_id, doc_id) if "dedup_clusters" in views else []
     phases = [phase for (phase,) in rows(PHASES)]
     placed = {phase: rows(PLACED, layout.url_of(Layout.shards_glob(phase)), doc_id) for phase in phases}

@@ -9,13 +9,13 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from pipeline import commands, encoder_commands, read_commands
 from pipeline.config import ConfigError
-from pipeline.option_types import byte_size, number, positive_int, seed
+from pipeline.option_types import byte_size, number, phase_number, positive_int, seed, token_count
 from pipeline.sections import SECTIONS
 from pipeline.supervisor import announce_end
 from stages.settings import Range
@@ -24,10 +24,18 @@ log = logging.getLogger("mmcorpus")
 
 
 class Parser(argparse.ArgumentParser):
-    """Usage errors in one line, as every other error (the usage is one --help away)."""
+    """Usage errors in one line, as every other error (the usage is one --help away); a command's parser blames an
+    argument it does not know on itself, not on `mmcorpus`."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"mmcorpus: error: {message}; see {self.prog} --help\n")
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extra = super().parse_known_args(args, namespace)
+        if extra and self.prog != "mmcorpus":
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed, extra
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -95,7 +103,10 @@ def parser() -> argparse.ArgumentParser:
     subcommands = root.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        return subcommands.add_parser(name, help=help, formatter_class=HelpFormatter, epilog=EXAMPLES[name])
+        parser = subcommands.add_parser(name, help=help, formatter_class=HelpFormatter, epilog=EXAMPLES[name])
+        # -v after the command too (`mmcorpus build --phase 1 -v`); SUPPRESS keeps the root's value when not given
+        parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="as mmcorpus -v")
+        return parser
 
     build = command("build", "curate the sources into the pool, then mix and shard a phase")
     add_phase_arguments(build)
@@ -111,8 +122,8 @@ def parser() -> argparse.ArgumentParser:
                        help="retries of a failing task before its input file is quarantined (default: 1)")
     build.add_argument("--keep-rejected-text", action="store_true",
                        help="rejected documents keep their text in the `rejects` view (more disk)")
-    build.add_argument("--budget", type=number(float, Range(gt=0)),
-                       help="phase token budget (default: the pool's eligible tokens)")
+    build.add_argument("--budget", type=token_count,
+                       help="phase token budget: 2.3T, 600B, 50M or 1e9 (default: the pool's eligible tokens)")
     build.add_argument("--ray-address", help="a Ray cluster: http://head:8265 submits the build as a Ray job; "
                                              "ray://... or host:port joins it (default: $RAY_ADDRESS, else embedded)")
     build.add_argument("--dry-run", action="store_true", help="check the recipe and the inputs, print the resolved "
@@ -149,7 +160,7 @@ def parser() -> argparse.ArgumentParser:
                                                   "counts file (default: the pool under --out)")
     plan.add_argument("--scale", choices=["sample", "full"], default="sample",
                       help="full: the recipe's budget (2.3T / 600B / 100B); sample: what the counts hold")
-    plan.add_argument("--budget", type=number(float, Range(gt=0)), help="token budget (overrides --scale)")
+    plan.add_argument("--budget", type=token_count, help="token budget: 2.3T, 600B, 50M or 1e9 (overrides --scale)")
     add_format_argument(plan)
     plan.add_argument("--cost", action="store_true", help="also estimate the full recipe's core-hours and wall time "
                                                           "from the rates `make bench` measured")
@@ -205,7 +216,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def add_phase_arguments(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--phase", type=int, required=True, help="phase number in the phases YAML")
+    command.add_argument("--phase", type=phase_number, required=True, help="phase number in the phases YAML")
     command.add_argument("--variant", help="phase variant (phase 3: all, cont, eng; default: the phase's own)")
     command.add_argument("--phases", type=Path, help="phases YAML (default: the recipe's)")
 

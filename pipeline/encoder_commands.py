@@ -5,6 +5,7 @@ import argparse
 
 from manifests.layout import Layout
 from pipeline.config import ConfigError
+from pipeline.read_commands import require_built
 from pipeline.recipes import built_recipe
 
 
@@ -22,6 +23,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise without_the_extra(args.command, error) from None
     recipe, phase = built_recipe(args)
     layout = Layout(args.out)
+    require_built(layout, phase.id)
     settings = EvalSettings(args.chunks_per_language, args.seed, args.batch_tokens, args.device)
     try:
         rows = evaluate(layout, phase, args.checkpoint, load_gemma2(recipe.tokenizers["gemma2"]), settings)
@@ -48,6 +50,8 @@ def run_reference_check(args: argparse.Namespace) -> int:
         if value is not None and value not in known:
             raise ConfigError(f"{option} {value!r}: choose from {', '.join(known)}")
     recipe, phase = built_recipe(args)
+    if not args.mds:
+        require_built(Layout(args.out), phase.id)
     source = Layout(args.mds) if args.mds else Layout(Layout(args.out).url_of(Layout.shards_dir(phase.id)))
     settings = TrainSettings(model=args.model, steps=args.steps, batch_tokens=args.batch_tokens, lr=args.lr,
                              device=args.device, backend=args.backend, compare_padded=args.compare_padded,

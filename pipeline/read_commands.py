@@ -3,7 +3,6 @@ it was built with)."""
 
 import argparse
 import re
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +27,12 @@ def open_catalog(out: str) -> "duckdb.DuckDBPyConnection":
         return connect(layout)
     except FileNotFoundError as error:
         raise ConfigError(str(error)) from None
+
+
+def require_built(layout: Layout, phase_id: str) -> None:
+    """A command that reads a built phase stops with status 2, as `query` does, where the phase was not built."""
+    if not layout.exists(Layout.manifest(phase_id, "shards")):
+        raise ConfigError(f"{layout.url}: {phase_id} is not built (no manifest): run `mmcorpus build` first")
 
 
 def run_query(args: argparse.Namespace) -> int:
@@ -73,11 +78,10 @@ def run_why(args: argparse.Namespace) -> int:
     from manifests.why import NoSuchDocument, trace
 
     with open_catalog(args.out) as con:
-        try:
-            title, steps = trace(con, Layout(args.out), args.id)
+        try:  # an id pasted from CSV or a terminal may carry a line's end: the id is what lies between
+            title, steps = trace(con, Layout(args.out), args.id.strip())
         except NoSuchDocument as error:
-            print(f"mmcorpus: {error}", file=sys.stderr)
-            return 1
+            raise ConfigError(str(error)) from None
     if args.format == "table":
         print(title)
     print_rows(["step", "verdict"], steps, args.format, header=False, indent="  ")
@@ -88,6 +92,7 @@ def run_check(args: argparse.Namespace) -> int:
     from manifests.catalog import check
 
     _, phase = built_recipe(args)
+    require_built(Layout(args.out), phase.id)
     problems = check(Layout(args.out), phase.id)
     for problem in problems:
         print(f"FAIL {problem}")
@@ -104,6 +109,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     _, phase = built_recipe(args)
     layout = Layout(args.out)
+    require_built(layout, phase.id)
     shards = layout.glob(Layout.shards_glob(phase.id))
     if not shards:
         raise ConfigError(f"no shards under {layout.url_of(Layout.shards_dir(phase.id))}: build the phase first")
@@ -123,5 +129,6 @@ def run_report(args: argparse.Namespace) -> int:
     from stages.tokenize import load_gemma2
 
     recipe, phase = built_recipe(args)
+    require_built(Layout(args.out), phase.id)
     print(build_report(Layout(args.out), phase.id, load_gemma2(recipe.tokenizers["gemma2"]).decode))
     return 0
