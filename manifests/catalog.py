@@ -43,7 +43,7 @@ NAMED_QUERIES = {
         FROM mixture ORDER BY phase, source, target_tokens DESC""",
     "rejects_by_reason": f"""
         SELECT 'curation' AS phase, stage, reason, sum(docs) AS docs FROM reject_reasons
-        WHERE stage IN {CURATION_STAGES} AND phase = (SELECT phase FROM run ORDER BY started DESC LIMIT 1)
+        WHERE stage IN {CURATION_STAGES} AND phase = (SELECT phase FROM runs ORDER BY started DESC LIMIT 1)
         GROUP BY ALL
         UNION ALL
         SELECT phase, stage, reason, sum(docs) FROM reject_reasons WHERE stage NOT IN {CURATION_STAGES} GROUP BY ALL
@@ -116,7 +116,7 @@ def view_definitions(layout: Layout, root: str) -> dict[str, str]:
     clusters = _files(names, [Layout.clusters_glob("*")], root)
     if clusters:
         views["dedup_clusters"] = f"SELECT * FROM read_parquet({clusters})"
-    if {"mixture", "run", "reject_reasons"} <= views.keys():
+    if {"mixture", "run", "runs", "reject_reasons"} <= views.keys():
         views |= NAMED_QUERIES
     return views
 
