@@ -10,7 +10,7 @@ status 2.
 
 import os
 import subprocess
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pipeline.overrides import Override, RawSections, blamed, parse_override
@@ -37,6 +37,7 @@ class Recipe:
     dedup: DedupConfig
     phases: PhasesConfig
     files: dict[str, str]  # section -> the file it was read from
+    overrides: tuple[tuple[Override, Where], ...] = field(default=(), compare=False)  # --set, where its section was
 
     def to_dict(self) -> dict:
         """The whole resolved recipe (FineWeb2's 1,929 rows stand as their file, whose sha256 the run records)."""
@@ -51,7 +52,13 @@ class Recipe:
 
     def phase(self, number: int, variant: str | None = None) -> PhaseConfig:
         """A phase to build: its sources named or configured; the input's shard_tokens, which replaces the phase's,
-        holds a sequence at least."""
+        holds a sequence at least. An error about a value that `--set` gave names the option."""
+        try:
+            return self._phase(number, variant)
+        except ConfigError as error:
+            raise blamed(error, self.overrides) from None
+
+    def _phase(self, number: int, variant: str | None) -> PhaseConfig:
         phase = self.phases.phase(number, variant)
         known = [*READERS, *(name for name in self.sources.sources if name not in READERS)]
         for unknown in sorted(set(phase.other_sources) - set(known)):
@@ -91,13 +98,14 @@ def load_recipe(recipe: Path | None = None, sections: dict[str, Path | dict | No
     for text in overrides:
         changes.append(parse_override(text))
         changes[-1].apply(raw)
+    given = tuple((change, raw[change.section][1]) for change in changes)
     try:
         loaded = {name: SECTIONS[name].read(data, where) for name, (data, where) in raw.items()}
     except ConfigError as error:
-        raise blamed(error, changes, raw) from None
+        raise blamed(error, given) from None
     loaded["lid"] = replace(loaded["lid"], upstream_min_scores=loaded["quality"].upstream_min_scores())
     files = {name: str(where.file) for name, (_, where) in raw.items()}
-    return Recipe(files=files, **loaded)
+    return Recipe(files=files, overrides=given, **loaded)
 
 
 def git_commit() -> str | None:

@@ -1,5 +1,6 @@
 """`--set section.key=value`: the setting an override names, checked against its section, and the value it gives."""
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,12 +49,14 @@ def parse_override(text: str) -> Override:
     return Override(text, keys[0], keys[1:], parsed)
 
 
-def blamed(error: ConfigError, overrides: list[Override], raw: RawSections) -> ConfigError:
-    """The error as the `--set` option's when it is about a value the option gave (at or below its key)."""
+def blamed(error: ConfigError, overrides: Iterable[tuple[Override, Where]]) -> ConfigError:
+    """The error as a `--set` option's (each given with where its section was read) when it is about a value the
+    option gave (at or below its key), or about a mapping the option changed (a check across its fields, as
+    shard_tokens >= seq_len): the option, not the file, holds the value at fault."""
     at = error.where
-    for override in overrides:
-        where = raw[override.section][1]
+    for override, where in overrides:
         key = (*where.keys, *override.keys)
-        if at is not None and at.file == where.file and at.keys[:len(key)] == key:
+        if at is not None and at.file == where.file and len(at.keys) > len(where.keys) and (
+                at.keys[:len(key)] == key or key[:len(at.keys)] == at.keys):
             return Where(f"--set {override.text}", at.keys[len(where.keys):]).error(error.reason)
     return error

@@ -149,7 +149,7 @@ def test_a_bad_set_value_is_blamed_on_the_option(tmp_path, capsys):
 ])
 def test_out_of_range_flags_are_one_line_naming_the_flag(tmp_path, capsys, args, message):
     line = refused(capsys, tmp_path / "out", *args)
-    assert line.startswith("mmcorpus build: error: ") and message in line, line
+    assert line.startswith("mmcorpus: error: ") and line.endswith("; see mmcorpus build --help") and message in line, line
 
 
 def test_shards_must_hold_a_sequence(tmp_path, capsys):
