@@ -44,9 +44,13 @@ test: setup
 test-fast: $(BIN)/mmcorpus $(ASSETS)
 	$(BIN)/python -m pytest -m "not slow"
 
+# A variable a target needs, checked before set-up: `make ray-job` without RAY_ADDRESS stops in one line.
+given-%:
+	@$(if $($*),,$(error $* is not set: run make $(MAKECMDGOALS) $*=<value>))
+
 # The same build as a Ray job on the cluster at RAY_ADDRESS (its dashboard, http://head:8265); OUT must be
 # storage every node sees: an object store (s3://bucket/prefix) or a shared mount.
-ray-job: setup
+ray-job: given-RAY_ADDRESS setup
 	$(BIN)/mmcorpus build --phase $(PHASE) --out $(OUT) --ray-address $(RAY_ADDRESS) $(if $(VARIANT),--variant $(VARIANT))
 
 # Train the tiny encoder on a phase's shards (built first); fails unless the MLM loss falls clearly.
@@ -55,7 +59,7 @@ reference-check: setup
 
 # A checkpoint's MLM loss per language on a built phase (CHECKPOINT: a Hugging Face ModernBERT/mmBERT folder),
 # into the phase's manifest (mlm_eval) and its data card.
-reference-eval: setup
+reference-eval: given-CHECKPOINT setup
 	$(BIN)/mmcorpus eval-mlm --phase $(PHASE) --out $(OUT) --checkpoint $(CHECKPOINT) $(if $(VARIANT),--variant $(VARIANT))
 
 # The phase's data card: $(OUT)/phase$(PHASE)/report/index.html, its figures (PNG) and tables (CSV).
