@@ -1,10 +1,14 @@
-"""`<out>/<phase>/README.md`: a Hugging Face dataset card, written with every build from the manifest through
-DuckDB. Its YAML front matter names the shards as the data files, so `datasets.load_dataset("<out>/<phase>")`
-loads them (and not the manifest's Parquet beside them); its body says where the data came from, under which
-terms, what was removed and why, what a row holds, and what the data is not for.
+"""`<out>/<phase>/README.md`: a Hugging Face dataset card, written with every build (and by `mmcorpus report`)
+from the manifest through DuckDB. Its YAML front matter names the shards as the data files, so
+`datasets.load_dataset("<out>/<phase>")` loads them (and not the manifest's Parquet beside them), and gives their
+`dataset_info` (features, rows, bytes); its body says where the data came from, under which terms, which of the
+recipe's languages have data, what was removed and why, what a row holds, and what the data is not for.
+
+`<out>/README.md`, rewritten with it, holds a `datasets` config per built phase: `load_dataset("<out>", "phase1")`.
 """
 
 import json
+import posixpath
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -12,11 +16,13 @@ import icu
 import yaml
 
 from manifests.catalog import CURATION_STAGES, connect
+from manifests.languages import phase_coverage
 from manifests.layout import Layout
 from manifests.schemas import SHARD
 
 if TYPE_CHECKING:
     import duckdb
+    import pyarrow as pa
 
 # The terms each source's text comes under are the recipe's (a source's `license`, `description`, `homepage`,
 # `citation`; the named sources' own by default), as the run recorded them. The tokenizer's:
@@ -120,15 +126,40 @@ def display(value: object) -> str:
 
 def markdown_table(columns: list[str], rows: list[tuple]) -> str:
     def cell(value: object) -> str:
-        text = " ".join(display(value).split())
-        return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+        text = " ".join(display(value).split()).replace("|", "\\|")
+        # `<` and `>` would open HTML outside code spans; inside one (odd pieces) the Hub shows them as they are
+        return "`".join(piece if i % 2 else piece.replace("<", "&lt;").replace(">", "&gt;")
+                        for i, piece in enumerate(text.split("`")))
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
+def hub_features(schema: "pa.Schema") -> list[dict]:
+    """The schema's columns as the Hub's `dataset_info.features` spells them (`datasets.Features`' YAML)."""
+    return [{"name": f.name, "list": str(f.type.value_type)} if f.type.num_fields else {"name": f.name,
+                                                                                      "dtype": str(f.type)}
+            for f in schema]
+
+
+def dataset_info(con: "duckdb.DuckDBPyConnection", layout: Layout, phase_id: str) -> dict:
+    """A phase's `dataset_info`: features, and the train split's rows and bytes. num_bytes is the shards'
+    uncompressed size (their Parquet footers: no shard is read), download_size their files'."""
+    rows, files = con.execute("SELECT sum(rows), sum(bytes) FROM shards WHERE phase = ?", [phase_id]).fetchone()
+    (data,) = con.execute("SELECT sum(total_uncompressed_size) FROM parquet_metadata(?)",
+                          [layout.url_of(Layout.shards_glob(phase_id))]).fetchone()
+    return {"features": hub_features(SHARD), "splits": [{"name": "train", "num_bytes": int(data or 0),
+                                                          "num_examples": int(rows or 0)}],
+            "download_size": int(files or 0), "dataset_size": int(data or 0)}
+
+
+def front_matter(front: dict) -> str:
+    return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---"
+
+
 def write_dataset_card(layout: Layout, phase_id: str, decode: Callable[[list[int]], str] | None = None) -> str:
+    """The phase's card, then the output's (its configs name every built phase)."""
     with connect(layout, sandbox=False) as con:
         def rows(sql: str, params: list | None = None) -> list[tuple]:
             return con.execute(sql, [phase_id] if params is None else params).fetchall()
@@ -137,6 +168,8 @@ def write_dataset_card(layout: Layout, phase_id: str, decode: Callable[[list[int
         phase = rows("""SELECT json_extract(config, '$.phase'), json_extract(config, '$.recipe.sources.sources'),
                                 started, git_commit, seed FROM run WHERE phase = ?""")
         setting, sources, started, commit, seed = phase[0]
+        coverage = phase_coverage(con, phase_id)
+        info = dataset_info(con, layout, phase_id)
         languages = rows("""
             SELECT lang, sum(tokens) AS tokens, sum(tokens) / sum(sum(tokens)) OVER () AS share,
                    sum(tokens)::DOUBLE / nullif(sum(available_tokens), 0) AS epochs, bool_or(capped)
@@ -145,9 +178,7 @@ def write_dataset_card(layout: Layout, phase_id: str, decode: Callable[[list[int
         by_source = rows("SELECT source, sum(tokens) FROM mixture WHERE phase = ? GROUP BY 1 ORDER BY 2 DESC")
         removed = rows(f"""SELECT stage, reason, sum(docs) FROM reject_reasons WHERE phase = ? AND stage IN
                            {CURATION_STAGES} GROUP BY ALL ORDER BY 3 DESC LIMIT 15""")
-        quality = rows("""SELECT source, count(*), round(quantile_cont(quality, 0.1), 3),
-                                 round(quantile_cont(quality, 0.5), 3), round(quantile_cont(quality, 0.9), 3)
-                          FROM pool GROUP BY 1 ORDER BY 1""", [])
+        quality = rows(PHASE_QUALITY)
         views = {name for (name,) in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
         clusters = rows("""SELECT kind, CASE WHEN cluster_size <= 2 THEN '2' WHEN cluster_size <= 5 THEN '3-5'
                                             WHEN cluster_size <= 100 THEN '6-100' ELSE '>100' END AS size,
@@ -157,42 +188,93 @@ def write_dataset_card(layout: Layout, phase_id: str, decode: Callable[[list[int
         found = examples(con, layout, phase_id, [lang for lang, *_ in languages[:5]], decode) if decode else []
     setting, sources = json.loads(setting), json.loads(sources)
     names = [source for source, _ in by_source]
-    codes = sorted({lang.split("_")[0] for lang, *_ in languages if not lang.startswith("code_")})
-    front = {**license_metadata(sources, names), "pretty_name": f"mmcorpus {phase_id}", "language": codes,
+    front = {**license_metadata(sources, names), "pretty_name": f"mmcorpus {phase_id}",
+             "language": language_codes([lang for lang, *_ in languages]),
              "size_categories": [size_category(int(shards or 0))],
              "task_categories": ["fill-mask"], "tags": ["mmbert", "multilingual", "pretokenized", "gemma2"],
-             "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "shards/*.parquet"}]}]}
+             "configs": [{"config_name": "default", "data_files": [
+                 {"split": "train", "path": posixpath.relpath(Layout.shards_glob(phase_id), phase_id)}]}],
+             "dataset_info": {"config_name": "default", **info}}
     parts = [
-        "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---",
+        front_matter(front),
         f"# mmcorpus {phase_id}: {setting['name']}",
-        f"{int(shards or 0):,} chunks, {int(tokens or 0):,} Gemma 2 tokens in {len(languages)} languages (with code) "
-        f"from {len(by_source)} sources: the {setting['name']} mixture of mmBERT's recipe (temperature "
-        f"τ = {setting['temperature']}, at most {setting['max_epochs']:g} epochs of a language, sequence length "
-        f"{setting['seq_len']:,}, mask rate {setting['mask_rate']:g}). Built {started} by mmcorpus "
+        f"{int(shards or 0):,} chunks, {int(tokens or 0):,} Gemma 2 tokens from {len(by_source)} sources: the "
+        f"{setting['name']} mixture of mmBERT's recipe (temperature τ = {setting['temperature']}, at most "
+        f"{setting['max_epochs']:g} epochs of a language, sequence length {setting['seq_len']:,}, mask rate "
+        f"{setting['mask_rate']:g}); {coverage.count()} have data (Languages, below). Built {started} by mmcorpus "
         f"(commit {commit or 'unknown'}, seed {seed}); the manifest tables beside the shards and the data card "
         "`report/index.html` (`mmcorpus report`) hold every figure here and more.",
         "## Loading\n\n```python\nfrom datasets import load_dataset\n\n"
         "chunks = load_dataset(\"path/to/this/folder\", split=\"train\")  # the shards: shards/*.parquet\n```\n\n"
         "`mmcorpus query` answers SQL over the manifest; `mmcorpus export-mds` writes MosaicML MDS.",
         "## Shard schema\n\n" + markdown_table(["column", "type", "meaning"], [
-            (name, str(SHARD.field(name).type), COLUMNS.get(name, "")) for name in SHARD.names]),
+            (name, f"`{SHARD.field(name).type}`", COLUMNS.get(name, "")) for name in SHARD.names]),
         "## Sources and terms\n\n" + markdown_table(TERMS_COLUMNS, terms_rows(sources, by_source))
         + f"\n\nUsers must follow each source's terms; {TOKENIZER_TERMS}.",
-        "## Languages\n\n" + markdown_table(
+        f"## Languages\n\nOf the phase's languages in the recipe, {coverage.sentence()}.\n\n" + markdown_table(
             ["lang", "name", "tokens", "share", "epochs", "capped", "removed in curation"],
             [(lang, language_name(lang), count, share, epochs, capped, removal.get(lang))
              for lang, count, share, epochs, capped in languages]),
-        "## What curation removed\n\nThe most frequent reasons (documents; `mmcorpus query rejects_by_reason` for "
-        "all, `rejects` for each document):\n\n" + markdown_table(["stage", "reason", "documents"], removed),
-        "Quality score of the pool's documents (0 at a filter's threshold, 1 at its clean end), by source:\n\n"
+        "## What curation removed\n\nThe most frequent reasons curation removed documents for, before the pool "
+        "every phase draws from (documents; `mmcorpus query rejects_by_reason` for all, `rejects` for each "
+        "document):\n\n" + markdown_table(["stage", "reason", "documents"], removed),
+        "Quality score of this phase's documents (0 at a filter's threshold, 1 at its clean end), by source:\n\n"
         + markdown_table(["source", "documents", "10%", "median", "90%"], quality),
     ]
     if clusters:
-        parts.append("Duplicate clusters by size (kept: one per cluster, the highest quality):\n\n"
-                     + markdown_table(["pass", "cluster size", "clusters", "documents removed"], clusters))
+        parts.append("Duplicate clusters by size, over the whole pool every phase draws from (kept: one per cluster, "
+                     "the highest quality):\n\n"
+                     + markdown_table(["pass", "cluster size", "clusters", "pool documents removed"], clusters))
     if found:
-        parts.append(f"## Examples\n\n{EXAMPLES}\n\n" + markdown_table(["language", "doc_id", "text"], found))
+        parts.append(f"## Examples\n\n{EXAMPLES}\n\n" + markdown_table(
+            ["language", "doc_id", "text"], [(name, f"`{doc_id}`", text) for name, doc_id, text in found]))
     parts += [f"## Intended use\n\n{INTENDED_USE}", f"## Limitations\n\n{LIMITATIONS}",
               "## Citation\n\n```bibtex\n" + citations(sources, names) + "\n```"]
     layout.write_text(Layout.card(phase_id), "\n\n".join(parts) + "\n")
+    write_output_card(layout)
     return layout.url_of(Layout.card(phase_id))
+
+
+# A phase's documents (those in its shards, through `lineage`) by source: count and quality quantiles
+PHASE_QUALITY = """
+    SELECT source, count(*) AS documents, round(quantile_cont(quality, 0.1), 3) AS p10,
+           round(quantile_cont(quality, 0.5), 3) AS median, round(quantile_cont(quality, 0.9), 3) AS p90
+    FROM pool WHERE id IN (SELECT doc_id FROM lineage WHERE phase = ?) GROUP BY 1 ORDER BY 1"""
+
+
+def language_codes(labels: list[str]) -> list[str]:
+    """The card's `language`: the ISO 639-3 codes of the labels (code is no language the Hub knows)."""
+    return sorted({label.split("_")[0] for label in labels if not label.startswith("code_")})
+
+
+def write_output_card(layout: Layout) -> str:
+    """`<out>/README.md`: a `datasets` config per built phase (its shards) with its `dataset_info`, so that
+    `load_dataset("<out>", "phase1")` reads phase 1's shards and nothing else of the output."""
+    with connect(layout, sandbox=False) as con:
+        built = con.execute("""SELECT phase, json_extract_string(config, '$.phase.name'),
+                                      json_extract(config, '$.recipe.sources.sources') FROM run ORDER BY phase""")
+        phases = [(phase_id, name, json.loads(sources)) for phase_id, name, sources in built.fetchall()]
+        infos = {phase_id: dataset_info(con, layout, phase_id) for phase_id, *_ in phases}
+        counts = {phase_id: phase_coverage(con, phase_id).count() for phase_id, *_ in phases}
+        labels = [lang for (lang,) in con.execute("SELECT DISTINCT lang FROM mixture WHERE tokens > 0").fetchall()]
+        used = [source for (source,) in con.execute("SELECT DISTINCT source FROM mixture ORDER BY 1").fetchall()]
+    sources = {name: entry for _, _, recorded in phases for name, entry in recorded.items()}
+    front = {**license_metadata(sources, used), "pretty_name": "mmcorpus", "language": language_codes(labels),
+             "task_categories": ["fill-mask"], "tags": ["mmbert", "multilingual", "pretokenized", "gemma2"],
+             "configs": [{"config_name": phase_id, "data_files": [
+                 {"split": "train", "path": Layout.shards_glob(phase_id)}]} for phase_id, *_ in phases],
+             "dataset_info": [{"config_name": phase_id, **infos[phase_id]} for phase_id, *_ in phases]}
+    table = markdown_table(["config", "phase", "chunks", "languages with data", "card"], [
+        (phase_id, name, infos[phase_id]["splits"][0]["num_examples"], counts[phase_id], f"`{Layout.card(phase_id)}`")
+        for phase_id, name, _ in phases])
+    first = phases[0][0] if phases else "phase1"
+    text = "\n\n".join([
+        front_matter(front), "# mmcorpus",
+        "Pre-tokenized (Gemma 2) training chunks of mmBERT's annealed phases, one `datasets` config per phase "
+        "built here; each phase's own card says where its text came from, under which terms, and what curation "
+        "removed.",
+        table,
+        f"```python\nfrom datasets import load_dataset\n\nchunks = load_dataset(\"path/to/this/folder\", "
+        f"\"{first}\", split=\"train\")\n```",
+    ])
+    return layout.write_text(Layout.OUTPUT_CARD, text + "\n")

@@ -98,6 +98,7 @@ class Names:
     SHARDS_DIR = Template("{phase}/shards")
     SHARD = Template(SHARDS_DIR.pattern + "/shard-{shard:05d}.parquet")
     CARD = Template("{phase}/README.md")  # the Hugging Face dataset card: its YAML names the shards as data files
+    OUTPUT_CARD = "README.md"  # the output's own card: a `datasets` config per built phase, named by its id
     MANIFEST_DIR = Template("{phase}/manifest")
     MANIFEST = Template(MANIFEST_DIR.pattern + "/{table}.parquet")
     RUN_RECORD = Template(MANIFEST_DIR.pattern + "/runs/{stamp}.parquet")  # a build's row of the phase's history

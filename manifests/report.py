@@ -1,7 +1,9 @@
 """`mmcorpus report --phase N`: a data card per phase, from the manifest through DuckDB, nothing recomputed.
 
 Writes <out>/<phase>/report/: index.html (self-contained: inline CSS, figures as inline PNG, no JavaScript),
-the figures as PNG files and every table as CSV.
+the figures as PNG files and every table as CSV; and the Hugging Face cards again (manifests/card.py). The page
+opens on the figures; the recipe comes last, its YAML folded. Paths of the building machine show relative to the
+recipe's folder (or the output), never absolute.
 """
 
 import base64
@@ -9,6 +11,8 @@ import csv
 import html
 import io
 import json
+import os
+import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,6 +27,7 @@ from manifests.card import (  # noqa: E402
     EXAMPLES,
     INTENDED_USE,
     LIMITATIONS,
+    PHASE_QUALITY,
     REMOVED_IN_CURATION,
     TERMS_COLUMNS,
     TOKENIZER_TERMS,
@@ -31,16 +36,19 @@ from manifests.card import (  # noqa: E402
     examples,
     language_name,
     terms_rows,
+    write_dataset_card,
 )
 from manifests.catalog import connect  # noqa: E402
+from manifests.languages import phase_coverage  # noqa: E402
 from manifests.layout import Layout  # noqa: E402
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
 table { border-collapse: collapse; margin: .8em 0; font-size: 12px; }
-th, td { border: 1px solid #ddd; padding: 2px 8px; text-align: right; }
-th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+th, td { border: 1px solid #ddd; padding: 2px 8px; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; } .num { text-align: right; font-variant-numeric: tabular-nums; }
+details { margin: .8em 0; } summary { cursor: pointer; color: #2e5d8a; }
 figure { margin: 1em 0; } img { max-width: 100%; } figcaption { color: #555; font-size: 12px; }
 """
 
@@ -59,9 +67,16 @@ class Table:
         return buffer.getvalue()
 
     def html(self) -> str:
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(display(v))}</td>" for v in row) + "</tr>"
-                       for row in self.rows)
+        """Text left, numbers right: a column is numeric when every value it holds is a number."""
+        numeric = [all(_number(row[i]) for row in self.rows if row[i] is not None) and
+                   any(row[i] is not None for row in self.rows) for i in range(len(self.columns))]
+
+        def cell(tag: str, value: str, number: bool) -> str:
+            return f'<{tag} class="num">{value}</{tag}>' if number else f"<{tag}>{value}</{tag}>"
+
+        head = "".join(cell("th", html.escape(c), n) for c, n in zip(self.columns, numeric, strict=True))
+        body = "".join("<tr>" + "".join(cell("td", html.escape(display(v)), n)
+                                        for v, n in zip(row, numeric, strict=True)) + "</tr>" for row in self.rows)
         return f'<table id="table-{self.name}"><tr>{head}</tr>{body}</table>'
 
 
@@ -72,7 +87,8 @@ class Section:
     text: str = ""
     tables: list[Table] = field(default_factory=list)
     figures: list[tuple[str, str]] = field(default_factory=list)  # (file name, caption)
-    code: str = ""  # shown as it is (the recipe's YAML, the citation)
+    code: str = ""  # shown as it is (the citation)
+    folded: str = ""  # shown as it is, folded under the title (the recipe's YAML)
 
 
 class Report:
@@ -102,15 +118,17 @@ class Report:
         if not run.rows:
             raise FileNotFoundError(f"{self.layout.url}: phase {self.phase_id} has no manifest: build it first")
         config = json.loads(dict(zip(run.columns, run.rows[0], strict=True))["config"])
-        self.recipe(config, dict(zip(run.columns, run.rows[0], strict=True)))
+        self.show = local_paths(self.layout.url, config["recipe"].get("files") or {})
+        self.coverage = phase_coverage(self.con, self.phase_id)
         self.languages()
         self.annealing(config["recipe"]["phases"])
         self.sources()
         self.curation()
         self.lengths()
         self.quality()
-        self.shards()
         self.mlm_eval()
+        self.recipe(config, dict(zip(run.columns, run.rows[0], strict=True)))
+        self.shards()
         self.terms(config["recipe"]["sources"]["sources"])
         return self.write(config)
 
@@ -138,7 +156,8 @@ class Report:
         rows = [
             ("phase", f"{phase['id']} ({phase['name']})"), ("budget tokens", f"{config['budget_tokens']:,.0f}"),
             ("full-scale budget", f"{phase['budget_tokens']:,.0f}"), ("temperature τ", phase["temperature"]),
-            ("languages", f"{phase['language_count']} (mmBERT counts column {phase['languages']['column']})"),
+            ("languages", f"{self.coverage.count()} have data (the languages of mmBERT's counts column "
+                          f"{phase['languages']['column']})"),
             ("epoch cap", phase["max_epochs"]), ("sequence length", phase["seq_len"]),
             ("minimum chunk", phase["min_chunk_tokens"]), ("mask rate", phase["mask_rate"]),
             ("RoPE θ global / local", f"{phase['global_rope_theta']:g} / {phase['local_rope_theta']:g}"),
@@ -147,11 +166,11 @@ class Report:
                 f"≤{band['max_cluster_size'] or '∞'}→{band['repeats']}" for band in phase["rehydrate_bands"])
              if phase.get("rehydrate") else "off"),
             ("FineWeb2 share", phase["fineweb2_share"]), ("other sources", json.dumps(phase["other_sources"])),
-            ("tokenizer", config.get("assets", {}).get("tokenizer:gemma2", {}).get("path") or run["tokenizer"]),
-            ("tokenizer sha256", run["tokenizer_sha256"]),
+            ("tokenizer", self.show(run["tokenizer"])), ("tokenizer sha256", run["tokenizer_sha256"]),
+            ("language identification", lid_used(config, versions := json.loads(run["versions"]), self.show)),
             ("seed", run["seed"]), ("shards", config["n_shards"]),
-            ("versions", ", ".join(f"{k} {v}" for k, v in json.loads(run["versions"]).items())),
-        ] + [(f"source {name}", source["path"])
+            ("versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v != "not installed")),
+        ] + [(f"source {name}", self.show(source["path"]))
              for name, source in config["recipe"]["sources"]["sources"].items()]
         ran = config.get("ran") or {}
         timings = Table("timings", ["stage", "seconds", "tasks run"],
@@ -160,9 +179,11 @@ class Report:
                         + [("total", round(run["seconds"], 2), sum(ran.values()))])
         self.sections.append(Section("recipe", "Recipe", tables=[Table("recipe", ["setting", "value"], rows),
                                                                   timings]))
+        recipe = _walk(config["recipe"], self.show)
         self.sections.append(Section("full-recipe", "The whole recipe", "Every setting the build used (sources, "
-                                     "tokenizers, LID, quality, dedup, phases), as `mmcorpus config show` prints it.",
-                                     code=yaml.safe_dump(config["recipe"], sort_keys=False, allow_unicode=True)))
+                                     "tokenizers, LID, quality, dedup, phases), as `mmcorpus config show` prints it; "
+                                     "paths relative to the recipe's folder.",
+                                     folded=yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True)))
 
     def languages(self) -> None:
         table = self.query("languages", f"""
@@ -187,6 +208,7 @@ class Report:
 
         name = self.figure("tokens_per_language", draw, (max(8, len(rows) * 0.3), 4.5))
         self.sections.append(Section("languages", "Tokens per language",
+                                     f"Of the phase's languages in the recipe, {self.coverage.sentence()}. "
                                      "Written (bars) against target (marks), sorted, log scale; each bar says how "
                                      "many epochs of the language's available tokens it holds. The table adds the "
                                      "share of the language's documents curation removed.",
@@ -277,20 +299,21 @@ class Report:
                                       (second, "documents rejected by curation, by reason (top 20, log scale)")]))
 
     def lengths(self) -> None:
-        docs = [r[0] for r in self.con.execute("SELECT n_tokens FROM pool").fetchall()]
+        docs = [r[0] for r in self.con.execute("SELECT n_tokens FROM pool WHERE id IN (SELECT doc_id FROM lineage "
+                                               "WHERE phase = ?)", [self.phase_id]).fetchall()]
         chunks = [r[0] for r in self.con.execute(
             "SELECT len(input_ids) FROM read_parquet(?)", [self.layout.url_of(Layout.shards_glob(self.phase_id))])
             .fetchall()]
         summary = Table("lengths", ["what", "count", "min", "median", "mean", "max"], [
             (label, len(values), min(values), sorted(values)[len(values) // 2], round(sum(values) / len(values), 1),
              max(values))
-            for label, values in (("pool documents (tokens)", docs), ("phase chunks (tokens)", chunks)) if values
+            for label, values in (("phase documents (tokens)", docs), ("phase chunks (tokens)", chunks)) if values
         ])
 
         def draw(ax: plt.Axes) -> None:
             values = [v for v in docs + chunks if v > 0] or [1]
             bins = np.logspace(np.log10(min(values)), np.log10(max(values) + 1), 40)  # documents span 10^1..10^5
-            ax.hist(docs, bins=bins, alpha=0.6, label="pool documents", color="#8e44ad")
+            ax.hist(docs, bins=bins, alpha=0.6, label="phase documents", color="#8e44ad")
             ax.hist(chunks, bins=bins, alpha=0.6, label="phase chunks", color="#f39c12")
             ax.set_xscale("log")
             ax.set_xlabel("tokens (log)")
@@ -302,12 +325,10 @@ class Report:
                                      figures=[(name, "document and chunk lengths in tokens")]))
 
     def quality(self) -> None:
-        """The pool's quality scores by source, and the duplicate clusters by size."""
-        quantiles = self.query("quality", """
-            SELECT source, count(*) AS documents, round(quantile_cont(quality, 0.1), 3) AS p10,
-                   round(quantile_cont(quality, 0.5), 3) AS median, round(quantile_cont(quality, 0.9), 3) AS p90
-            FROM pool GROUP BY 1 ORDER BY 1""", [])
-        scores = self.con.execute("SELECT source, list(quality) FROM pool GROUP BY 1 ORDER BY 1").fetchall()
+        """The phase's documents' quality scores by source, and the pool's duplicate clusters by size."""
+        quantiles = self.query("quality", PHASE_QUALITY)
+        scores = self.con.execute("SELECT source, list(quality) FROM pool WHERE id IN (SELECT doc_id FROM lineage "
+                                  "WHERE phase = ?) GROUP BY 1 ORDER BY 1", [self.phase_id]).fetchall()
 
         def draw(ax: plt.Axes) -> None:
             for source, values in scores:
@@ -325,9 +346,10 @@ class Report:
                        count(*) FILTER (WHERE NOT kept) AS removed
                 FROM dedup_clusters WHERE kind <> 'exact_id' GROUP BY ALL ORDER BY kind, cluster_size""", []))
         self.sections.append(Section("quality", "Quality scores and duplicate clusters",
-                                     "The quality score of the pool's documents per source, and the duplicate "
-                                     "clusters dedup found, by size (one document kept per cluster).",
-                                     tables, [(name, "quality scores of the pool's documents")]))
+                                     "The quality score of this phase's documents per source, and the duplicate "
+                                     "clusters dedup found in the whole pool every phase draws from, by size (one "
+                                     "document kept per cluster; removed counts pool documents).",
+                                     tables, [(name, "quality scores of the phase's documents")]))
 
     def shards(self) -> None:
         table = self.query("shards", "SELECT path, rows, tokens, bytes, sha256 FROM shards WHERE phase = ? "
@@ -359,6 +381,9 @@ class Report:
                 parts.append(f"<p>{html.escape(section.text)}</p>")
             if section.code:
                 parts.append(f"<pre>{html.escape(section.code)}</pre>")
+            if section.folded:
+                parts.append(f"<details><summary>{html.escape(section.title)} (YAML)</summary>"
+                             f"<pre>{html.escape(section.folded)}</pre></details>")
             for name, caption in section.figures:
                 data = base64.b64encode(self.images[name]).decode()
                 parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
@@ -380,5 +405,45 @@ def _tasks_run(ran: dict[str, int], timing: str) -> int:
     return sum(count for stage, count in ran.items() if stage.startswith(prefix))
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def local_paths(out: str, files: dict[str, str]) -> Callable[[str], str]:
+    """How the card shows a path of the building machine: relative to the output, or to the recipe's folder
+    (the folder of its YAML files) when they share more than the root; else by its name alone."""
+    recipe = os.path.commonpath([os.path.dirname(f) for f in files.values()]) if files else None
+
+    def show(value: str) -> str:
+        if not isinstance(value, str) or not value.startswith("/"):
+            return value
+        for folder in (out, recipe):
+            if folder and folder.startswith("/") and os.path.commonpath([folder, value]) != "/":
+                return os.path.relpath(value, folder)
+        return "…/" + posixpath.basename(value)
+
+    return show
+
+
+def _walk(value: object, show: Callable[[str], str]) -> object:
+    if isinstance(value, dict):
+        return {key: _walk(item, show) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_walk(item, show) for item in value]
+    return show(value) if isinstance(value, str) else value
+
+
+def lid_used(config: dict, versions: dict[str, str], show: Callable[[str], str]) -> str:
+    """The LID model and the fastText package the build recorded (not what this process imports)."""
+    model = config["recipe"]["lid"]["model"]
+    digest = (config.get("assets", {}).get("lid:model") or {}).get("sha256") or model.get("sha256")
+    package = next((f"{name} {version}" for name, version in versions.items()
+                    if name.startswith("fasttext") and version != "not installed"), "version not recorded")
+    return f"fastText ({package}), model {show(model['path'])}" + (f", sha256 {digest}" if digest else "")
+
+
 def build_report(layout: Layout, phase_id: str, decode: Callable[[list[int]], str] | None = None) -> str:
-    return Report(layout, phase_id, decode).build()
+    """The data card, and the Hugging Face cards written again (the phase's and the output's)."""
+    page = Report(layout, phase_id, decode).build()
+    write_dataset_card(layout, phase_id, decode)
+    return page

@@ -1,6 +1,8 @@
 """What a finished build says: where its shards, manifest and catalog are, its documents and tokens per source,
-its top languages."""
+its top languages and the recipe's languages that have no data."""
 
+from manifests.catalog import connect
+from manifests.languages import phase_coverage
 from manifests.layout import Layout
 
 
@@ -16,6 +18,8 @@ def build_summary(layout: Layout, phase_id: str, seconds: float, seed: int, out:
             [layout.url_of(Layout.manifest(phase_id, "mixture"))]).fetchall()
         total = con.execute("SELECT count(*), sum(tokens), sum(bytes) FROM read_parquet(?)",
                             [layout.url_of(Layout.manifest(phase_id, "shards"))]).fetchone()
+    with connect(layout) as con:
+        coverage = phase_coverage(con, phase_id)
     lines = [
         f"\n{phase_id}: {total[0]} shards, {total[1]:,} tokens, {total[2] / 1e6:.1f} MB in {seconds:.1f} s "
         f"(seed {seed})",
@@ -25,5 +29,6 @@ def build_summary(layout: Layout, phase_id: str, seconds: float, seed: int, out:
         f"\n  {'source':<10} {'documents':>10} {'tokens':>12}",
         *(f"  {source:<10} {docs:>10,} {tokens:>12,}" for source, docs, tokens in per_source),
         "\n  top languages: " + ", ".join(f"{lang} {tokens:,}" for lang, tokens in languages),
+        f"  languages: {coverage.sentence()}",
     ]
     return "\n".join(lines)

@@ -44,8 +44,9 @@ from stages.sources.base import ReaderOptions
 from stages.tokenize import Gemma2Tokenizer, Tokenize, load_gemma2
 
 log = logging.getLogger(__name__)
-PACKAGES = ("mmcorpus", "ray", "pyarrow", "duckdb", "fsspec", "sentencepiece", "tokenizers", "datatrove", "fasttext",
-            "numpy", "xxhash", "pyicu-wheels")
+# Distributions, as pip names them: fastText's module comes from fasttext-numpy2-wheel (the data cards name it)
+PACKAGES = ("mmcorpus", "ray", "pyarrow", "duckdb", "fsspec", "sentencepiece", "tokenizers", "datatrove",
+            "fasttext-numpy2-wheel", "numpy", "xxhash", "pyicu-wheels")
 
 
 @dataclass(frozen=True)

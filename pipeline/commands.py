@@ -93,8 +93,9 @@ def run_sources(args: argparse.Namespace) -> int:
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    from manifests.languages import coverage
     from pipeline.mixing import plan_rows, pool_files, read_counts, summarize_pool
-    from stages.languages import base_language
+    from stages.languages import usual_label
 
     recipe, phase = built_recipe(args)
     layout = Layout(args.out)
@@ -114,16 +115,19 @@ def run_plan(args: argparse.Namespace) -> int:
     budget = args.budget or (phase.budget_tokens if args.scale == "full" else float(sum(available.values())))
     rows = sorted(plan_rows(phase, available, budget), key=lambda r: (r.source, -r.target_tokens))
     print_rows(["source", "lang", "available", "p", "target", "epochs", "capped"],
-               [(r.source, r.lang, r.available_tokens, r.p, r.target_tokens, r.epochs, r.capped) for r in rows],
-               args.format)
+               [(r.source, usual_label(r.lang), r.available_tokens, r.p, r.target_tokens, r.epochs, r.capped)
+                for r in rows], args.format)
     if args.format != "table":
         return 0
-    languages = {base_language(r.lang) for r in rows}
+    tokens: dict[str, int] = {}
+    for (_, lang), count in available.items():
+        tokens[usual_label(lang)] = tokens.get(usual_label(lang), 0) + count
+    languages = coverage(sorted(map(usual_label, phase.language_codes)), tokens)
     repeated = sorted(rows, key=lambda r: -r.epochs)[:5]
-    print(f"\n{phase.id} ({phase.name}): budget {budget:,.0f} tokens, {len(languages)} languages "
-          f"({'with' if 'code' in languages else 'without'} code), target {sum(r.target_tokens for r in rows):,} "
+    print(f"\n{phase.id} ({phase.name}): budget {budget:,.0f} tokens, target {sum(r.target_tokens for r in rows):,} "
           f"tokens, {sum(r.capped for r in rows)} capped at {phase.max_epochs:g} epochs, tau {phase.temperature}")
-    print("most repeated: " + ", ".join(f"{r.lang} {r.epochs:.2f}x" for r in repeated))
+    print(f"languages: {languages.sentence()}")
+    print("most repeated: " + ", ".join(f"{usual_label(r.lang)} {r.epochs:.2f}x" for r in repeated))
     if args.cost:
         print("\n" + describe(full_recipe(rates, args.cost_workers, recipe.phases), rates, rates_file))
     return 0

@@ -3,7 +3,7 @@
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from stages.languages import LanguageSet
+from stages.languages import LanguageSet, usual_label
 from stages.mix import FINEWEB2_BANDS, ChunkRules, RehydrateBand, check_bands
 from stages.settings import ConfigError, Where, check_keys, convert, load, plain, setting
 
@@ -77,7 +77,9 @@ class PhaseConfig:
         return self.rehydrate_bands if self.rehydrate else None
 
     def to_dict(self) -> dict:
-        return plain(self) | {"id": self.id, "language_count": len(self.language_codes)}
+        # the labels: what the data cards list a language without data as (manifests/languages.py)
+        return plain(self) | {"id": self.id, "language_count": len(self.language_codes),
+                              "language_labels": sorted(map(usual_label, self.language_codes))}
 
 
 @dataclass(frozen=True)

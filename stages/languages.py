@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from manifests.languages import CODE, base_language
 from stages.paths import COUNTS_FILE, LANGUAGES_FILE
 from stages.settings import setting
 
-CODE = "code"  # the language set entry that admits every `code_<language>` label
 # A label is also a folder name under pool/: nothing else may pass (no `..`, no `/`).
 LABEL = re.compile(r"(?:[a-z]{2,3}_[A-Z][a-z]{3}|code_[a-z0-9][a-z0-9+#._-]{0,40})")
 
@@ -51,9 +51,10 @@ def label_of(code: str) -> str | None:
     return short_code_labels().get(lower) or iso639_3_labels().get(lower)
 
 
-def base_language(label: str) -> str:
-    """`deu_Latn` -> `deu`; every `code_<language>` -> `code` (how mmBERT's counts name languages)."""
-    return CODE if label.startswith(f"{CODE}_") else label.split("_", 1)[0]
+def usual_label(code: str) -> str:
+    """A language of mmBERT's counts (`eng`, `code`) as the label its text usually carries (`eng_Latn`, `code`);
+    a label as it is, and a code configs/languages.csv does not know as it is."""
+    return code if code == CODE or valid_label(code) else iso639_3_labels().get(code, code)
 
 
 def iso639_3(code: str) -> str | None:
