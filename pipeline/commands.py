@@ -100,10 +100,10 @@ def run_plan(args: argparse.Namespace) -> int:
     recipe, phase = built_recipe(args)
     layout = Layout(args.out)
     if args.cost:  # before the table: a missing benchmark is one line, not a table and then an error
-        from pipeline.cost import describe, full_recipe, measured_rates
+        from pipeline.cost import cost_section, measured_rates
 
         rates_file = args.rates or BENCH_RESULTS
-        rates = measured_rates(rates_file)
+        rates = measured_rates(rates_file, required=args.rates is not None)  # the default's absence: a line below
     if args.counts:
         available = read_counts(args.counts, phase)
     elif files := pool_files(layout):
@@ -129,7 +129,7 @@ def run_plan(args: argparse.Namespace) -> int:
     print(f"languages: {languages.sentence()}")
     print("most repeated: " + ", ".join(f"{usual_label(r.lang)} {r.epochs:.2f}x" for r in repeated))
     if args.cost:
-        print("\n" + describe(full_recipe(rates, args.cost_workers, recipe.phases), rates, rates_file))
+        print("\n" + cost_section(rates, rates_file, args.cost_workers, recipe.phases))
     return 0
 
 

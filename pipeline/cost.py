@@ -22,11 +22,14 @@ from pipeline.phases import PhasesConfig
 from stages.paths import BENCH_RESULTS, COUNTS_FILE
 
 
-def measured_rates(path: Path = BENCH_RESULTS) -> dict:
-    """The figures the model needs from bench/results.json: yield, scale-out and the scaling runs."""
+def measured_rates(path: Path = BENCH_RESULTS, required: bool = True) -> dict | None:
+    """The figures the model needs from bench/results.json: yield, scale-out and the scaling runs; None where
+    the file is missing and not `required` (bench/results.json is not shipped: `make bench` writes it)."""
     try:
         results = json.loads(path.read_text())["results"]
     except FileNotFoundError:
+        if not required:
+            return None
         raise ConfigError(f"{path}: no benchmark results: run `make bench` first") from None
     rows = {row["name"]: row for row in results}
     needed = ["pool_tokens_per_input_mb", "scale_out_2_workers", "scaling_runs"]
@@ -72,6 +75,14 @@ def full_recipe(rates: dict, workers: int, phases: PhasesConfig, counts: Path = 
                 raw_input_tb=raw_mb / 1e6, curation_core_hours=curation, mixing_core_hours=mixing, stages=stages,
                 workers=workers, scale_out_efficiency=efficiency,
                 wall_hours=(curation + mixing) / (workers * efficiency))
+
+
+def cost_section(rates: dict | None, source: Path, workers: int, phases: PhasesConfig) -> str:
+    """What `plan --cost` prints after the plan: the estimate, or one line saying how to measure its rates."""
+    if rates is None:
+        return (f"cost: no benchmark results in {source} (not shipped): `make bench` measures them in about 8 "
+                "minutes on 2 cores and writes that file; then plan --cost again")
+    return describe(full_recipe(rates, workers, phases), rates, source)
 
 
 DOUBTFUL_EFFICIENCY = 0.8  # a 2-worker scale-out below this was measured on a busy machine, most likely
