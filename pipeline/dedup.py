@@ -106,7 +106,7 @@ def components(steps: Steps, queries: ClusterQueries, kind: str, edges: Relation
         star, totals = steps.single(f"{kind}-large-{round_no:02d}", {"edges": edges}, "edges", PAIRS, large_star,
                                     digest)
         if (totals["edges"], totals["digest"]) == previous:
-            log.info("dedup %s: components after %d rounds", kind, round_no - 1)
+            log.debug("dedup %s: components after %d rounds", kind, round_no - 1)
             return edges
         previous = (totals["edges"], totals["digest"])
         edges, _ = steps.single(f"{kind}-small-{round_no:02d}", {"edges": star}, "edges", EDGES, queries.small_star())
@@ -120,35 +120,37 @@ def cluster_passes(steps: Steps, queries: ClusterQueries, nodes: Relation, signa
     lookups = {"signatures": signatures} if signatures else {}
     clusters, summary = [], {}
     for number, kind in enumerate(queries.passes):
-        summary |= {f"{kind}_pairs": 0, f"{kind}_verified_pairs": 0}
-        if pairs[number].empty:
-            continue
-        sql, count = queries.pairs()
-        half, totals = steps.single(f"{kind}-pairs", {"pairs": pairs[number], "nodes": nodes, **lookups}, "half",
-                                    HALF_PAIRS, sql, count, driving="pairs")
-        summary[f"{kind}_pairs"] = totals["pairs"]
-        sql, count = queries.verify(kind)
-        edges, totals = steps.single(f"{kind}-verify", {"half": half, "nodes": nodes, **lookups}, "edges", EDGES,
-                                     sql, count, driving="half")
-        summary[f"{kind}_verified_pairs"] = totals["verified_pairs"]
-        if edges.empty:
-            continue
-        edges = components(steps, queries, kind, edges)
-        members, _ = steps.single(f"{kind}-roots", {"edges": edges, "nodes": nodes}, "members", MEMBERS,
-                                  queries.roots("root" if kind == ID_PASS else "node"), driving="edges")
-        inputs = {"members": members}
-        if kind != ID_PASS:  # the keeper of each component from the partitions' best: no task holds a component
-            best, _ = steps.single(f"{kind}-best", inputs, "best", BEST, queries.best())
-            inputs["decisions"], _ = steps.single(f"{kind}-decide", {"best": best}, "decisions", DECISIONS,
-                                                  queries.decide())
-        sql, count = queries.keepers(number + 1, kind)
-        found, totals = steps.single(f"{kind}-keepers", inputs, "clusters", CLUSTERS, sql, count, driving="members")
-        changed = f"{ID_PASS}_renamed" if kind == ID_PASS else f"{kind}_removed"
-        summary[changed] = totals[changed]
-        clusters.append(found)
-        if totals[changed]:
-            nodes, _ = steps.single(f"{kind}-nodes", {"nodes": nodes, "clusters": found}, "nodes", NODES,
-                                    queries.update(kind), driving="nodes")
+        with steps.reported(f"{kind} pass"):  # one line a pass; each step's at DEBUG
+            summary |= {f"{kind}_pairs": 0, f"{kind}_verified_pairs": 0}
+            if pairs[number].empty:
+                continue
+            sql, count = queries.pairs()
+            half, totals = steps.single(f"{kind}-pairs", {"pairs": pairs[number], "nodes": nodes, **lookups}, "half",
+                                        HALF_PAIRS, sql, count, driving="pairs")
+            summary[f"{kind}_pairs"] = totals["pairs"]
+            sql, count = queries.verify(kind)
+            edges, totals = steps.single(f"{kind}-verify", {"half": half, "nodes": nodes, **lookups}, "edges", EDGES,
+                                         sql, count, driving="half")
+            summary[f"{kind}_verified_pairs"] = totals["verified_pairs"]
+            if edges.empty:
+                continue
+            edges = components(steps, queries, kind, edges)
+            members, _ = steps.single(f"{kind}-roots", {"edges": edges, "nodes": nodes}, "members", MEMBERS,
+                                      queries.roots("root" if kind == ID_PASS else "node"), driving="edges")
+            inputs = {"members": members}
+            if kind != ID_PASS:  # the keeper of each component from the partitions' best: no task holds a component
+                best, _ = steps.single(f"{kind}-best", inputs, "best", BEST, queries.best())
+                inputs["decisions"], _ = steps.single(f"{kind}-decide", {"best": best}, "decisions", DECISIONS,
+                                                      queries.decide())
+            sql, count = queries.keepers(number + 1, kind)
+            found, totals = steps.single(f"{kind}-keepers", inputs, "clusters", CLUSTERS, sql, count,
+                                         driving="members")
+            changed = f"{ID_PASS}_renamed" if kind == ID_PASS else f"{kind}_removed"
+            summary[changed] = totals[changed]
+            clusters.append(found)
+            if totals[changed]:
+                nodes, _ = steps.single(f"{kind}-nodes", {"nodes": nodes, "clusters": found}, "nodes", NODES,
+                                        queries.update(kind), driving="nodes")
     return clusters, nodes, summary
 
 
@@ -210,10 +212,12 @@ def run_dedup(runner: Runner, layout: Layout, curated_files: list[tuple[str, str
     partitions = partitions_for(sum(runner.ledger.size(name) for name in signatures.values()), runner.task_memory)
     queries = ClusterQueries(partitions, dedup.passes, config.min_similarity)
     steps = Steps(runner, Layout.dedup_steps(config), partitions, prefix="dedup", costs_as="dedup-clusters")
-    nodes, signature_rows, pairs = make_keys(steps, queries, signatures)
+    with steps.reported("keys and candidate pairs"):
+        nodes, signature_rows, pairs = make_keys(steps, queries, signatures)
     clusters, nodes, summary = cluster_passes(steps, queries, nodes, signature_rows, pairs)
     summary["partitions"] = partitions
-    removals = write_clusters(steps, queries, clusters, nodes, config, curated_files)
+    with steps.reported("clusters and removals"):
+        removals = write_clusters(steps, queries, clusters, nodes, config, curated_files)
     runner.ledger.drop_stages("dedup-")  # after success only: a failed build keeps every finished step for its resume
     return summary, removals
 

@@ -95,15 +95,18 @@ def fit_task_memory(wanted: int | None) -> int:
 
 
 class Progress:
-    """A bar per stage on a terminal; plain log lines (about every 10% of tasks) in logs and CI."""
+    """A bar per stage on a terminal; plain log lines (about every 10% of tasks) in logs and CI. A `quiet` stage
+    (a step of a larger one) has no bar and logs at DEBUG."""
 
-    def __init__(self, stage: str, total: int) -> None:
+    def __init__(self, stage: str, total: int, quiet: bool = False) -> None:
         self.stage = stage
         self.total = total
         self.done = 0
         self.started = time.monotonic()
         self.counts: dict[str, int] = {}
-        self.bar = tqdm(total=total, desc=stage, unit="task", file=sys.stderr) if sys.stderr.isatty() else None
+        self.level = logging.DEBUG if quiet else logging.INFO
+        shown = sys.stderr.isatty() and not quiet
+        self.bar = tqdm(total=total, desc=stage, unit="task", file=sys.stderr) if shown else None
 
     def __enter__(self) -> "Progress":
         return self
@@ -122,7 +125,7 @@ class Progress:
             self.bar.set_postfix_str(text, refresh=False)
             self.bar.update(1)
         elif self.done == self.total or self.done % max(1, self.total // 10) == 0:
-            log.info("%s: %s", self.stage, self.line(time.monotonic() - self.started))
+            log.log(self.level, "%s: %s", self.stage, self.line(time.monotonic() - self.started))
 
     def line(self, elapsed: float) -> str:
         """`12/40 tasks (docs 3,400), 2.1 tasks/s, 810 docs/s, 13 s left` (a log line's progress)."""

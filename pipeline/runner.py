@@ -112,10 +112,12 @@ class Runner:
 
         return Shared(ray.put(value), digest(value))
 
-    def run(self, stage: str, tasks: list[Task], final: bool = False, costs_as: str | None = None) -> dict[str, dict]:
+    def run(self, stage: str, tasks: list[Task], final: bool = False, costs_as: str | None = None,
+            quiet: bool = False) -> dict[str, dict]:
         """Run the tasks of one stage; return every task's summary (done earlier or now) by key. `final`: the
         stage's outputs are the build's results (shards): verify them even when their tasks are skipped.
-        `costs_as`: the stage whose costs these tasks add to (a step of a larger one, as dedup's rounds)."""
+        `costs_as`: the stage whose costs these tasks add to (a step of a larger one, as dedup's rounds). `quiet`:
+        its lines at DEBUG and no bar (a step of a larger stage, which says how it went itself)."""
         self.ledger.asked.add(stage)
         markers = self.ledger.markers(stage)
         wanted = {task.key for task in tasks}
@@ -134,11 +136,13 @@ class Runner:
                 todo.append(task)
         if final and self.ledger.done[stage]:
             todo += [self.tasks[(stage, key)] for key in self.ledger.forget_damaged(stage)]
-        log.info("%s: %d tasks, %d already done, %d to run", stage, len(tasks), len(tasks) - len(todo), len(todo))
-        self._execute(stage, todo, markers, costs_as or stage)
+        log.log(logging.DEBUG if quiet else logging.INFO, "%s: %d tasks, %d already done, %d to run", stage,
+                len(tasks), len(tasks) - len(todo), len(todo))
+        self._execute(stage, todo, markers, costs_as or stage, quiet)
         return {key: self.ledger.done[stage][key].summary for key in sorted(wanted)}
 
-    def _execute(self, stage: str, todo: list[Task], markers: dict[str, Done], costs_as: str) -> None:
+    def _execute(self, stage: str, todo: list[Task], markers: dict[str, Done], costs_as: str,
+                 quiet: bool = False) -> None:
         import ray
 
         if not todo:
@@ -162,7 +166,7 @@ class Runner:
         pending = {submit(task): task for task in todo}
         lost: dict[str, int] = defaultdict(int)
         failures = []
-        with Progress(stage, len(pending)) as progress:
+        with Progress(stage, len(pending), quiet) as progress:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 task = pending.pop(ready[0])

@@ -6,7 +6,12 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
+
+log = logging.getLogger(__name__)
+SLOW_START_S = 30  # an idle machine starts the embedded Ray in a few seconds
+LOADED = "the machine looks loaded (other processes hold its CPUs or memory): fewer --workers start faster"
 
 
 class Terminated(Exception):
@@ -28,13 +33,36 @@ def ray_session(address: str | None, workers: int, object_store_mb: int) -> Iter
         check_answers(address)
         ray.init(address=address, logging_level=logging.WARNING)
     else:
-        # address="local": a new embedded Ray, even where `ray start` left a cluster on this machine
-        ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING,
-                 object_store_memory=object_store_mb * 2**20)
+        start_embedded(workers, object_store_mb)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def start_embedded(workers: int, object_store_mb: int) -> None:
+    """A new embedded Ray (address="local", even where `ray start` left a cluster on this machine), started
+    quietly; a slow or failed start says what helps."""
+    import ray
+
+    # Ray 2.60 turns token authentication on for every new local cluster and warns so on every start (its logger,
+    # only while this cluster starts: the process's environment and Ray's own settings are left as they are)
+    token_setup = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level, started = token_setup.level, time.monotonic()
+    token_setup.setLevel(logging.ERROR)
+    try:
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING,
+                 object_store_memory=object_store_mb * 2**20)
+    except Exception as error:  # noqa: BLE001 - Ray raises bare Exception and TimeoutError alike on a start
+        ray.shutdown()  # whatever it had started
+        first = str(error).strip().split(". ")[0].splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RuntimeError(f"the embedded Ray did not start after {time.monotonic() - started:.0f} s ({first}): "
+                           f"{LOADED}, then retry") from error
+    finally:
+        token_setup.setLevel(level)
+    seconds = time.monotonic() - started
+    if seconds > SLOW_START_S:
+        log.warning("Ray took %.0f s to start: %s", seconds, LOADED)
 
 
 @contextlib.contextmanager
