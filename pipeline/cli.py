@@ -65,7 +65,8 @@ EXAMPLES = {
   mmcorpus query --list
   mmcorpus query --describe mixture
   mmcorpus query rejects_by_reason
-  mmcorpus query --out /data/mmcorpus --format csv "SELECT lang, sum(tokens) FROM mixture GROUP BY 1\"""",
+  mmcorpus query --out /data/mmcorpus --format csv \\
+      "SELECT lang, sum(tokens) FROM mixture WHERE phase = 'phase1' GROUP BY 1\"""",
     "why": "examples:\n  mmcorpus why fineweb2/<urn:uuid:...>\n  mmcorpus query \"SELECT id FROM rejects LIMIT 5\"   "
            "# ids to ask about",
     "check": "examples:\n  mmcorpus check --phase 1\n  mmcorpus check --phase 3 --variant eng --out /data/mmcorpus",
