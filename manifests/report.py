@@ -412,7 +412,8 @@ def _number(value: object) -> bool:
 def local_paths(out: str, files: dict[str, str]) -> Callable[[str], str]:
     """How the card shows a path of the building machine: relative to the output, or to the recipe's folder
     (the folder of its YAML files) when they share more than the root; else by its name alone."""
-    recipe = os.path.commonpath([os.path.dirname(f) for f in files.values()]) if files else None
+    folders = [os.path.dirname(f) for f in files.values() if isinstance(f, str) and f.startswith("/")]
+    recipe = os.path.commonpath(folders) if folders else None
 
     def show(value: str) -> str:
         if not isinstance(value, str) or not value.startswith("/"):
