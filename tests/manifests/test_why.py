@@ -68,5 +68,5 @@ def test_why_follows_a_document_from_read_to_shards(sample_build, capsys):
     steps = json.loads(capsys.readouterr().out)
     assert [step["step"] for step in steps] == ["read", "lid", "quality"]
     assert steps[-1]["verdict"].startswith("rejected: quality:gopher_quality doc_words<50")
-    assert main(["why", "--out", str(out), "no/such/document"]) == 1
-    assert "no such document" in capsys.readouterr().err
+    assert main(["why", "--out", str(out), "no/such/document"]) == 2
+    assert capsys.readouterr().err.startswith("mmcorpus: error: no/such/document: no such document")
