@@ -39,20 +39,26 @@ class Coverage:
         present = {base_language(label) for label in self.with_data}
         code = " + code" if CODE in present else ""
         if self.recipe is None:
-            return f"{len(present - {CODE})} languages{code}"
+            return f"{len(present - {CODE}):,} languages{code}"
         languages = [label for label in self.recipe if base_language(label) != CODE]
         covered = sum(base_language(label) in present for label in languages)
-        return f"{covered} of {len(languages)} languages{code if CODE in self.recipe else ''}"
+        return f"{covered:,} of {len(languages):,} languages{code if CODE in self.recipe else ''}"
 
-    def sentence(self) -> str:
-        """`22 of 60 languages + code have data; 38 have none: afr_Latn, ...`."""
+    def sentence(self, limit: int | None = None) -> str:
+        """`22 of 60 languages + code have data; 38 have none: afr_Latn, ...`; a terminal names `limit` at most
+        (phase 3's 1,833 would bury the rest)."""
         if self.recipe is None:
             return (f"{self.count()} have data (this build did not record the recipe's languages: build it again "
                     "to list those with none)")
         if not (missing := self.missing):
             return f"{self.count()} have data: all of them"
-        return f"{self.count()} have data; {len(missing)} {'has' if len(missing) == 1 else 'have'} none: " + \
-            ", ".join(missing)
+        named = missing if limit is None or len(missing) <= limit else [*missing[:limit],
+                                                                          f"and {len(missing) - limit:,} more"]
+        return f"{self.count()} have data; {len(missing):,} {'has' if len(missing) == 1 else 'have'} none: " + \
+            ", ".join(named)
+
+
+TERMINAL_LIMIT = 60  # languages without data a terminal line names (the cards name them all)
 
 
 def coverage(recipe: list[str] | None, available: dict[str, float]) -> Coverage:

@@ -2,7 +2,7 @@
 its top languages and the recipe's languages that have no data."""
 
 from manifests.catalog import connect
-from manifests.languages import phase_coverage
+from manifests.languages import TERMINAL_LIMIT, phase_coverage
 from manifests.layout import Layout
 
 
@@ -29,6 +29,6 @@ def build_summary(layout: Layout, phase_id: str, seconds: float, seed: int, out:
         f"\n  {'source':<10} {'documents':>10} {'tokens':>12}",
         *(f"  {source:<10} {docs:>10,} {tokens:>12,}" for source, docs, tokens in per_source),
         "\n  top languages: " + ", ".join(f"{lang} {tokens:,}" for lang, tokens in languages),
-        f"  languages: {coverage.sentence()}",
+        f"  languages: {coverage.sentence(TERMINAL_LIMIT)}",
     ]
     return "\n".join(lines)

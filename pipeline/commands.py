@@ -93,7 +93,7 @@ def run_sources(args: argparse.Namespace) -> int:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    from manifests.languages import coverage
+    from manifests.languages import TERMINAL_LIMIT, coverage
     from pipeline.mixing import plan_rows, pool_files, read_counts, summarize_pool
     from stages.languages import usual_label
 
@@ -126,7 +126,7 @@ def run_plan(args: argparse.Namespace) -> int:
     repeated = sorted(rows, key=lambda r: -r.epochs)[:5]
     print(f"\n{phase.id} ({phase.name}): budget {budget:,.0f} tokens, target {sum(r.target_tokens for r in rows):,} "
           f"tokens, {sum(r.capped for r in rows)} capped at {phase.max_epochs:g} epochs, tau {phase.temperature}")
-    print(f"languages: {languages.sentence()}")
+    print(f"languages: {languages.sentence(TERMINAL_LIMIT)}")
     print("most repeated: " + ", ".join(f"{usual_label(r.lang)} {r.epochs:.2f}x" for r in repeated))
     if args.cost:
         print("\n" + cost_section(rates, rates_file, args.cost_workers, recipe.phases))

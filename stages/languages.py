@@ -7,7 +7,7 @@ from functools import cache
 from pathlib import Path
 
 from manifests.languages import CODE, base_language
-from stages.paths import COUNTS_FILE, LANGUAGES_FILE
+from stages.paths import COUNTS_FILE, FINEWEB2_THRESHOLDS, LANGUAGES_FILE
 from stages.settings import setting
 
 # A label is also a folder name under pool/: nothing else may pass (no `..`, no `/`).
@@ -51,10 +51,24 @@ def label_of(code: str) -> str | None:
     return short_code_labels().get(lower) or iso639_3_labels().get(lower)
 
 
+@cache
+def fineweb2_labels(path: Path = FINEWEB2_THRESHOLDS) -> dict[str, str]:
+    """ISO 639-3 code -> FineWeb2's label for it (`aai` -> `aai_Latn`; the first of the file's when it has
+    several scripts), from the keys of FineWeb2's thresholds (read line by line: its values are large)."""
+    labels: dict[str, str] = {}
+    with open(path) as f:
+        for line in f:
+            if found := re.match(r"([a-z]{2,3})_[A-Z][a-z]{3}(?=:)", line):
+                labels.setdefault(found[1], found[0])
+    return labels
+
+
 def usual_label(code: str) -> str:
-    """A language of mmBERT's counts (`eng`, `code`) as the label its text usually carries (`eng_Latn`, `code`);
-    a label as it is, and a code configs/languages.csv does not know as it is."""
-    return code if code == CODE or valid_label(code) else iso639_3_labels().get(code, code)
+    """A language of mmBERT's counts (`eng`, `code`) as the label its text usually carries (`eng_Latn`, `code`):
+    configs/languages.csv's, else FineWeb2's; a label, and a code neither knows, as it is."""
+    if code == CODE or valid_label(code):
+        return code
+    return iso639_3_labels().get(code) or fineweb2_labels().get(code, code)
 
 
 def iso639_3(code: str) -> str | None:

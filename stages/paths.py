@@ -8,4 +8,5 @@ SAMPLES_DIR = PROJECT_ROOT / "samples"
 RECIPE_FILE = CONFIG_DIR / "recipe.yaml"
 COUNTS_FILE = CONFIG_DIR / "mmbert-language-counts.csv"  # mmBERT's tokens per language and phase
 LANGUAGES_FILE = CONFIG_DIR / "languages.csv"  # short codes and scripts of every language
+FINEWEB2_THRESHOLDS = CONFIG_DIR / "fineweb2-thresholds.yaml"  # FineWeb2's rows: its 1,929 lang_Script labels
 BENCH_RESULTS = PROJECT_ROOT / "bench" / "results.json"  # measured rates, for `plan --cost`

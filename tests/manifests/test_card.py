@@ -115,6 +115,15 @@ def test_coverage_counts_code_apart_and_names_the_missing():
                                                            "srp_Cyrl, code"
     assert coverage(recipe[:1], {"deu_Latn": 1}).sentence() == "1 of 1 languages have data: all of them"
     assert coverage(None, {"deu_Latn": 1, "code_c": 1}).count() == "1 languages + code"
+    assert coverage(recipe, {}).sentence(limit=2) == "0 of 3 languages have data; 4 have none: deu_Latn, eng_Latn, " \
+                                                     "and 2 more"
+
+
+def test_the_recipes_languages_are_labels():
+    from stages.languages import usual_label
+
+    assert [usual_label(code) for code in ("eng", "cmn", "aai", "code", "deu_Latn", "qqq")] == [
+        "eng_Latn", "cmn_Hani", "aai_Latn", "code", "deu_Latn", "qqq"]  # languages.csv, then FineWeb2's labels
 
 
 def test_names_and_sizes():
