@@ -1,8 +1,9 @@
 """`mmcorpus`: build a phase, query and check its manifest, show the recipe, fetch the tokenizer assets.
 
 Exit codes: 0 success, 1 the run failed, 2 bad usage or configuration (one line naming the file or option) or
-nothing built to read, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). An interrupted build resumes when run again. A command that
-reads a built phase reads it with the recipe the phase was built with, unless -c or --set say otherwise.
+nothing built to read, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). An interrupted build resumes when run
+again. A command that reads a built phase reads it with the recipe the phase was built with, unless -c or --set
+say otherwise.
 """
 
 import argparse

@@ -146,8 +146,11 @@ class Steps:
         steps, tasks, ran, started = self.steps, self.tasks, self.ran, time.monotonic()
         yield
         tasks, ran = self.tasks - tasks, self.ran - ran
-        log.info("%s %s: %d steps, %d tasks (%d run, %d reused), %.1f s", self.prefix, what, self.steps - steps,
-                 tasks, ran, tasks - ran, time.monotonic() - started)
+        if self.steps == steps:
+            log.info("%s %s: nothing to run", self.prefix, what)
+        else:
+            log.info("%s %s: %d steps, %d tasks (%d run, %d reused), %.1f s", self.prefix, what, self.steps - steps,
+                     tasks, ran, tasks - ran, time.monotonic() - started)
 
     @property
     def layout(self) -> Layout:

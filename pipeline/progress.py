@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 MIN_TASK_MEMORY, MAX_DEFAULT_TASK_MEMORY = 256 << 20, 8 << 30
+LOG_EVERY_S = 10  # the fewest seconds between two progress lines of a stage in a log
 
 
 @dataclass
@@ -95,14 +96,15 @@ def fit_task_memory(wanted: int | None) -> int:
 
 
 class Progress:
-    """A bar per stage on a terminal; plain log lines (about every 10% of tasks) in logs and CI. A `quiet` stage
-    (a step of a larger one) has no bar and logs at DEBUG."""
+    """A bar per stage on a terminal; plain log lines in logs and CI: about every 10% of tasks, at most one per
+    LOG_EVERY_S (a stage of a few seconds logs its last line alone), and the last. A `quiet` stage (a step of a
+    larger one) has no bar and logs at DEBUG."""
 
     def __init__(self, stage: str, total: int, quiet: bool = False) -> None:
         self.stage = stage
         self.total = total
         self.done = 0
-        self.started = time.monotonic()
+        self.started = self.logged = time.monotonic()
         self.counts: dict[str, int] = {}
         self.level = logging.DEBUG if quiet else logging.INFO
         shown = sys.stderr.isatty() and not quiet
@@ -124,8 +126,11 @@ class Progress:
         if self.bar is not None:
             self.bar.set_postfix_str(text, refresh=False)
             self.bar.update(1)
-        elif self.done == self.total or self.done % max(1, self.total // 10) == 0:
-            log.log(self.level, "%s: %s", self.stage, self.line(time.monotonic() - self.started))
+            return
+        now = time.monotonic()
+        if self.done == self.total or (self.done % max(1, self.total // 10) == 0 and now - self.logged >= LOG_EVERY_S):
+            self.logged = now
+            log.log(self.level, "%s: %s", self.stage, self.line(now - self.started))
 
     def line(self, elapsed: float) -> str:
         """`12/40 tasks (docs 3,400), 2.1 tasks/s, 810 docs/s, 13 s left` (a log line's progress)."""

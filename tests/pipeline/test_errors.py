@@ -135,6 +135,13 @@ def test_a_quiet_stage_logs_its_progress_at_debug(caplog):
     assert [r.levelno for r in caplog.records] == [logging.DEBUG]
 
 
+def test_a_stage_of_a_few_seconds_logs_its_last_line_alone(caplog):
+    with caplog.at_level(logging.INFO, logger="pipeline.progress"), Progress("curate", 40) as progress:
+        for _ in range(40):
+            progress.update({"docs": 10})
+    assert [r.getMessage().split(",")[0] for r in caplog.records] == ["curate: 40/40 tasks (docs 400)"]
+
+
 def test_a_ray_start_that_fails_says_what_helps(monkeypatch):
     import ray
 
