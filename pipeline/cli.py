@@ -25,16 +25,19 @@ log = logging.getLogger("mmcorpus")
 
 
 class Parser(argparse.ArgumentParser):
-    """Usage errors in one line, as every other error (the usage is one --help away); a command's parser blames an
-    argument it does not know on itself, not on `mmcorpus`."""
+    """Usage errors in one line, as every other error (the usage is one --help away)."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"mmcorpus: error: {message}; see {self.prog} --help\n")
 
+
+class CommandParser(Parser):
+    """A command's parser: an argument it does not know is its error (see mmcorpus build --help), not the root's."""
+
     def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
                          ) -> tuple[argparse.Namespace, list[str]]:
         parsed, extra = super().parse_known_args(args, namespace)
-        if extra and self.prog != "mmcorpus":
+        if extra:
             self.error(f"unrecognized arguments: {' '.join(extra)}")
         return parsed, extra
 
@@ -102,7 +105,7 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("--version", action="version", version=f"mmcorpus {version()}")
     root.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the resolved recipe at the "
                                                                      "start of a build")
-    subcommands = root.add_subparsers(dest="command", required=True, parser_class=Parser)
+    subcommands = root.add_subparsers(dest="command", required=True, parser_class=CommandParser)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
         parser = subcommands.add_parser(name, help=help, formatter_class=HelpFormatter, epilog=EXAMPLES[name])
