@@ -37,6 +37,8 @@ def run_build(args: argparse.Namespace, argv: list[str]) -> int:
             print(f"{role}: {spec.check() or spec.path}")
         print(yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True))
         return 0
+    if not supervised() and not is_job_address(args.ray_address):
+        return run_watched(argv, "build")  # the child checks the recipe again and says the lines below, once
     log.info("recipe: %s", ", ".join(f"{section} {file}" for section, file in recipe.files.items()))
     if all(Path(options.path).resolve().is_relative_to(SAMPLES_DIR) for options in recipe.sources.sources.values()):
         log.warning("building the bundled samples (%s): give --sources YAML for your own data",
@@ -44,8 +46,6 @@ def run_build(args: argparse.Namespace, argv: list[str]) -> int:
     log.debug("resolved recipe:\n%s", yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True))
     if is_job_address(args.ray_address):
         return submit_build(args.ray_address, job_arguments(argv, args))
-    if not supervised():
-        return run_watched(argv, "build")
     info = build(settings)
     print(build_summary(Layout(args.out), phase.id, info["seconds"], info["seed"], args.out))
     return 0
