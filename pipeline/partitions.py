@@ -147,7 +147,7 @@ class Steps:
         yield
         tasks, ran = self.tasks - tasks, self.ran - ran
         if self.steps == steps:
-            log.info("%s %s: nothing to run", self.prefix, what)
+            log.info("%s %s: no steps", self.prefix, what)
         else:
             log.info("%s %s: %d steps, %d tasks (%d run, %d reused), %.1f s", self.prefix, what, self.steps - steps,
                      tasks, ran, tasks - ran, time.monotonic() - started)
