@@ -262,7 +262,9 @@ def test_check_init_from_refuses_a_bad_checkpoint_in_one_line(saved, tmp_path, t
     from pipeline.cli import main
 
     directory = saved[0] if problem == "vocabulary too small" else tmp_path / "nowhere"
-    assert main(["reference-check", "--phase", "1", "--out", str(tmp_path), "--init-from", str(directory)]) == 2
+    # --mds: no built phase is needed to reach the checkpoint, which is checked before any chunk is read
+    assert main(["reference-check", "--phase", "1", "--out", str(tmp_path), "--mds", str(tmp_path / "shards"),
+                 "--init-from", str(directory)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mmcorpus: error: ") and err.count("\n") == 1
     assert ("not a folder" if problem == "no folder" else "a vocabulary of 512 cannot take") in err
