@@ -418,7 +418,9 @@ def local_paths(out: str, files: dict[str, str]) -> Callable[[str], str]:
     def show(value: str) -> str:
         if not isinstance(value, str) or not value.startswith("/"):
             return value
-        for folder in (out, recipe):
+        if out.startswith("/") and os.path.commonpath([out, value]) == out:
+            return os.path.relpath(value, out)  # inside the output
+        for folder in (recipe, out):  # the recipe's folder first: outputs and checkouts often share /tmp or /home
             if folder and folder.startswith("/") and os.path.commonpath([folder, value]) != "/":
                 return os.path.relpath(value, folder)
         return "…/" + posixpath.basename(value)

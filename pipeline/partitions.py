@@ -184,10 +184,10 @@ class Steps:
     def run(self, step: str, tasks: list[Task], outputs: list[Output], costs_as: str | None = None
             ) -> tuple[list[Relation], dict[str, int]]:
         stage = f"{self.prefix}-{step}"
-        ran = self.runner.ran[stage]
+        ran = self.runner.ran.get(stage, 0)  # .get: a stage that runs nothing stays out of the build's `ran`
         summaries = self.runner.run(stage, tasks, costs_as=costs_as or self.costs_as, quiet=True)
         self.steps, self.tasks = self.steps + 1, self.tasks + len(tasks)
-        self.ran += self.runner.ran[stage] - ran
+        self.ran += self.runner.ran.get(stage, 0) - ran
         totals: dict[str, int] = {}
         for summary in summaries.values():
             for name, value in summary.items():

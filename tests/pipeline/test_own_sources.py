@@ -226,5 +226,5 @@ def test_terms_keep_the_named_defaults_and_change_no_curation(tmp_path):
     assert (terms.license, terms.description) == ("odc-by", "our copy")
     assert recipe.to_dict()["sources"]["sources"]["fineweb2"]["license"] == "odc-by"
     assert not hasattr(recipe.sources.sources["fineweb2"], "description")  # the task's options: no terms
-    with pytest.raises(ConfigError, match=r"phases.yaml: 1.other_sources: unknown source 'mycorpsu'"):
+    with pytest.raises(ConfigError, match=r"--set phases.1.other_sources.mycorpsu=1: .* unknown source 'mycorpsu'"):
         load_recipe(sections={"sources": path}, overrides=("phases.1.other_sources.mycorpsu=1",)).phase(1)
