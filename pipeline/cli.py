@@ -193,6 +193,7 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-tokens", type=positive_int, help="tokens per batch (default: the phase's seq_len)")
     evaluate.add_argument("--seed", type=seed, default=0, help="chooses the sample and the masks (default: 0)")
     evaluate.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    evaluate.add_argument("--workers", type=positive_int, default=2, help="CPU threads (default: 2)")
 
     train = command("reference-check", "train the reference encoder briefly on a built phase (or an MDS export); "
                                        "fails unless the MLM loss falls clearly (needs the reference extra)")
@@ -201,8 +202,10 @@ def parser() -> argparse.ArgumentParser:
                                      "(default: <out>/<phase>/shards)")
     train.add_argument("--model", default="tiny", help="encoder size: tiny, small or base (with --init-from, the "
                                                        "checkpoint's)")
-    train.add_argument("--steps", type=positive_int, default=200, help="training steps")
-    train.add_argument("--batch-tokens", type=positive_int, help="tokens per batch (default: the phase's seq_len)")
+    train.add_argument("--steps", type=positive_int, default=60, help="training steps (default: 60)")
+    train.add_argument("--batch-tokens", type=positive_int, help="tokens per batch, longer chunks cut to fit "
+                                                                 "(default: the phase's seq_len, 512 at most on CPU)")
+    train.add_argument("--workers", type=positive_int, default=2, help="CPU threads (default: 2)")
     train.add_argument("--lr", type=number(float, Range(gt=0)), default=3e-3, help="peak learning rate")
     train.add_argument("--device", default="cpu", help="cpu or cuda")
     train.add_argument("--backend", help="attention backend: eager, sdpa or flash_attn (default: the fastest the "

@@ -24,7 +24,7 @@ def run_eval(args: argparse.Namespace) -> int:
     recipe, phase = built_recipe(args)
     layout = Layout(args.out)
     require_built(layout, phase.id)
-    settings = EvalSettings(args.chunks_per_language, args.seed, args.batch_tokens, args.device)
+    settings = EvalSettings(args.chunks_per_language, args.seed, args.batch_tokens, args.device, threads=args.workers)
     try:
         rows = evaluate(layout, phase, args.checkpoint, load_gemma2(recipe.tokenizers["gemma2"]), settings)
     except CheckpointError as error:  # the user's input: one line and status 2, as any bad option
@@ -55,7 +55,8 @@ def run_reference_check(args: argparse.Namespace) -> int:
     source = Layout(args.mds) if args.mds else Layout(Layout(args.out).url_of(Layout.shards_dir(phase.id)))
     settings = TrainSettings(model=args.model, steps=args.steps, batch_tokens=args.batch_tokens, lr=args.lr,
                              device=args.device, backend=args.backend, compare_padded=args.compare_padded,
-                             seed=args.seed, init_from=args.init_from, save=args.save, peak_flops=args.peak_flops)
+                             seed=args.seed, init_from=args.init_from, save=args.save, peak_flops=args.peak_flops,
+                             threads=args.workers)
     try:
         fell = train_check(source, phase, Gemma2Tokenizer(recipe.tokenizers["gemma2"]), settings)
     except CheckpointError as error:

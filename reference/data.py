@@ -97,6 +97,14 @@ def pack(chunks: Iterable[np.ndarray], max_tokens: int) -> Iterator[Batch]:
         yield make_batch(pending)
 
 
+def cut(chunks: Iterable[np.ndarray], length: int) -> Iterator[np.ndarray]:
+    """Chunks longer than `length` tokens in consecutive pieces of at most `length`: shorter sequences for a CPU,
+    where a step's attention and a batch's tokens must stay small."""
+    for chunk in chunks:
+        for start in range(0, len(chunk), length):
+            yield chunk[start:start + length]
+
+
 def make_batch(chunks: list[np.ndarray]) -> Batch:
     lengths = torch.tensor([len(c) for c in chunks], dtype=torch.int32)
     cu_seqlens = torch.zeros(len(chunks) + 1, dtype=torch.int32)

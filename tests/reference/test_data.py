@@ -8,7 +8,7 @@ import numpy as np  # noqa: E402
 
 from manifests.layout import Layout  # noqa: E402
 from pipeline.cli import main  # noqa: E402
-from reference.data import make_batch, mask_tokens, pack, read_chunks  # noqa: E402
+from reference.data import cut, make_batch, mask_tokens, pack, read_chunks  # noqa: E402
 
 
 @pytest.mark.slow  # builds the samples
@@ -32,6 +32,13 @@ def test_pack_respects_the_budget_and_chunk_boundaries():
         list(pack([np.arange(1001)], max_tokens=1000))
     rows, mask = batches[0].padded(pad_id=0)
     assert rows.shape == (2, 500) and mask.sum() == 800 and rows[0, 300:].eq(0).all()
+
+
+def test_cut_keeps_every_token_in_pieces_that_fit():
+    chunks = [np.arange(n, dtype=np.uint32) for n in (1024, 300, 513)]
+    pieces = list(cut(chunks, 512))
+    assert [len(piece) for piece in pieces] == [512, 512, 300, 512, 1]
+    assert np.concatenate(pieces).tolist() == np.concatenate(chunks).tolist()
 
 
 def test_masking_rules():
