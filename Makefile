@@ -53,7 +53,8 @@ given-%:
 ray-job: given-RAY_ADDRESS setup
 	$(BIN)/mmcorpus build --phase $(PHASE) --out $(OUT) --ray-address $(RAY_ADDRESS) $(if $(VARIANT),--variant $(VARIANT))
 
-# Train the tiny encoder on a phase's shards (built first); fails unless the MLM loss falls clearly.
+# Train the tiny encoder on a phase's shards (built first; about 2 min on 2 cores); fails unless the MLM loss
+# falls clearly.
 reference-check: setup
 	$(BIN)/mmcorpus reference-check --phase $(PHASE) --out $(OUT) $(if $(VARIANT),--variant $(VARIANT))
 
