@@ -49,11 +49,11 @@ def test_a_passed_check_saves_the_weights_and_the_loss_curve(sample_build, tmp_p
     out, _ = sample_build
     ckpt = tmp_path / "ckpt"
     caplog.set_level("INFO", logger="reference")
-    assert main(["reference-check", "--phase", "1", "--out", str(out), "--steps", "30", "--lr", "1e-2",
+    assert main(["reference-check", "--phase", "1", "--out", str(out), "--steps", "20", "--lr", "1e-2",
                  "--batch-tokens", "256", "--save", str(ckpt)]) == 0
-    assert "in 30 steps of 256 tokens" in capsys.readouterr().out
+    assert "in 20 steps of 256 tokens" in capsys.readouterr().out
     progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
-    assert len(progress) == 3 and progress[0].startswith("step 10/30: loss ") and "s left" in progress[0]
+    assert len(progress) == 2 and progress[0].startswith("step 10/20: loss ") and "s left" in progress[0]
     assert (ckpt / "config.json").is_file()
     lines = (ckpt / "loss_curve.csv").read_text().splitlines()
-    assert lines[0] == "step,loss" and len(lines) == 31
+    assert lines[0] == "step,loss" and len(lines) == 21
