@@ -13,7 +13,8 @@ the phase's.
 
 On a CPU the 256,000-way MLM head (its softmax, and the 16M-parameter embedding it shares, updated whole every
 step) dominates a step, so the CPU defaults are the tiny model (3 layers, hidden 64: one global layer, two
-local), 60 steps and sequences cut to 512 tokens, batches of 512: about a minute on two cores. --model small /
+local), 60 steps and sequences cut to 512 tokens, batches of 512: about 25 s of training on two cores
+(after `prepare_cpu`, which keeps the step's large buffers from being returned to the kernel every step). --model small /
 base and --batch-tokens give the full sizes; on a GPU a batch is the phase's seq_len.
 """
 
@@ -29,7 +30,7 @@ import torch
 from manifests.layout import Layout
 from reference import checkpoint
 from reference.data import Batch, Phase, cut, mask_tokens, pack, read_chunks
-from reference.model import Encoder, EncoderConfig, config_for, default_backend
+from reference.model import Encoder, EncoderConfig, config_for, default_backend, prepare_cpu
 from stages.tokenize import Gemma2Tokenizer
 
 log = logging.getLogger("reference")
@@ -127,7 +128,7 @@ def train_check(source: Layout, phase: Phase, tokenizer: Gemma2Tokenizer, settin
     loss fell clearly."""
     specials = tokenizer.special_ids
     device = torch.device(settings.device)
-    torch.set_num_threads(settings.threads)
+    prepare_cpu(settings.threads)
     backend = settings.backend or default_backend(device)
     torch.manual_seed(settings.seed)
     model = initial_model(settings, phase, tokenizer.vocab_size).to(device)

@@ -22,7 +22,7 @@ from manifests.schemas import MLM_EVAL
 from manifests.writer import write_parquet
 from reference import checkpoint
 from reference.data import Phase, mask_tokens, pack
-from reference.model import Encoder, default_backend
+from reference.model import Encoder, default_backend, prepare_cpu
 from stages.tokenize import Gemma2Tokenizer
 
 log = logging.getLogger("reference.evaluate")
@@ -81,7 +81,7 @@ def evaluate(layout: Layout, phase: Phase, checkpoint_dir: Path, tokenizer: Gemm
              settings: EvalSettings) -> list[dict]:
     """One row per language of the phase's shards; written to the phase's manifest and the catalog rebuilt."""
     device = torch.device(settings.device)
-    torch.set_num_threads(settings.threads)
+    prepare_cpu(settings.threads)
     stored = checkpoint.read_config(checkpoint_dir)
     if stored.vocab_size < tokenizer.vocab_size:
         raise checkpoint.CheckpointError(f"{checkpoint_dir}: a vocabulary of {stored.vocab_size:,} cannot "

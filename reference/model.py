@@ -13,12 +13,15 @@ once for the global layers and once for the local ones (`AttentionTables`). Atte
     eager       the same maths written out, the reference the others are tested against
 """
 
+import ctypes
 import math
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,20 @@ def default_backend(device: torch.device) -> str:
         except ImportError:
             pass
     return "sdpa"
+
+
+def prepare_cpu(threads: int) -> None:
+    """Use `threads` CPU threads, and keep freed memory in the process: a step allocates and frees the same
+    hundreds of MB (the 256k-way logits, the embedding's gradient), which glibc would otherwise return to the
+    kernel and fault back in page by page, nearly doubling a CPU step (sys time as large as user time)."""
+    torch.set_num_threads(threads)
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    largest = 2**31 - 1  # mallopt takes an int
+    libc.mallopt(M_MMAP_THRESHOLD, largest)
+    libc.mallopt(M_TRIM_THRESHOLD, largest)
 
 
 class Attention(nn.Module):
