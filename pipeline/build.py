@@ -28,7 +28,7 @@ from manifests.card import write_dataset_card
 from manifests.layout import Layout
 from manifests.schemas import CURATED, POOL, UPSTREAM
 from manifests.writer import ParquetSink, write_parquet, write_task_records
-from pipeline.config import Recipe, git_commit
+from pipeline.config import ConfigError, Recipe, git_commit
 from pipeline.dedup import read_removals, run_dedup
 from pipeline.inputs import check_inputs
 from pipeline.mixing import mix_phase
@@ -172,8 +172,11 @@ def curate_tasks(layout: Layout, recipe: Recipe, runner: Runner, keep_text: bool
 
 def build(settings: BuildSettings) -> dict:
     layout = Layout(settings.out)
-    gemma = Gemma2Tokenizer(settings.recipe.tokenizers["gemma2"])  # fail before any work if an asset is missing
-    settings.recipe.lid.model.check()
+    try:  # fail before any work, as a recipe error, if a configured asset is missing or not the one named
+        gemma = Gemma2Tokenizer(settings.recipe.tokenizers["gemma2"])
+        settings.recipe.lid.model.check()
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(str(error)) from None
     check_inputs(settings.recipe)  # and if a source of one's own matches no file or its mapping fits no record
     for name in settings.recipe.sources.sources:
         if name != "fineweb2" and not settings.phase.other_sources.get(name):

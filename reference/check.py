@@ -14,8 +14,8 @@ the phase's.
 On a CPU the 256,000-way MLM head (its softmax, and the 16M-parameter embedding it shares, updated whole every
 step) dominates a step, so the CPU defaults are the tiny model (3 layers, hidden 64: one global layer, two
 local), 60 steps and sequences cut to 512 tokens, batches of 512: about 25 s of training on two cores
-(after `prepare_cpu`, which keeps the step's large buffers from being returned to the kernel every step). --model small /
-base and --batch-tokens give the full sizes; on a GPU a batch is the phase's seq_len.
+(after `prepare_cpu`, which keeps the step's large buffers from being returned to the kernel every step).
+--model small / base and --batch-tokens give the full sizes; on a GPU a batch is the phase's seq_len.
 """
 
 import itertools

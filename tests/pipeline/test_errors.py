@@ -44,6 +44,14 @@ def test_usage_errors_are_one_line_naming_the_command_help(capsys, argv, line):
     assert failed(capsys, *argv) == (2, f"mmcorpus: error: {line}")
 
 
+def test_a_missing_model_is_a_recipe_error_before_any_work(tmp_path, capfd):
+    missing = tmp_path / "lid.bin"  # the build runs in a supervised child process: its stderr is the fd's
+    code = main(["build", "--phase", "1", "--out", str(tmp_path / "out"), "--set", f"lid.model.path={missing}"])
+    last = capfd.readouterr().err.strip().splitlines()[-1]
+    assert (code, last) == (2, f"mmcorpus: error: {missing} is missing: run `make setup`")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_mistyped_command_is_one_line(capsys):
     code, line = failed(capsys, "buidl")
     assert code == 2 and line.startswith("mmcorpus: error: argument command: invalid choice: 'buidl'")
