@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import pyarrow.parquet as pq
 import xxhash
 
-from manifests import catalog
+from manifests import catalog, runs
 from manifests.card import write_dataset_card
 from manifests.layout import Layout
 from manifests.schemas import CURATED, POOL, UPSTREAM
@@ -192,7 +192,7 @@ def _build(settings: BuildSettings, layout: Layout, gemma: Gemma2Tokenizer) -> d
     recipe, phase = settings.recipe, settings.phase
     if removed := layout.remove_temporaries():
         log.info("removed %d temporary file(s) a killed run left", removed)
-    built = catalog.current_run(layout, phase.id)  # the build that wrote the phase's shards, if any
+    built = runs.current_run(layout, phase.id)  # the build that wrote the phase's shards, if any
     timings = {}
     with Runner(layout, settings.workers, settings.ray_address, retries=settings.retries,
                 task_memory=settings.task_memory) as runner:
@@ -219,7 +219,7 @@ def _build(settings: BuildSettings, layout: Layout, gemma: Gemma2Tokenizer) -> d
         plan, shards, mix_settings = mix_phase(runner, layout, phase, settings.seed, settings.budget_tokens,
                                                shard_tokens, gemma.bos_id, gemma.eos_id)
         timings["mix"] = time.time() - t0
-        if built and (line := catalog.replacement(phase.id, built, settings.seed, phase.variant,
+        if built and (line := runs.replacement(phase.id, built, settings.seed, phase.variant,
                                                   mix_settings["budget_tokens"])):
             log.info(line)
         # What the manifest and the catalog read besides the tasks: verified (or written again) first, and
@@ -242,7 +242,7 @@ def _build(settings: BuildSettings, layout: Layout, gemma: Gemma2Tokenizer) -> d
                         git_commit=git_commit())
         measured = shard_digests(layout, phase.id)
         ordered = [shards[k] for k in sorted(shards)]
-        catalog.record_run(layout, phase.id, run_info, ordered)
+        runs.record_run(layout, phase.id, run_info, ordered)
         ledger.record(f"{phase.id}-manifest", catalog.write_manifest, layout=layout, phase_id=phase.id, plan=plan,
                       shards=ordered, run_info=run_info, files=files)
     layout.delete_tree(Layout.placed_dir(phase.id))
