@@ -7,7 +7,8 @@ filesystem paths and URLs. Writes are atomic: a temporary name then a rename on 
 write computes the file's checksum (xxhash64 for intermediates, sha256 for shards and MDS) and reports it to the
 task recording its outputs.
 
-With manifests/names.py this module is a leaf: it imports nothing else of the project.
+With manifests/names.py and manifests/store.py (the counting file system, the S3 retry policy) this module is a
+leaf: it imports nothing else of the project.
 """
 
 import contextlib
@@ -27,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import fsspec
 import xxhash
 from fsspec.implementations.local import LocalFileSystem
 
 from manifests.names import Names
+from manifests.store import COUNTS, open_store
 
 # What the current task wrote: name -> checksum. Set by the runner around each task (pipeline/runner.py).
 _written: ContextVar["Written | None"] = ContextVar("written", default=None)
@@ -100,7 +101,7 @@ class Layout(Names):
     def __init__(self, root: str | Path, **storage_options: Any) -> None:
         text = str(root)
         self.storage_options = storage_options
-        self.fs, path = fsspec.core.url_to_fs(text, **storage_options)
+        self.fs, path = open_store(text, storage_options)  # every request counted (manifests/store.py)
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self.root = os.path.abspath(path) if self.is_local else path.rstrip("/")
         self.url = self.root if self.is_local else self.fs.unstrip_protocol(self.root)
@@ -201,8 +202,10 @@ class Layout(Names):
             size = os.path.getsize(spool.local)
             if self.is_local:
                 os.replace(spool.local, target)
+                COUNTS.add("put")
             else:
                 self.fs.put_file(spool.local, target)  # a completed (multipart) upload, or nothing
+            COUNTS.wrote(size)
             self._record(name, spool.checksum, size)
         finally:
             if self.is_local:
@@ -217,6 +220,7 @@ class Layout(Names):
 
     def delete_tree(self, name: str) -> None:
         if self.is_local:
+            COUNTS.add("delete")
             shutil.rmtree(self.path(name), ignore_errors=True)
         elif self.fs.exists(self.path(name)):
             self.fs.rm(self.path(name), recursive=True)
@@ -279,6 +283,7 @@ class Layout(Names):
                     pass
             elif not self.exists(self.LOCK):
                 self.fs.pipe_file(self.path(self.LOCK), record.encode())
+                COUNTS.wrote(len(record))
                 if json.loads(self.read_text(self.LOCK))["token"] == holder["token"]:
                     return
             try:

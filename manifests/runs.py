@@ -1,5 +1,6 @@
 """The run history of a phase: a record per build under <phase>/manifest/runs/ (what ran and what was reused, per
-stage, with costs and the shards' sha256s), and which of those builds wrote the current shards (the `run` row)."""
+stage, with costs, requests to the store and the shards' sha256s), and which of those builds wrote the current
+shards (the `run` row)."""
 
 import datetime
 import json
@@ -23,7 +24,8 @@ def record_run(layout: Layout, phase_id: str, run_info: dict, shards: list[dict]
     outside the manifest's record, so that no later build's manifest or sweep removes it."""
     row = _run_row(phase_id, run_info) | dict(
         ran=json.dumps(run_info["ran"], sort_keys=True), reused=json.dumps(run_info["reused"], sort_keys=True),
-        costs=json.dumps(run_info["stages"], sort_keys=True), shards=[shard["sha256"] for shard in shards])
+        costs=json.dumps(run_info["stages"], sort_keys=True), store=json.dumps(run_info["store"], sort_keys=True),
+        shards=[shard["sha256"] for shard in shards])
     started = datetime.datetime.fromisoformat(run_info["started"])
     write_parquet(layout, Layout.run_record(phase_id, started), [row], RUNS)
 

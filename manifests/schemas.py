@@ -123,6 +123,8 @@ RUNS = pa.schema(
         ("ran", pa.string()),  # stage -> tasks run, JSON
         ("reused", pa.string()),  # stage -> tasks found done by an earlier build, JSON
         ("costs", pa.string()),  # stage -> what its tasks that ran cost (pipeline/progress.py), JSON
+        ("store", pa.string()),  # stage -> its requests to the store by kind, objects and bytes (manifests/store.py),
+        # and "driver" (the driver's own outside the stages), JSON
         ("shards", pa.list_(pa.string())),  # the sha256 of each shard it wrote or found, in shard order
     ]
 )

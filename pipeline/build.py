@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import pyarrow.parquet as pq
 import xxhash
 
-from manifests import catalog, runs
+from manifests import catalog, runs, store
 from manifests.card import write_dataset_card
 from manifests.layout import Layout
 from manifests.schemas import CURATED, POOL, UPSTREAM
@@ -235,7 +235,8 @@ def _build(settings: BuildSettings, layout: Layout, gemma: Gemma2Tokenizer) -> d
         task_memory = runner.task_memory
         files = catalog.file_rows(ledger.producers)
         run_info = dict(mix_settings, phase=phase.to_dict(), recipe=recipe.to_dict(), timings=timings, ran=ran,
-                        reused=reused, stages=stage_costs, task_memory=task_memory, dedup=dedup_summary,
+                        reused=reused, stages=stage_costs, store=runner.store_counts(), task_memory=task_memory,
+                        dedup=dedup_summary,
                         started=datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(),
                         seconds=time.time() - started, tokenizer=recipe.tokenizers["gemma2"].path,
                         tokenizer_sha256=gemma.sha256, assets=asset_digests(recipe), versions=package_versions(),
@@ -251,6 +252,7 @@ def _build(settings: BuildSettings, layout: Layout, gemma: Gemma2Tokenizer) -> d
         layout.delete(Layout.manifest(phase.id, "mlm_eval"))  # `eval-mlm` measured other shards
     catalog.build_catalog(layout)
     write_dataset_card(layout, phase.id, gemma.decode)
+    log.info("store: %s", store.describe(sum(map(Counter, runner.store_counts().values()), Counter())))
     return run_info
 
 

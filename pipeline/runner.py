@@ -15,12 +15,13 @@ import contextlib
 import logging
 import os
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from manifests.layout import TASK_MEMORY, Layout, recording
+from manifests.store import COUNTS
 from pipeline.fingerprint import Shared, digest
 from pipeline.markers import Done, Ledger, TaskFailed, write_marker
 from pipeline.progress import MIN_TASK_MEMORY, Progress, StageCosts, fit_task_memory, measured
@@ -65,14 +66,17 @@ def _resolve(value: Any) -> Any:
 
 def _run_task(fn: Callable[..., dict], kwargs: dict, layout: Layout, marker: str, fingerprint: str,
               stale: list[str], memory: int) -> dict:
-    """One task on a worker: run it within `memory` bytes, then write its marker, with what it cost."""
+    """One task on a worker: run it within `memory` bytes, then write its marker, with what it cost; the record
+    also carries the task's requests to the store (`store`: a worker runs one task at a time)."""
+    before = COUNTS.snapshot()
     token = TASK_MEMORY.set(memory)
     try:
         with measured() as costs, recording() as written:
             summary = fn(**{name: _resolve(value) for name, value in kwargs.items()})
     finally:
         TASK_MEMORY.reset(token)
-    return write_marker(layout, marker, fingerprint, written, summary, stale, costs)
+    record = write_marker(layout, marker, fingerprint, written, summary, stale, costs)
+    return record | {"store": dict(COUNTS.snapshot() - before)}
 
 
 class Runner:
@@ -95,6 +99,10 @@ class Runner:
         self.tasks: dict[tuple[str, str], Task] = {}  # every task asked for in this build
         self.ran: dict[str, int] = defaultdict(int)  # stage -> tasks run in this build (repairs included)
         self.costs: dict[str, StageCosts] = {}  # stage -> what its tasks that ran in this build cost
+        self.store: dict[str, Counter[str]] = defaultdict(Counter)  # stage -> its requests to the store (tasks and
+        # the driver's own for it: markers listed, read, deleted, inputs verified)
+        self._driver_start = COUNTS.snapshot()  # the driver's requests not in a stage make the "driver" row
+        self._driver_in_stages: Counter[str] = Counter()
 
     def __enter__(self) -> "Runner":
         with contextlib.ExitStack() as stack:
@@ -119,6 +127,21 @@ class Runner:
         `costs_as`: the stage whose costs these tasks add to (a step of a larger one, as dedup's rounds). `quiet`:
         its lines at DEBUG and no bar (a step of a larger stage, which says how it went itself)."""
         self.ledger.asked.add(stage)
+        before = COUNTS.snapshot()
+        try:
+            return self._run(stage, tasks, final, costs_as or stage, quiet)
+        finally:
+            own = COUNTS.snapshot() - before
+            self.store[costs_as or stage] += own
+            self._driver_in_stages += own
+
+    def store_counts(self) -> dict[str, dict[str, int]]:
+        """stage -> its requests to the store (manifests/store.py), and `driver`: the driver's own outside the
+        stages (the lock, the manifest's inputs verified, the sweep), until now."""
+        driver = COUNTS.snapshot() - self._driver_start - self._driver_in_stages
+        return {stage: dict(counts) for stage, counts in sorted(self.store.items())} | {"driver": dict(driver)}
+
+    def _run(self, stage: str, tasks: list[Task], final: bool, costs_as: str, quiet: bool) -> dict[str, dict]:
         markers = self.ledger.markers(stage)
         wanted = {task.key for task in tasks}
         stale = sorted(set(markers) - wanted)
@@ -138,7 +161,7 @@ class Runner:
             todo += [self.tasks[(stage, key)] for key in self.ledger.forget_damaged(stage)]
         log.log(logging.DEBUG if quiet else logging.INFO, "%s: %d tasks, %d already done, %d to run", stage,
                 len(tasks), len(tasks) - len(todo), len(todo))
-        self._execute(stage, todo, markers, costs_as or stage, quiet)
+        self._execute(stage, todo, markers, costs_as, quiet)
         return {key: self.ledger.done[stage][key].summary for key in sorted(wanted)}
 
     def _execute(self, stage: str, todo: list[Task], markers: dict[str, Done], costs_as: str,
@@ -188,6 +211,7 @@ class Runner:
                 self.ledger.register(stage, task.key, Done.from_record(record), written_now=True)
                 self.ran[stage] += 1
                 costs.add(record["costs"], task.reads(stage, self.ledger.size))
+                self.store[costs_as] += Counter(record.get("store", {}))
                 progress.update(record["summary"])
         costs.seconds += time.perf_counter() - started
         if failures:
