@@ -4,8 +4,9 @@ Names are relative to the root (manifests/layout.py turns them into paths and UR
 `Layout.shard(...)` is the usual spelling). Words, one meaning each:
     part            a piece of one source's curated output; (source, part) names a curated file, and every file
                     made from it (stats, rejects, signatures, removals, pool files) carries the same two
-    hash partition  one of the P slices of dedup's shuffle (`p<NNNNN>`): each relation between dedup's SQL steps
-                    is a folder of them, one file per task of the step that wrote it
+    hash partition  one of the P slices of dedup's shuffle (`p<NNNNN>`, the task that reads it): each relation
+                    between dedup's SQL steps is a folder of one file per task of the step that wrote it, its
+                    rows sorted by partition, a partition's rows in row groups of their own
     shard group     a set of consecutive shards whose chunks mixing places together (`g<NNNNN>`) when there are
                     too many shards to write a file per shard; a split task then divides it into the shards'
                     own folders (`s<NNNNN>`)
@@ -85,8 +86,8 @@ class Names:
     SIGNATURES = Template(DEDUP.pattern + "/signatures/{source}/{part}.parquet")
     DEDUP_STEPS = Template(DEDUP.pattern + "/steps")
     RELATION = Template("{folder}/{step}/{relation}")  # a relation one of the steps under `folder` wrote
-    PARTITION = Template("p{partition:05d}")  # a hash partition's folder, and the key of the task that reads it
-    PARTITION_FILE = Template("{folder}/" + PARTITION.pattern + "/{task}.parquet")  # a task's rows of a partition
+    PARTITION = Template("p{partition:05d}")  # the key of the task that reads a hash partition
+    RELATION_FILE = Template("{folder}/{task}.parquet")  # a task's rows of a relation: a row group per partition
     CLUSTERS = Template(DEDUP.pattern + "/clusters")  # a relation: every document in a duplicate cluster
     REMOVALS = Template(DEDUP.pattern + "/removed/{source}/{part}.parquet")  # a curated file's rows dedup removes
     POOL = Template("pool/{source}/{lang}/{part}.parquet")
@@ -150,18 +151,18 @@ class Names:
         return cls.PARTITION.format(partition=partition)
 
     @classmethod
-    def partition_file(cls, folder: str, partition: int, task: str) -> str:
-        """The rows one task wrote to one hash partition of the relation in `folder`."""
-        return cls.PARTITION_FILE.format(folder=folder, partition=partition, task=task)
+    def relation_file(cls, folder: str, task: str) -> str:
+        """The rows one task wrote to the relation in `folder`, sorted by hash partition."""
+        return cls.RELATION_FILE.format(folder=folder, task=task)
 
     @classmethod
     def clusters(cls, config: object) -> str:
-        """A relation (a folder of hash partitions): a curated file's rows in one partition, per task."""
+        """A relation (a file per task, by hash partition of the curated files)."""
         return cls.CLUSTERS.format(config=config)
 
     @classmethod
     def clusters_glob(cls, config: object) -> str:
-        return cls.PARTITION_FILE.glob(folder=cls.clusters(config))
+        return cls.RELATION_FILE.glob(folder=cls.clusters(config))
 
     @classmethod
     def removals(cls, config: object, source: str, part: str) -> str:

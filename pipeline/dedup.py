@@ -3,8 +3,9 @@ signatures per curated file, then partitioned SQL steps (pipeline/partitions.py)
 corpus and whose tasks each hold one hash partition: keys, buckets, per pass pairs, verification, component
 rounds, keepers, and the clusters by curated file.
 
-Outputs under dedup/<config>/: signatures/<source>/<part>.parquet, steps/<step>/<relation>/p<N>/ (the partitioned
-relations between steps), clusters/p<N>/ (every document in a duplicate cluster, with the id of the one kept) and
+Outputs under dedup/<config>/: signatures/<source>/<part>.parquet, steps/<step>/<relation>/<task>.parquet (the
+relations between steps, a file per task with a row group per hash partition), clusters/<task>.parquet (every
+document in a duplicate cluster, with the id of the one kept, by partition of the curated files) and
 removed/<source>/<part>.parquet (the rows of one curated file that the clusters remove or rename), which the pool
 task of that file reads.
 
@@ -21,7 +22,17 @@ import pyarrow.parquet as pq
 from manifests.layout import Layout
 from manifests.schemas import DEDUP_CLUSTERS, PAIRS, SIGNATURES
 from manifests.writer import ParquetSink
-from pipeline.partitions import Output, Relation, Steps, batches, partitions_for, run_sql
+from pipeline.partitions import (
+    Output,
+    Relation,
+    Rows,
+    Steps,
+    batches,
+    partition_dataset,
+    partition_task,
+    partitions_for,
+    run_sql,
+)
 from pipeline.runner import Runner, Task
 from stages.dedup import (
     BANDS,
@@ -86,7 +97,7 @@ def make_keys(steps: Steps, queries: ClusterQueries, signatures: dict[tuple[str,
         key = f"b{number:05d}"
         files = _files_table({by_name[name]: numbers[by_name[name]] for name in names})
         tasks.append(Task(key, run_sql, dict(layout=steps.layout, task=key,
-                                             views={"signatures_in": (tuple(names), SIGNATURES)},
+                                             views={"signatures_in": Rows(tuple(names), SIGNATURES)},
                                              outputs=outputs, tables={"files": files}),
                           inputs=tuple(names), size=sum(sizes[name] for name in names)))
     relations, _ = steps.run("keys", tasks, outputs, costs_as="dedup-keys")
@@ -154,13 +165,13 @@ def cluster_passes(steps: Steps, queries: ClusterQueries, nodes: Relation, signa
     return clusters, nodes, summary
 
 
-def write_removals(layout: Layout, files: tuple[str, ...], config: MinhashConfig) -> dict:
+def write_removals(layout: Layout, clusters: Rows, config: MinhashConfig) -> dict:
     """Per curated file of one partition of the clusters: its rows removed or renamed (a renamed document is
     kept under its new id, kept_id; a removed one names the kept one)."""
     columns = ", ".join(DEDUP_CLUSTERS.names)
     sink, current, rows = None, None, 0  # one file open at a time: the rows come sorted by file
     with layout.duckdb() as con:
-        layout.parquet_view(con, "clusters", files)
+        con.register("clusters", partition_dataset(layout, clusters))
         reader = con.sql(f"""SELECT {columns} FROM clusters WHERE NOT kept OR id <> kept_id
                              ORDER BY source, part, row, pass""").fetch_arrow_reader(8192)
         try:
@@ -234,8 +245,8 @@ def write_clusters(steps: Steps, queries: ClusterQueries, clusters: list[Relatio
                               driving="clusters")
     output = Output(Layout.clusters(config), DEDUP_CLUSTERS, queries.clusters(), steps.partitions)
     [clustered], _ = steps.step("clusters", {"records": records, "nodes": nodes}, [output], driving="records")
-    tasks = [Task(Layout.partition(number), write_removals, dict(layout=steps.layout, files=files, config=config),
-                  inputs=files) for number, files in enumerate(clustered.files) if files]
+    tasks = [partition_task(number, write_removals, dict(layout=steps.layout, clusters=rows, config=config), [rows])
+             for number in range(steps.partitions) if (rows := clustered.rows(number)).files]
     steps.run("removals", tasks, [])
     written = steps.runner.ledger.outputs("dedup-removals")
     return {curated: Layout.removals(config, *curated) for curated in curated_files

@@ -1,23 +1,30 @@
 """Relations spread over hash partitions, and SQL steps from one to the next: how dedup clusters a corpus of any
 size with tasks that each hold one partition.
 
-A relation is a folder of Parquet files, `<folder>/p<NNNNN>/<task>.parquet`: the rows of partition N, one file per
-task of the step that wrote them. A step runs one Ray task per partition of its inputs; the task opens DuckDB
-views over its partition's files of each input relation (held to the task's memory, spilling past it) and runs
-queries whose rows name, in a `_p` column, the partition of the output they belong to. Every step reads each
-input byte once, and a step over P partitions writes at most P² files: `partitions_for` picks P so that those
-files average SHUFFLE_FILE_BYTES, the task count growing with the corpus and the file count in proportion to it.
+A relation is a folder of Parquet files, `<folder>/<task>.parquet`: one file per task of the step that wrote it
+(a sort-based shuffle), its rows sorted by partition, the rows of a partition in row groups of their own, and an
+index in the file's key-value metadata (`ROWS_KEY`: partition -> [first row, end row)). A step runs one Ray task per
+partition of its inputs; the task opens DuckDB views over its partition's row groups of each input file (Arrow
+datasets of those row groups only, streamed: the task holds its partition, not the files) and runs queries whose
+rows name, in a `_p` column, the partition of the output they belong to. Every step reads each input byte once
+and writes one file per task: O(P) objects, not one per (task, partition) pair. The driver learns which
+partitions a file holds, and their rows, from the summary of the task that wrote it (`ROWS_SUMMARY`), so a task
+reads only the files with rows of its partition. `partitions_for` picks P so that a task's share of one file, the
+range it reads, averages SHUFFLE_FILE_BYTES: the task count grows with the corpus, each task's reads in proportion.
 """
 
 import contextlib
+import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 
 from manifests.layout import Layout
 from manifests.writer import SCRATCH_OPTIONS, ParquetSink
@@ -25,6 +32,8 @@ from pipeline.runner import Runner, Task
 
 log = logging.getLogger(__name__)
 SHUFFLE_FILE_BYTES = 1 << 20  # the bytes one task writes for one partition, on average
+ROWS_KEY = "mmcorpus.partition_rows"  # a relation file's index: partition -> [first row, end row)
+ROWS_SUMMARY = "partition_rows"  # in a task's summary: file -> {partition: rows}, for the driver
 
 
 def partitions_for(total_bytes: int, task_memory: int) -> int:
@@ -54,25 +63,50 @@ def runs(keys: np.ndarray) -> list[tuple[int, int]]:
 
 
 @dataclass(frozen=True)
+class Rows:
+    """What a view of a task reads: the rows of one partition of these relation files (by the number their index
+    gives it), or, with no partition, the files whole."""
+    files: tuple[str, ...]
+    schema: pa.Schema
+    partition: int | None = None
+    sizes: tuple[int, ...] = ()  # the bytes of the partition in each file (estimated from its share of the rows)
+
+
+@dataclass(frozen=True)
 class Relation:
     folder: str
     schema: pa.Schema
-    files: tuple[tuple[str, ...], ...]  # the files of each partition
+    files: tuple[tuple[tuple[str, int], ...], ...]  # by partition: the files holding rows of it, with their bytes
+    first: int = 0  # the number its files' index gives partition 0 (a block's first partition)
 
     def block(self, number: int, partitions: int) -> "Relation":
         """Partitions [number × partitions, (number + 1) × partitions): one of several relations a step wrote
         into consecutive blocks of partitions."""
-        return Relation(self.folder, self.schema, self.files[number * partitions:(number + 1) * partitions])
+        return Relation(self.folder, self.schema, self.files[number * partitions:(number + 1) * partitions],
+                        self.first + number * partitions)
+
+    def rows(self, partition: int) -> Rows:
+        files = self.files[partition]
+        return Rows(tuple(name for name, _ in files), self.schema, self.first + partition,
+                    tuple(size for _, size in files))
 
     def rows_in(self, partition: int) -> bool:
         return bool(self.files[partition])
+
+    @property
+    def names(self) -> list[str]:
+        """Every file of the relation, once."""
+        return sorted({name for files in self.files for name, _ in files})
 
     @property
     def empty(self) -> bool:
         return not any(self.files)
 
     def union(self, other: "Relation") -> "Relation":
-        return Relation(self.folder, self.schema, tuple(a + b for a, b in zip(self.files, other.files, strict=True)))
+        if other.first != self.first:
+            raise ValueError(f"{self.folder} and {other.folder}: blocks that start at different partitions")
+        return Relation(self.folder, self.schema, tuple(a + b for a, b in zip(self.files, other.files, strict=True)),
+                        self.first)
 
 
 @dataclass(frozen=True)
@@ -83,52 +117,96 @@ class Output:
     partitions: int
 
 
-def run_sql(layout: Layout, task: str, views: dict[str, tuple[tuple[str, ...], pa.Schema]], outputs: list[Output],
-            summary: str | None = None, tables: dict[str, pa.Table] | None = None) -> dict:
-    """One task of a step: views over its input files (an empty relation as an empty table of its schema), the
-    `summary` query's one row as the task's summary, then each output's rows in partition order, written one
-    partition file at a time (ordered, so that the same inputs give the same bytes)."""
+def partition_dataset(layout: Layout, rows: Rows) -> ds.Dataset:
+    """The row groups of `rows.partition` in each of its files, as one Arrow dataset DuckDB streams: only each
+    file's footer and its partition's column chunks are read."""
+    filesystem = pafs.PyFileSystem(pafs.FSSpecHandler(layout.fs))
+    parquet = ds.ParquetFileFormat()
+    fragments = []
+    for name in rows.files:
+        fragment = parquet.make_fragment(layout.path(name), filesystem)
+        start, end = json.loads(fragment.metadata.metadata[ROWS_KEY.encode()])[str(rows.partition)]
+        groups, first = [], 0
+        for number in range(fragment.metadata.num_row_groups):
+            last = first + fragment.metadata.row_group(number).num_rows
+            if start <= first and last <= end:
+                groups.append(number)
+            elif first < end and start < last:
+                raise ValueError(f"{name}: row group {number} holds rows of partition {rows.partition} and others")
+            first = last
+        fragments.append(fragment.subset(row_group_ids=groups))
+    return ds.FileSystemDataset(fragments, rows.schema, parquet, filesystem)
+
+
+def run_sql(layout: Layout, task: str, views: dict[str, Rows], outputs: list[Output], summary: str | None = None,
+            tables: dict[str, pa.Table] | None = None) -> dict:
+    """One task of a step: views over its input rows (none: an empty table of their schema), the `summary`
+    query's one row as the task's summary, then each output's rows in partition order, written to one file with
+    a row group (or more) per partition and their rows indexed (ordered, so that the same inputs give the same
+    bytes). The summary also gives, per file written, the rows of each partition (`ROWS_SUMMARY`)."""
     with layout.duckdb(threads=1) as con:
-        for name, (files, schema) in views.items():
-            if files:
-                layout.parquet_view(con, name, files)
+        for name, rows in views.items():
+            if not rows.files:
+                con.register(name, rows.schema.empty_table())
+            elif rows.partition is None:
+                layout.parquet_view(con, name, rows.files)
             else:
-                con.register(name, schema.empty_table())
+                con.register(name, partition_dataset(layout, rows))
         for name, table in (tables or {}).items():
             con.register(name, table)
         result: dict = {}
         if summary:
             row = con.execute(summary).fetchall()[0]
             result = {column[0]: int(value or 0) for column, value in zip(con.description, row, strict=True)}
+        written: dict[str, dict[str, int]] = {}
         for output in outputs:
             columns = ", ".join(output.schema.names)
             reader = con.sql(f"SELECT _p, {columns} FROM ({output.sql}) ORDER BY ALL").fetch_arrow_reader(65536)
-            sink, current, rows = None, None, 0
+            name = Layout.relation_file(output.folder, task)
+            sink, ranges, rows = None, {}, 0  # ranges: partition -> [first row, end row) in the file
             try:
                 for batch in reader:
                     partition_of_row = batch.column(0).to_numpy()
                     table = pa.Table.from_batches([batch]).drop_columns(["_p"]).cast(output.schema)
                     for start, end in runs(partition_of_row):
-                        if partition_of_row[start] != current:
-                            if sink is not None:
-                                sink.close()
-                            current = int(partition_of_row[start])
-                            sink = ParquetSink(layout, Layout.partition_file(output.folder, current, task),
-                                               output.schema, options=SCRATCH_OPTIONS)
+                        if sink is None:  # a task with no rows for an output writes no file for it
+                            sink = ParquetSink(layout, name, output.schema, options=SCRATCH_OPTIONS)
+                        # each write is a row group of its own (or more): none holds two partitions' rows
                         sink.write_table(table.slice(start, end - start))
+                        ranges.setdefault(str(partition_of_row[start]), [rows, rows])[1] = rows + int(end - start)
                         rows += int(end - start)
+                if sink is not None:
+                    sink.writer.add_key_value_metadata({ROWS_KEY: json.dumps(ranges)})
             finally:
                 if sink is not None:
                     sink.close()
+            if ranges:
+                written[name] = {partition: end - start for partition, (start, end) in ranges.items()}
             result[f"{output.folder.rsplit('/', 1)[-1]}_rows"] = rows
-    return result
+    return result | {ROWS_SUMMARY: written}
 
 
-def gather(runner: Runner, stage: str, output: Output) -> Relation:
-    """The relation a step's tasks wrote to `output`, by partition."""
-    by_partition = Layout.PARTITION_FILE.by(sorted(runner.ledger.outputs(stage)), "partition", folder=output.folder)
-    files = tuple(tuple(by_partition.get(partition, ())) for partition in range(output.partitions))
-    return Relation(output.folder, output.schema, files)
+def partition_task(partition: int, fn: Callable[..., dict], kwargs: dict, views: list[Rows]) -> Task:
+    """The task of one partition, reading its rows of each relation: what it reads is counted as those rows'
+    share of the files, not the files whole."""
+    key = Layout.partition(partition)
+    reading = {f"{name}:{key}": size for rows in views for name, size in zip(rows.files, rows.sizes, strict=True)}
+    return Task(key, fn, kwargs, inputs=tuple(name for rows in views for name in rows.files),
+                size=sum(reading.values()), reading=reading)
+
+
+def gather(runner: Runner, output: Output, summaries: dict[str, dict]) -> Relation:
+    """The relation a step's tasks wrote to `output`, by partition: its files (in task order) with the bytes of
+    each partition in them, from the summaries of the tasks that wrote them."""
+    files: list[list[tuple[str, int]]] = [[] for _ in range(output.partitions)]
+    for _, summary in sorted(summaries.items()):
+        for name, rows in summary.get(ROWS_SUMMARY, {}).items():
+            if (Layout.RELATION_FILE.parse(name) or {}).get("folder") != output.folder:
+                continue  # another output of the step
+            size, total = runner.ledger.size(name), sum(rows.values())
+            for partition, count in rows.items():
+                files[int(partition)].append((name, size * count // total))
+    return Relation(output.folder, output.schema, tuple(tuple(found) for found in files))
 
 
 class Steps:
@@ -167,12 +245,10 @@ class Steps:
         for partition in range(self.partitions):
             if not any(relation.rows_in(partition) for name, relation in inputs.items() if driving in (None, name)):
                 continue
-            views = {name: (relation.files[partition], relation.schema) for name, relation in inputs.items()}
-            files = tuple(name for names, _ in views.values() for name in names)
-            key = Layout.partition(partition)
-            tasks.append(Task(key, run_sql, dict(layout=self.layout, task=key, views=views, outputs=outputs,
-                                                 summary=summary),
-                              inputs=files, size=sum(self.runner.ledger.size(name) for name in files)))
+            views = {name: relation.rows(partition) for name, relation in inputs.items()}
+            tasks.append(partition_task(partition, run_sql, dict(layout=self.layout, task=Layout.partition(partition),
+                                                                 views=views, outputs=outputs, summary=summary),
+                                        list(views.values())))
         return self.run(step, tasks, outputs, costs_as)
 
     def single(self, step: str, inputs: dict[str, Relation], name: str, schema: pa.Schema, sql: str,
@@ -191,5 +267,6 @@ class Steps:
         totals: dict[str, int] = {}
         for summary in summaries.values():
             for name, value in summary.items():
-                totals[name] = totals.get(name, 0) + value
-        return [gather(self.runner, stage, output) for output in outputs], totals
+                if name != ROWS_SUMMARY:
+                    totals[name] = totals.get(name, 0) + value
+        return [gather(self.runner, output, summaries) for output in outputs], totals

@@ -42,10 +42,13 @@ class Task:
     size: int = 0  # bytes of input: the biggest tasks start first, so none is left running alone at the end
     memory: int | None = None  # bytes the task may hold at once (default: the runner's task memory); Ray places it
     # on a node with that much to spare
+    reading: dict[str, int] | None = None  # what it reads by name where not its inputs whole (a hash partition's
+    # row groups of each: pipeline/partitions.py)
 
     def reads(self, stage: str, size: Callable[[str], int]) -> dict[str, int]:
         """The sizes of what the task reads, by stage and name: its inputs, and its upstream file."""
-        sizes = {f"{stage}:{name}": size(name) for name in self.inputs}
+        reading = self.reading if self.reading is not None else {name: size(name) for name in self.inputs}
+        sizes = {f"{stage}:{name}": value for name, value in reading.items()}
         if self.identity:
             sizes[f"upstream:{self.key}"] = int(self.identity.get("size") or 0)
         return sizes
