@@ -80,8 +80,8 @@ NAMES = [
     (Layout.relation(f"{DEDUP}/steps", "keys", "nodes"), RELATION, Names.RELATION,
      dict(folder=f"{DEDUP}/steps", step="keys", relation="nodes")),
     (Layout.partition(7), "p00007", Names.PARTITION, dict(partition=7)),
-    (Layout.partition_file(RELATION, 7, "b00002"), f"{RELATION}/p00007/b00002.parquet", Names.PARTITION_FILE,
-     dict(folder=RELATION, partition=7, task="b00002")),
+    (Layout.relation_file(RELATION, "b00002"), f"{RELATION}/b00002.parquet", Names.RELATION_FILE,
+     dict(folder=RELATION, task="b00002")),
     (Layout.clusters(CONFIG), f"{DEDUP}/clusters", Names.CLUSTERS, dict(config=str(CONFIG))),
     (Layout.removals(CONFIG, "fineweb2", "00003"), f"{DEDUP}/removed/fineweb2/00003.parquet", Names.REMOVALS,
      dict(config=str(CONFIG), source="fineweb2", part="00003")),
@@ -136,10 +136,8 @@ def test_names_are_found_by_their_numbers():
     assert Names.PLACED_IN_SHARD.by(placed, "shard", phase="p") == {
         3: ["p/_placed/s00003/a.parquet", "p/_placed/s00003/b.parquet"]}
     assert Names.PLACED_IN_GROUP.by(placed, "group") == {1: ["p/_placed/g00001/a.parquet"]}
-    files = [f"{RELATION}/p00002/b00000.parquet", f"{RELATION}s/p00002/b00000.parquet",
-             f"{RELATION}/p00000/b00001.parquet", f"{RELATION}/p00002/b00001.parquet"]
-    assert Names.PARTITION_FILE.by(files, "partition", folder=RELATION) == {
-        2: [files[0], files[3]], 0: [files[2]]}
+    files = [f"{RELATION}/b00000.parquet", f"{RELATION}s/b00000.parquet", f"{RELATION}/b00001.parquet"]
+    assert Names.RELATION_FILE.by(files, "task", folder=RELATION) == {"b00000": [files[0]], "b00001": [files[2]]}
 
 
 def test_globs_and_folders_of_the_tree():
@@ -147,7 +145,7 @@ def test_globs_and_folders_of_the_tree():
     assert Layout.POOL_GLOB == "pool/*/*/*.parquet"
     assert Layout.stats_globs("phase1") == ["stats/*/*/*.parquet", "phase1/stats/*/*/*.parquet"]
     assert Layout.rejects_globs() == ["rejects/*/*/*.parquet", "phase*/rejects/*/*/*.parquet"]
-    assert Layout.clusters_glob("*") == "dedup/*/clusters/p*/*.parquet"
+    assert Layout.clusters_glob("*") == "dedup/*/clusters/*.parquet"
     assert Layout.shards_glob("phase1") == "phase1/shards/shard-*.parquet"
     assert Layout.manifest_glob("*") == "phase*/manifest/*.parquet"
     assert Layout.markers_glob("dedup-*") == "_done/dedup-*/*.json"

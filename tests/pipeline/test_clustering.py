@@ -3,6 +3,7 @@ keepers, passes, renamed ids, random graphs, long and wide shapes, a giant compo
 
 import random
 import tempfile
+from collections import Counter
 
 import duckdb
 import pyarrow as pa
@@ -91,6 +92,7 @@ def sql_passes(docs: dict[int, tuple[str, float]], passes: list[tuple[str, list]
                                              [pair_rows.block(n, partitions) for n in range(len(passes))])
         if stats is not None:
             stats["largest_input_share"] = largest_input_share(runner)
+            stats["files_per_step"] = files_per_step(runner)
         with duckdb.connect() as con:
             ids = dict(con.execute("SELECT key, id FROM read_parquet(?)", [files(runner, node_rows)]).fetchall())
             decided: dict[int, list] = {}
@@ -109,15 +111,20 @@ def largest_input_share(runner: Runner) -> float:
     shares = []
     for stage in {stage for stage, _ in runner.tasks if stage != "test-load" and "-large-" not in stage
                   and "-small-" not in stage}:
-        sizes = [sum(runner.ledger.size(name) for name in task.inputs)
-                 for (s, _), task in runner.tasks.items() if s == stage]
+        sizes = [task.size for (s, _), task in runner.tasks.items() if s == stage]  # its partition's share of each
         if sum(sizes) > 64 << 10:
             shares.append(max(sizes) / sum(sizes))
     return max(shares)
 
 
+def files_per_step(runner: Runner) -> dict[str, tuple[int, int]]:
+    """Per step: the files it wrote and its tasks."""
+    tasks = Counter(stage for stage, _ in runner.tasks)
+    return {stage: (len(runner.ledger.outputs(stage)), count) for stage, count in tasks.items()}
+
+
 def files(runner: Runner, relation: Relation) -> list[str]:
-    return [runner.layout.path(name) for names in relation.files for name in names]
+    return [runner.layout.path(name) for name in relation.names]
 
 
 def test_keeper_is_highest_quality_then_smallest_id_whatever_the_order(ray_session):
@@ -183,3 +190,19 @@ def test_a_giant_component_spread_over_partitions(ray_session):
     best = min(docs, key=lambda k: (-docs[k][1], docs[k][0], k))
     assert {d[1][0] for d in decided.values()} == {("minhash", best, n)}
     assert stats["largest_input_share"] < 0.25
+
+
+def test_a_step_writes_a_file_per_task_and_decides_as_one_partition(ray_session):
+    """At P = 8 each step's task writes one file (O(P) objects a step, not one per task and partition: P²), each
+    task reading its partition's row groups of them; the clusters are those of a single partition's."""
+    rng = random.Random(2)
+    n = 2000
+    docs = {key: (f"id{rng.randrange(n // 2)}", rng.choice([0.1, 0.5, 0.9])) for key in range(n)}
+    passes = [(ID_PASS, random_graph(rng, n, n // 10)),
+              ("minhash", [(a, b) for a, b in random_graph(rng, n, n) if a != b])]
+    stats: dict = {}
+    decided = sql_passes(docs, passes, partitions=8, stats=stats)
+    assert decided == sql_passes(docs, passes, partitions=1) == reference_passes(docs, passes)
+    steps = {stage: found for stage, found in stats["files_per_step"].items() if stage != "test-load"}
+    assert all(written <= tasks <= 8 for written, tasks in steps.values()), steps
+    assert max(tasks for _, tasks in steps.values()) == 8
