@@ -106,7 +106,8 @@ class Names:
     RUN_STAMP = "%Y%m%dT%H%M%S.%fZ"  # a build's start (UTC) in its record's name: the names sort in time order
     REPORT_DIR = Template("{phase}/report")
     REPORT = Template(REPORT_DIR.pattern + "/{file}")
-    MARKER = Template(MARKERS + "/{stage}/{key}.json")
+    MARKER_INDEX = Template(MARKERS + "/{stage}/index.json")  # a stage's completed tasks (pipeline/markers.py)
+    MARKER_BATCH = Template(MARKERS + "/{stage}/batch-{batch:06d}.json")  # those completed since its index
 
     POOL_GLOB = POOL.glob()
 
@@ -234,13 +235,12 @@ class Names:
         return cls.REPORT.format(phase=phase, file=name) if name else cls.REPORT_DIR.format(phase=phase)
 
     @classmethod
-    def marker(cls, stage: str, key: str) -> str:
-        return cls.MARKER.format(stage=stage, key=key)
+    def marker_index(cls, stage: str) -> str:
+        return cls.MARKER_INDEX.format(stage=stage)
 
     @classmethod
-    def markers_glob(cls, stage: str) -> str:
-        """The markers of a stage, or of every stage its glob matches."""
-        return cls.MARKER.glob(stage=stage)
+    def marker_batch(cls, stage: str, batch: int) -> str:
+        return cls.MARKER_BATCH.format(stage=stage, batch=batch)
 
     @classmethod
     def built_folders(cls, phase: str) -> list[str]:

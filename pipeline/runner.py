@@ -2,13 +2,14 @@
 keeps a build a function of its inputs.
 
 A task is a plain function that writes its own outputs through the output layout (manifests/layout.py), which
-records each file's checksum. The runner wraps it so that a completion marker is written last
-(pipeline/markers.py). A rerun skips a task whose marker holds the same fingerprint. A task whose fingerprint
-changed runs again and its old outputs that it no longer writes are removed; the tasks downstream of it see new
-checksums, so they run again too. Markers of tasks no longer asked for (a removed input) go, with their outputs.
-Before tasks run, the files they read that an earlier build wrote are checked (once each) against the checksums
-their producers recorded: a damaged or missing one makes its producer run again first, or, when no task of this
-build makes it, fails naming the file.
+records each file's checksum. The runner wraps it so that it returns its marker (what it wrote, its checksums,
+its summary) to the driver, which writes a stage's markers in a few objects (pipeline/markers.py). A rerun skips
+a task whose marker holds the same fingerprint. A task whose fingerprint changed runs again and its old outputs
+that it no longer writes are removed; the tasks downstream of it see new checksums, so they run again too.
+Markers of tasks no longer asked for (a removed input) go, with their outputs. Before tasks run, the files they
+read that an earlier build wrote are checked (once each) against the checksums their producers recorded: a
+damaged or missing one makes its producer run again first, or, when no task of this build makes it, fails
+naming the file.
 """
 
 import contextlib
@@ -23,7 +24,7 @@ from typing import Any
 from manifests.layout import TASK_MEMORY, Layout, recording
 from manifests.store import COUNTS
 from pipeline.fingerprint import Shared, digest
-from pipeline.markers import Done, Ledger, TaskFailed, write_marker
+from pipeline.markers import BATCH_SECONDS, Done, Ledger, TaskFailed, drop_stale, task_record
 from pipeline.progress import MIN_TASK_MEMORY, Progress, StageCosts, fit_task_memory, measured
 from pipeline.session import ray_session, sigterm_raises
 
@@ -67,9 +68,9 @@ def _resolve(value: Any) -> Any:
     return _shared_cache[value.digest]
 
 
-def _run_task(fn: Callable[..., dict], kwargs: dict, layout: Layout, marker: str, fingerprint: str,
-              stale: list[str], memory: int) -> dict:
-    """One task on a worker: run it within `memory` bytes, then write its marker, with what it cost; the record
+def _run_task(fn: Callable[..., dict], kwargs: dict, layout: Layout, fingerprint: str, stale: list[str],
+              memory: int) -> dict:
+    """One task on a worker: run it within `memory` bytes, then return its marker, with what it cost; the record
     also carries the task's requests to the store (`store`: a worker runs one task at a time)."""
     before = COUNTS.snapshot()
     token = TASK_MEMORY.set(memory)
@@ -78,7 +79,8 @@ def _run_task(fn: Callable[..., dict], kwargs: dict, layout: Layout, marker: str
             summary = fn(**{name: _resolve(value) for name, value in kwargs.items()})
     finally:
         TASK_MEMORY.reset(token)
-    record = write_marker(layout, marker, fingerprint, written, summary, stale, costs)
+    drop_stale(layout, stale, written)
+    record = task_record(fingerprint, written, summary, costs)
     return record | {"store": dict(COUNTS.snapshot() - before)}
 
 
@@ -134,6 +136,7 @@ class Runner:
         try:
             return self._run(stage, tasks, final, costs_as or stage, quiet)
         finally:
+            self.ledger.settle(stage)  # its markers, one index object, even when it failed or was interrupted
             own = COUNTS.snapshot() - before
             self.store[costs_as or stage] += own
             self._driver_in_stages += own
@@ -148,8 +151,7 @@ class Runner:
         markers = self.ledger.markers(stage)
         wanted = {task.key for task in tasks}
         stale = sorted(set(markers) - wanted)
-        for key in stale:
-            self.ledger.remove(stage, key, markers[key])
+        self.ledger.remove(stage, {key: markers[key] for key in stale})
         if stale:
             log.info("%s: removed the outputs of %d task(s) no longer asked for", stage, len(stale))
         todo = []
@@ -178,23 +180,24 @@ class Runner:
         todo.sort(key=lambda task: -task.size)
 
         def submit(task: Task) -> Any:
-            marker = Layout.marker(stage, task.key)
             old = markers.get(task.key)
-            if old is not None:
-                self.layout.delete(marker)  # a crash from here on leaves the task to run again
             memory = task.memory or self.task_memory
             return remote.options(num_cpus=1, memory=memory, max_retries=self.retries, retry_exceptions=True).remote(
-                task.fn, task.kwargs, self.layout, marker, self.ledger.fingerprint(task),
+                task.fn, task.kwargs, self.layout, self.ledger.fingerprint(task),
                 list(old.outputs) if old else [], memory)
 
         started = time.perf_counter()
         costs = self.costs.setdefault(costs_as, StageCosts())
+        self.ledger.retire(stage, [task.key for task in todo])  # a crash from here on leaves them to run again
         pending = {submit(task): task for task in todo}
         lost: dict[str, int] = defaultdict(int)
         failures = []
         with Progress(stage, len(pending), quiet) as progress:
             while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=BATCH_SECONDS)
+                self.ledger.flush(stage)  # the markers of the tasks done so far, every few seconds
+                if not ready:
+                    continue
                 task = pending.pop(ready[0])
                 try:
                     record = ray.get(ready[0])
@@ -211,10 +214,11 @@ class Runner:
                                 type(error).__name__)
                     pending[submit(task)] = task
                     continue
-                self.ledger.register(stage, task.key, Done.from_record(record), written_now=True)
+                store = record.pop("store", {})
+                self.ledger.completed(stage, task.key, record)
                 self.ran[stage] += 1
                 costs.add(record["costs"], task.reads(stage, self.ledger.size))
-                self.store[costs_as] += Counter(record.get("store", {}))
+                self.store[costs_as] += Counter(store)
                 progress.update(record["summary"])
         costs.seconds += time.perf_counter() - started
         if failures:
@@ -247,4 +251,7 @@ class Runner:
             more = f" (and {len(problems[stage]) - 1} more)" if len(problems[stage]) > 1 else ""
             log.warning("%s%s: running %d %s task(s) again", problems[stage][0], more, len(tasks), stage)
             old = {key: self.ledger.done[stage].pop(key) for key in tasks if key in self.ledger.done[stage]}
-            self._execute(stage, list(tasks.values()), old, stage)
+            try:
+                self._execute(stage, list(tasks.values()), old, stage)
+            finally:
+                self.ledger.settle(stage)

@@ -106,8 +106,9 @@ NAMES = [
     (Layout.report("phase1"), "phase1/report", Names.REPORT_DIR, dict(phase="phase1")),
     (Layout.report("phase1", "index.html"), "phase1/report/index.html", Names.REPORT,
      dict(phase="phase1", file="index.html")),
-    (Layout.marker("dedup-keys", "p00007"), "_done/dedup-keys/p00007.json", Names.MARKER,
-     dict(stage="dedup-keys", key="p00007")),
+    (Layout.marker_index("dedup-keys"), "_done/dedup-keys/index.json", Names.MARKER_INDEX, dict(stage="dedup-keys")),
+    (Layout.marker_batch("dedup-keys", 7), "_done/dedup-keys/batch-000007.json", Names.MARKER_BATCH,
+     dict(stage="dedup-keys", batch=7)),
 ]
 
 
@@ -148,7 +149,6 @@ def test_globs_and_folders_of_the_tree():
     assert Layout.clusters_glob("*") == "dedup/*/clusters/*.parquet"
     assert Layout.shards_glob("phase1") == "phase1/shards/shard-*.parquet"
     assert Layout.manifest_glob("*") == "phase*/manifest/*.parquet"
-    assert Layout.markers_glob("dedup-*") == "_done/dedup-*/*.json"
     assert Layout.built_folders("phase1") == ["curated", "pool", "dedup", "stats", "rejects", "phase1/shards",
                                               "phase1/stats", "phase1/rejects"]
     assert Layout.in_phase("phase1/shards/shard-00000.parquet", "phase1")

@@ -1,7 +1,5 @@
 """The shard shuffle: each shard task reads only the chunks placed in it; one level or two, the same shards."""
 
-import json
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -10,12 +8,13 @@ from manifests.layout import Layout
 from manifests.writer import PartitionedSink
 from pipeline import mixing
 from pipeline.build import build
+from pipeline.markers import recorded
 from pipeline.mixing import shards_per_group
 from tests.helpers import settings_for, shard_hashes
 
 
 def summaries(out, stage: str) -> list[dict]:
-    return [json.loads(path.read_text())["summary"] for path in sorted((out / Layout.MARKERS / stage).glob("*.json"))]
+    return [record["summary"] for _, record in sorted(recorded(Layout(out), stage).items())]
 
 
 

@@ -17,6 +17,7 @@ from manifests.catalog import check
 from manifests.layout import Layout, TreeLocked
 from pipeline.build import build
 from pipeline.cli import main
+from pipeline.markers import recorded
 from pipeline.runner import TaskFailed
 from stages.paths import PROJECT_ROOT as ROOT
 from stages.paths import SAMPLES_DIR as SAMPLES
@@ -177,8 +178,8 @@ def test_a_dying_ray_agent_ends_the_build_with_one_line(sample_build, tmp_path):
     command = [sys.executable, "-m", "pipeline.cli", "build", "--phase", "1", "--out", str(out)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
-    markers, deadline = out / "_done" / "curate", time.monotonic() + 120
-    while not markers.exists() or len(list(markers.iterdir())) < 2:
+    deadline = time.monotonic() + 120
+    while len(recorded(Layout(out), "curate")) < 2:
         assert process.poll() is None and time.monotonic() < deadline, "the build ended before the kill"
         time.sleep(0.05)
     agents = [pid for pid, command in descendants(process.pid) if "DashboardAgent" in command]

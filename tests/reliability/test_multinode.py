@@ -13,6 +13,7 @@ import time
 import pytest
 
 from manifests.layout import Layout
+from pipeline.markers import recorded
 from stages.paths import PROJECT_ROOT as ROOT
 from tests.helpers import free_port, ray_env, shard_hashes, stop, wait_for_port
 
@@ -61,9 +62,8 @@ def test_losing_a_worker_node_during_curation(sample_build, tmp_path):
             [sys.executable, "-m", "pipeline.cli", "build", "--phase", "1", "--out", str(out), "--ray-address",
              f"http://127.0.0.1:{dashboard}"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True)
-        markers = out / Layout.MARKERS / "curate"
         deadline = time.monotonic() + 240
-        while not markers.exists() or len(list(markers.iterdir())) < 4:
+        while len(recorded(Layout(out), "curate")) < 4:
             assert job.poll() is None and time.monotonic() < deadline, "the job ended before the node was lost"
             time.sleep(0.1)
         started = time.monotonic()

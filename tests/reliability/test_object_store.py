@@ -14,6 +14,7 @@ import pytest
 from manifests.catalog import check
 from manifests.layout import Layout
 from pipeline.cli import main
+from pipeline.markers import recorded
 from stages.paths import PROJECT_ROOT as ROOT
 from tests.helpers import shard_hashes
 
@@ -92,7 +93,7 @@ def test_a_killed_object_store_build_resumes(s3, s3_build, sample_build):
     layout = Layout(url)
     process = build_process(url, s3)
     deadline = time.monotonic() + 120
-    while len(layout.glob(f"{Layout.MARKERS}/curate/*.json")) < 3:
+    while len(recorded(layout, "curate")) < 3:
         assert process.poll() is None and time.monotonic() < deadline, "the build ended before the kill"
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)

@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from manifests.layout import Layout
+from pipeline.markers import recorded
 from stages.paths import PROJECT_ROOT as ROOT
 from tests.helpers import shard_hashes
 
@@ -37,13 +39,13 @@ def kill_when(process: subprocess.Popen, ready, timeout: float = 120) -> float:
 
 
 def markers(out, stage: str) -> int:
-    folder = out / "_done" / stage
-    return len(list(folder.iterdir())) if folder.exists() else 0
+    """The stage's tasks recorded as done in the tree."""
+    return len(recorded(Layout(out), stage))
 
 
 KILL_POINTS = {
     "curation": lambda out: 3 <= markers(out, "curate"),
-    "mixing": lambda out: (out / "_done" / "phase1-threshold").exists() or markers(out, "phase1-mix") > 0,
+    "mixing": lambda out: markers(out, "phase1-threshold") > 0,
 }
 
 

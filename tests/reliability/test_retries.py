@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from manifests.layout import Layout
+from pipeline.markers import recorded
 from pipeline.runner import Runner, Task, TaskFailed
 
 pytestmark = pytest.mark.slow  # kills Ray workers
@@ -36,7 +37,7 @@ def test_a_task_that_keeps_failing_fails_the_stage_naming_its_input_and_a_rerun_
         runner.run("stage", tasks)
     assert "inputs/bad.jsonl: RuntimeError('attempt 2 fails')" in str(failed.value)
     assert (tmp_path / "bad").read_text() == "2"  # one run plus one retry, then no more
-    assert not (tmp_path / "out" / Layout.marker("stage", "bad")).exists()  # nothing recorded as done
+    assert set(recorded(Layout(tmp_path / "out"), "stage")) == {"good"}  # the failed task not recorded as done
     with Runner(Layout(tmp_path / "out"), retries=1) as runner:
         result = runner.run("stage", tasks)
     assert result == {"bad": {"attempts": 3}, "good": {"attempts": 1}}  # the finished task was not run again
@@ -65,7 +66,7 @@ def test_a_worker_killed_every_time_fails_the_build_naming_its_input(ray_session
 
     with Runner(Layout(tmp_path / "out"), retries=0) as runner, pytest.raises(TaskFailed, match="in.parquet: Worker"):
         runner.run("stage", [Task("a", always_crash, label="in.parquet")])
-    assert not (tmp_path / "out" / Layout.marker("stage", "a")).exists()
+    assert recorded(Layout(tmp_path / "out"), "stage") == {}
 
 
 def test_a_failing_internal_task_fails_the_stage(ray_session, tmp_path):

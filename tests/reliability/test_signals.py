@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from manifests.layout import Layout
+from pipeline.markers import recorded
 from stages.paths import PROJECT_ROOT as ROOT
 from tests.helpers import shard_hashes
 
@@ -20,9 +22,8 @@ def stop_during_curation(out, how: str) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "pipeline.cli", "build", "--phase", "1", "--out", str(out)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
-    markers = out / "_done" / "curate"
     deadline = time.monotonic() + 120
-    while not markers.exists() or len(list(markers.iterdir())) < 2:
+    while len(recorded(Layout(out), "curate")) < 2:
         assert process.poll() is None and time.monotonic() < deadline, "the build ended before the signal"
         time.sleep(0.05)
     if how == "ctrl-c":
