@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -26,7 +27,8 @@ HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connectio
 
 class FaultProxy(ThreadingHTTPServer):
     """Forwards to `upstream_port` on 127.0.0.1; a share `fault_rate` of requests fails, half of them with 503
-    SlowDown, half by a dropped connection. `requests` and `faults` count what came through."""
+    SlowDown, half by a dropped connection. `requests` and `faults` count what came through, `listings` holds the
+    prefix of every listing asked for (`bucket/prefix`)."""
 
     daemon_threads = True
 
@@ -37,15 +39,20 @@ class FaultProxy(ThreadingHTTPServer):
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self.requests = self.faults = 0
+        self.listings: list[str] = []
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
 
-    def draw(self) -> str | None:
+    def draw(self, method: str, path: str) -> str | None:
         """None (forward), "503" or "drop": the generator's next draw, in the order requests arrive."""
+        url = urllib.parse.urlsplit(path)
+        query = urllib.parse.parse_qs(url.query)
         with self._lock:
             self.requests += 1
+            if method == "GET" and "list-type" in query:
+                self.listings.append(url.path.strip("/") + "/" + query.get("prefix", [""])[0])
             if self._random.random() >= self.fault_rate:
                 return None
             self.faults += 1
@@ -61,7 +68,7 @@ class _Forward(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         body = self._body()
-        fault = self.server.draw()
+        fault = self.server.draw(self.command, self.path)
         if fault == "drop":
             self.close_connection = True
             with contextlib.suppress(OSError):

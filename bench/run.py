@@ -1,5 +1,7 @@
-"""`make bench`: run every benchmark, print each row as it is measured, write bench/results.json."""
+"""`make bench`: run every benchmark, print each row as it is measured, write bench/results.json.
+`python -m bench.run --only WORD` runs only the sections whose title holds WORD, and writes nothing."""
 
+import argparse
 import json
 import platform
 import tempfile
@@ -12,6 +14,7 @@ from bench.dedup import bench_dedup
 from bench.pipeline import bench_pipeline
 from bench.profile import bench_profile
 from bench.scaling import bench_scaling
+from bench.store import bench_store
 
 RESULTS = Path(__file__).with_name("results.json")
 
@@ -41,6 +44,9 @@ def tokenizer_limit(results: list[dict]) -> dict:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", help="run only the sections whose title holds this word (e.g. store)")
+    only = parser.parse_args().only
     started = time.time()
     results: list[dict] = []
     with tempfile.TemporaryDirectory() as work:
@@ -48,13 +54,18 @@ def main() -> None:
             ("LID batching", lambda: [bench_lid()]), ("curation stages", bench_stages),
             ("profile: seconds per MB of each curation step", bench_profile), ("dedup", bench_dedup),
             ("end to end, tokenizer, mixing, scale-out", lambda: bench_pipeline(Path(work))),
-            ("scaling at 16, 64 and 256 MB", lambda: bench_scaling(Path(work)))]
+            ("scaling at 16, 64 and 256 MB", lambda: bench_scaling(Path(work))),
+            ("object store: requests per GB, S3 over local, 5% faults", lambda: bench_store(Path(work)))]
+        if only:
+            sections = [section for section in sections if only in section[0]]
         print(f"{'benchmark':<34} {'value':>12} {'baseline':>12} {'ratio':>7}  notes", flush=True)
         for number_, (title, run) in enumerate(sections, 1):
             print(f"-- [{number_}/{len(sections)}] {title} ({time.time() - started:.0f} s so far)", flush=True)
             for row in run():
                 results.append(row)
                 print_row(row)
+        if only:
+            return
         results.append(tokenizer_limit(results))
         print_row(results[-1])
     RESULTS.write_text(json.dumps(dict(machine=platform.processor() or platform.machine(), results=results,
