@@ -1,6 +1,6 @@
 """Which files each task of a build wrote, as the driver records them, and which of them can be trusted.
 
-A task's record (`task_record`, what the task returns to the driver) holds:
+A task's marker (`task_record`: what the task returns to the driver, its record) holds:
     fingerprint  sha256 of the task's function, its arguments (the configuration it uses), the checksums of
                  the output-tree files it reads, and the identity of the upstream files it reads
     outputs      every file it wrote, with its checksum

@@ -1,12 +1,15 @@
-"""Kill a real `mmcorpus build` with SIGKILL part-way, run it again: it skips what was done and writes the
-same shards, byte for byte, as an uninterrupted run, with 1 worker and with 2."""
+"""Kill a real `mmcorpus build` with SIGKILL part-way, run it again: it skips what was done (the tasks its
+markers recorded before the kill) and writes the same shards, byte for byte, as an uninterrupted run, with 1
+worker and with 2."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import pyarrow.parquet as pq
 import pytest
 
 from manifests.layout import Layout
@@ -61,6 +64,8 @@ def test_killed_build_resumes_to_identical_shards(sample_build, tmp_path, worker
     assert rerun.wait(timeout=240) == 0
     resumed_in = time.monotonic() - start
     assert shard_hashes(out) == reference
+    ran = json.loads(pq.read_table(sorted(out.glob(Layout.run_records_glob("phase1")))[-1]).column("ran")[0].as_py())
+    assert ran.get("curate", 0) == markers(out, "curate") - done_before  # the tasks done before the kill reused
     print(
         f"workers {workers}, killed during {point} after {killed_after:.1f} s with {done_before} curate "
         f"tasks done; resumed in {resumed_in:.1f} s"
