@@ -27,8 +27,8 @@ HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connectio
 
 class FaultProxy(ThreadingHTTPServer):
     """Forwards to `upstream_port` on 127.0.0.1; a share `fault_rate` of requests fails, half of them with 503
-    SlowDown, half by a dropped connection. `requests` and `faults` count what came through, `listings` holds the
-    prefix of every listing asked for (`bucket/prefix`)."""
+    SlowDown, half by a dropped connection. `requests` and `faults` count what came through; `listings` holds every
+    listing asked for, as `bucket/prefix` and whether it lists one level (a delimiter) or everything below."""
 
     daemon_threads = True
 
@@ -39,7 +39,7 @@ class FaultProxy(ThreadingHTTPServer):
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self.requests = self.faults = 0
-        self.listings: list[str] = []
+        self.listings: list[tuple[str, bool]] = []
 
     @property
     def url(self) -> str:
@@ -51,8 +51,9 @@ class FaultProxy(ThreadingHTTPServer):
         query = urllib.parse.parse_qs(url.query)
         with self._lock:
             self.requests += 1
-            if method == "GET" and "list-type" in query:
-                self.listings.append(url.path.strip("/") + "/" + query.get("prefix", [""])[0])
+            if method == "GET" and "list-type" in query and "continuation-token" not in query:  # not a next page
+                prefix = url.path.strip("/") + "/" + query.get("prefix", [""])[0]
+                self.listings.append((prefix, "delimiter" in query))
             if self._random.random() >= self.fault_rate:
                 return None
             self.faults += 1
