@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 import shutil
 import socket
 import tempfile
@@ -30,6 +31,7 @@ from typing import IO, Any
 
 import xxhash
 from fsspec.implementations.local import LocalFileSystem
+from fsspec.utils import glob_translate
 
 from manifests.names import Names
 from manifests.store import COUNTS, open_store
@@ -105,6 +107,7 @@ class Layout(Names):
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self.root = os.path.abspath(path) if self.is_local else path.rstrip("/")
         self.url = self.root if self.is_local else self.fs.unstrip_protocol(self.root)
+        self._listing: set[str] | None = None  # every name of the tree, once `list_once` was called
 
     def __reduce__(self) -> tuple:
         return _layout, (self.url, self.storage_options)
@@ -147,17 +150,28 @@ class Layout(Names):
     def glob(self, pattern: str) -> list[str]:
         """Names matching a glob under the root, sorted; temporary files are never listed. Object stores are
         listed afresh: other processes (Ray workers) write there."""
+        if self._listing is not None:
+            matches = re.compile(glob_translate(pattern)).fullmatch
+            return sorted(filter(matches, self._listing.copy()))  # a copy: the lock's heartbeat thread writes
         if not self.is_local:
             self.fs.invalidate_cache()
         return self._names(self.fs.glob(self.path(pattern)))
 
     def files(self, folder: str) -> list[str]:
         """Names of every file under a folder, at any depth, sorted (temporary files left out)."""
+        if self._listing is not None:
+            return sorted(name for name in self._listing.copy() if name.startswith(f"{folder}/"))
         if not self.is_local:
             self.fs.invalidate_cache()
         if not self.fs.isdir(self.path(folder)):
             return []
         return self._names(self.fs.find(self.path(folder)))
+
+    def list_once(self) -> None:
+        """From now on only this process writes the tree (the build's Ray tasks are done): `glob` and `files` answer
+        from one listing of the whole tree, kept current by this Layout's own writes and deletes (a Ray task gets
+        a copy of the Layout without it)."""
+        self._listing = set(self._names(self.fs.find(self.root))) if self.fs.isdir(self.root) else set()
 
     def _names(self, paths: list[str]) -> list[str]:
         """Filesystem paths as names, sorted, temporary files left out."""
@@ -207,6 +221,8 @@ class Layout(Names):
                 self.fs.put_file(spool.local, target)  # a completed (multipart) upload, or nothing
             COUNTS.wrote(size)
             self._record(name, spool.checksum, size)
+            if self._listing is not None:
+                self._listing.add(name)
         finally:
             if self.is_local:
                 with contextlib.suppress(FileNotFoundError):
@@ -217,8 +233,12 @@ class Layout(Names):
     def delete(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.path(name))
+        if self._listing is not None:
+            self._listing.discard(name)
 
     def delete_tree(self, name: str) -> None:
+        if self._listing is not None:
+            self._listing -= {listed for listed in self._listing.copy() if listed.startswith(f"{name}/")}
         if self.is_local:
             COUNTS.add("delete")
             shutil.rmtree(self.path(name), ignore_errors=True)

@@ -226,6 +226,7 @@ def _build(settings: BuildSettings, layout: Layout, gemma: Gemma2Tokenizer) -> d
         # nothing else left in the folders they read.
         ledger = runner.ledger
         runner.ensure(name for name in ledger.producers if Layout.read_after_build(name))
+        layout.list_once()  # no task writes the tree from here on: the sweep, manifest, catalog and card list it once
         ledger.sweep(Layout.built_folders(phase.id), keep=[Layout.stats("mix", "plan", "outside", phase.id)])
         ledger.verify_earlier(lambda name: Layout.read_after_build(name) and not Layout.in_phase(name, phase.id))
         ran = dict(runner.ran)

@@ -47,7 +47,9 @@ def run_build(args: argparse.Namespace, argv: list[str]) -> int:
     if is_job_address(args.ray_address):
         return submit_build(args.ray_address, job_arguments(argv, args))
     info = build(settings)
-    print(build_summary(Layout(args.out), phase.id, info["seconds"], info["seed"], args.out))
+    layout = Layout(args.out)
+    layout.list_once()  # the summary's catalog, shards and manifest: one listing of the built tree
+    print(build_summary(layout, phase.id, info["seconds"], info["seed"], args.out))
     return 0
 
 

@@ -214,3 +214,24 @@ def test_a_failed_write_leaves_nothing(tmp_path):
         open(spool.local, "wb").write(b"half")
         raise RuntimeError("killed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["partial"]
+
+
+def test_listed_once_the_tree_answers_globs_as_the_store_does(tmp_path):
+    """After `list_once`, globs and folder listings come from one listing, kept current by the Layout's writes
+    and deletes, and equal what the store answers."""
+    layout = Layout(tmp_path / "out")
+    for name in ("pool/a/x/1.parquet", "pool/b/y/2.parquet", "stats/curate/a/1.parquet", "phase1/manifest/run.parquet",
+                 "phase1/shards/shard-00000.parquet"):
+        layout.write_text(name, name)
+    listed = Layout(tmp_path / "out")
+    listed.list_once()
+    listed.write_text("phase1/shards/shard-00001.parquet", "new")
+    listed.delete("pool/b/y/2.parquet")
+    listed.delete_tree("stats")
+    for pattern in ("**/*.parquet", Layout.POOL_GLOB, Layout.manifest_glob("run"), Layout.shards_glob("phase1"),
+                    "stats/*/*/*.parquet"):
+        assert listed.glob(pattern) == layout.glob(pattern), pattern
+    for folder in ("pool", "phase1", "stats", "nothing"):
+        assert listed.files(folder) == layout.files(folder), folder
+    assert listed.glob(Layout.shards_glob("phase1")) == ["phase1/shards/shard-00000.parquet",
+                                                          "phase1/shards/shard-00001.parquet"]
