@@ -347,12 +347,6 @@ class Layout(Names):
             con.execute(f"SET {name} = '{value}'")
         return con
 
-    def parquet_view(self, con: Any, name: str, files: list[str] | tuple[str, ...]) -> None:
-        """A view over these Parquet files of the tree, the connection's own (TEMP: a cursor of the shared
-        database drops it when it closes)."""
-        urls = ", ".join("'" + self.url_of(file).replace("'", "''") + "'" for file in files)
-        con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM read_parquet([{urls}])")
-
 
 def _stale(holder: dict) -> bool:
     """A lock whose build is gone: its process ended (same host), or its heartbeat stopped."""

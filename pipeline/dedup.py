@@ -28,9 +28,9 @@ from pipeline.partitions import (
     Rows,
     Steps,
     batches,
-    partition_dataset,
     partition_task,
     partitions_for,
+    rows_dataset,
     run_sql,
 )
 from pipeline.runner import Runner, Task
@@ -171,7 +171,7 @@ def write_removals(layout: Layout, clusters: Rows, config: MinhashConfig) -> dic
     columns = ", ".join(DEDUP_CLUSTERS.names)
     sink, current, rows = None, None, 0  # one file open at a time: the rows come sorted by file
     with layout.duckdb() as con:
-        con.register("clusters", partition_dataset(layout, clusters))
+        con.register("clusters", rows_dataset(layout, clusters))
         reader = con.sql(f"""SELECT {columns} FROM clusters WHERE NOT kept OR id <> kept_id
                              ORDER BY source, part, row, pass""").fetch_arrow_reader(8192)
         try:

@@ -117,14 +117,18 @@ class Output:
     partitions: int
 
 
-def partition_dataset(layout: Layout, rows: Rows) -> ds.Dataset:
-    """The row groups of `rows.partition` in each of its files, as one Arrow dataset DuckDB streams: only each
-    file's footer and its partition's column chunks are read."""
+def rows_dataset(layout: Layout, rows: Rows) -> ds.Dataset:
+    """The rows as one Arrow dataset DuckDB streams: of a partition, each file's row groups of it (only each
+    file's footer and those column chunks are read); with none, the files whole. Arrow reads the store through
+    `layout.fs` in ranges (DuckDB reading through fsspec asks for more: a stat per file and smaller reads)."""
     filesystem = pafs.PyFileSystem(pafs.FSSpecHandler(layout.fs))
     parquet = ds.ParquetFileFormat()
     fragments = []
     for name in rows.files:
         fragment = parquet.make_fragment(layout.path(name), filesystem)
+        if rows.partition is None:
+            fragments.append(fragment)
+            continue
         start, end = json.loads(fragment.metadata.metadata[ROWS_KEY.encode()])[str(rows.partition)]
         groups, first = [], 0
         for number in range(fragment.metadata.num_row_groups):
@@ -146,12 +150,7 @@ def run_sql(layout: Layout, task: str, views: dict[str, Rows], outputs: list[Out
     bytes). The summary also gives, per file written, the rows of each partition (`ROWS_SUMMARY`)."""
     with layout.duckdb(threads=1) as con:
         for name, rows in views.items():
-            if not rows.files:
-                con.register(name, rows.schema.empty_table())
-            elif rows.partition is None:
-                layout.parquet_view(con, name, rows.files)
-            else:
-                con.register(name, partition_dataset(layout, rows))
+            con.register(name, rows_dataset(layout, rows) if rows.files else rows.schema.empty_table())
         for name, table in (tables or {}).items():
             con.register(name, table)
         result: dict = {}

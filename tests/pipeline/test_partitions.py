@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from manifests.layout import Layout
-from pipeline.partitions import ROWS_KEY, ROWS_SUMMARY, Output, Relation, Rows, partition_dataset, run_sql
+from pipeline.partitions import ROWS_KEY, ROWS_SUMMARY, Output, Relation, Rows, rows_dataset, run_sql
 
 SCHEMA = pa.schema([("key", pa.int64()), ("value", pa.string())])
 
@@ -26,7 +26,7 @@ def test_a_task_writes_one_file_and_a_partition_is_read_alone(tmp_path):
     ranges = json.loads(metadata.metadata[ROWS_KEY.encode()])
     assert list(ranges) == [str(p) for p in range(0, 14, 2)] and metadata.num_row_groups > len(ranges)
     for partition in range(0, 14, 2):
-        table = partition_dataset(layout, Rows((name,), SCHEMA, partition)).to_table()
+        table = rows_dataset(layout, Rows((name,), SCHEMA, partition)).to_table()
         assert table.column("key").to_pylist() == list(range(partition // 2, 100_000, 7))
 
 
