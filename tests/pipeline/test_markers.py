@@ -1,12 +1,19 @@
 """Task markers: a stage's completed tasks are one index object in the tree (with batches while it runs), read
 back in order whatever point a build was killed at."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 
 from manifests.layout import Layout
 from pipeline import markers
 from pipeline.markers import Markers, recorded
 from pipeline.runner import Runner, Task
+from stages.paths import PROJECT_ROOT as ROOT
 
 
 def record(n: int) -> dict:
@@ -66,3 +73,46 @@ def test_a_stage_of_many_tasks_leaves_one_index_object(ray_session, tmp_path, mo
     assert layout.files(Layout.MARKERS) == [Layout.marker_index("many")]
     assert sorted(recorded(layout, "many")) == [task.key for task in tasks[:50]]
     assert layout.files("files") == sorted(f"files/{n}.txt" for n in range(50))
+
+
+def write_slowly(layout: Layout, n: int) -> dict:
+    time.sleep(0.3)
+    return write_one(layout, n)
+
+
+SLOW_TASKS = 30
+# A driver of one stage of SLOW_TASKS tasks, with a batch of markers every 4 tasks.
+SLOW_STAGE = f"""
+import sys
+from manifests.layout import Layout
+from pipeline import markers
+from pipeline.runner import Runner, Task
+from tests.pipeline.test_markers import write_slowly
+markers.BATCH_TASKS = 4
+layout = Layout(sys.argv[1])
+with Runner(layout) as runner:
+    runner.run("slow", [Task(f"t{{n:03d}}", write_slowly, dict(layout=layout, n=n)) for n in range({SLOW_TASKS})])
+"""
+
+
+@pytest.mark.slow  # starts Ray, kills a driver
+def test_a_stage_killed_midway_resumes_from_its_batches(ray_session, tmp_path):
+    out = tmp_path / "out"
+    driver = subprocess.Popen([sys.executable, "-c", SLOW_STAGE, str(out)], cwd=ROOT, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(recorded(Layout(out), "slow")) < 4:
+        assert driver.poll() is None and time.monotonic() < deadline, "the stage ended before the kill"
+        time.sleep(0.02)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and its Ray: no index written, the batches stay
+    driver.wait()
+    layout = Layout(out)
+    done_before = set(recorded(layout, "slow"))
+    assert 4 <= len(done_before) < SLOW_TASKS and Layout.marker_index("slow") not in layout.files(Layout.MARKERS)
+    tasks = [Task(f"t{n:03d}", write_slowly, dict(layout=layout, n=n)) for n in range(SLOW_TASKS)]
+    with Runner(layout) as runner:
+        runner.run("slow", tasks)
+        assert runner.ran["slow"] == SLOW_TASKS - len(done_before)  # the tasks recorded before the kill reused
+    assert layout.files(Layout.MARKERS) == [Layout.marker_index("slow")]
+    assert sorted(recorded(layout, "slow")) == [task.key for task in tasks]
+    assert layout.files("files") == sorted(f"files/{n}.txt" for n in range(SLOW_TASKS))
