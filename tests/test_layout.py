@@ -153,8 +153,8 @@ def test_globs_and_folders_of_the_tree():
                                               "phase1/stats", "phase1/rejects"]
     assert Layout.in_phase("phase1/shards/shard-00000.parquet", "phase1")
     assert not Layout.in_phase("phase10/README.md", "phase1")
-    assert Layout.read_after_build(f"{DEDUP}/clusters/p00001/p00001.parquet")
-    assert not Layout.read_after_build(f"{RELATION}/p00001/b00000.parquet")
+    assert Layout.read_after_build(f"{DEDUP}/clusters/p00001.parquet")
+    assert not Layout.read_after_build(f"{RELATION}/b00000.parquet")
 
 
 def numbered_folders(tree: ast.AST) -> list[str]:

@@ -96,7 +96,7 @@ def test_boilerplate_sharing_documents_and_other_languages_are_kept(dedup_build,
 
 
 def test_cluster_sizes_are_recorded(dedup_build):
-    rows = [row for name in sorted((dedup_build / "dedup").glob("*/clusters/p*/*.parquet"))
+    rows = [row for name in sorted((dedup_build / "dedup").glob("*/clusters/*.parquet"))
             for row in pq.read_table(name).to_pylist()]
     exact = [r for r in rows if r["kind"] == "exact"]
     assert {r["id"] for r in exact} == {"fineweb2/de-1", "fineweb2/de-exact"}

@@ -67,7 +67,7 @@ def flip(path):
 
 
 @pytest.mark.parametrize("pattern", ["stats/curate/*/*.parquet", "rejects/curate/*/*.parquet",
-                                     "dedup/*/clusters/p*/*.parquet", "pool/fineweb2/deu_Latn/*.parquet"])
+                                     "dedup/*/clusters/*.parquet", "pool/fineweb2/deu_Latn/*.parquet"])
 def test_a_damaged_file_only_the_manifest_or_catalog_reads_is_written_again(reference, inputs, tmp_path, pattern):
     out = copy_of(reference, tmp_path)
     damaged = sorted(out.glob(pattern))[0]
