@@ -170,8 +170,10 @@ def curate_tasks(layout: Layout, recipe: Recipe, runner: Runner, keep_text: bool
     return tasks
 
 
-def build(settings: BuildSettings) -> dict:
-    layout = Layout(settings.out)
+def build(settings: BuildSettings, layout: Layout | None = None) -> dict:
+    """Build the phase; `layout`: the tree's, for a caller that reads it afterwards (the summary), which then keeps
+    the build's one listing of the tree."""
+    layout = layout or Layout(settings.out)
     try:  # fail before any work, as a recipe error, if a configured asset is missing or not the one named
         gemma = Gemma2Tokenizer(settings.recipe.tokenizers["gemma2"])
         settings.recipe.lid.model.check()

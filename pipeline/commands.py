@@ -46,9 +46,8 @@ def run_build(args: argparse.Namespace, argv: list[str]) -> int:
     log.debug("resolved recipe:\n%s", yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True))
     if is_job_address(args.ray_address):
         return submit_build(args.ray_address, job_arguments(argv, args))
-    info = build(settings)
     layout = Layout(args.out)
-    layout.list_once()  # the summary's catalog, shards and manifest: one listing of the built tree
+    info = build(settings, layout)  # which lists the tree once its tasks are done, for the summary too
     print(build_summary(layout, phase.id, info["seconds"], info["seed"], args.out))
     return 0
 
