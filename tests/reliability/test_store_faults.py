@@ -28,7 +28,9 @@ FAILING_BUILD_S = 120  # every request failing: the build gives up within this (
 # objects written. Lower these as the store is asked less (fewer objects, markers gathered per stage).
 MAX_REQUESTS = 8_000
 MAX_LISTINGS = 300
-MAX_WHOLE_TREE_LISTINGS = 1  # the driver may list the tree once, after the tasks, for the manifest and catalog
+# The driver lists the whole tree once the tasks are done (pipeline/build.py: sweep, manifest, catalog, card) and
+# once more for the build's summary (pipeline/commands.py, another Layout); no stage or task does.
+MAX_WHOLE_TREE_LISTINGS = 2
 
 
 def build(out: str, env: dict, timeout: float) -> subprocess.CompletedProcess:
