@@ -23,14 +23,19 @@ DUPLICATES = 0.2  # a fixed share of exact and near duplicates: dedup's clusters
 MIN_SECONDS = 0.5  # below this a stage's time is task overhead, not work: no exponent from it
 
 
+def scaling_corpus(root: Path, size: float, seed: int | None = None) -> dict:
+    """The scaling corpus of `size` MB under `root` (its sources.yaml beside the files), seeded by its size."""
+    say(f"generating {size} MB")
+    return generate_input(root, size, files=round(size / FILE_MB), seed=size if seed is None else seed,
+                          shard_tokens=SHARD_TOKENS, independent=True, duplicates=DUPLICATES)
+
+
 def measure(work: Path, sizes: tuple[int, ...] = SIZES) -> dict[int, dict]:
     """size -> {megabytes, files, shards, stages: {stage: costs}}."""
     runs = {}
     for size in sizes:
         root = work / f"scale-{size}"
-        say(f"generating {size} MB")
-        generated = generate_input(root, size, files=round(size / FILE_MB), seed=size, shard_tokens=SHARD_TOKENS,
-                                   independent=True, duplicates=DUPLICATES)
+        generated = scaling_corpus(root, size)
         info = build(root, root / "out", workers=2)
         runs[size] = dict(megabytes=generated["megabytes"], files=generated["files"], shards=info["n_shards"],
                           tokens_out=info["budget_tokens"], stages=info["stages"])

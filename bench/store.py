@@ -18,8 +18,7 @@ from pathlib import Path
 
 from bench import say
 from bench.fault_proxy import fault_proxy, moto_server
-from bench.pipeline import generate_input
-from bench.scaling import DUPLICATES, FILE_MB, SHARD_TOKENS, SIZES
+from bench.scaling import SIZES, scaling_corpus
 from pipeline.cost import scaling_exponent
 from stages.paths import PROJECT_ROOT as ROOT
 
@@ -48,9 +47,7 @@ def bench_store(work: Path, sizes: tuple[int, ...] = SIZES, corpus_mb: float = C
         runs = {}
         for size in sizes:
             root = work / f"store-{size}"
-            say(f"generating {size} MB")
-            generated = generate_input(root, size, files=round(size / FILE_MB), seed=size, shard_tokens=SHARD_TOKENS,
-                                       independent=True, duplicates=DUPLICATES)
+            generated = scaling_corpus(root, size)
             _, total = build(f"s3://corpus/scale-{size}", env, root / "sources.yaml")
             runs[size] = dict(megabytes=generated["megabytes"], stages={"store": total})
         for measure, unit in (("requests", "requests"), ("objects", "objects written")):
@@ -64,8 +61,7 @@ def bench_store(work: Path, sizes: tuple[int, ...] = SIZES, corpus_mb: float = C
         samples_local, _ = build(str(work / "samples-local"))
         samples_s3, samples_total = build("s3://corpus/samples", env)
         corpus = work / "store-corpus"
-        generate_input(corpus, corpus_mb, files=round(corpus_mb / FILE_MB), seed=7, shard_tokens=SHARD_TOKENS,
-                       independent=True, duplicates=DUPLICATES)
+        scaling_corpus(corpus, corpus_mb, seed=7)
         corpus_local, _ = build(str(corpus / "out"), sources=corpus / "sources.yaml")
         corpus_s3, _ = build("s3://corpus/corpus", env, corpus / "sources.yaml")
         for name, local, remote in (("samples", samples_local, samples_s3),
