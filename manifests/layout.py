@@ -142,7 +142,10 @@ class Layout(Names):
         return self.fs.open(self.path(name), mode)
 
     def read_bytes(self, name: str) -> bytes:
-        return self.fs.cat_file(self.path(name))
+        if self.is_local:
+            return self.fs.cat_file(self.path(name))
+        # One GET: s3fs would first ask the object's size (a HEAD) to split a large one into concurrent ranges.
+        return self.fs.cat_file(self.path(name), max_concurrency=1)
 
     def read_text(self, name: str) -> str:
         return self.read_bytes(name).decode("utf-8")

@@ -21,10 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from manifests.layout import Layout
-from manifests.schemas import PLACED, STATS
+from manifests.schemas import PLACED, POOL, STATS
 from manifests.writer import SCRATCH_OPTIONS, PartitionedSink, write_parquet, write_task_records
 from pipeline.config import ConfigError
 from pipeline.partitions import batches, runs
@@ -49,6 +51,7 @@ from stages.mix import (
 from stages.shards import write_shard
 
 SHUFFLE_FANOUT = 64  # the most files one mixing task writes; more shards than this are placed in groups
+POOL_PLAN_COLUMNS = ("source", "lang", "quality", "n_tokens", "cluster_size")  # what the plan reads of the pool
 MIX_BATCH_BYTES = 32 << 20  # pool bytes one mixing task reads: mixing tasks x groups, the shuffle's files, stay few
 
 
@@ -70,24 +73,26 @@ def pool_files(layout: Layout) -> list[str]:
 def summarize_pool(layout: Layout, phase: PhaseConfig, files: list[str]) -> PoolSummary:
     if not files:
         return PoolSummary({}, {}, {}, {}, [])
-    urls = {layout.url_of(name): name for name in files}
+    paths = {layout.path(name): name for name in files}
     with layout.duckdb(threads=2) as con:
+        con.register("pool", _pool_rows(layout, files))
         groups = con.execute(
             f"""SELECT source, lang, count(*), quantile_disc(quality, {phase.quality_quantile}),
                        list(DISTINCT filename ORDER BY filename)
-                FROM read_parquet(?, filename = true) GROUP BY 1, 2 ORDER BY 1, 2""", [list(urls)]
+                FROM pool GROUP BY 1, 2 ORDER BY 1, 2"""
         ).fetchall()
         inside = [(s, lang) for s, lang, *_ in groups if base_language(lang) in phase.language_codes]
         floors = {(s, lang): float(q) if phase.quality_quantile > 0 else 0.0
                   for s, lang, _, q, _ in groups if (s, lang) in inside}
         con.register("floors", _floors_table(floors))
+        con.register("pool", _pool_rows(layout, files))
         epoch = epoch_tokens_sql("p.n_tokens", phase.chunking)
         by_weight: dict[tuple[str, str], dict[int, int]] = defaultdict(dict)
         for s, lang, weight, n in con.execute(
             f"""SELECT p.source, p.lang, {band_repeats_sql('p.cluster_size', phase.bands)}, sum({epoch})
-                FROM read_parquet(?, union_by_name = true) p
+                FROM pool p
                 JOIN floors f ON p.source = f.source AND p.lang = f.lang
-                WHERE p.quality >= f.floor GROUP BY 1, 2, 3""", [list(urls)]
+                WHERE p.quality >= f.floor GROUP BY 1, 2, 3"""
         ).fetchall():
             if n:
                 by_weight[(s, lang)][int(weight)] = int(n)
@@ -98,8 +103,21 @@ def summarize_pool(layout: Layout, phase: PhaseConfig, files: list[str]) -> Pool
             outside += [dict(stage="mix", source=source, lang=lang, reason=reason, read=read, kept=0, rejected=docs,
                              tokens=0, seconds=0.0, task="plan") for reason, read in ((None, docs),
                                                                                     ("mix:other_language", 0))]
-    found = {(s, lang): [urls[url] for url in names] for s, lang, _, _, names in groups if (s, lang) in inside}
+    found = {(s, lang): [paths[path] for path in names] for s, lang, _, _, names in groups if (s, lang) in inside}
     return PoolSummary(available, dict(by_weight), floors, found, outside)
+
+
+def _pool_rows(layout: Layout, files: list[str]) -> pa.RecordBatchReader:
+    """The columns of the pool files the plan reads, and each row's file path (`filename`), in one Arrow scan over
+    `layout.fs`: a file is opened once and its column chunks read in ranges (DuckDB reading through fsspec asks for
+    a stat per file, and again per query)."""
+    filesystem = pafs.PyFileSystem(pafs.FSSpecHandler(layout.fs))
+    dataset = ds.dataset([layout.path(name) for name in files], schema=POOL, format="parquet", filesystem=filesystem)
+    scanner = dataset.scanner(columns=list(POOL_PLAN_COLUMNS))
+    schema = scanner.projected_schema.append(pa.field("filename", pa.string()))
+    batches = (batch.append_column("filename", pa.repeat(pa.scalar(tagged.fragment.path), batch.num_rows))
+               for tagged in scanner.scan_batches() for batch in [tagged.record_batch])
+    return pa.RecordBatchReader.from_batches(schema, batches)
 
 
 def _floors_table(floors: dict[tuple[str, str], float]) -> pa.Table:
