@@ -20,6 +20,7 @@ import weakref
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -127,9 +128,13 @@ def _rooted(layout: Layout) -> str:
 def write_manifest(layout: Layout, phase_id: str, plan: list, shards: list[dict], run_info: dict,
                    files: list[dict]) -> None:
     write_parquet(layout, Layout.manifest(phase_id, "shards"), [s | {"phase": phase_id} for s in shards], SHARDS)
-    stats = [layout.url_of(name) for pattern in Layout.stats_globs(phase_id) for name in layout.glob(pattern)]
+    # The stats files, small and read by three queries: fetched once, whole and together (through DuckDB each
+    # query would read each file again, in several ranged requests)
+    stats = pa.concat_tables(pq.read_table(pa.BufferReader(data)) for data in layout.read_many(
+        [name for pattern in Layout.stats_globs(phase_id) for name in layout.glob(pattern)]).values())
     shard_files = [layout.url_of(s["path"]) for s in shards]
     with layout.duckdb(threads=2) as con:
+        con.register("stats", stats)
         written = dict(
             ((source, lang), tokens) for source, lang, tokens in con.execute(
                 "SELECT source, lang, sum(len(input_ids)) FROM read_parquet(?) GROUP BY 1, 2", [shard_files]
@@ -139,10 +144,10 @@ def write_manifest(layout: Layout, phase_id: str, plan: list, shards: list[dict]
             "stages": ("""SELECT ? AS phase, stage, source, lang, sum(read)::BIGINT AS read,
                           sum(kept)::BIGINT AS kept, sum(rejected)::BIGINT AS rejected, sum(tokens)::BIGINT AS tokens,
                           sum(seconds) AS seconds
-                          FROM read_parquet(?, union_by_name = true) WHERE reason IS NULL
-                          GROUP BY ALL ORDER BY stage, source, lang""", [phase_id, stats], STAGES),
-            "reject_reasons": (_reasons_sql("reason", "rejected"), [phase_id, stats], REJECT_REASONS),
-            "notes": (_reasons_sql("note", "kept", ", sum(tokens)::BIGINT AS tokens"), [phase_id, stats], NOTES),
+                          FROM stats WHERE reason IS NULL
+                          GROUP BY ALL ORDER BY stage, source, lang""", [phase_id], STAGES),
+            "reject_reasons": (_reasons_sql("reason", "rejected"), [phase_id], REJECT_REASONS),
+            "notes": (_reasons_sql("note", "kept", ", sum(tokens)::BIGINT AS tokens"), [phase_id], NOTES),
             "lineage": ("""SELECT DISTINCT ? AS phase, s.doc_id, p.origin, p.dump, p.file_path,
                                   regexp_extract(s.filename, '[^/]+$') AS shard
                            FROM read_parquet(?, filename = true) s JOIN read_parquet(?) p ON s.doc_id = p.id
@@ -165,7 +170,7 @@ def write_manifest(layout: Layout, phase_id: str, plan: list, shards: list[dict]
 
 def _reasons_sql(column: str, count: str, extra: str = "") -> str:
     return f"""SELECT ? AS phase, stage, source, lang, reason AS {column}, sum({count})::BIGINT AS docs{extra}
-               FROM read_parquet(?, union_by_name = true) WHERE reason IS NOT NULL
+               FROM stats WHERE reason IS NOT NULL
                GROUP BY ALL HAVING docs > 0 ORDER BY stage, source, lang, {column}"""
 
 

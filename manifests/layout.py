@@ -147,6 +147,14 @@ class Layout(Names):
         # One GET: s3fs would first ask the object's size (a HEAD) to split a large one into concurrent ranges.
         return self.fs.cat_file(self.path(name), max_concurrency=1)
 
+    def read_many(self, names: list[str]) -> dict[str, bytes]:
+        """Whole files, fetched together (concurrent GETs on an object store), by name in the order given."""
+        if not names:
+            return {}
+        paths = [self.path(name) for name in names]
+        found = self.fs.cat(paths) if self.is_local else self.fs.cat(paths, max_concurrency=1)
+        return {name: found[path] for name, path in zip(names, paths, strict=True)}
+
     def read_text(self, name: str) -> str:
         return self.read_bytes(name).decode("utf-8")
 
