@@ -24,6 +24,7 @@ Like manifests/names.py this module imports nothing else of the project.
 """
 
 import contextlib
+import os
 import threading
 from collections import Counter
 from typing import Any
@@ -100,10 +101,20 @@ def open_store(url: str, storage_options: dict[str, Any]) -> tuple[Any, str]:
         _, path = fsspec.core.url_to_fs(url)
         return CountingLocalFileSystem(), path
     if protocol in ("s3", "s3a"):
-        options = with_retry_policy(storage_options)
+        options = with_endpoint(with_retry_policy(storage_options))
         fs, path = fsspec.core.url_to_fs(url, **options)
         return counting_s3_class()(**fs.storage_options), path
     return fsspec.core.url_to_fs(url, **storage_options)
+
+
+def with_endpoint(storage_options: dict[str, Any]) -> dict[str, Any]:
+    """The options with the endpoint botocore would take from the environment, made explicit: fsspec caches a file
+    system by its options, so without it a process that meets another AWS_ENDPOINT_URL (a test's new server)
+    would get the cached client of the old endpoint."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if not endpoint or "endpoint_url" in storage_options or "endpoint_url" in storage_options.get("client_kwargs", {}):
+        return storage_options
+    return storage_options | {"endpoint_url": endpoint}
 
 
 def with_retry_policy(storage_options: dict[str, Any]) -> dict[str, Any]:
