@@ -160,7 +160,7 @@ def run_sql(layout: Layout, task: str, views: dict[str, Rows], outputs: list[Out
         written: dict[str, dict[str, int]] = {}
         for output in outputs:
             columns = ", ".join(output.schema.names)
-            reader = con.sql(f"SELECT _p, {columns} FROM ({output.sql}) ORDER BY ALL").fetch_arrow_reader(65536)
+            reader = con.sql(f"SELECT _p, {columns} FROM ({output.sql}) ORDER BY ALL").to_arrow_reader(65536)
             name = Layout.relation_file(output.folder, task)
             sink, ranges, rows = None, {}, 0  # ranges: partition -> [first row, end row) in the file
             try:
