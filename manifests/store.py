@@ -24,6 +24,7 @@ Like manifests/names.py this module imports nothing else of the project.
 """
 
 import contextlib
+import functools
 import os
 import threading
 from collections import Counter
@@ -157,14 +158,10 @@ class CountingLocalFileSystem(LocalFileSystem):
         super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
 
 
-_S3_CLASS: list[type] = []
-
-
+@functools.cache
 def counting_s3_class() -> type:
     """s3fs's file system, counting each API call and HTTP attempt through botocore's events, with
     `S3FS_RETRIES`. Made on first use: importing s3fs takes ~0.3 s that a local build need not pay."""
-    if _S3_CLASS:
-        return _S3_CLASS[0]
     from s3fs import S3FileSystem
 
     class CountingS3FileSystem(S3FileSystem):
@@ -182,7 +179,6 @@ def counting_s3_class() -> type:
         def __reduce__(self) -> tuple:
             return _counting_s3, (self.storage_options,)
 
-    _S3_CLASS.append(CountingS3FileSystem)
     return CountingS3FileSystem
 
 
