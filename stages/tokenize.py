@@ -4,15 +4,19 @@ Both are set in configs/tokenizers.yaml by local path (or, for Gemma 2, a hub id
 downloaded at run time: `mmcorpus fetch-assets` puts the files in the cache once, at set-up.
 """
 
+import logging
 from collections.abc import Iterator
 from functools import cache, cached_property
 from typing import TYPE_CHECKING
 
 from stages.assets import AssetSpec, file_digest
 from stages.base import BatchStage, Document
+from stages.pieces import PieceCache, cut_rule_refusal
 
 if TYPE_CHECKING:
     import tiktoken
+
+log = logging.getLogger(__name__)
 
 LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -23,7 +27,8 @@ LLAMA3_VOCAB = 128256
 
 
 class Gemma2Tokenizer:
-    """Gemma 2 ids without bos/eos (chunking adds them): SentencePiece for a `.model`, else `tokenizers`."""
+    """Gemma 2 ids without bos/eos (chunking adds them): SentencePiece for a `.model` (on one thread, by cached
+    pieces where the model allows it: stages/pieces.py), else `tokenizers`."""
 
     def __init__(self, spec: AssetSpec, threads: int = 1) -> None:
         self.spec = spec
@@ -36,6 +41,11 @@ class Gemma2Tokenizer:
             self.vocab_size = self.sp.get_piece_size()
             self.pad_id, self.eos_id, self.bos_id = self.sp.pad_id(), self.sp.eos_id(), self.sp.bos_id()
             self.mask_id = self.sp.piece_to_id("<mask>")
+            refusal = cut_rule_refusal(self.sp.serialized_model_proto())
+            if refusal:
+                log.info("%s: encoded whole, not by cached pieces: %s", local.name, refusal)
+            # one thread (as in the pipeline): the table pays; on more, SentencePiece's own threads do
+            self.pieces = PieceCache(self.sp) if refusal is None and threads == 1 else None
         else:
             from tokenizers import Tokenizer
 
@@ -47,6 +57,8 @@ class Gemma2Tokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         if hasattr(self, "sp"):
+            if self.pieces is not None:
+                return self.pieces.encode_batch(texts)
             return self.sp.encode(texts, num_threads=self.threads)
         return [enc.ids for enc in self.hf.encode_batch(texts, add_special_tokens=False)]
 
