@@ -189,6 +189,44 @@ def bench_tokenization(n: int = 6_000) -> dict:
                               f"tokenizers encode_batch {tokens / timings['tokenizers']:,.0f} tokens/s)")
 
 
+def bench_tokenizer_pieces(n: int = 3_000, rounds: int = 3) -> list[dict]:
+    """Gemma 2 by cached pieces (stages/pieces.py, as the pool's tasks encode) against `sp.encode`, both on one
+    thread, in batches of 256 as the Tokenize stage sends them: MB/s per core on the bench corpus, then per script.
+    CPU seconds of this process (it is single-threaded), the better of `rounds` interleaved runs, each starting
+    from an empty table; the ids are checked equal."""
+    import sentencepiece
+
+    from stages.text import script_of
+
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(TOKENIZERS.load()["gemma2"].check()))
+    tokenizer = Gemma2Tokenizer(TOKENIZERS.load()["gemma2"])
+    tokenizer.encode_batch(["Numba loads its kernels once per worker"])
+    docs = documents(n, seed=2)
+    by_script: dict[str, list[str]] = {"all": [doc.text for doc in docs]}
+    for doc in docs:
+        by_script.setdefault(script_of(doc.metadata["lang"]), []).append(doc.text)
+    rows = []
+    for script, texts in by_script.items():
+        batches = [texts[i:i + 256] for i in range(0, len(texts), 256)]
+        megabytes = sum(len(text.encode()) for text in texts) / 1e6
+        theirs, ours = [], []
+        for _ in range(rounds):
+            tokenizer.pieces.clear()
+            start = time.process_time()
+            expected = [processor.encode(batch, num_threads=1) for batch in batches]
+            theirs.append(time.process_time() - start)
+            start = time.process_time()
+            got = [tokenizer.encode_batch(batch) for batch in batches]
+            ours.append(time.process_time() - start)
+            if got != expected:
+                raise AssertionError(f"cached pieces changed the ids of {script} text")
+        name = "tokenize_pieces_mb_per_s_per_core" + ("" if script == "all" else f"_{script}")
+        rows.append(dict(name=name, value=megabytes / min(ours), baseline=megabytes / min(theirs),
+                         ratio=min(theirs) / min(ours),
+                         baseline_name=f"sp.encode, 1 thread, {megabytes:.1f} MB of {script} bench text, ids equal"))
+    return rows
+
+
 def bench_mixing(out: Path, timings: dict) -> dict:
     """Tokens written per second by mixing + sharding, against copying the same bytes with a plain copy."""
     layout = Layout(out)
@@ -310,6 +348,7 @@ def bench_pipeline(work: Path, megabytes: float = 120) -> list[dict]:
         dict(name="pool_tokens_per_input_mb", value=pool_tokens / mb,
              notes="Gemma 2 tokens the pool keeps per MB of upstream text (for `plan --cost`)"),
         bench_tokenization(),
+        *bench_tokenizer_pieces(),
         bench_mixing(large / "out1", one),
         bench_mix_task(large / "out1"),
     ]

@@ -26,13 +26,13 @@ FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 FNV_PRIME = np.uint64(0x100000001B3)
 
 
-def cut_rule_refusal(serialized_model: bytes) -> str | None:
+def cut_rule_refusal(processor: "sentencepiece.SentencePieceProcessor") -> str | None:
     """Why cutting before each space that follows a non-space character could change this model's ids, or None
     where it cannot: BPE with spaces escaped as U+2581 before a word, the text unchanged otherwise (no
     normalization, dummy prefix or whitespace folding), and no piece with U+2581 after another character."""
     from sentencepiece import sentencepiece_model_pb2
 
-    model = sentencepiece_model_pb2.ModelProto.FromString(serialized_model)
+    model = sentencepiece_model_pb2.ModelProto.FromString(processor.serialized_model_proto())
     trainer, normalizer = model.trainer_spec, model.normalizer_spec
     if trainer.model_type != sentencepiece_model_pb2.TrainerSpec.BPE:
         return f"model type {sentencepiece_model_pb2.TrainerSpec.ModelType.Name(trainer.model_type)}, not BPE"
@@ -45,12 +45,10 @@ def cut_rule_refusal(serialized_model: bytes) -> str | None:
         return "spaces are not escaped as a prefix U+2581"
     if trainer.pretokenization_delimiter:
         return "a pretokenization delimiter"
-    for piece in model.pieces:
-        if piece.type == piece.BYTE or piece.type == piece.CONTROL or piece.type == piece.UNKNOWN:
-            continue  # never matched against the text
-        text = piece.piece.lstrip(WHITESPACE)
-        if WHITESPACE in text:
-            return f"piece {piece.piece!r} has U+2581 after another character"
+    # every piece, control and byte ones too (they have no U+2581): the processor lists them faster than the proto
+    for piece in processor.id_to_piece(list(range(processor.get_piece_size()))):
+        if WHITESPACE in piece.lstrip(WHITESPACE):
+            return f"piece {piece!r} has U+2581 after another character"
     return None
 
 

@@ -41,7 +41,7 @@ class Gemma2Tokenizer:
             self.vocab_size = self.sp.get_piece_size()
             self.pad_id, self.eos_id, self.bos_id = self.sp.pad_id(), self.sp.eos_id(), self.sp.bos_id()
             self.mask_id = self.sp.piece_to_id("<mask>")
-            refusal = cut_rule_refusal(self.sp.serialized_model_proto())
+            refusal = cut_rule_refusal(self.sp)
             if refusal:
                 log.info("%s: encoded whole, not by cached pieces: %s", local.name, refusal)
             # one thread (as in the pipeline): the table pays; on more, SentencePiece's own threads do

@@ -89,7 +89,7 @@ def assert_same_ids(cache: PieceCache, processor: sentencepiece.SentencePiecePro
 
 
 def test_gemma2_allows_the_cut_and_a_worker_uses_it(tokenizers, processor):
-    assert cut_rule_refusal(processor.serialized_model_proto()) is None
+    assert cut_rule_refusal(processor) is None
     assert isinstance(Gemma2Tokenizer(tokenizers["gemma2"]).pieces, PieceCache)
     assert Gemma2Tokenizer(tokenizers["gemma2"], threads=2).pieces is None  # SentencePiece's own threads
 
@@ -131,7 +131,7 @@ def crossing_piece(model: sentencepiece_model_pb2.ModelProto) -> None:
     (lambda m: setattr(m.trainer_spec, "model_type", m.trainer_spec.UNIGRAM), "model type UNIGRAM, not BPE"),
 ])
 def test_models_the_cut_would_change_are_refused(processor, edit, reason):
-    refusal = cut_rule_refusal(edited(processor, edit))
+    refusal = cut_rule_refusal(sentencepiece.SentencePieceProcessor(model_proto=edited(processor, edit)))
     assert refusal is not None and re.search(reason, refusal), refusal
 
 
