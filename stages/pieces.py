@@ -99,8 +99,8 @@ class PieceCache:
         new = range(first_new, int(self.used[0]))
         misses = [self.keys[self.key_starts[e]:self.key_starts[e] + self.key_lengths[e]].tobytes() for e in new]
         misses += [buffer[start:stop] for start, stop in spans.tolist()]
-        unspaced = [text for text, cut in zip(texts, spaced, strict=True) if not cut]
-        encoded_ids = self.processor.encode(misses + unspaced, num_threads=self.threads) if texts else []
+        strings = misses + [text for text, cut in zip(texts, spaced, strict=True) if not cut]
+        encoded_ids = self.processor.encode(strings, num_threads=self.threads) if strings else []
         miss_ids = encoded_ids[:len(misses)]
         miss_starts = np.zeros(len(misses) + 1, np.int64)
         np.cumsum(np.fromiter(map(len, miss_ids), np.int64, len(miss_ids)), out=miss_starts[1:])

@@ -103,6 +103,8 @@ def test_stress_texts_get_sentencepiece_ids(processor, options):
     assert_same_ids(cache, processor, texts, batch=37)
     assert_same_ids(cache, processor, texts[::-1], batch=64)
     assert cache.used[0] > 0
+    ids = {i for text_ids in processor.encode(texts) for i in text_ids}
+    assert any(map(processor.is_byte, ids)) and processor.piece_to_id("<mask>") in ids  # the set spans those
 
 
 def test_samples_and_bench_corpus_get_sentencepiece_ids(processor):
