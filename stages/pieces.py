@@ -93,9 +93,10 @@ class PieceCache:
         doc_starts = np.zeros(len(encoded) + 1, np.int64)
         np.cumsum(np.fromiter(map(len, encoded), np.int64, len(encoded)), out=doc_starts[1:])
         first_new = int(self.used[0])
+        most_parts = buffer.count(b" ") + buffer.count(WHITESPACE.encode()) + len(encoded)  # a part per cut
         items, doc_items, spans, self.full = _look_up(
-            np.frombuffer(buffer, np.uint8), doc_starts, self.longest, self.slots, self.hashes, self.key_starts,
-            self.key_lengths, self.keys, self.used)
+            np.frombuffer(buffer, np.uint8), doc_starts, most_parts, self.longest, self.slots, self.hashes,
+            self.key_starts, self.key_lengths, self.keys, self.used)
         new = range(first_new, int(self.used[0]))
         misses = [self.keys[self.key_starts[e]:self.key_starts[e] + self.key_lengths[e]].tobytes() for e in new]
         misses += [buffer[start:stop] for start, stop in spans.tolist()]
@@ -114,16 +115,16 @@ class PieceCache:
 
 
 @numba.njit(cache=True)
-def _look_up(data: np.ndarray, doc_starts: np.ndarray, longest: int, slots: np.ndarray, hashes: np.ndarray,
-             key_starts: np.ndarray, key_lengths: np.ndarray, keys: np.ndarray,
+def _look_up(data: np.ndarray, doc_starts: np.ndarray, most_parts: int, longest: int, slots: np.ndarray,
+             hashes: np.ndarray, key_starts: np.ndarray, key_lengths: np.ndarray, keys: np.ndarray,
              used: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
     """Cuts each document's bytes into parts and finds each part's entry, inserting a part seen for the first time
     (its ids still to come) while there is room. Items: an entry (>= 0), or a span (-1 - its index) of parts
     not cached, consecutive ones joined; doc_items: each document's first item; spans: (start, stop) bytes. Full:
     a part found no room."""
-    items = np.empty(len(data) + 1, np.int64)  # a part has at least one byte
+    items = np.empty(most_parts, np.int64)
     doc_items = np.empty(len(doc_starts), np.int64)
-    spans = np.empty((len(data) + 1, 2), np.int64)
+    spans = np.empty((most_parts, 2), np.int64)
     n_items, n_spans, full = 0, 0, False
     for doc in range(len(doc_starts) - 1):
         doc_items[doc] = n_items
