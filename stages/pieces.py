@@ -6,8 +6,9 @@ non-space character, and no user-defined symbol spans it: text cut at those poin
 the ids of the whole. Those parts (a word with the spaces before it) repeat, so their ids are kept in a table keyed
 by their UTF-8 bytes: a hash of the bytes into open addressing, a hit verified byte for byte, so the ids never
 depend on what the table holds. Only the misses go to SentencePiece, in one batch. A part longer than
-`PieceCache.longest` bytes (a sentence of a script written without spaces) is not cached: runs of them are
-encoded as one string, so such text costs one scan over `encode`.
+`PieceCache.longest` bytes is not cached (runs of them are encoded as one string), and a text of few spaces
+(Chinese, Japanese, Thai, Khmer, Burmese) is encoded whole: its parts are long and rarely repeat, so those
+scripts cost what `encode` costs and no more.
 
 `cut_rule_refusal` checks the rule on the model itself, so a tokenizer it does not hold for is encoded whole.
 """

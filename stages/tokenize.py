@@ -41,11 +41,13 @@ class Gemma2Tokenizer:
             self.vocab_size = self.sp.get_piece_size()
             self.pad_id, self.eos_id, self.bos_id = self.sp.pad_id(), self.sp.eos_id(), self.sp.bos_id()
             self.mask_id = self.sp.piece_to_id("<mask>")
-            refusal = cut_rule_refusal(self.sp)
-            if refusal:
+            # on one thread (a pool task) cached pieces pay; on more, SentencePiece's own threads do
+            self.pieces = None
+            refusal = cut_rule_refusal(self.sp) if threads == 1 else "more than one thread"
+            if refusal is None:
+                self.pieces = PieceCache(self.sp)
+            else:
                 log.info("%s: encoded whole, not by cached pieces: %s", local.name, refusal)
-            # one thread (as in the pipeline): the table pays; on more, SentencePiece's own threads do
-            self.pieces = PieceCache(self.sp) if refusal is None and threads == 1 else None
         else:
             from tokenizers import Tokenizer
 
