@@ -41,6 +41,11 @@ class Gemma2Tokenizer:
             self.vocab_size = self.sp.get_piece_size()
             self.pad_id, self.eos_id, self.bos_id = self.sp.pad_id(), self.sp.eos_id(), self.sp.bos_id()
             self.mask_id = self.sp.piece_to_id("<mask>")
+            # on one thread (a pool task) cached pieces pay; on more, SentencePiece's own threads do
+            refusal = cut_rule_refusal(self.sp) if threads == 1 else "more than one thread"
+            self.pieces = PieceCache(self.sp) if refusal is None else None
+            if refusal is not None:
+                log.info("%s: encoded whole, not by cached pieces: %s", local.name, refusal)
         else:
             from tokenizers import Tokenizer
 
@@ -49,16 +54,6 @@ class Gemma2Tokenizer:
             self.vocab_size = self.hf.get_vocab_size()
             self.pad_id, self.eos_id = self.hf.token_to_id("<pad>"), self.hf.token_to_id("<eos>")
             self.bos_id, self.mask_id = self.hf.token_to_id("<bos>"), self.hf.token_to_id("<mask>")
-
-    @cached_property
-    def pieces(self) -> PieceCache | None:
-        """The table of cached pieces, made at the first batch (not for a tokenizer only asked its ids): on one
-        thread (a pool task) it pays; on more, SentencePiece's own threads do."""
-        refusal = cut_rule_refusal(self.sp) if self.threads == 1 else "more than one thread"
-        if refusal is not None:
-            log.info("%s: encoded whole, not by cached pieces: %s", self.spec.path, refusal)
-            return None
-        return PieceCache(self.sp)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         if hasattr(self, "sp"):
