@@ -108,7 +108,7 @@ class PieceCache:
         np.cumsum(np.fromiter(map(len, miss_ids), np.int64, len(miss_ids)), out=miss_starts[1:])
         flat_miss_ids = np.fromiter(chain.from_iterable(miss_ids), np.int32, miss_starts[-1])
         out, doc_offsets = _gather(items, doc_items, first_new, len(new), flat_miss_ids, miss_starts,
-                                   self.key_starts, self.id_counts, self.ids)
+                                   self.key_starts, self.key_lengths, self.id_counts, self.ids)
         ids = out.tolist()
         cut_ids = (ids[start:stop] for start, stop in pairwise(doc_offsets.tolist()))
         whole_ids = iter(encoded_ids[len(misses):])
@@ -205,13 +205,15 @@ def _find(data: np.ndarray, start: int, length: int, value: np.uint64, slots: np
 
 @numba.njit(cache=True)
 def _gather(items: np.ndarray, doc_items: np.ndarray, first_new: int, n_new: int, miss_ids: np.ndarray,
-            miss_starts: np.ndarray, key_starts: np.ndarray, id_counts: np.ndarray,
+            miss_starts: np.ndarray, key_starts: np.ndarray, key_lengths: np.ndarray, id_counts: np.ndarray,
             ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Stores the new entries' ids (the first n_new misses) and joins every document's ids: the output and each
     document's offset in it. Spans' ids follow the new entries' among the misses."""
     for k in range(n_new):
         entry = first_new + k
         id_counts[entry] = miss_starts[k + 1] - miss_starts[k]
+        if id_counts[entry] > key_lengths[entry]:  # its room in `ids`: Numba would write past it unchecked
+            raise ValueError("a part encoded to more ids than it has bytes")
         for i in range(id_counts[entry]):
             ids[key_starts[entry] + i] = miss_ids[miss_starts[k] + i]
     n_docs = len(doc_items) - 1
