@@ -14,7 +14,7 @@ import json
 import sys
 import types
 from dataclasses import dataclass, fields, is_dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,16 @@ def _project_module(obj: Any) -> str | None:
     return name if isinstance(name, str) and name.split(".")[0] in PACKAGES else None
 
 
+def _unwrapped(obj: Any) -> Any:
+    """The Python function behind a wrapper: a Numba dispatcher's, a `functools.cache`'s (a cached loader, such as
+    the tokenizer's, would otherwise hide its code), a method's, a property's or a cached property's."""
+    obj = getattr(obj, "py_func", obj)
+    obj = getattr(obj, "__func__", getattr(obj, "fget", obj))
+    if isinstance(obj, cached_property):
+        obj = obj.func
+    return inspect.unwrap(obj) if callable(obj) else obj
+
+
 def _code_names(code: types.CodeType) -> set[str]:
     """Every global or attribute name a code object and the functions nested in it use."""
     names = set(code.co_names)
@@ -110,7 +120,7 @@ def code_digest(root: Any) -> str:
     stack = [root]
     while stack:
         obj = stack.pop()
-        obj = getattr(obj, "py_func", obj)  # a Numba dispatcher: the Python function it compiles
+        obj = _unwrapped(obj)
         container = isinstance(obj, list | tuple | dict | set | frozenset)
         if id(obj) in seen or _project_module(obj) is None and not container:
             continue
@@ -126,7 +136,7 @@ def code_digest(root: Any) -> str:
             uses = [(obj.__code__, obj.__globals__)]
         elif isinstance(obj, type):
             parts.append(f"{obj.__module__}.{obj.__qualname__}:{_source(obj)}")
-            members = [getattr(member, "__func__", getattr(member, "fget", member)) for member in vars(obj).values()]
+            members = [_unwrapped(member) for member in vars(obj).values()]
             uses = [(f.__code__, f.__globals__) for f in members if isinstance(f, types.FunctionType)]
             stack += [base for base in obj.__mro__[1:] if _project_module(base)]
         else:
@@ -157,7 +167,7 @@ def _follow(module: str, name: str, value: Any, parts: list[str]) -> list[Any]:
     """A global a task reaches: code to follow, or a constant to count. A container counts by the statement that
     assigns it in its module (a cache a module fills at run time, such as one DuckDB connection per process, must
     not change the digest), or by its content when it was imported from elsewhere."""
-    if isinstance(value, types.FunctionType | type) or hasattr(value, "py_func"):
+    if isinstance(value, types.FunctionType | type) or hasattr(value, "py_func") or hasattr(value, "__wrapped__"):
         return [value]
     if isinstance(value, dict | list | tuple | set | frozenset):
         parts.append(f"{module}.{name}={_assignments(module).get(name) or json.dumps(_constant(value))}")

@@ -74,6 +74,33 @@ def test_a_change_anywhere_a_task_reaches_changes_its_fingerprint_and_only_its(t
         assert changed[1] == b, old  # task_b reaches none of it
 
 
+CACHED = """
+    from functools import cache, cached_property
+
+
+    @cache
+    def load_model():
+        return 1
+
+
+    class Model:
+        @cached_property
+        def table(self):
+            return 2
+
+
+    def task(x):
+        return load_model() + Model().table + x
+"""
+
+
+def test_code_behind_a_cache_counts(tmp_path):
+    """A loader under functools.cache (as the tokenizer's) and a cached property are followed like plain code."""
+    before = code_digest(load(tmp_path, CACHED).task)
+    for old, new in [("return 1", "return 3"), ("return 2", "return 4")]:
+        assert code_digest(load(tmp_path, CACHED.replace(old, new)).task) != before, old
+
+
 def test_what_a_module_caches_at_run_time_changes_nothing(tmp_path):
     module = load(tmp_path, MODULE)
     before = code_digest.__wrapped__(module.task_b)
