@@ -161,17 +161,19 @@ class Layout(Names):
     def open(self, name: str, mode: str = "rb") -> IO[bytes]:
         path = self.path(name)
         size = self._known_size(path) if mode == "rb" else None
-        return self.fs.open(path, mode) if size is None else self.fs.open(path, mode, size=size)
+        return self.fs.open(path, mode) if size is None else open_at_size(self.fs, path, size)
 
     def _known_size(self, path: str) -> int | None:
         """The size the running task was told a file has (`known_sizes`); a local file's is never needed."""
         return None if self.is_local else (_known_sizes.get() or {}).get(path)
 
-    def arrow_filesystem(self) -> Any:
+    def arrow_filesystem(self, ranges: bool = False) -> pafs.PyFileSystem:
         """This store as a pyarrow file system (for Arrow datasets), opening the files of `known_sizes` at their
         known sizes: pyarrow's own fsspec handler asks an object store twice per file opened (`isfile`, then
-        s3fs's `info`)."""
-        return pafs.PyFileSystem(SizedHandler(self.fs, dict(_known_sizes.get() or {})))
+        s3fs's `info`). `ranges`: the readers take a few row groups of each file, in the ranges Arrow asks for,
+        without s3fs's read-ahead (which reads 50 MB blocks: a small file from the first range to its end)."""
+        return pafs.PyFileSystem(SizedHandler(self.fs, dict(_known_sizes.get() or {}), "none" if ranges else
+                                              "readahead"))
 
     def read_bytes(self, name: str) -> bytes:
         if self.is_local:
@@ -410,13 +412,22 @@ class Layout(Names):
         return pa.concat_tables(tables, promote_options="default")
 
 
+def open_at_size(fs: Any, path: str, size: int, cache_type: str = "readahead") -> IO[bytes]:
+    """A file of an object store opened for reading at a size known beforehand, asking no HEAD: s3fs asks one for
+    the size when the file opens, and another for the ETag it compares each range read against, unless given
+    both. The tree's files are written once, whole, and never changed while a build reads them."""
+    f = fs.open(path, "rb", size=size, cache_type=cache_type)
+    f.details = {"name": path, "size": size, "type": "file"}
+    return f
+
+
 class SizedHandler(pafs.FSSpecHandler):
     """pyarrow's fsspec handler, answering from `sizes` (path -> bytes) where it can instead of asking the store.
     Made in the task's own thread: Arrow and DuckDB call it from theirs, where `known_sizes` is not set."""
 
-    def __init__(self, fs: Any, sizes: dict[str, int]) -> None:
+    def __init__(self, fs: Any, sizes: dict[str, int], cache_type: str) -> None:
         super().__init__(fs)
-        self.sizes = sizes
+        self.sizes, self.cache_type = sizes, cache_type
 
     def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
         if not all(path in self.sizes for path in paths):
@@ -426,7 +437,7 @@ class SizedHandler(pafs.FSSpecHandler):
     def open_input_file(self, path: str) -> pa.PythonFile:
         if path not in self.sizes:
             return super().open_input_file(path)
-        return pa.PythonFile(self.fs.open(path, mode="rb", size=self.sizes[path]), mode="r")
+        return pa.PythonFile(open_at_size(self.fs, path, self.sizes[path], self.cache_type), mode="r")
 
 
 def _stale(holder: dict) -> bool:

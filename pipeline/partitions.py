@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 
 from manifests.layout import Layout
 from manifests.writer import SCRATCH_OPTIONS, ParquetSink
@@ -121,7 +120,7 @@ def rows_dataset(layout: Layout, rows: Rows) -> ds.Dataset:
     """The rows as one Arrow dataset DuckDB streams: of a partition, each file's row groups of it (only each
     file's footer and those column chunks are read); with none, the files whole. Arrow reads the store through
     `layout.fs` in ranges (DuckDB reading through fsspec asks for more: a stat per file and smaller reads)."""
-    filesystem = pafs.PyFileSystem(pafs.FSSpecHandler(layout.fs))
+    filesystem = layout.arrow_filesystem(ranges=rows.partition is not None)
     parquet = ds.ParquetFileFormat()
     fragments = []
     for name in rows.files:
