@@ -13,6 +13,7 @@ leaf: it imports nothing else of the project.
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import posixpath
@@ -50,6 +51,10 @@ _DATABASES: dict[int, Any] = {}  # process id -> its DuckDB database, for Layout
 TMP_MARK = ".tmp-"
 HEARTBEAT_SECONDS, STALE_LOCK_SECONDS = 30.0, 300.0  # a build's lock is refreshed, and taken over once this old
 BLOCK = 1 << 20
+# A file of an object store read through, at a known size, is fetched whole in one GET up to this (s3fs's
+# read-ahead would fetch blocks of 50 MB: the memory is no more than it holds).
+WHOLE_OBJECT_BYTES = 16 << 20
+FOOTER_READ_BYTES = 64 << 10  # what Arrow reads first of a Parquet file, from its end
 
 
 class TreeLocked(RuntimeError):
@@ -172,8 +177,7 @@ class Layout(Names):
         known sizes: pyarrow's own fsspec handler asks an object store twice per file opened (`isfile`, then
         s3fs's `info`). `ranges`: the readers take a few row groups of each file, in the ranges Arrow asks for,
         without s3fs's read-ahead (which reads 50 MB blocks: a small file from the first range to its end)."""
-        return pafs.PyFileSystem(SizedHandler(self.fs, dict(_known_sizes.get() or {}), "none" if ranges else
-                                              "readahead"))
+        return pafs.PyFileSystem(SizedHandler(self.fs, dict(_known_sizes.get() or {}), ranges))
 
     def read_bytes(self, name: str) -> bytes:
         if self.is_local:
@@ -412,11 +416,16 @@ class Layout(Names):
         return pa.concat_tables(tables, promote_options="default")
 
 
-def open_at_size(fs: Any, path: str, size: int, cache_type: str = "readahead") -> IO[bytes]:
+def open_at_size(fs: Any, path: str, size: int, ranges: bool = False) -> IO[bytes]:
     """A file of an object store opened for reading at a size known beforehand, asking no HEAD: s3fs asks one for
     the size when the file opens, and another for the ETag it compares each range read against, unless given
-    both. The tree's files are written once, whole, and never changed while a build reads them."""
-    f = fs.open(path, "rb", size=size, cache_type=cache_type)
+    both. The tree's files are written once, whole, and never changed while a build reads them. A file read
+    through is fetched in one GET up to WHOLE_OBJECT_BYTES (a Parquet reader would ask for its footer, then its
+    body), a larger one in s3fs's read-ahead blocks; `ranges`: the reader takes a few ranges of it (row groups),
+    each fetched as asked, unless the file is no larger than Arrow's first read of a Parquet footer, twice."""
+    if size <= (FOOTER_READ_BYTES * 2 if ranges else WHOLE_OBJECT_BYTES):
+        return io.BytesIO(fs.cat_file(path, max_concurrency=1))  # one GET, as `Layout.read_bytes`
+    f = fs.open(path, "rb", size=size, cache_type="none" if ranges else "readahead")
     f.details = {"name": path, "size": size, "type": "file"}
     return f
 
@@ -425,9 +434,9 @@ class SizedHandler(pafs.FSSpecHandler):
     """pyarrow's fsspec handler, answering from `sizes` (path -> bytes) where it can instead of asking the store.
     Made in the task's own thread: Arrow and DuckDB call it from theirs, where `known_sizes` is not set."""
 
-    def __init__(self, fs: Any, sizes: dict[str, int], cache_type: str) -> None:
+    def __init__(self, fs: Any, sizes: dict[str, int], ranges: bool) -> None:
         super().__init__(fs)
-        self.sizes, self.cache_type = sizes, cache_type
+        self.sizes, self.ranges = sizes, ranges
 
     def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
         if not all(path in self.sizes for path in paths):
@@ -437,7 +446,7 @@ class SizedHandler(pafs.FSSpecHandler):
     def open_input_file(self, path: str) -> pa.PythonFile:
         if path not in self.sizes:
             return super().open_input_file(path)
-        return pa.PythonFile(open_at_size(self.fs, path, self.sizes[path], self.cache_type), mode="r")
+        return pa.PythonFile(open_at_size(self.fs, path, self.sizes[path], self.ranges), mode="r")
 
 
 def _stale(holder: dict) -> bool:

@@ -149,7 +149,12 @@ def run_sql(layout: Layout, task: str, views: dict[str, Rows], outputs: list[Out
     bytes). The summary also gives, per file written, the rows of each partition (`ROWS_SUMMARY`)."""
     with layout.duckdb(threads=1) as con:
         for name, rows in views.items():
-            con.register(name, rows_dataset(layout, rows) if rows.files else rows.schema.empty_table())
+            if not rows.files:
+                con.register(name, rows.schema.empty_table())
+            elif rows.partition is None:  # files whole, a batch of about a partition's bytes: read once for all
+                con.register(name, rows_dataset(layout, rows).to_table())  # the queries, not once per query
+            else:
+                con.register(name, rows_dataset(layout, rows))
         for name, table in (tables or {}).items():
             con.register(name, table)
         result: dict = {}
