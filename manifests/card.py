@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import icu
 import yaml
 
-from manifests.catalog import CURATION_STAGES, connect
+from manifests.catalog import CURATION_STAGES, loaded
 from manifests.languages import phase_coverage
 from manifests.layout import Layout
 from manifests.schemas import SHARD
@@ -70,16 +70,19 @@ def language_name(lang: str) -> str:
     return f"{name} ({script})" if name != code else lang
 
 
-def examples(con: "duckdb.DuckDBPyConnection", layout: Layout, phase_id: str, languages: list[str],
+def examples(layout: Layout, phase_id: str, languages: list[str],
              decode: Callable[[list[int]], str]) -> list[tuple[str, str, str]]:
-    """(language name, doc_id, text) of one document's first chunk per language."""
-    found = []
-    for lang in languages:
-        for doc_id, ids in con.execute("SELECT doc_id, input_ids FROM read_parquet(?) WHERE lang = ? "
-                                       "ORDER BY chunk, doc_id LIMIT 1",
-                                       [layout.url_of(Layout.shards_glob(phase_id)), lang]).fetchall():
-            found.append((language_name(lang), doc_id, decode(ids[1:-1])[:300]))
-    return found
+    """(language name, doc_id, text) of one document's first chunk (the lowest chunk, then doc_id) per language,
+    in one scan of the shards (the chunks of a document's epochs are the same tokens)."""
+    import duckdb
+
+    with duckdb.connect(config={"threads": 2}) as con:
+        con.register("chunks", layout.dataset(layout.glob(Layout.shards_glob(phase_id)), SHARD))
+        first = {lang: (doc_id, ids) for lang, doc_id, ids in con.execute(
+            """SELECT lang, arg_min(doc_id, (chunk, doc_id)), arg_min(input_ids, (chunk, doc_id)) FROM chunks
+               WHERE list_contains(?, lang) GROUP BY lang""", [languages]).fetchall()}
+    return [(language_name(lang), first[lang][0], decode(first[lang][1][1:-1])[:300]) for lang in languages
+            if lang in first]
 
 
 TERMS_COLUMNS = ["source", "licence", "terms", "homepage", "tokens here"]
@@ -147,8 +150,10 @@ def dataset_info(con: "duckdb.DuckDBPyConnection", layout: Layout, phase_id: str
     """A phase's `dataset_info`: features, and the train split's rows and bytes. num_bytes is the shards'
     uncompressed size (their Parquet footers: no shard is read), download_size their files'."""
     rows, files = con.execute("SELECT sum(rows), sum(bytes) FROM shards WHERE phase = ?", [phase_id]).fetchone()
-    (data,) = con.execute("SELECT sum(total_uncompressed_size) FROM parquet_metadata(?)",
-                          [layout.url_of(Layout.shards_glob(phase_id))]).fetchone()
+    footers = [fragment.metadata for fragment in
+               layout.dataset(layout.glob(Layout.shards_glob(phase_id)), SHARD).get_fragments()]
+    data = sum(footer.row_group(group).column(column).total_uncompressed_size for footer in footers
+               for group in range(footer.num_row_groups) for column in range(footer.num_columns))
     return {"features": hub_features(SHARD), "splits": [{"name": "train", "num_bytes": int(data or 0),
                                                           "num_examples": int(rows or 0)}],
             "download_size": int(files or 0), "dataset_size": int(data or 0)}
@@ -160,7 +165,7 @@ def front_matter(front: dict) -> str:
 
 def write_dataset_card(layout: Layout, phase_id: str, decode: Callable[[list[int]], str] | None = None) -> str:
     """The phase's card, then the output's (its configs name every built phase)."""
-    with connect(layout, sandbox=False) as con:
+    with loaded(layout) as con:
         def rows(sql: str, params: list | None = None) -> list[tuple]:
             return con.execute(sql, [phase_id] if params is None else params).fetchall()
 
@@ -185,7 +190,8 @@ def write_dataset_card(layout: Layout, phase_id: str, decode: Callable[[list[int
                                   count(DISTINCT kept_id) AS clusters, count(*) FILTER (WHERE NOT kept) AS removed
                            FROM dedup_clusters WHERE kind <> 'exact_id' GROUP BY ALL ORDER BY 1, 2""",
                         []) if "dedup_clusters" in views else []
-        found = examples(con, layout, phase_id, [lang for lang, *_ in languages[:5]], decode) if decode else []
+        found = examples(layout, phase_id, [lang for lang, *_ in languages[:5]], decode) if decode else []
+        output_card = output_card_text(con, layout)
     setting, sources = json.loads(setting), json.loads(sources)
     names = [source for source, _ in by_source]
     front = {**license_metadata(sources, names), "pretty_name": f"mmcorpus {phase_id}",
@@ -231,7 +237,7 @@ def write_dataset_card(layout: Layout, phase_id: str, decode: Callable[[list[int
     parts += [f"## Intended use\n\n{INTENDED_USE}", f"## Limitations\n\n{LIMITATIONS}",
               "## Citation\n\n```bibtex\n" + citations(sources, names) + "\n```"]
     layout.write_text(Layout.card(phase_id), "\n\n".join(parts) + "\n")
-    write_output_card(layout)
+    layout.write_text(Layout.OUTPUT_CARD, output_card)
     return layout.url_of(Layout.card(phase_id))
 
 
@@ -247,17 +253,17 @@ def language_codes(labels: list[str]) -> list[str]:
     return sorted({label.split("_")[0] for label in labels if not label.startswith("code_")})
 
 
-def write_output_card(layout: Layout) -> str:
-    """`<out>/README.md`: a `datasets` config per built phase (its shards) with its `dataset_info`, so that
-    `load_dataset("<out>", "phase1")` reads phase 1's shards and nothing else of the output."""
-    with connect(layout, sandbox=False) as con:
-        built = con.execute("""SELECT phase, json_extract_string(config, '$.phase.name'),
-                                      json_extract(config, '$.recipe.sources.sources') FROM run ORDER BY phase""")
-        phases = [(phase_id, name, json.loads(sources)) for phase_id, name, sources in built.fetchall()]
-        infos = {phase_id: dataset_info(con, layout, phase_id) for phase_id, *_ in phases}
-        counts = {phase_id: phase_coverage(con, phase_id).count() for phase_id, *_ in phases}
-        labels = [lang for (lang,) in con.execute("SELECT DISTINCT lang FROM mixture WHERE tokens > 0").fetchall()]
-        used = [source for (source,) in con.execute("SELECT DISTINCT source FROM mixture ORDER BY 1").fetchall()]
+def output_card_text(con: "duckdb.DuckDBPyConnection", layout: Layout) -> str:
+    """`<out>/README.md`, from the catalog's views: a `datasets` config per built phase (its shards) with its
+    `dataset_info`, so that `load_dataset("<out>", "phase1")` reads phase 1's shards and nothing else of the
+    output."""
+    built = con.execute("""SELECT phase, json_extract_string(config, '$.phase.name'),
+                                  json_extract(config, '$.recipe.sources.sources') FROM run ORDER BY phase""")
+    phases = [(phase_id, name, json.loads(sources)) for phase_id, name, sources in built.fetchall()]
+    infos = {phase_id: dataset_info(con, layout, phase_id) for phase_id, *_ in phases}
+    counts = {phase_id: phase_coverage(con, phase_id).count() for phase_id, *_ in phases}
+    labels = [lang for (lang,) in con.execute("SELECT DISTINCT lang FROM mixture WHERE tokens > 0").fetchall()]
+    used = [source for (source,) in con.execute("SELECT DISTINCT source FROM mixture ORDER BY 1").fetchall()]
     sources = {name: entry for _, _, recorded in phases for name, entry in recorded.items()}
     front = {**license_metadata(sources, used), "pretty_name": "mmcorpus", "language": language_codes(labels),
              "task_categories": ["fill-mask"], "tags": ["mmbert", "multilingual", "pretokenized", "gemma2"],
@@ -277,4 +283,4 @@ def write_output_card(layout: Layout) -> str:
         f"```python\nfrom datasets import load_dataset\n\nchunks = load_dataset(\"path/to/this/folder\", "
         f"\"{first}\", split=\"train\")\n```",
     ])
-    return layout.write_text(Layout.OUTPUT_CARD, text + "\n")
+    return text + "\n"

@@ -14,24 +14,48 @@ only the output tree, never write, attach, export, install or load anything, and
 """
 
 import fnmatch
+import posixpath
+import re
 import shutil
 import tempfile
 import weakref
+from collections.abc import Iterable
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from fsspec.utils import glob_translate
 
 from manifests.layout import Layout
 from manifests.runs import built_by
-from manifests.schemas import FILES, LINEAGE, MIXTURE, NOTES, REJECT_REASONS, RUN, SHARDS, STAGES
+from manifests.schemas import (
+    DEDUP_CLUSTERS,
+    FILES,
+    LINEAGE,
+    MIXTURE,
+    NOTES,
+    POOL,
+    REJECT_REASONS,
+    REJECTS,
+    RUN,
+    SHARD,
+    SHARDS,
+    STAGES,
+)
 from manifests.writer import write_parquet
 
 TABLES = ("shards", "mixture", "stages", "reject_reasons", "notes", "lineage", "files", "run", "mlm_eval")
 CURATION_STAGES = ("read", "lid", "quality", "dedup", "tokenize")  # in pipeline order
 READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN")
+# The views over files too many or too large to read whole (a row per document, file or reject): `loaded` makes
+# them Arrow datasets that each query scans for its own columns
+SCANNED = {"lineage": LINEAGE, "files": FILES, "rejects": REJECTS, "pool": POOL, "dedup_clusters": DEDUP_CLUSTERS}
+QUARANTINE = """SELECT source, regexp_replace(origin, ':[^:]*$', '') AS file,
+                                 regexp_extract(origin, '[^:]*$') AS row, reason, detail
+                                 FROM rejects WHERE stage = 'read' ORDER BY source, file, row"""
 
 NAMED_QUERIES = {
     "tokens_per_language": """
@@ -93,32 +117,40 @@ def _files(names: list[str], globs: list[str], root: str) -> str | None:
     return "[" + ", ".join(sql_text(root + pattern) for pattern in present) + "]" if present else None
 
 
+def view_globs() -> dict[str, list[str]]:
+    """The views over files, each with the globs of its files."""
+    return {**{table: [Layout.manifest_glob(table)] for table in TABLES}, "runs": [Layout.run_records_glob()],
+            "rejects": Layout.rejects_globs(), "pool": [Layout.POOL_GLOB],
+            "dedup_clusters": [Layout.clusters_glob("*")]}
+
+
 def view_definitions(layout: Layout, root: str) -> dict[str, str]:
     """name -> SELECT for every view; paths rooted at `root` (a URL with a trailing slash, or "")."""
     names = layout.glob("**/*.parquet")  # one listing of the tree (on an object store, each is a round trip)
+    globs = view_globs()
     views = {}
     for table in TABLES:
-        files = _files(names, [Layout.manifest_glob(table)], root)
+        files = _files(names, globs[table], root)
         if files:
             views[table] = f"SELECT * FROM read_parquet({files}, union_by_name = true)"
-    runs = _files(names, [Layout.run_records_glob()], root)
+    runs = _files(names, globs["runs"], root)
     if runs:
         views["runs"] = f"SELECT * FROM read_parquet({runs}, union_by_name = true) ORDER BY phase, started"
-    rejects = _files(names, Layout.rejects_globs(), root)
+    rejects = _files(names, globs["rejects"], root)
     if rejects:
         views["rejects"] = f"SELECT * FROM read_parquet({rejects}, union_by_name = true)"
-        views["quarantine"] = """SELECT source, regexp_replace(origin, ':[^:]*$', '') AS file,
-                                 regexp_extract(origin, '[^:]*$') AS row, reason, detail
-                                 FROM rejects WHERE stage = 'read' ORDER BY source, file, row"""
-    pool = _files(names, [Layout.POOL_GLOB], root)
+        views["quarantine"] = QUARANTINE
+    pool = _files(names, globs["pool"], root)
     if pool:
         views["pool"] = f"SELECT * FROM read_parquet({pool})"
-    clusters = _files(names, [Layout.clusters_glob("*")], root)
+    clusters = _files(names, globs["dedup_clusters"], root)
     if clusters:
         views["dedup_clusters"] = f"SELECT * FROM read_parquet({clusters})"
-    if {"mixture", "run", "runs", "reject_reasons"} <= views.keys():
-        views |= NAMED_QUERIES
-    return views
+    return views | _named_queries(views.keys())
+
+
+def _named_queries(views: Iterable[str]) -> dict[str, str]:
+    return NAMED_QUERIES if {"mixture", "run", "runs", "reject_reasons"} <= set(views) else {}
 
 
 def _rooted(layout: Layout) -> str:
@@ -128,17 +160,17 @@ def _rooted(layout: Layout) -> str:
 def write_manifest(layout: Layout, phase_id: str, plan: list, shards: list[dict], run_info: dict,
                    files: list[dict]) -> None:
     write_parquet(layout, Layout.manifest(phase_id, "shards"), [s | {"phase": phase_id} for s in shards], SHARDS)
-    # The stats files, small and read by three queries: fetched once, whole and together (through DuckDB each
-    # query would read each file again, in several ranged requests)
-    stats = pa.concat_tables(pq.read_table(pa.BufferReader(data)) for data in layout.read_many(
-        [name for pattern in Layout.stats_globs(phase_id) for name in layout.glob(pattern)]).values())
-    shard_files = [layout.url_of(s["path"]) for s in shards]
+    # Each file read once, in memory: the stats (small, read by three queries) whole and together, the shards and
+    # the pool in one Arrow scan each for the columns needed (through DuckDB each query would list and read each
+    # file again, in several ranged requests)
+    stats = layout.read_tables([name for pattern in Layout.stats_globs(phase_id) for name in layout.glob(pattern)])
     with layout.duckdb(threads=2) as con:
         con.register("stats", stats)
+        con.register("chunks", shard_chunks(layout, [s["path"] for s in shards]))
+        con.register("pool", layout.dataset(layout.glob(Layout.POOL_GLOB), POOL))
         written = dict(
             ((source, lang), tokens) for source, lang, tokens in con.execute(
-                "SELECT source, lang, sum(len(input_ids)) FROM read_parquet(?) GROUP BY 1, 2", [shard_files]
-            ).fetchall()
+                "SELECT source, lang, sum(tokens) FROM chunks GROUP BY 1, 2").fetchall()
         )
         tables = {
             "stages": ("""SELECT ? AS phase, stage, source, lang, sum(read)::BIGINT AS read,
@@ -148,11 +180,9 @@ def write_manifest(layout: Layout, phase_id: str, plan: list, shards: list[dict]
                           GROUP BY ALL ORDER BY stage, source, lang""", [phase_id], STAGES),
             "reject_reasons": (_reasons_sql("reason", "rejected"), [phase_id], REJECT_REASONS),
             "notes": (_reasons_sql("note", "kept", ", sum(tokens)::BIGINT AS tokens"), [phase_id], NOTES),
-            "lineage": ("""SELECT DISTINCT ? AS phase, s.doc_id, p.origin, p.dump, p.file_path,
-                                  regexp_extract(s.filename, '[^/]+$') AS shard
-                           FROM read_parquet(?, filename = true) s JOIN read_parquet(?) p ON s.doc_id = p.id
-                           ORDER BY s.doc_id, shard""",
-                        [phase_id, shard_files, [layout.url_of(n) for n in layout.glob(Layout.POOL_GLOB)]], LINEAGE),
+            "lineage": ("""SELECT DISTINCT ? AS phase, s.doc_id, p.origin, p.dump, p.file_path, s.shard
+                           FROM chunks s JOIN pool p ON s.doc_id = p.id ORDER BY s.doc_id, shard""",
+                        [phase_id], LINEAGE),
         }
         for table, (sql, params, schema) in tables.items():
             write_parquet(layout, Layout.manifest(phase_id, table), con.sql(sql, params=params).to_arrow_table(),
@@ -166,6 +196,18 @@ def write_manifest(layout: Layout, phase_id: str, plan: list, shards: list[dict]
     write_parquet(layout, Layout.manifest(phase_id, "mixture"), mixture, MIXTURE)
     write_parquet(layout, Layout.manifest(phase_id, "files"), [row | {"phase": phase_id} for row in files], FILES)
     write_parquet(layout, Layout.manifest(phase_id, "run"), [built_by(layout, phase_id, shards)], RUN)
+
+
+def shard_chunks(layout: Layout, names: list[str]) -> pa.Table:
+    """Per chunk of these shard files: doc_id, source, lang, its tokens and its shard's file name (one Arrow
+    scan, which reads the token ids' lengths, not their values, into memory)."""
+    scanner = layout.dataset(names, SHARD).scanner(columns={
+        "doc_id": ds.field("doc_id"), "source": ds.field("source"), "lang": ds.field("lang"),
+        "tokens": pc.list_value_length(ds.field("input_ids"))})
+    schema = scanner.projected_schema.append(pa.field("shard", pa.string()))
+    return pa.Table.from_batches([
+        batch.append_column("shard", pa.repeat(pa.scalar(posixpath.basename(tagged.fragment.path)), batch.num_rows))
+        for tagged in scanner.scan_batches() for batch in [tagged.record_batch]], schema)
 
 
 def _reasons_sql(column: str, count: str, extra: str = "") -> str:
@@ -201,27 +243,65 @@ class QueryRefused(ValueError):
     """SQL that would write, attach or load something: `mmcorpus query` only reads."""
 
 
-def connect(layout: Layout, sandbox: bool = True) -> duckdb.DuckDBPyConnection:
-    """A sandboxed in-memory DuckDB with the catalog's views over this output tree: it reads only files under
-    the tree, writes nothing, installs and loads no extension, and its settings are locked. `sandbox=False` for
-    the project's own queries (the dataset card a build writes): DuckDB's sandbox needs the working directory,
-    which a Ray job's driver may have lost with its node's runtime environment."""
-    if not layout.glob(Layout.manifest_glob("run")):
+def _matching(names: list[str], globs: list[str]) -> list[str]:
+    """The names that globs match as the store's glob does (`*` within a folder, `**` across folders)."""
+    patterns = [re.compile(glob_translate(pattern)) for pattern in globs]
+    return [name for name in names if any(pattern.fullmatch(name) for pattern in patterns)]
+
+
+def _built(layout: Layout) -> list[str]:
+    """The tree's Parquet files (one listing), once a phase is built."""
+    names = layout.glob("**/*.parquet")
+    if not _matching(names, [Layout.manifest_glob("run")]):
         raise FileNotFoundError(f"{layout.url}: no built phase (no manifest): run `mmcorpus build` first")
+    return names
+
+
+def _in_memory() -> duckdb.DuckDBPyConnection:
     # DuckDB's temporary folder is always an allowed directory, and its default is `.tmp` under the working
-    # directory, whatever it holds: a private one, removed with the connection, holds only what DuckDB spills
+    # directory, whatever it holds (a Ray job's driver may have lost it with its node's runtime environment): a
+    # private one, removed with the connection, holds only what DuckDB spills
     spill = tempfile.mkdtemp(prefix="mmcorpus-query-")
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False,
                                  "threads": 2, "temp_directory": spill})
     weakref.finalize(con, shutil.rmtree, spill, ignore_errors=True)
+    return con
+
+
+def connect(layout: Layout) -> duckdb.DuckDBPyConnection:
+    """A sandboxed in-memory DuckDB with the catalog's views over this output tree: it reads only files under
+    the tree, writes nothing, installs and loads no extension, and its settings are locked."""
+    _built(layout)
+    con = _in_memory()
     if not layout.is_local:
         con.register_filesystem(layout.fs)
     allowed = _rooted(layout)
-    if sandbox:
-        con.execute("SET allowed_directories = ?", [[allowed]])
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
+    con.execute("SET allowed_directories = ?", [[allowed]])
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
     for name, sql in view_definitions(layout, allowed).items():
+        con.execute(f"CREATE VIEW {name} AS {sql}")
+    return con
+
+
+def loaded(layout: Layout) -> duckdb.DuckDBPyConnection:
+    """The catalog's views for the project's own queries (the data cards, a build's summary), each file read
+    once: an in-memory DuckDB in which the small manifest tables and the run history are Arrow tables, fetched
+    whole and together, and the larger views (`SCANNED`) Arrow datasets over the store that a query scans for its
+    columns. DuckDB reading the tree through fsspec would list it and read each file again for every query, in
+    several ranged requests."""
+    names = _built(layout)
+    found = {view: files for view, globs in view_globs().items() if (files := _matching(names, globs))}
+    con = _in_memory()
+    for view, files in found.items():
+        if view in SCANNED:
+            con.register(view, layout.dataset(files, SCANNED[view]))
+        elif view == "runs":
+            con.register(view, layout.read_tables(files).sort_by([("phase", "ascending"), ("started", "ascending")]))
+        else:
+            con.register(view, layout.read_tables(files))
+    derived = ({"quarantine": QUARANTINE} if "rejects" in found else {}) | _named_queries(found)
+    for name, sql in derived.items():
         con.execute(f"CREATE VIEW {name} AS {sql}")
     return con
 

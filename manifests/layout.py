@@ -13,6 +13,7 @@ leaf: it imports nothing else of the project.
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import posixpath
@@ -29,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import pyarrow as pa
+import pyarrow.fs as pafs
 import xxhash
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.utils import glob_translate
@@ -41,10 +44,17 @@ _written: ContextVar["Written | None"] = ContextVar("written", default=None)
 # Bytes the running task may hold (`--task-memory`; the runner sets it on the worker): DuckDB spills to disk
 # beyond part of it, and writers that partition size their buffers from it.
 TASK_MEMORY: ContextVar[int] = ContextVar("task_memory", default=1 << 30)
+# The sizes of the files the running task reads, by filesystem path: set by the runner from what their producers
+# recorded (pipeline/runner.py), so that opening one on an object store asks no HEAD for its size.
+_known_sizes: ContextVar[dict[str, int] | None] = ContextVar("known_sizes", default=None)
 _DATABASES: dict[int, Any] = {}  # process id -> its DuckDB database, for Layout.duckdb
 TMP_MARK = ".tmp-"
 HEARTBEAT_SECONDS, STALE_LOCK_SECONDS = 30.0, 300.0  # a build's lock is refreshed, and taken over once this old
 BLOCK = 1 << 20
+# A file of an object store read through, at a known size, is fetched whole in one GET up to this (s3fs's
+# read-ahead would fetch blocks of 50 MB: the memory is no more than it holds).
+WHOLE_OBJECT_BYTES = 16 << 20
+FOOTER_READ_BYTES = 64 << 10  # what Arrow reads first of a Parquet file, from its end
 
 
 class TreeLocked(RuntimeError):
@@ -68,6 +78,17 @@ def recording() -> Iterator[Written]:
         yield written
     finally:
         _written.reset(token)
+
+
+@contextlib.contextmanager
+def known_sizes(sizes: dict[str, int]) -> Iterator[None]:
+    """Inside the block, `Layout.open`, `Layout.size` and `Layout.arrow_filesystem` take these sizes (by path)
+    as the files' own, without asking the store."""
+    token = _known_sizes.set(sizes)
+    try:
+        yield
+    finally:
+        _known_sizes.reset(token)
 
 
 def new_digest(algorithm: str) -> Any:
@@ -136,10 +157,27 @@ class Layout(Names):
         return self.fs.exists(self.path(name))
 
     def size(self, name: str) -> int:
-        return int(self.fs.size(self.path(name)) or 0)
+        written = _written.get()
+        if written is not None and name in written.sizes:
+            return written.sizes[name]
+        known = self._known_size(self.path(name))
+        return known if known is not None else int(self.fs.size(self.path(name)) or 0)
 
     def open(self, name: str, mode: str = "rb") -> IO[bytes]:
-        return self.fs.open(self.path(name), mode)
+        path = self.path(name)
+        size = self._known_size(path) if mode == "rb" else None
+        return self.fs.open(path, mode) if size is None else open_at_size(self.fs, path, size)
+
+    def _known_size(self, path: str) -> int | None:
+        """The size the running task was told a file has (`known_sizes`); a local file's is never needed."""
+        return None if self.is_local else (_known_sizes.get() or {}).get(path)
+
+    def arrow_filesystem(self, ranges: bool = False) -> pafs.PyFileSystem:
+        """This store as a pyarrow file system (for Arrow datasets), opening the files of `known_sizes` at their
+        known sizes: pyarrow's own fsspec handler asks an object store twice per file opened (`isfile`, then
+        s3fs's `info`). `ranges`: the readers take a few row groups of each file, in the ranges Arrow asks for,
+        without s3fs's read-ahead (which reads 50 MB blocks: a small file from the first range to its end)."""
+        return pafs.PyFileSystem(SizedHandler(self.fs, dict(_known_sizes.get() or {}), ranges))
 
     def read_bytes(self, name: str) -> bytes:
         if self.is_local:
@@ -357,6 +395,58 @@ class Layout(Names):
         for name, value in settings.items():  # global settings: a process runs one task at a time
             con.execute(f"SET {name} = '{value}'")
         return con
+
+    def dataset(self, names: list[str], schema: Any) -> Any:
+        """Parquet files of the tree as one Arrow dataset over this store: a scan opens each file once and reads
+        only the column chunks it asks for, several files at a time (DuckDB reading through fsspec lists and
+        stats the files again for every query)."""
+        import pyarrow.dataset as ds
+        import pyarrow.fs as pafs
+
+        filesystem = pafs.PyFileSystem(pafs.FSSpecHandler(self.fs))
+        return ds.dataset([self.path(name) for name in names], schema=schema, format="parquet", filesystem=filesystem)
+
+    def read_tables(self, names: list[str]) -> Any:
+        """Small Parquet files read whole and together (`read_many`: one GET each, concurrent), as one Arrow table
+        whose columns are the files' united by name (as DuckDB's `union_by_name`)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        tables = [pq.read_table(pa.BufferReader(data)) for data in self.read_many(names).values()]
+        return pa.concat_tables(tables, promote_options="default")
+
+
+def open_at_size(fs: Any, path: str, size: int, ranges: bool = False) -> IO[bytes]:
+    """A file of an object store opened for reading at a size known beforehand, asking no HEAD: s3fs asks one for
+    the size when the file opens, and another for the ETag it compares each range read against, unless given
+    both. The tree's files are written once, whole, and never changed while a build reads them. A file read
+    through is fetched in one GET up to WHOLE_OBJECT_BYTES (a Parquet reader would ask for its footer, then its
+    body), a larger one in s3fs's read-ahead blocks; `ranges`: the reader takes a few ranges of it (row groups),
+    each fetched as asked, unless the file is no larger than Arrow's first read of a Parquet footer, twice."""
+    if size <= (FOOTER_READ_BYTES * 2 if ranges else WHOLE_OBJECT_BYTES):
+        return io.BytesIO(fs.cat_file(path, max_concurrency=1))  # one GET, as `Layout.read_bytes`
+    f = fs.open(path, "rb", size=size, cache_type="none" if ranges else "readahead")
+    f.details = {"name": path, "size": size, "type": "file"}
+    return f
+
+
+class SizedHandler(pafs.FSSpecHandler):
+    """pyarrow's fsspec handler, answering from `sizes` (path -> bytes) where it can instead of asking the store.
+    Made in the task's own thread: Arrow and DuckDB call it from theirs, where `known_sizes` is not set."""
+
+    def __init__(self, fs: Any, sizes: dict[str, int], ranges: bool) -> None:
+        super().__init__(fs)
+        self.sizes, self.ranges = sizes, ranges
+
+    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
+        if not all(path in self.sizes for path in paths):
+            return super().get_file_info(paths)
+        return [pafs.FileInfo(path, pafs.FileType.File, size=self.sizes[path]) for path in paths]
+
+    def open_input_file(self, path: str) -> pa.PythonFile:
+        if path not in self.sizes:
+            return super().open_input_file(path)
+        return pa.PythonFile(open_at_size(self.fs, path, self.sizes[path], self.ranges), mode="r")
 
 
 def _stale(holder: dict) -> bool:

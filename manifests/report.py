@@ -144,7 +144,7 @@ class Report:
             languages = [r[0] for r in self.con.execute(
                 "SELECT lang FROM mixture WHERE phase = ? GROUP BY 1 ORDER BY sum(tokens) DESC LIMIT 5",
                 [self.phase_id]).fetchall()]
-            rows = examples(self.con, self.layout, self.phase_id, languages, self.decode)
+            rows = examples(self.layout, self.phase_id, languages, self.decode)
             self.sections.append(Section("examples", "Examples", EXAMPLES,
                                          [Table("examples", ["language", "doc_id", "text"], rows)]))
         self.sections.append(Section("use", "Intended use and limitations", f"{INTENDED_USE} {LIMITATIONS}"))

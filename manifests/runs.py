@@ -19,12 +19,14 @@ def _run_row(phase_id: str, run_info: dict) -> dict:
                 seconds=run_info["seconds"], git_commit=run_info.get("git_commit"))
 
 
-def record_run(layout: Layout, phase_id: str, run_info: dict, shards: list[dict]) -> None:
-    """Add the build to the phase's run history: a file of its own, named by its start. The driver writes it
-    outside the manifest's record, so that no later build's manifest or sweep removes it."""
+def record_run(layout: Layout, phase_id: str, run_info: dict, shards: list[dict],
+               store: dict[str, dict[str, int]]) -> None:
+    """Add the build to the phase's run history: a file of its own, named by its start, with `store` (stage ->
+    its requests to the store). The driver writes it outside the manifest's record, so that no later build's
+    manifest or sweep removes it, and writes it again as its last request, with the whole build's counts."""
     row = _run_row(phase_id, run_info) | dict(
         ran=json.dumps(run_info["ran"], sort_keys=True), reused=json.dumps(run_info["reused"], sort_keys=True),
-        costs=json.dumps(run_info["stages"], sort_keys=True), store=json.dumps(run_info["store"], sort_keys=True),
+        costs=json.dumps(run_info["stages"], sort_keys=True), store=json.dumps(store, sort_keys=True),
         shards=[shard["sha256"] for shard in shards])
     started = datetime.datetime.fromisoformat(run_info["started"])
     write_parquet(layout, Layout.run_record(phase_id, started), [row], RUNS)
@@ -34,10 +36,7 @@ def built_by(layout: Layout, phase_id: str, shards: list[dict]) -> dict:
     """The `run` row: the latest build of the phase's history that ran one of the phase's stages and ended with
     these shards (a rebuild that reused them leaves it in place); else the run row already there (a tree built
     before run histories), else the latest build."""
-    records = [layout.url_of(name) for name in layout.glob(Layout.run_records_glob(phase_id))]
-    with layout.duckdb(threads=2) as con:
-        history = con.sql("SELECT * FROM read_parquet(?, union_by_name = true) ORDER BY started",
-                          params=[records]).to_arrow_table().to_pylist()
+    history = layout.read_tables(layout.glob(Layout.run_records_glob(phase_id))).sort_by("started").to_pylist()
     digests = [shard["sha256"] for shard in shards]
     wrote = [row for row in history if row["shards"] == digests
              and any(stage.rsplit("-", 1)[0] == phase_id for stage in json.loads(row["ran"]))]

@@ -102,9 +102,9 @@ def open_store(url: str, storage_options: dict[str, Any]) -> tuple[Any, str]:
         _, path = fsspec.core.url_to_fs(url)
         return CountingLocalFileSystem(), path
     if protocol in ("s3", "s3a"):
-        options = with_endpoint(with_retry_policy(storage_options))
-        fs, path = fsspec.core.url_to_fs(url, **options)
-        return counting_s3_class()(**fs.storage_options), path
+        counting_s3 = counting_s3_class()  # made once, not after an s3fs instance for the URL as `url_to_fs` would
+        options = counting_s3._get_kwargs_from_urls(url) | with_endpoint(with_retry_policy(storage_options))
+        return counting_s3(**options), counting_s3._strip_protocol(url)
     return fsspec.core.url_to_fs(url, **storage_options)
 
 

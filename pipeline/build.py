@@ -221,6 +221,7 @@ def _build(settings: BuildSettings, layout: Layout, gemma: Gemma2Tokenizer) -> d
         plan, shards, mix_settings = mix_phase(runner, layout, phase, settings.seed, settings.budget_tokens,
                                                shard_tokens, gemma.bos_id, gemma.eos_id)
         timings["mix"] = time.time() - t0
+        finishing = store.COUNTS.snapshot()  # the driver's work after the shards: the run record's `finish` row
         if built and (line := runs.replacement(phase.id, built, settings.seed, phase.variant,
                                                   mix_settings["budget_tokens"])):
             log.info(line)
@@ -238,15 +239,15 @@ def _build(settings: BuildSettings, layout: Layout, gemma: Gemma2Tokenizer) -> d
         task_memory = runner.task_memory
         files = catalog.file_rows(ledger.producers)
         run_info = dict(mix_settings, phase=phase.to_dict(), recipe=recipe.to_dict(), timings=timings, ran=ran,
-                        reused=reused, stages=stage_costs, store=runner.store_counts(), task_memory=task_memory,
-                        dedup=dedup_summary,
+                        reused=reused, stages=stage_costs, task_memory=task_memory, dedup=dedup_summary,
                         started=datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(),
                         seconds=time.time() - started, tokenizer=recipe.tokenizers["gemma2"].path,
                         tokenizer_sha256=gemma.sha256, assets=asset_digests(recipe), versions=package_versions(),
                         git_commit=git_commit())
         measured = shard_digests(layout, phase.id)
         ordered = [shards[k] for k in sorted(shards)]
-        runs.record_run(layout, phase.id, run_info, ordered)
+        # the run history holds this build before the manifest's `run` row and the catalog's `runs` view read it
+        runs.record_run(layout, phase.id, run_info, ordered, store_counts(runner, finishing))
         ledger.record(f"{phase.id}-manifest", catalog.write_manifest, layout=layout, phase_id=phase.id, plan=plan,
                       shards=ordered, run_info=run_info, files=files)
     layout.delete_tree(Layout.placed_dir(phase.id))
@@ -255,8 +256,18 @@ def _build(settings: BuildSettings, layout: Layout, gemma: Gemma2Tokenizer) -> d
         layout.delete(Layout.manifest(phase.id, "mlm_eval"))  # `eval-mlm` measured other shards
     catalog.build_catalog(layout)
     write_dataset_card(layout, phase.id, gemma.decode)
-    log.info("store: %s", store.describe(sum(map(Counter, runner.store_counts().values()), Counter())))
+    counts = store_counts(runner, finishing)
+    runs.record_run(layout, phase.id, run_info, ordered, counts)  # again, with the whole build's requests
+    log.info("store: %s", store.describe(sum(map(Counter, counts.values()), Counter())))
     return run_info
+
+
+def store_counts(runner: Runner, finishing: Counter[str]) -> dict[str, dict[str, int]]:
+    """The build's requests to the store so far: per stage, `driver` (the lock, markers, what the driver read
+    before the shards) and `finish` (after them: verify, sweep, manifest, catalog, cards)."""
+    counts = runner.store_counts()
+    finish = store.COUNTS.snapshot() - finishing
+    return counts | {"driver": dict(Counter(counts["driver"]) - finish), "finish": dict(finish)}
 
 
 def shard_digests(layout: Layout, phase_id: str) -> list[str]:

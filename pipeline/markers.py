@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from manifests.layout import Layout, Written, recording
+from manifests.store import COUNTS
 from pipeline.fingerprint import FORMATS, digest
 
 if TYPE_CHECKING:
@@ -179,8 +180,12 @@ def recorded(layout: Layout, stage: str) -> dict[str, dict]:
     return Markers(layout).load(stage)
 
 
-def _verify_outputs(layout: Layout, outputs: dict[str, str]) -> dict[str, str]:
-    return {name: problem for name, expected in outputs.items() if (problem := layout.verify(name, expected))}
+def _verify_outputs(layout: Layout, outputs: dict[str, str]) -> tuple[dict[str, str], dict[str, int]]:
+    """The damaged or missing files, and the requests to the store that reading them took (a Ray worker's own
+    count, which the driver adds to its stage's)."""
+    before = COUNTS.snapshot()
+    problems = {name: problem for name, expected in outputs.items() if (problem := layout.verify(name, expected))}
+    return problems, dict(COUNTS.snapshot() - before)
 
 
 class Ledger:
@@ -306,8 +311,11 @@ class Ledger:
         names = sorted(files)
         batches = [names[i:i + VERIFY_BATCH] for i in range(0, len(names), VERIFY_BATCH)]
         damaged: dict[str, str] = {}
-        for problems in ray.get([verify.remote(self.layout, {n: files[n] for n in batch}) for batch in batches]):
+        for problems, counts in ray.get([verify.remote(self.layout, {n: files[n] for n in batch})
+                                         for batch in batches]):
             damaged.update(problems)
+            for kind, n in counts.items():  # counted as the driver's, in the stage (or the build's part) it serves
+                COUNTS.add(kind, n)
         self.trusted.update(name for name in names if name not in damaged)
         return damaged
 

@@ -22,10 +22,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from manifests.layout import Layout
+from manifests.layout import Layout, known_sizes
 from manifests.schemas import PLACED, POOL, STATS
 from manifests.writer import SCRATCH_OPTIONS, PartitionedSink, write_parquet, write_task_records
 from pipeline.config import ConfigError
@@ -111,8 +110,8 @@ def _pool_rows(layout: Layout, files: list[str]) -> pa.RecordBatchReader:
     """The columns of the pool files the plan reads, and each row's file path (`filename`), in one Arrow scan over
     `layout.fs`: a file is opened once and its column chunks read in ranges (DuckDB reading through fsspec asks for
     a stat per file, and again per query)."""
-    filesystem = pafs.PyFileSystem(pafs.FSSpecHandler(layout.fs))
-    dataset = ds.dataset([layout.path(name) for name in files], schema=POOL, format="parquet", filesystem=filesystem)
+    dataset = ds.dataset([layout.path(name) for name in files], schema=POOL, format="parquet",
+                         filesystem=layout.arrow_filesystem())
     scanner = dataset.scanner(columns=list(POOL_PLAN_COLUMNS))
     schema = scanner.projected_schema.append(pa.field("filename", pa.string()))
     batches = (batch.append_column("filename", pa.repeat(pa.scalar(tagged.fragment.path), batch.num_rows))
@@ -210,7 +209,8 @@ def mix_phase(runner: Runner, layout: Layout, phase: PhaseConfig, seed: int, bud
     """Plan and write one phase's shards; returns the plan, the shard summaries and the run settings."""
     files = sorted(name for name in runner.ledger.outputs("pool") if Layout.POOL.parse(name))
     runner.ensure(files)  # the summary reads them all: a damaged or deleted one is written again first
-    pool = summarize_pool(layout, phase, files)
+    with known_sizes(runner.sizes(files)):
+        pool = summarize_pool(layout, phase, files)
     if not pool.available:
         raise RuntimeError(f"no pool tokens in the phase-{phase.number} language set under {layout.url_of('pool')}")
     budget = budget or float(sum(pool.available.values()))

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 
 from manifests.layout import Layout
 from manifests.writer import SCRATCH_OPTIONS, ParquetSink
@@ -121,7 +120,7 @@ def rows_dataset(layout: Layout, rows: Rows) -> ds.Dataset:
     """The rows as one Arrow dataset DuckDB streams: of a partition, each file's row groups of it (only each
     file's footer and those column chunks are read); with none, the files whole. Arrow reads the store through
     `layout.fs` in ranges (DuckDB reading through fsspec asks for more: a stat per file and smaller reads)."""
-    filesystem = pafs.PyFileSystem(pafs.FSSpecHandler(layout.fs))
+    filesystem = layout.arrow_filesystem(ranges=rows.partition is not None)
     parquet = ds.ParquetFileFormat()
     fragments = []
     for name in rows.files:
@@ -150,7 +149,12 @@ def run_sql(layout: Layout, task: str, views: dict[str, Rows], outputs: list[Out
     bytes). The summary also gives, per file written, the rows of each partition (`ROWS_SUMMARY`)."""
     with layout.duckdb(threads=1) as con:
         for name, rows in views.items():
-            con.register(name, rows_dataset(layout, rows) if rows.files else rows.schema.empty_table())
+            if not rows.files:
+                con.register(name, rows.schema.empty_table())
+            elif rows.partition is None:  # files whole, a batch of about a partition's bytes: read once for all
+                con.register(name, rows_dataset(layout, rows).to_table())  # the queries, not once per query
+            else:
+                con.register(name, rows_dataset(layout, rows))
         for name, table in (tables or {}).items():
             con.register(name, table)
         result: dict = {}

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from manifests.layout import TASK_MEMORY, Layout, recording
+from manifests.layout import TASK_MEMORY, Layout, known_sizes, recording
 from manifests.store import COUNTS
 from pipeline.fingerprint import Shared, digest
 from pipeline.markers import BATCH_SECONDS, Done, Ledger, TaskFailed, drop_stale, task_record
@@ -69,13 +69,14 @@ def _resolve(value: Any) -> Any:
 
 
 def _run_task(fn: Callable[..., dict], kwargs: dict, layout: Layout, fingerprint: str, stale: list[str],
-              memory: int) -> dict:
-    """One task on a worker: run it within `memory` bytes, then return its marker, with what it cost; the record
-    also carries the task's requests to the store (`store`: a worker runs one task at a time)."""
+              memory: int, sizes: dict[str, int]) -> dict:
+    """One task on a worker: run it within `memory` bytes, its inputs opened at the `sizes` their producers
+    recorded, then return its marker, with what it cost; the record also carries the task's requests to the store
+    (`store`: a worker runs one task at a time)."""
     before = COUNTS.snapshot()
     token = TASK_MEMORY.set(memory)
     try:
-        with measured() as costs, recording() as written:
+        with known_sizes(sizes), measured() as costs, recording() as written:
             summary = fn(**{name: _resolve(value) for name, value in kwargs.items()})
     finally:
         TASK_MEMORY.reset(token)
@@ -184,7 +185,7 @@ class Runner:
             memory = task.memory or self.task_memory
             return remote.options(num_cpus=1, memory=memory, max_retries=self.retries, retry_exceptions=True).remote(
                 task.fn, task.kwargs, self.layout, self.ledger.fingerprint(task),
-                list(old.outputs) if old else [], memory)
+                list(old.outputs) if old else [], memory, self.sizes(task.inputs))
 
         started = time.perf_counter()
         costs = self.costs.setdefault(costs_as, StageCosts())
@@ -224,6 +225,11 @@ class Runner:
         if failures:
             more = f"; and {len(failures) - 3} more" if len(failures) > 3 else ""
             raise TaskFailed(f"{stage}: {len(failures)} task(s) failed: " + "; ".join(failures[:3]) + more)
+
+    def sizes(self, names: Iterable[str]) -> dict[str, int]:
+        """The files' sizes by path, as their producers recorded them, for `known_sizes` (manifests/layout.py): on
+        an object store they spare a HEAD per file opened; a local file is opened without one."""
+        return {} if self.layout.is_local else {self.layout.path(name): self.ledger.size(name) for name in names}
 
     def ensure(self, names: Iterable[str]) -> None:
         """Verify, once each, these files of the tree that an earlier build wrote (inputs of tasks about to run,

@@ -1,9 +1,14 @@
 """manifests/store.py: a local tree's requests counted by kind, and S3's retry policy set unless the options set
-their own (no server: s3fs connects only when asked something)."""
+their own (no server: s3fs connects only when asked something), and files of known size read without a HEAD."""
 
 import pickle
 
-from manifests.layout import Layout
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from manifests.layout import FOOTER_READ_BYTES, Layout, known_sizes, recording
 from manifests.store import COUNTS, S3_ATTEMPTS, S3_CONNECT_TIMEOUT_S, S3_RETRY_MODE, S3FS_RETRIES, describe, requests
 
 
@@ -30,3 +35,30 @@ def test_s3_gets_the_retry_policy_unless_the_options_set_their_own():
     assert own.fs.config_kwargs["retries"] == {"mode": "adaptive", "max_attempts": 2}
     assert pickle.loads(pickle.dumps(layout)).fs.config_kwargs == config  # as a Ray task gets it
     assert type(pickle.loads(pickle.dumps(layout.fs))) is type(layout.fs)
+
+
+@pytest.mark.slow  # moto's S3 server
+def test_files_of_known_size_are_read_without_a_head(s3):
+    """What the runner gives a task (`known_sizes`) spares a HEAD per file opened: a file read whole is one GET,
+    row groups read through Arrow one GET per range asked (no read-ahead to the file's end)."""
+    layout = Layout("s3://corpus/known-sizes")
+    table = pa.table({"x": pa.array(range(200_000), pa.int64())})
+    with recording() as written:
+        for name, rows in (("small.parquet", 1_000), ("large.parquet", 200_000)):
+            with layout.writing(name) as spool:
+                pq.write_table(table.slice(0, rows), spool.local, row_group_size=20_000, compression="none")
+    assert written.sizes["large.parquet"] > 2 * FOOTER_READ_BYTES  # read in ranges, not whole
+    before = COUNTS.snapshot()
+    with known_sizes({layout.path(name): size for name, size in written.sizes.items()}):
+        with layout.open("small.parquet") as f:
+            assert pq.read_table(f).num_rows == 1_000
+        whole = ds.dataset(layout.path("small.parquet"), table.schema, format="parquet",
+                           filesystem=layout.arrow_filesystem())
+        assert whole.count_rows() == 1_000
+        parquet = ds.ParquetFileFormat()
+        filesystem = layout.arrow_filesystem(ranges=True)
+        fragment = parquet.make_fragment(layout.path("large.parquet"), filesystem, row_groups=[3])
+        assert ds.FileSystemDataset([fragment], table.schema, parquet, filesystem).to_table()["x"][0].as_py() == 60_000
+    counts = COUNTS.snapshot() - before
+    assert counts["head"] == 0 and counts["get"] == 4, counts  # 1 + 1 + footer and row group
+    assert counts["bytes_read"] < written.sizes["large.parquet"] // 2 + 2 * written.sizes["small.parquet"], counts

@@ -116,3 +116,12 @@ def test_a_stage_killed_midway_resumes_from_its_batches(ray_session, tmp_path):
     assert layout.files(Layout.MARKERS) == [Layout.marker_index("slow")]
     assert sorted(recorded(layout, "slow")) == [task.key for task in tasks]
     assert layout.files("files") == sorted(f"files/{n}.txt" for n in range(SLOW_TASKS))
+
+
+def test_a_verification_returns_the_requests_it_made(tmp_path):
+    """A verify task runs on a Ray worker, whose requests the driver's count cannot see: it returns them."""
+    layout = Layout(tmp_path)
+    good = layout.write_text("a.txt", "a")
+    problems, counts = markers._verify_outputs(layout, {"a.txt": good, "missing.txt": good})
+    assert problems == {"missing.txt": "missing"}
+    assert counts["get"] == 2, counts
