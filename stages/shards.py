@@ -15,7 +15,7 @@ import zstandard
 
 from manifests.layout import Layout, checksum_bytes
 from manifests.schemas import SHARD
-from manifests.writer import write_parquet
+from manifests.writer import SHARD_OPTIONS, write_parquet
 from stages.mds import MDSError, ShardInfo, decompress, encode_shard, index_entry, iter_samples, read_index
 from stages.mix import ChunkRules
 
@@ -33,7 +33,7 @@ def write_shard(layout: Layout, placed: list[str], target: str) -> dict:
         order = pc.sort_indices(table, sort_keys=[("place", "ascending"), ("doc_id", "ascending"),
                                                   ("epoch", "ascending"), ("chunk", "ascending")])
         table = table.take(order).select(SHARD.names).combine_chunks()
-    checksum = write_parquet(layout, target, table, SHARD, algorithm="sha256")
+    checksum = write_parquet(layout, target, table, SHARD, algorithm="sha256", options=SHARD_OPTIONS)
     tokens = pc.sum(pc.list_value_length(table.column("input_ids"))).as_py() or 0
     return dict(path=target, rows=table.num_rows, tokens=tokens, bytes=layout.size(target),
                 sha256=checksum.split(":", 1)[1])
