@@ -26,9 +26,9 @@ def write_shard(layout: Layout, placed: list[str], target: str) -> dict:
     table = SHARD.empty_table()
     if placed:
         tables = []
-        for name in placed:
+        for name in placed:  # Arrow IPC (manifests/writer.py PLACED_OPTIONS)
             with layout.open(name) as f:
-                tables.append(pq.read_table(f, columns=["place", *SHARD.names]))
+                tables.append(pa.ipc.open_file(f).read_all().select(["place", *SHARD.names]))
         table = pa.concat_tables(tables)
         order = pc.sort_indices(table, sort_keys=[("place", "ascending"), ("doc_id", "ascending"),
                                                   ("epoch", "ascending"), ("chunk", "ascending")])
