@@ -27,7 +27,14 @@ import pyarrow.parquet as pq
 
 from manifests.layout import Layout
 from manifests.schemas import PLACED, POOL, STATS
-from manifests.writer import PLACED_OPTIONS, ArrowSink, PartitionedSink, write_parquet, write_task_records
+from manifests.writer import (
+    PLACED_OPTIONS,
+    ArrowSink,
+    PartitionedSink,
+    open_arrow,
+    write_parquet,
+    write_task_records,
+)
 from pipeline.config import ConfigError
 from pipeline.partitions import batches, runs
 from pipeline.phases import PhaseConfig
@@ -196,13 +203,12 @@ def split_group(layout: Layout, phase_id: str, group: int, files: list[str]) -> 
     sink = PartitionedSink(layout, lambda shard: Layout.placed_in_shard(phase_id, shard, Layout.group_folder(group)),
                            PLACED, options=PLACED_OPTIONS, sink=ArrowSink)
     for name in files:
-        with layout.open(name) as f:
-            reader = pa.ipc.open_file(f)
-            for number in range(reader.num_record_batches):
-                table = pa.Table.from_batches([reader.get_batch(number)])
-                shards = table.column("shard").to_numpy()
-                for shard in np.unique(shards):
-                    sink.write_table(int(shard), table.filter(pa.array(shards == shard)))
+        reader = open_arrow(layout, name)
+        for number in range(reader.num_record_batches):
+            table = pa.Table.from_batches([reader.get_batch(number)])
+            shards = table.column("shard").to_numpy()
+            for shard in np.unique(shards):
+                sink.write_table(int(shard), table.filter(pa.array(shards == shard)))
     rows = sink.close()
     return {"rows": sum(rows.values()), "shards": len(rows)}
 

@@ -15,7 +15,7 @@ import zstandard
 
 from manifests.layout import Layout, checksum_bytes
 from manifests.schemas import SHARD
-from manifests.writer import SHARD_OPTIONS, write_parquet
+from manifests.writer import SHARD_OPTIONS, open_arrow, write_parquet
 from stages.mds import MDSError, ShardInfo, decompress, encode_shard, index_entry, iter_samples, read_index
 from stages.mix import ChunkRules
 
@@ -25,10 +25,7 @@ def write_shard(layout: Layout, placed: list[str], target: str) -> dict:
     chunks' placement hash, so it is fixed."""
     table = SHARD.empty_table()
     if placed:
-        tables = []
-        for name in placed:  # Arrow IPC (manifests/writer.py PLACED_OPTIONS)
-            with layout.open(name) as f:
-                tables.append(pa.ipc.open_file(f).read_all().select(["place", *SHARD.names]))
+        tables = [open_arrow(layout, name).read_all().select(["place", *SHARD.names]) for name in placed]
         table = pa.concat_tables(tables)
         order = pc.sort_indices(table, sort_keys=[("place", "ascending"), ("doc_id", "ascending"),
                                                   ("epoch", "ascending"), ("chunk", "ascending")])
