@@ -2,16 +2,17 @@
 itself: the algorithm half of LID (stages/lid.py decides what a label means).
 
 fastText's own `predict` spends most of its time building a std::string per character n-gram and reading the
-line through a stream. Here the words and their n-grams are hashed straight from one UTF-8 buffer of a batch, and
-the arithmetic is fastText 0.9.2's, step for step in float32 (the same libm `expf` and `log`), so the labels and
-the probabilities are the same bits (tests/stages/test_lid.py compares them document by document). Only what
+line through a stream. Here the words and their n-grams are hashed straight from one UTF-8 buffer of a batch (a
+word seen before takes the input rows found the first time, from a bounded cache per worker: most words repeat),
+and the arithmetic is fastText 0.9.2's, step for step in float32 (the same libm `expf` and `log`), so the labels
+and the probabilities are the same bits (tests/stages/test_lid.py compares them document by document). Only what
 lid.176 and models like it need is compiled: hierarchical softmax, word n-grams of 1, an input matrix dense or
 product-quantized (its norms apart or not), a dense output matrix. `load_compiled` returns None for any other
 model, and the caller uses fastText's own `predict`.
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numba
@@ -22,6 +23,8 @@ HIERARCHICAL_SOFTMAX, SUPERVISED = 1, 3  # Args' loss_name::hs and model_name::s
 LABEL_PREFIX, EOS = b"__label__", b"</s>"
 NO_PRUNING, ALL_PRUNED, PRUNED = 0, 1, 2  # how an n-gram's bucket becomes an input row (Dictionary::pushHash)
 CENTROIDS_PER_SUBQUANTIZER = 256  # ProductQuantizer::ksub_
+# The word cache of a worker: at most 65,536 words, 4 MiB of their rows and 1 MiB of their bytes; emptied when full
+WORD_CACHE_SLOTS, WORD_CACHE_ROWS, WORD_CACHE_BYTES = 1 << 17, 1 << 20, 1 << 20
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class CompiledModel:
     output: np.ndarray
     left: np.ndarray
     right: np.ndarray
+    cache: "WordCache"
 
     def predict(self, texts: list[str]) -> tuple[list[str], list[float]]:
         """The top label and its probability for each text (one line each, as fastText's `predict(texts, k=1)`)."""
@@ -64,10 +68,26 @@ class CompiledModel:
                                 self.word_bytes, self.word_offsets, self.word_slots, self.eos, self.pruning,
                                 self.pruned_rows, self.input_rows, self.codes, self.centroids, self.norm_codes,
                                 self.norm_centroids, self.subquantizers,
-                                self.dsub, self.last_dsub, self.output, self.left, self.right)
+                                self.dsub, self.last_dsub, self.output, self.left, self.right, *self.cache.arrays())
         if (best < 0).any():  # fastText answers nothing when no label reaches its floor of 1e-5
             raise ValueError("fastText gave no label for a text")
         return [self.labels[i] for i in best.tolist()], scores.tolist()
+
+
+@dataclass(frozen=True)
+class WordCache:
+    """The input rows of words seen before, by their bytes: an open-addressing table of word hashes onto entries
+    (where the word's bytes are in `word_bytes`, how many, where its rows are in `rows`, how many). `fill` counts
+    the entries, rows and bytes held."""
+
+    slots: np.ndarray = field(default_factory=lambda: np.full(WORD_CACHE_SLOTS, -1, np.int32))
+    entries: np.ndarray = field(default_factory=lambda: np.zeros((WORD_CACHE_SLOTS // 2, 4), np.int64))
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(WORD_CACHE_ROWS, np.int32))
+    word_bytes: np.ndarray = field(default_factory=lambda: np.zeros(WORD_CACHE_BYTES, np.uint8))
+    fill: np.ndarray = field(default_factory=lambda: np.zeros(3, np.int64))
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return self.slots, self.entries, self.rows, self.word_bytes, self.fill
 
 
 class _Reader:
@@ -149,7 +169,7 @@ def load_compiled(path: Path) -> CompiledModel | None:
         pruning=pruning, pruned_rows=pruned_rows, input_rows=np.ascontiguousarray(input_rows),
         codes=np.ascontiguousarray(codes), centroids=centroids, norm_codes=norm_codes,
         norm_centroids=norm_centroids, subquantizers=subquantizers, dsub=dsub,
-        last_dsub=last_dsub, output=np.ascontiguousarray(output), left=left, right=right)
+        last_dsub=last_dsub, output=np.ascontiguousarray(output), left=left, right=right, cache=WordCache())
 
 
 def _label_tree(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -228,6 +248,17 @@ def _word_id(data: np.ndarray, start: int, end: int, word_bytes: np.ndarray, wor
                 return word
         slot = (slot + np.uint32(1)) & mask
     return -1
+
+
+@numba.njit(cache=True)
+def _same_bytes(cached: np.ndarray, first: int, first_length: int, data: np.ndarray, second: int,
+                second_length: int) -> bool:
+    if first_length != second_length:
+        return False
+    for i in range(first_length):
+        if cached[first + i] != data[second + i]:
+            return False
+    return True
 
 
 @numba.njit(cache=True)
@@ -316,8 +347,9 @@ def _predict(data: np.ndarray, offsets: np.ndarray, dim: int, minn: int, maxn: i
              word_bytes: np.ndarray, word_offsets: np.ndarray, word_slots: np.ndarray, eos: int, pruning: int,
              pruned_rows: np.ndarray, input_rows: np.ndarray, codes: np.ndarray, centroids: np.ndarray,
              norm_codes: np.ndarray, norm_centroids: np.ndarray, subquantizers: int, dsub: int, last_dsub: int,
-             output: np.ndarray, left: np.ndarray,
-             right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+             output: np.ndarray, left: np.ndarray, right: np.ndarray, cache_slots: np.ndarray,
+             cache_entries: np.ndarray, cache_rows: np.ndarray, cache_bytes: np.ndarray,
+             cache_fill: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per text: the top label (-1 if none) and its probability, as FastText::predictLine with k = 1."""
     texts = len(offsets) - 1
     best_labels = np.full(texts, -1, np.int64)
@@ -331,6 +363,7 @@ def _predict(data: np.ndarray, offsets: np.ndarray, dim: int, minn: int, maxn: i
     for t in range(texts):
         longest = max(longest, offsets[t + 1] - offsets[t])
     rows = np.zeros(longest * (1 + 3 * maxn) + 2, np.int64)  # a word of b bytes: 1 + (b + 2) * maxn rows at most
+    mask = np.uint32(len(cache_slots) - 1)
     for t in range(texts):
         count = 0
         # Dictionary::getLine: words split on readWord's bytes, then the end of line as the word </s>
@@ -347,13 +380,41 @@ def _predict(data: np.ndarray, offsets: np.ndarray, dim: int, minn: int, maxn: i
                 position += 1
             if _starts_with_label(data, start, position):
                 continue
+            length = position - start
+            slot = _hash(data, start, position, -1, -1) & mask
+            entry = cache_slots[slot]
+            while entry >= 0 and not _same_bytes(cache_bytes, cache_entries[entry, 0], cache_entries[entry, 1], data,
+                                                 start, length):
+                slot = (slot + np.uint32(1)) & mask
+                entry = cache_slots[slot]
+            if entry >= 0:
+                first, n_rows = cache_entries[entry, 2], cache_entries[entry, 3]
+                rows[count:count + n_rows] = cache_rows[first:first + n_rows]
+                count += n_rows
+                continue
+            before = count
             word = _word_id(data, start, position, word_bytes, word_offsets, word_slots)
             if word >= 0:
                 rows[count] = word
                 count += 1
-                if word == eos:  # a literal </s> ends the line
+                if word == eos:  # a literal </s> ends the line (and is never cached)
                     break
             count = _add_ngrams(data, start, position, minn, maxn, bucket, nwords, pruning, pruned_rows, rows, count)
+            n_rows = count - before
+            if n_rows > len(cache_rows) or length > len(cache_bytes):
+                continue  # larger than the cache
+            if (cache_fill[0] == len(cache_entries) or cache_fill[1] + n_rows > len(cache_rows)
+                    or cache_fill[2] + length > len(cache_bytes)):
+                cache_slots[:] = -1  # full: start again
+                cache_fill[:] = 0
+                slot = _hash(data, start, position, -1, -1) & mask
+            entries, used, used_bytes = cache_fill[0], cache_fill[1], cache_fill[2]
+            cache_slots[slot] = entries
+            cache_entries[entries, 0], cache_entries[entries, 1] = used_bytes, length
+            cache_entries[entries, 2], cache_entries[entries, 3] = used, n_rows
+            cache_rows[used:used + n_rows] = rows[before:count]
+            cache_bytes[used_bytes:used_bytes + length] = data[start:position]
+            cache_fill[0], cache_fill[1], cache_fill[2] = entries + 1, used + n_rows, used_bytes + length
         # Model::computeHidden
         hidden[:] = 0
         for k in range(count):

@@ -4,6 +4,7 @@ import dataclasses
 import gzip
 import json
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -12,7 +13,7 @@ from pipeline.sections import LID
 from stages.base import Document
 from stages.languages import LanguageSet
 from stages.lid import FastTextLid, LanguageId, MinScore, load_fasttext
-from stages.lid_model import CompiledModel
+from stages.lid_model import CompiledModel, WordCache
 from tests.helpers import SAMPLES, udhr
 
 
@@ -139,5 +140,10 @@ def test_compiled_prediction_gives_fasttexts_labels_and_probabilities_bit_for_bi
     texts = sample_texts() + STRESS
     cleaned = [" ".join(text[: config.max_chars].split()) for text in texts]
     labels, scores = reference.predict(cleaned, k=1)
-    assert compiled.model.predict(cleaned) == ([label[0] for label in labels], [float(s[0]) for s in scores])
+    expected = ([label[0] for label in labels], [float(s[0]) for s in scores])
+    assert compiled.model.predict(cleaned) == expected
     assert len(texts) > 300
+    # a word cache of 8 words, 64 rows and 64 bytes: emptied again and again, long words never held
+    tiny = WordCache(np.full(16, -1, np.int32), np.zeros((8, 4), np.int64), np.zeros(64, np.int32),
+                     np.zeros(64, np.uint8))
+    assert dataclasses.replace(compiled.model, cache=tiny).predict(cleaned) == expected
