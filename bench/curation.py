@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from bench.data import documents
 from pipeline.sections import LID, QUALITY, TOKENIZERS
-from stages.lid import FastTextLid, LanguageId
+from stages.lid import FastTextLid, LanguageId, load_fasttext
 from stages.quality import QualityFilter
 from stages.tokenize import Gemma2Tokenizer, Tokenize
 
@@ -22,7 +22,7 @@ def bench_lid(n: int = 20_000) -> dict:
     texts = [doc.text for doc in documents(n)]
     config = LID.load()
     lid = FastTextLid(config.model, config.max_chars)
-    model = lid.model
+    model = load_fasttext(str(config.model.check()))
 
     def plain_loop() -> None:
         for text in texts:

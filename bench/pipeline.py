@@ -271,10 +271,11 @@ def bench_mix_task(out: Path) -> dict:
     seconds = time.perf_counter() - start
     assert sum(shard["tokens"] for shard in written) == mixed["tokens"]
     tokens = mixed["tokens"]
+    shard_bytes = sum(shard["bytes"] for shard in written)
     return dict(name="mix_task_tokens_per_s", value=tokens / seconds,
                 notes=f"one worker without Ray, {tokens:,} tokens: choosing and placing chunks "
                       f"{tokens / mixing / 1e6:.1f}M tokens/s, writing 8 shards "
-                      f"{tokens / (seconds - mixing) / 1e6:.1f}M")
+                      f"{tokens / (seconds - mixing) / 1e6:.1f}M ({shard_bytes / tokens:.2f} bytes per token)")
 
 
 def peak_memory(stage: str, root: Path, out: Path) -> int:

@@ -94,8 +94,8 @@ class Names:
     PLACED_DIR = Template("{phase}/_placed")  # chunks placed by mixing, until the shards are written
     SHARD_FOLDER = Template("s{shard:05d}")
     GROUP_FOLDER = Template("g{group:05d}")
-    PLACED_IN_SHARD = Template(PLACED_DIR.pattern + "/" + SHARD_FOLDER.pattern + "/{task}.parquet")
-    PLACED_IN_GROUP = Template(PLACED_DIR.pattern + "/" + GROUP_FOLDER.pattern + "/{task}.parquet")
+    PLACED_IN_SHARD = Template(PLACED_DIR.pattern + "/" + SHARD_FOLDER.pattern + "/{task}.arrow")  # Arrow IPC
+    PLACED_IN_GROUP = Template(PLACED_DIR.pattern + "/" + GROUP_FOLDER.pattern + "/{task}.arrow")
     SHARDS_DIR = Template("{phase}/shards")
     SHARD = Template(SHARDS_DIR.pattern + "/shard-{shard:05d}.parquet")
     CARD = Template("{phase}/README.md")  # the Hugging Face dataset card: its YAML names the shards as data files

@@ -9,22 +9,29 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from manifests.layout import TASK_MEMORY, Layout
-from manifests.schemas import REJECTS, STATS
+from manifests.schemas import REJECTS, SHARD, STATS
 
 # Fixed writer options so that the same rows give the same bytes (shard sha256s are compared across runs).
 PARQUET_OPTIONS = dict(compression="zstd", compression_level=3, use_dictionary=True, write_statistics=True)
-# Files only the pipeline reads back (placed chunks, the relations between dedup steps): no dictionary pages, which
-# token ids and keys fill in vain (trying them made writing placed chunks 10x slower), and light compression.
+# Files only the pipeline reads back (the relations between dedup steps): no dictionary pages, which keys fill in vain
+# (trying them made writing placed chunks, then Parquet, 10x slower), and light compression.
 SCRATCH_OPTIONS = dict(compression="zstd", compression_level=1, use_dictionary=False, write_statistics=True)
+# Shards: token ids get no dictionary either. Looking every token up in the dictionary's hash table was the largest
+# cost of writing a shard, and zstd-3 packs plain 4-byte ids smaller than the dictionary's indices (on the bench
+# corpus and the samples: written 1.6x as fast, a quarter smaller). The other columns keep theirs (a few values).
+SHARD_OPTIONS = PARQUET_OPTIONS | dict(use_dictionary=[name for name in SHARD.names if name != "input_ids"])
+# Chunks placed by mixing, read back only by the shard tasks: Arrow IPC files, whose buffers are written as they are
+# (zstd), where Parquet encodes a level per token: a fifth of the CPU to write and read back, as small.
+PLACED_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd", use_threads=False)
 
 
 def write_parquet(layout: Layout, name: str, rows: list[dict] | pa.Table, schema: pa.Schema,
-                  algorithm: str = "xxh64") -> str:
+                  algorithm: str = "xxh64", options: dict = PARQUET_OPTIONS) -> str:
     """Write rows (or a table) with `schema` to `name` atomically; returns the file's checksum."""
     table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=schema)
     table = table.cast(schema)
     with layout.writing(name, algorithm) as spool:
-        pq.write_table(table, spool.local, **PARQUET_OPTIONS)
+        pq.write_table(table, spool.local, **options)
     return spool.checksum
 
 
@@ -49,7 +56,10 @@ class ParquetSink:
         self.count = 0
         self._writing = layout.writing(name, algorithm)
         self.spool = self._writing.__enter__()
-        self.writer = pq.ParquetWriter(self.spool.local, schema, **options)
+        self.writer = self.open_writer(self.spool.local, schema, options)
+
+    def open_writer(self, local: str, schema: pa.Schema, options: dict) -> pq.ParquetWriter:
+        return pq.ParquetWriter(local, schema, **options)
 
     def write(self, row: dict) -> None:
         self.rows.append(row)
@@ -90,14 +100,34 @@ class ParquetSink:
             self._writing.__exit__(exc_type, exc, tb)
 
 
+class ArrowSink(ParquetSink):
+    """Streams tables into one Arrow IPC file, for files only the pipeline reads back (`open_arrow`); a record
+    batch per table written, its chunks joined first: each buffer of a batch is compressed on its own, and small
+    ones cost more to compress than to copy (writing placed chunks took twice as long with a batch per chunk)."""
+
+    def open_writer(self, local: str, schema: pa.Schema,
+                    options: pa.ipc.IpcWriteOptions) -> pa.ipc.RecordBatchFileWriter:
+        return pa.ipc.new_file(local, schema, options=options)
+
+    def write_table(self, table: pa.Table) -> None:
+        super().write_table(table.combine_chunks())
+
+
+def open_arrow(layout: Layout, name: str) -> pa.ipc.RecordBatchFileReader:
+    """An Arrow IPC file fetched whole (one GET on an object store); its batches decompress as they are read."""
+    return pa.ipc.open_file(pa.py_buffer(layout.read_bytes(name)))
+
+
 class PartitionedSink:
-    """Rows spread over many Parquet files (one per partition, named by `name_of`), buffered together and
-    flushed when the buffer holds `max_bytes` (default: 16 MiB, or an eighth of a smaller task memory): memory
-    stays bounded however many partitions there are. A partition's file exists only if it received rows."""
+    """Rows spread over many files (one per partition, named by `name_of`, each a `sink`: Parquet by default),
+    buffered together and flushed when the buffer holds `max_bytes` (default: 16 MiB, or an eighth of a smaller
+    task memory): memory stays bounded however many partitions there are. A partition's file exists only if it
+    received rows."""
 
     def __init__(self, layout: Layout, name_of: Callable[[int], str], schema: pa.Schema,
-                 max_bytes: int | None = None, options: dict = PARQUET_OPTIONS) -> None:
-        self.layout, self.name_of, self.schema, self.options = layout, name_of, schema, options
+                 max_bytes: int | None = None, options: dict | pa.ipc.IpcWriteOptions = PARQUET_OPTIONS,
+                 sink: type[ParquetSink] = ParquetSink) -> None:
+        self.layout, self.name_of, self.schema, self.options, self.sink = layout, name_of, schema, options, sink
         self.max_bytes = max_bytes or min(16 << 20, TASK_MEMORY.get() // 8)
         self.rows: dict[int, list[dict]] = defaultdict(list)
         self.tables: dict[int, list[pa.Table]] = defaultdict(list)
@@ -119,8 +149,8 @@ class PartitionedSink:
 
     def _sink(self, partition: int) -> ParquetSink:
         if partition not in self.sinks:
-            self.sinks[partition] = ParquetSink(self.layout, self.name_of(partition), self.schema,
-                                                options=self.options)
+            self.sinks[partition] = self.sink(self.layout, self.name_of(partition), self.schema,
+                                              options=self.options)
         return self.sinks[partition]
 
     def flush(self) -> None:

@@ -26,7 +26,14 @@ import pyarrow.parquet as pq
 
 from manifests.layout import Layout, known_sizes
 from manifests.schemas import PLACED, POOL, STATS
-from manifests.writer import SCRATCH_OPTIONS, PartitionedSink, write_parquet, write_task_records
+from manifests.writer import (
+    PLACED_OPTIONS,
+    ArrowSink,
+    PartitionedSink,
+    open_arrow,
+    write_parquet,
+    write_task_records,
+)
 from pipeline.config import ConfigError
 from pipeline.partitions import batches, runs
 from pipeline.phases import PhaseConfig
@@ -169,7 +176,8 @@ def mix_files(layout: Layout, phase_id: str, pools: list[str], plan: dict[tuple[
     chunk), written to the file of its shard (or shard group)."""
     sampler = SampleChunks(plan, seed, rules, bos, eos, bands)
     placed_name = Layout.placed_in_shard if per_group == 1 else Layout.placed_in_group
-    sink = PartitionedSink(layout, lambda group: placed_name(phase_id, group, key), PLACED, options=SCRATCH_OPTIONS)
+    sink = PartitionedSink(layout, lambda group: placed_name(phase_id, group, key), PLACED, options=PLACED_OPTIONS,
+                           sink=ArrowSink)
     for pool in pools:
         with layout.open(pool) as f:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=512):
@@ -192,14 +200,14 @@ def split_group(layout: Layout, phase_id: str, group: int, files: list[str]) -> 
     """A shard group's placed chunks, from every mixing task, divided into one file per shard (bounded memory: a
     batch at a time)."""
     sink = PartitionedSink(layout, lambda shard: Layout.placed_in_shard(phase_id, shard, Layout.group_folder(group)),
-                           PLACED, options=SCRATCH_OPTIONS)
+                           PLACED, options=PLACED_OPTIONS, sink=ArrowSink)
     for name in files:
-        with layout.open(name) as f:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):
-                table = pa.Table.from_batches([batch])
-                shards = table.column("shard").to_numpy()
-                for shard in np.unique(shards):
-                    sink.write_table(int(shard), table.filter(pa.array(shards == shard)))
+        reader = open_arrow(layout, name)
+        for number in range(reader.num_record_batches):
+            table = pa.Table.from_batches([reader.get_batch(number)])
+            shards = table.column("shard").to_numpy()
+            for shard in np.unique(shards):
+                sink.write_table(int(shard), table.filter(pa.array(shards == shard)))
     rows = sink.close()
     return {"rows": sum(rows.values()), "shards": len(rows)}
 

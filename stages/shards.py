@@ -15,7 +15,7 @@ import zstandard
 
 from manifests.layout import Layout, checksum_bytes
 from manifests.schemas import SHARD
-from manifests.writer import write_parquet
+from manifests.writer import SHARD_OPTIONS, open_arrow, write_parquet
 from stages.mds import MDSError, ShardInfo, decompress, encode_shard, index_entry, iter_samples, read_index
 from stages.mix import ChunkRules
 
@@ -25,15 +25,12 @@ def write_shard(layout: Layout, placed: list[str], target: str) -> dict:
     chunks' placement hash, so it is fixed."""
     table = SHARD.empty_table()
     if placed:
-        tables = []
-        for name in placed:
-            with layout.open(name) as f:
-                tables.append(pq.read_table(f, columns=["place", *SHARD.names]))
+        tables = [open_arrow(layout, name).read_all().select(["place", *SHARD.names]) for name in placed]
         table = pa.concat_tables(tables)
         order = pc.sort_indices(table, sort_keys=[("place", "ascending"), ("doc_id", "ascending"),
                                                   ("epoch", "ascending"), ("chunk", "ascending")])
         table = table.take(order).select(SHARD.names).combine_chunks()
-    checksum = write_parquet(layout, target, table, SHARD, algorithm="sha256")
+    checksum = write_parquet(layout, target, table, SHARD, algorithm="sha256", options=SHARD_OPTIONS)
     tokens = pc.sum(pc.list_value_length(table.column("input_ids"))).as_py() or 0
     return dict(path=target, rows=table.num_rows, tokens=tokens, bytes=layout.size(target),
                 sha256=checksum.split(":", 1)[1])

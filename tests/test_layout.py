@@ -90,9 +90,9 @@ NAMES = [
     (Layout.placed_dir("phase1"), "phase1/_placed", Names.PLACED_DIR, dict(phase="phase1")),
     (Names.SHARD_FOLDER.format(shard=42), "s00042", Names.SHARD_FOLDER, dict(shard=42)),
     (Layout.group_folder(3), "g00003", Names.GROUP_FOLDER, dict(group=3)),
-    (Layout.placed_in_shard("phase1", 42, "batch-00001"), "phase1/_placed/s00042/batch-00001.parquet",
+    (Layout.placed_in_shard("phase1", 42, "batch-00001"), "phase1/_placed/s00042/batch-00001.arrow",
      Names.PLACED_IN_SHARD, dict(phase="phase1", shard=42, task="batch-00001")),
-    (Layout.placed_in_group("phase1", 3, "batch-00001"), "phase1/_placed/g00003/batch-00001.parquet",
+    (Layout.placed_in_group("phase1", 3, "batch-00001"), "phase1/_placed/g00003/batch-00001.arrow",
      Names.PLACED_IN_GROUP, dict(phase="phase1", group=3, task="batch-00001")),
     (Layout.shards_dir("phase1"), "phase1/shards", Names.SHARDS_DIR, dict(phase="phase1")),
     (Layout.shard("phase1", 12), "phase1/shards/shard-00012.parquet", Names.SHARD, dict(phase="phase1", shard=12)),
@@ -127,16 +127,16 @@ def test_every_kind_of_name_is_covered():
 def test_a_name_of_another_kind_does_not_parse():
     assert Names.SHARD.parse("phase1/shards/README.md") is None
     assert Names.STATS.parse("phase1/stats/mix/plan/outside.parquet") is None  # a phase's own: PHASE_STATS
-    assert Names.PLACED_IN_SHARD.parse("phase1/_placed/g00003/batch-00001.parquet") is None
+    assert Names.PLACED_IN_SHARD.parse("phase1/_placed/g00003/batch-00001.arrow") is None
     assert Names.CURATED.parse("curated/fineweb2/sub/00003.parquet") is None  # a field is one segment
 
 
 def test_names_are_found_by_their_numbers():
-    placed = ["p/_placed/s00003/a.parquet", "p/_placed/g00001/a.parquet", "p/_placed/s00003/b.parquet",
-              "p/stats/mix/batch/a.parquet", "q/_placed/s00004/a.parquet"]
+    placed = ["p/_placed/s00003/a.arrow", "p/_placed/g00001/a.arrow", "p/_placed/s00003/b.arrow",
+              "p/stats/mix/batch/a.parquet", "q/_placed/s00004/a.arrow"]
     assert Names.PLACED_IN_SHARD.by(placed, "shard", phase="p") == {
-        3: ["p/_placed/s00003/a.parquet", "p/_placed/s00003/b.parquet"]}
-    assert Names.PLACED_IN_GROUP.by(placed, "group") == {1: ["p/_placed/g00001/a.parquet"]}
+        3: ["p/_placed/s00003/a.arrow", "p/_placed/s00003/b.arrow"]}
+    assert Names.PLACED_IN_GROUP.by(placed, "group") == {1: ["p/_placed/g00001/a.arrow"]}
     files = [f"{RELATION}/b00000.parquet", f"{RELATION}s/b00000.parquet", f"{RELATION}/b00001.parquet"]
     assert Names.RELATION_FILE.by(files, "task", folder=RELATION) == {"b00000": [files[0]], "b00001": [files[2]]}
 

@@ -1,15 +1,20 @@
 """LID on real text in several scripts with the default model (lid.176), and the label rules around it."""
 
 import dataclasses
+import gzip
+import json
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import load_recipe
 from pipeline.sections import LID
 from stages.base import Document
 from stages.languages import LanguageSet
-from stages.lid import FastTextLid, LanguageId, MinScore
-from tests.helpers import udhr
+from stages.lid import FastTextLid, LanguageId, MinScore, load_fasttext
+from stages.lid_model import CompiledModel, WordCache
+from tests.helpers import SAMPLES, udhr
 
 
 def doc(text: str, lang: str | None, lang_source: str, score: float | None = None, source: str = "dolma") -> Document:
@@ -108,3 +113,37 @@ def test_dolma_metadata_language_is_checked_against_the_expected_one(config, ups
         assert kept and kept[0].metadata["lang"] == "eng_Latn"
         noted = [label for notes in stage.stats.notes.values() for label in notes.elements()]
         assert noted == (["lid:upstream_disagrees"] if outcome == "noted" else [])
+
+
+def sample_texts() -> list[str]:
+    """Every text of the samples: FineWeb2 (all languages), Dolma, MegaWika."""
+    texts = [text for path in sorted((SAMPLES / "fineweb2").rglob("*.parquet"))
+             for text in pq.read_table(path, columns=["text"]).column("text").to_pylist()]
+    for path in sorted((SAMPLES / "dolma").rglob("*.json.gz")) + sorted((SAMPLES / "megawika").rglob("*.jsonl")):
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rt") as lines:
+            texts += [json.loads(line)["text"] for line in lines if line.strip()]
+    return texts
+
+
+STRESS = ["", " ", "\t \n", "a", "</s>", "ab </s> cd", "x\0y", "__label__en", "__label__de Haus", "__labe Haus",
+          " leading and trailing ", "😀🎉 emoji only", "mixed: Привет мир, hello world, مرحبا بالعالم, 你好世界",
+          "ꯃꯤꯇꯩ ꯃꯌꯦꯛ", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𐍈 astral", "x" * 3000, "é" * 500, "def f(x):\n    return x ** 2  # code",
+          "\u00a0nbsp\u2003em\u3000ideographic spaces", "ĳ ǆ ﬁ ligatures", "a\u0301 combining"]
+
+
+def test_compiled_prediction_gives_fasttexts_labels_and_probabilities_bit_for_bit(config):
+    """The compiled prediction against fastText's own on every text of the samples and on texts made to stress
+    its word and n-gram splitting (scripts, emoji, astral characters, label-like and </s> tokens, NUL bytes)."""
+    compiled = FastTextLid(config.model)
+    assert isinstance(compiled.model, CompiledModel)  # lid.176: hierarchical softmax, quantized with norms
+    reference = load_fasttext(str(config.model.check()))
+    texts = sample_texts() + STRESS
+    cleaned = [" ".join(text[: config.max_chars].split()) for text in texts]
+    labels, scores = reference.predict(cleaned, k=1)
+    expected = ([label[0] for label in labels], [float(s[0]) for s in scores])
+    assert compiled.model.predict(cleaned) == expected
+    assert len(texts) > 300
+    # a word cache of 8 words, 64 rows and 64 bytes: emptied again and again, long words never held
+    tiny = WordCache(np.full(16, -1, np.int32), np.zeros((8, 4), np.int64), np.zeros(64, np.int32),
+                     np.zeros(64, np.uint8))
+    assert dataclasses.replace(compiled.model, cache=tiny).predict(cleaned) == expected
