@@ -76,6 +76,11 @@ def drop_stale(layout: Layout, stale: Iterable[str], written: Written) -> None:
             layout.delete(name)
 
 
+
+def _dumps(value: dict) -> str:
+    """Markers as JSON without spaces: an index holds a record per task of its stage (up to ~10^5)."""
+    return json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+
 class Markers:
     """The `_done` folder: per stage, the index of its completed tasks and the batches written since. Listed once
     (only the driver writes there, so its own writes keep the listing current), each stage read once."""
@@ -146,8 +151,7 @@ class Markers:
         if durable:
             self._last[stage] += 1
             name = Layout.marker_batch(stage, self._last[stage])
-            self.layout.write_text(name, json.dumps({"records": records, "removed": removed}, sort_keys=True,
-                                                    default=str))
+            self.layout.write_text(name, _dumps({"records": records, "removed": removed}))
             self.listing().add(name)
             self._batches[stage].append(name)
 
@@ -155,8 +159,7 @@ class Markers:
         """Write the stage's index anew if its records changed, then delete its batches."""
         if stage in self._changed:
             index = Layout.marker_index(stage)
-            self.layout.write_text(index, json.dumps({"records": self._records[stage], "folded": self._last[stage]},
-                                                     sort_keys=True, default=str))
+            self.layout.write_text(index, _dumps({"records": self._records[stage], "folded": self._last[stage]}))
             self.listing().add(index)
             self._changed.discard(stage)
         for name in self._batches.get(stage, []):

@@ -8,7 +8,8 @@ partition of its inputs; the task opens DuckDB views over its partition's row gr
 datasets of those row groups only, streamed: the task holds its partition, not the files) and runs queries whose
 rows name, in a `_p` column, the partition of the output they belong to. Every step reads each input byte once
 and writes one file per task: O(P) objects, not one per (task, partition) pair. The driver learns which
-partitions a file holds, and their rows, from the summary of the task that wrote it (`ROWS_SUMMARY`), so a task
+partitions a file holds, and their rows, from the summary of the task that wrote it (`ROWS_SUMMARY`, a string per
+file: a step's files hold up to P² (file, partition) pairs, which the driver keeps and the markers store), so a task
 reads only the files with rows of its partition. `partitions_for` picks P so that a task's share of one file, the
 range it reads, averages SHUFFLE_FILE_BYTES: the task count grows with the corpus, each task's reads in proportion.
 """
@@ -32,7 +33,7 @@ from pipeline.runner import Runner, Task
 log = logging.getLogger(__name__)
 SHUFFLE_FILE_BYTES = 1 << 20  # the bytes one task writes for one partition, on average
 ROWS_KEY = "mmcorpus.partition_rows"  # a relation file's index: partition -> [first row, end row)
-ROWS_SUMMARY = "partition_rows"  # in a task's summary: file -> {partition: rows}, for the driver
+ROWS_SUMMARY = "partition_rows"  # in a task's summary: file -> its rows by partition (`encode_rows`)
 
 
 def partitions_for(total_bytes: int, task_memory: int) -> int:
@@ -60,6 +61,27 @@ def runs(keys: np.ndarray) -> list[tuple[int, int]]:
     cuts = [0, *(np.flatnonzero(np.diff(keys)) + 1).tolist(), len(keys)]
     return list(zip(cuts, cuts[1:], strict=False)) if len(keys) else []
 
+
+
+def encode_rows(rows: dict[int, int]) -> str:
+    """A file's rows by partition, compact: counts joined by commas, each of the partition after the previous
+    one's, or `partition:count` after a gap (partitions without rows are left out). `"5,7,2,9:4"`: 5 rows in
+    partition 0, 7 in 1, 2 in 2, 4 in 9."""
+    tokens, previous = [], -1
+    for partition, count in sorted(rows.items()):
+        tokens.append(str(count) if partition == previous + 1 else f"{partition}:{count}")
+        previous = partition
+    return ",".join(tokens)
+
+
+def decode_rows(encoded: str) -> dict[int, int]:
+    """The rows by partition that `encode_rows` gave, in partition order."""
+    found, partition = {}, -1
+    for token in encoded.split(","):
+        at, _, count = token.rpartition(":")
+        partition = int(at) if at else partition + 1
+        found[partition] = int(count)
+    return found
 
 @dataclass(frozen=True)
 class Rows:
@@ -161,7 +183,7 @@ def run_sql(layout: Layout, task: str, views: dict[str, Rows], outputs: list[Out
         if summary:
             row = con.execute(summary).fetchall()[0]
             result = {column[0]: int(value or 0) for column, value in zip(con.description, row, strict=True)}
-        written: dict[str, dict[str, int]] = {}
+        written: dict[str, str] = {}
         for output in outputs:
             columns = ", ".join(output.schema.names)
             reader = con.sql(f"SELECT _p, {columns} FROM ({output.sql}) ORDER BY ALL").to_arrow_reader(65536)
@@ -184,7 +206,8 @@ def run_sql(layout: Layout, task: str, views: dict[str, Rows], outputs: list[Out
                 if sink is not None:
                     sink.close()
             if ranges:
-                written[name] = {partition: end - start for partition, (start, end) in ranges.items()}
+                written[name] = encode_rows({int(partition): end - start
+                                             for partition, (start, end) in ranges.items()})
             result[f"{output.folder.rsplit('/', 1)[-1]}_rows"] = rows
     return result | {ROWS_SUMMARY: written}
 
@@ -203,12 +226,13 @@ def gather(runner: Runner, output: Output, summaries: dict[str, dict]) -> Relati
     each partition in them, from the summaries of the tasks that wrote them."""
     files: list[list[tuple[str, int]]] = [[] for _ in range(output.partitions)]
     for _, summary in sorted(summaries.items()):
-        for name, rows in summary.get(ROWS_SUMMARY, {}).items():
+        for name, encoded in summary.get(ROWS_SUMMARY, {}).items():
             if (Layout.RELATION_FILE.parse(name) or {}).get("folder") != output.folder:
                 continue  # another output of the step
+            rows = decode_rows(encoded)
             size, total = runner.ledger.size(name), sum(rows.values())
             for partition, count in rows.items():
-                files[int(partition)].append((name, size * count // total))
+                files[partition].append((name, size * count // total))
     return Relation(output.folder, output.schema, tuple(tuple(found) for found in files))
 
 
