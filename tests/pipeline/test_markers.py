@@ -65,11 +65,15 @@ def test_a_stage_of_many_tasks_leaves_one_index_object(ray_session, tmp_path, mo
     with Runner(layout) as runner:
         assert runner.run("many", tasks) == {f"t{n:03d}": {"n": n} for n in range(60)}
     assert sum(1 for name in written if Layout.MARKER_BATCH.parse(name)) >= 6  # a batch each 8 tasks
+    assert written.count(Layout.marker_index("many")) == 1  # the index once, whatever the batches
     assert layout.files(Layout.MARKERS) == [Layout.marker_index("many")]
     assert sorted(recorded(layout, "many")) == [task.key for task in tasks]
     with Runner(layout) as runner:
         runner.run("many", tasks[:50])  # ten inputs gone: their outputs and markers go
         assert runner.ran == {}
+        written.clear()
+        runner.run("many", tasks[:50])  # every task done: nothing to write
+        assert written == []
     assert layout.files(Layout.MARKERS) == [Layout.marker_index("many")]
     assert sorted(recorded(layout, "many")) == [task.key for task in tasks[:50]]
     assert layout.files("files") == sorted(f"files/{n}.txt" for n in range(50))
