@@ -13,8 +13,9 @@ A document is known by (file number, row): file numbers are given when keys are 
 so a curated file's signatures do not depend on which other files the build holds.
 
 A small corpus (signatures up to ONE_TASK_BYTES) runs every step in one task, as one partition (`OneTask`): a
-Ray stage per step costs more than the step's SQL there (50 stages, a few MB). The same relation files and the
-same clusters and removals; one marker (stage `dedup-steps`), so a resume redoes the whole clustering.
+Ray stage per step costs more than the step's SQL there (50 stages, a few MB). The same relations (in one
+partition), the same clusters and, byte for byte, the same removals; one marker (stage `dedup-steps`), so a
+resume redoes the whole clustering.
 """
 
 import itertools
@@ -258,8 +259,7 @@ def run_dedup(runner: Runner, layout: Layout, curated_files: list[tuple[str, str
              inputs=(Layout.curated(source, part),), size=1)
         for source, part in curated_files
     ])
-    sizes = {Layout.signatures(config, *curated): 0 for curated in curated_files}
-    sizes = {name: runner.ledger.size(name) for name in sizes}
+    sizes = {name: runner.ledger.size(name) for name in (Layout.signatures(config, *c) for c in curated_files)}
     total = sum(sizes.values())
     if total <= min(ONE_TASK_BYTES, runner.task_memory // 8):
         task = Task("all", cluster_in_one_task, dict(layout=layout, curated_files=curated_files, sizes=sizes,
