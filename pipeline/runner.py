@@ -30,10 +30,11 @@ from pipeline.session import ray_session, sigterm_raises
 
 log = logging.getLogger(__name__)
 SYSTEM_RETRIES = 3  # a task lost with its node (beyond Ray's own retries) is placed again this many times
-# Small tasks go to a worker together (a Ray task and its scheduling cost ~15 ms, what a 30 KB input file's work
-# costs): up to BUNDLE_TASKS of them and BUNDLE_BYTES of input in one bundle, and no more than an eighth of the
-# stage's input per worker, so that the workers still share the stage evenly. Each keeps its own marker.
-BUNDLE_TASKS, BUNDLE_BYTES = 64, 64 << 20
+# Small tasks go to a worker together (a Ray task and its scheduling cost several ms, a 30 KB input file's work
+# tens): up to BUNDLE_TASKS of them (few: a stage's last bundle holds a worker alone) and BUNDLE_BYTES of input,
+# and no more than an eighth of the stage's input per worker, so that the workers still share the stage evenly.
+# Each keeps its own marker.
+BUNDLE_TASKS, BUNDLE_BYTES = 16, 64 << 20
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ def test_bundled_tasks_keep_their_markers_retries_and_failures(ray_session, tmp_
     failures = {"flaky": 1, "bad": 2}  # with one retry: flaky passes alone, bad fails the stage
     small = [Task(key, counted, dict(counter=str(tmp_path / key), failures=failures.get(key, 0)),
                   reading={f"in/{key}": 1000}, label=f"in/{key}")
-             for key in ["flaky", "bad", *(f"s{n:02d}" for n in range(30))]]
+             for key in ["flaky", "bad", *(f"s{n:02d}" for n in range(BUNDLE_TASKS - 2))]]
     stage = [Task("large", counted, dict(counter=str(tmp_path / "large"), failures=0), reading={"in/large": 10**6}),
              *small]
     with Runner(Layout(tmp_path / "out"), retries=1) as runner, pytest.raises(TaskFailed) as failed:
