@@ -326,6 +326,22 @@ def run_stage(stage: str, root: str, out: str) -> None:
     print(peak_rss_kib())
 
 
+def bench_small_files(work: Path, megabytes: float = 60) -> dict:
+    """The same text as 2,000 files of ~30 KB and as 16 of ~3.5 MB (one per language), each built on 2 workers
+    in this run: the small-file corpus's curation seconds (curate + dedup + pool) over the large-file one's."""
+    timings = {}
+    for name, files in (("large", 16), ("small", 2_000)):
+        root = work / f"files-{name}"
+        generated = generate_input(root, megabytes, files=files, seed=3)
+        timings[name] = build(root, root / "out", workers=2)["timings"]
+    small, large = curation_seconds(timings["small"]), curation_seconds(timings["large"])
+    stages = "; ".join(f"{stage} {timings['small'][stage]:.1f} / {timings['large'][stage]:.1f} s"
+                       for stage in ("curate", "dedup", "pool", "mix"))
+    return dict(name="small_files_time_ratio", value=small / large, baseline=1.3,
+                notes=f"{generated['megabytes']:.0f} MB in {generated['files']:,} files against 16: curation "
+                      f"{small:.1f} / {large:.1f} s ({stages}, small / large)")
+
+
 def bench_pipeline(work: Path, megabytes: float = 120) -> list[dict]:
     small, large = work / "small", work / "large"
     say(f"generating {megabytes:.0f} MB of FineWeb2-layout input")
@@ -352,6 +368,7 @@ def bench_pipeline(work: Path, megabytes: float = 120) -> list[dict]:
         *bench_tokenizer_pieces(),
         bench_mixing(large / "out1", one),
         bench_mix_task(large / "out1"),
+        bench_small_files(work),
     ]
     for stage in ("curate", "dedup", "tokenize", "mix"):
         rss = {name: peak_memory(stage, root, root / ("out1" if name == "large" else "out"))

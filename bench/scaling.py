@@ -57,6 +57,12 @@ def bench_scaling(work: Path, sizes: tuple[int, ...] = SIZES) -> list[dict]:
             notes=f"seconds {times}; read amplification {amplification}; peak RSS {rss[0]:.0f} -> {rss[1]:.0f} MB "
                   f"({rss[1] / rss[0] if rss[0] else 0:.2f}x), of it the task's own {growth[0]:.0f} -> "
                   f"{growth[1]:.0f} MB; tasks {costs[-1].get('tasks', 0)}"))
+    for size in sorted(runs):  # dedup after its signatures: steps' overhead at small sizes (the goal: <= 1.3)
+        stages = runs[size]["stages"]
+        signatures = stages["dedup-signatures"]["seconds"]
+        dedup = sum(costs["seconds"] for stage, costs in stages.items() if stage.startswith("dedup-"))
+        results.append(dict(name=f"scaling_dedup_over_signatures_{size}mb", value=dedup / signatures, baseline=1.3,
+                            notes=f"dedup {dedup:.1f} s, of it signatures {signatures:.1f} s"))
     sizes_note = ", ".join(f"{runs[s]['megabytes']:.0f} MB / {runs[s]['files']} files / {runs[s]['shards']} shards"
                            for s in sorted(runs))
     results.append(dict(name="scaling_sizes", value=float(len(runs)), notes=sizes_note))

@@ -71,13 +71,17 @@ class Written(dict[str, str]):
 
 @contextlib.contextmanager
 def recording() -> Iterator[Written]:
-    """Collect the names, checksums and sizes of every file written inside the block."""
+    """Collect the names, checksums and sizes of every file written inside the block. A block inside another
+    reports to both (a task that runs steps of its own, pipeline/dedup.py's one-task clustering)."""
     written = Written()
     token = _written.set(written)
     try:
         yield written
     finally:
         _written.reset(token)
+        if (outer := _written.get()) is not None:
+            outer.update(written)
+            outer.sizes.update(written.sizes)
 
 
 @contextlib.contextmanager

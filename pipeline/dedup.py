@@ -11,15 +11,21 @@ task of that file reads.
 
 A document is known by (file number, row): file numbers are given when keys are made, from the sorted parts,
 so a curated file's signatures do not depend on which other files the build holds.
+
+A small corpus (signatures up to ONE_TASK_BYTES) runs every step in one task, as one partition (`OneTask`): a
+Ray stage per step costs more than the step's SQL there (50 stages, a few MB). The same relations (in one
+partition), the same clusters and, byte for byte, the same removals; one marker (stage `dedup-steps`), so a
+resume redoes the whole clustering.
 """
 
 import itertools
 import logging
+from collections import defaultdict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from manifests.layout import Layout
+from manifests.layout import Layout, recording
 from manifests.schemas import DEDUP_CLUSTERS, PAIRS, SIGNATURES
 from manifests.writer import ParquetSink
 from pipeline.partitions import (
@@ -56,6 +62,40 @@ from stages.dedup import (
 )
 
 log = logging.getLogger(__name__)
+# Signatures up to this many bytes (and an eighth of a task's memory) cluster in one task: a 64 MB corpus has
+# about 25 MB of them; beyond, partitions on several workers pay for their stages.
+ONE_TASK_BYTES = 32 << 20
+ONE_TASK_STAGE = "dedup-steps"
+
+
+class OneTask:
+    """What `Steps` asks of a runner, for steps run one after another inside one task: each step's tasks are
+    called in this process (their files recorded for the enclosing task's marker too), with no markers of
+    their own."""
+
+    def __init__(self, layout: Layout, sizes: dict[str, int]) -> None:
+        self.layout = layout
+        self.sizes = dict(sizes)  # file name -> bytes: the inputs given, then every file a step writes
+        self.written: dict[str, set[str]] = defaultdict(set)  # stage -> the files its tasks wrote
+        self.ran: dict[str, int] = defaultdict(int)
+        self.ledger = self  # Steps reads sizes and outputs from the runner's ledger
+
+    def run(self, stage: str, tasks: list[Task], costs_as: str | None = None, quiet: bool = False
+            ) -> dict[str, dict]:
+        summaries = {}
+        for task in sorted(tasks, key=lambda task: task.key):
+            with recording() as written:
+                summaries[task.key] = task.fn(**task.kwargs)
+            self.written[stage].update(written)
+            self.sizes.update(written.sizes)
+            self.ran[stage] += 1
+        return summaries
+
+    def size(self, name: str) -> int:
+        return self.sizes[name]
+
+    def outputs(self, stage: str) -> set[str]:
+        return self.written[stage]
 
 
 def signature_file(layout: Layout, source: str, part: str, config: MinhashConfig) -> dict:
@@ -219,25 +259,49 @@ def run_dedup(runner: Runner, layout: Layout, curated_files: list[tuple[str, str
              inputs=(Layout.curated(source, part),), size=1)
         for source, part in curated_files
     ])
-    signatures = {(source, part): Layout.signatures(config, source, part) for source, part in curated_files}
-    partitions = partitions_for(sum(runner.ledger.size(name) for name in signatures.values()), runner.task_memory)
-    queries = ClusterQueries(partitions, dedup.passes, config.min_similarity)
-    steps = Steps(runner, Layout.dedup_steps(config), partitions, prefix="dedup", costs_as="dedup-clusters")
+    sizes = {name: runner.ledger.size(name) for name in (Layout.signatures(config, *c) for c in curated_files)}
+    total = sum(sizes.values())
+    if total <= min(ONE_TASK_BYTES, runner.task_memory // 8):
+        task = Task("all", cluster_in_one_task, dict(layout=layout, curated_files=curated_files, sizes=sizes,
+                                                     dedup=dedup), inputs=tuple(sorted(sizes)), size=total)
+        [summary] = runner.run(ONE_TASK_STAGE, [task], costs_as="dedup-clusters").values()
+        written = runner.ledger.outputs(ONE_TASK_STAGE)
+    else:
+        steps = Steps(runner, Layout.dedup_steps(config), partitions_for(total, runner.task_memory), prefix="dedup",
+                      costs_as="dedup-clusters")
+        summary = cluster(steps, dedup, curated_files)
+        written = runner.ledger.outputs("dedup-removals")
+    runner.ledger.drop_stages("dedup-")  # after success only: a failed build keeps every finished step for its resume
+    return summary, {curated: Layout.removals(config, *curated) for curated in curated_files
+                     if Layout.removals(config, *curated) in written}
+
+
+def cluster_in_one_task(layout: Layout, curated_files: list[tuple[str, str]], sizes: dict[str, int],
+                        dedup: DedupConfig) -> dict:
+    """Every step after the signatures, as one partition, in this task (`sizes`: of the signature files)."""
+    steps = Steps(OneTask(layout, sizes), Layout.dedup_steps(dedup.minhash), 1, prefix="dedup",
+                  costs_as="dedup-clusters")
+    return cluster(steps, dedup, curated_files)
+
+
+def cluster(steps: Steps, dedup: DedupConfig, curated_files: list[tuple[str, str]]) -> dict:
+    """From the signatures of the curated files to their clusters and removals; returns the passes' counts."""
+    config = dedup.minhash
+    queries = ClusterQueries(steps.partitions, dedup.passes, config.min_similarity)
+    signatures = {curated: Layout.signatures(config, *curated) for curated in curated_files}
     with steps.reported("keys and candidate pairs"):
         nodes, signature_rows, pairs = make_keys(steps, queries, signatures)
     clusters, nodes, summary = cluster_passes(steps, queries, nodes, signature_rows, pairs)
-    summary["partitions"] = partitions
     with steps.reported("clusters and removals"):
-        removals = write_clusters(steps, queries, clusters, nodes, config, curated_files)
-    runner.ledger.drop_stages("dedup-")  # after success only: a failed build keeps every finished step for its resume
-    return summary, removals
+        write_clusters(steps, queries, clusters, nodes, config)
+    return summary | {"partitions": steps.partitions}
 
 
 def write_clusters(steps: Steps, queries: ClusterQueries, clusters: list[Relation], nodes: Relation,
-                   config: MinhashConfig, curated_files: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
-    """The clusters by curated file, and each file's removals: returns their names by (source, part)."""
+                   config: MinhashConfig) -> None:
+    """The clusters by curated file, and each file's removals."""
     if not clusters:
-        return {}
+        return
     every = clusters[0]
     for more in clusters[1:]:
         every = every.union(more)
@@ -248,6 +312,3 @@ def write_clusters(steps: Steps, queries: ClusterQueries, clusters: list[Relatio
     tasks = [partition_task(number, write_removals, dict(layout=steps.layout, clusters=rows, config=config), [rows])
              for number in range(steps.partitions) if (rows := clustered.rows(number)).files]
     steps.run("removals", tasks, [])
-    written = steps.runner.ledger.outputs("dedup-removals")
-    return {curated: Layout.removals(config, *curated) for curated in curated_files
-            if Layout.removals(config, *curated) in written}

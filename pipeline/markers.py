@@ -231,11 +231,13 @@ class Ledger:
     def drop_stages(self, prefix: str) -> None:
         """Remove the markers and outputs of stages named `<prefix>*` that this build did not ask for (a step an
         earlier build ran for data that has since changed, as dedup's rounds): the tree stays what a fresh build
-        of the same inputs writes."""
+        of the same inputs writes. A file a task of this build wrote again stays (dedup's one-task clustering
+        writes the files its partitioned steps wrote)."""
         for stage in self.earlier_stages(f"{prefix}*"):
             for done in self.markers(stage).values():
                 for name in done.outputs:
-                    self.layout.delete(name)
+                    if name not in self.producers:
+                        self.layout.delete(name)
             self.index.drop(stage)
             log.info("%s: removed, no longer part of the build", stage)
 

@@ -30,6 +30,11 @@ from pipeline.session import ray_session, sigterm_raises
 
 log = logging.getLogger(__name__)
 SYSTEM_RETRIES = 3  # a task lost with its node (beyond Ray's own retries) is placed again this many times
+# Small tasks go to a worker together (a Ray task and its scheduling cost several ms, a 30 KB input file's work
+# tens): up to BUNDLE_TASKS of them (few: a stage's last bundle holds a worker alone) and BUNDLE_BYTES of input,
+# and no more than an eighth of the stage's input per worker, so that the workers still share the stage evenly.
+# Each keeps its own marker.
+BUNDLE_TASKS, BUNDLE_BYTES = 16, 64 << 20
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,41 @@ def _run_task(fn: Callable[..., dict], kwargs: dict, layout: Layout, fingerprint
     drop_stale(layout, stale, written)
     record = task_record(fingerprint, written, summary, costs)
     return record | {"store": dict(COUNTS.snapshot() - before)}
+
+
+def _run_tasks(calls: list[tuple[Callable[..., dict], dict, str, list[str], dict[str, int]]], layout: Layout,
+               memory: int) -> list[dict]:
+    """A bundle of tasks, one after another on one worker: each one's record. In a bundle of several, a task that
+    raises leaves the others to run and gets `error` for a record (the driver places it again alone)."""
+    if len(calls) == 1:
+        [(fn, kwargs, fingerprint, stale, sizes)] = calls
+        return [_run_task(fn, kwargs, layout, fingerprint, stale, memory, sizes)]
+    records = []
+    for fn, kwargs, fingerprint, stale, sizes in calls:
+        try:
+            records.append(_run_task(fn, kwargs, layout, fingerprint, stale, memory, sizes))
+        except Exception as error:  # noqa: BLE001 - the task's own failure, retried alone by the driver
+            records.append({"error": " ".join(repr(error).split())[:500]})
+    return records
+
+
+def bundles(tasks: list[Task], sizes: list[int], workers: int) -> list[list[Task]]:
+    """The tasks (biggest first) in bundles: consecutive tasks of the same memory, each of known size (`sizes`:
+    the bytes each reads), up to BUNDLE_TASKS and the smaller of BUNDLE_BYTES and an eighth of the input per
+    worker; a bigger task, or one of unknown size, alone."""
+    target = min(BUNDLE_BYTES, sum(sizes) // (8 * workers))
+    found: list[list[Task]] = []
+    total = 0
+    for task, size in zip(tasks, sizes, strict=True):
+        last = found[-1] if found else []
+        if (0 < size and last and len(last) < BUNDLE_TASKS and total + size <= target
+                and last[0].memory == task.memory):
+            last.append(task)
+            total += size
+        else:
+            found.append([task])
+            total = size if 0 < size else target + 1  # a task of unknown size takes no company
+    return found
 
 
 class Runner:
@@ -177,50 +217,69 @@ class Runner:
         if not todo:
             return
         self.ensure(name for task in todo for name in task.inputs)
-        remote = ray.remote(_run_task)
+        remote = ray.remote(_run_tasks)
         todo.sort(key=lambda task: -task.size)
 
-        def submit(task: Task) -> Any:
+        def submit(bundle: list[Task], retries: int = self.retries) -> Any:
+            memory = bundle[0].memory or self.task_memory
+            calls = [(task.fn, task.kwargs, self.ledger.fingerprint(task), stale_outputs(task),
+                      self.sizes(task.inputs)) for task in bundle]
+            return remote.options(num_cpus=1, memory=memory, max_retries=retries, retry_exceptions=True).remote(
+                calls, self.layout, memory)
+
+        def stale_outputs(task: Task) -> list[str]:
             old = markers.get(task.key)
-            memory = task.memory or self.task_memory
-            return remote.options(num_cpus=1, memory=memory, max_retries=self.retries, retry_exceptions=True).remote(
-                task.fn, task.kwargs, self.layout, self.ledger.fingerprint(task),
-                list(old.outputs) if old else [], memory, self.sizes(task.inputs))
+            return list(old.outputs) if old else []
 
         started = time.perf_counter()
         costs = self.costs.setdefault(costs_as, StageCosts())
         self.ledger.retire(stage, [task.key for task in todo])  # a crash from here on leaves them to run again
-        pending = {submit(task): task for task in todo}
+        workers = int(ray.cluster_resources().get("CPU", self.workers))
+        sizes = [sum(task.reads(stage, self.ledger.size).values()) for task in todo]
+        pending = {submit(bundle): bundle for bundle in bundles(todo, sizes, workers)}
         lost: dict[str, int] = defaultdict(int)
         failures = []
-        with Progress(stage, len(pending), quiet) as progress:
+        with Progress(stage, len(todo), quiet) as progress:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=BATCH_SECONDS)
                 self.ledger.flush(stage)  # the markers of the tasks done so far, every few seconds
                 if not ready:
                     continue
-                task = pending.pop(ready[0])
+                bundle = pending.pop(ready[0])
                 try:
-                    record = ray.get(ready[0])
+                    records = ray.get(ready[0])
                 except ray.exceptions.RayTaskError as error:  # the task raised, on every try Ray gave it
+                    if len(bundle) > 1:  # not one of its tasks: the bundle itself (its records unsent)
+                        pending.update({submit([task]): [task] for task in bundle})
+                        continue
                     cause = " ".join(repr(getattr(error, "cause", None) or error).split())[:500]
-                    failures.append(f"{task.label or task.key}: {cause}")
+                    failures.append(f"{bundle[0].label or bundle[0].key}: {cause}")
                     continue
                 except ray.exceptions.RayError as error:  # its worker or node died (OOM, a lost node): not its input
-                    lost[task.key] += 1
-                    if lost[task.key] > SYSTEM_RETRIES:
-                        failures.append(f"{task.label or task.key}: {type(error).__name__} {SYSTEM_RETRIES + 1} times")
-                        continue
-                    log.warning("%s: task %s lost with its worker or node (%s): placing it again", stage, task.key,
+                    log.warning("%s: task %s%s lost with its worker or node (%s): placing it again", stage,
+                                bundle[0].key, f" and {len(bundle) - 1} more" if len(bundle) > 1 else "",
                                 type(error).__name__)
-                    pending[submit(task)] = task
+                    for task in bundle:  # each alone: a task that kills its worker fails alone
+                        lost[task.key] += 1
+                        if lost[task.key] > SYSTEM_RETRIES:
+                            failures.append(f"{task.label or task.key}: {type(error).__name__} "
+                                            f"{SYSTEM_RETRIES + 1} times")
+                        else:
+                            pending[submit([task])] = [task]
                     continue
-                store = record.pop("store", {})
-                self.ledger.completed(stage, task.key, record)
-                self.ran[stage] += 1
-                costs.add(record["costs"], task.reads(stage, self.ledger.size))
-                self.store[costs_as] += Counter(store)
-                progress.update(record["summary"])
+                for task, record in zip(bundle, records, strict=True):
+                    if "error" in record:  # its first try, in a bundle: the others it may still have, alone
+                        if self.retries:
+                            pending[submit([task], self.retries - 1)] = [task]
+                        else:
+                            failures.append(f"{task.label or task.key}: {record['error']}")
+                        continue
+                    store = record.pop("store", {})
+                    self.ledger.completed(stage, task.key, record)
+                    self.ran[stage] += 1
+                    costs.add(record["costs"], task.reads(stage, self.ledger.size))
+                    self.store[costs_as] += Counter(store)
+                    progress.update(record["summary"])
         costs.seconds += time.perf_counter() - started
         if failures:
             more = f"; and {len(failures) - 3} more" if len(failures) > 3 else ""

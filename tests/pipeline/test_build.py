@@ -121,13 +121,10 @@ def test_rerun_skips_every_task_and_keeps_the_shards(sample_build_copy, caplog):
     with caplog.at_level(logging.DEBUG, "pipeline"):  # dedup's steps log at DEBUG, one line a pass at INFO
         build(settings)
     runs = [r.getMessage() for r in caplog.records if r.name == "pipeline.runner" and "to run" in r.getMessage()]
-    passes = [r.getMessage() for r in caplog.records if r.name == "pipeline.partitions" and r.levelno == logging.INFO]
-    assert any(" pass: " in m for m in passes), passes
-    assert all("(0 run," in m or m.endswith(": no steps") for m in passes), passes
     stages = {m.split(":")[0] for m in runs}
     assert {stage for stage in stages if not stage.startswith("dedup-")} == {
         "curate", "pool", "phase1-threshold", "phase1-mix", "phase1-shard"}
-    assert {"dedup-signatures", "dedup-keys", "dedup-buckets", "dedup-minhash-keepers", "dedup-removals"} <= stages
+    assert {"dedup-signatures", "dedup-steps"} <= stages  # the samples' few signatures cluster in one task
     assert all(m.endswith(" 0 to run") for m in runs), runs
     assert shard_hashes(out) == before
 

@@ -1,12 +1,21 @@
 """Dedup end to end on Ray: planted duplicates across two sources and two files, boilerplate, languages."""
 
 import json
+import random
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from manifests.layout import Layout
+from manifests.schemas import CURATED
+from manifests.writer import write_parquet
+from pipeline import dedup
 from pipeline.build import build
+from pipeline.dedup import run_dedup
+from pipeline.runner import Runner, Task
+from stages.dedup import DedupConfig
 from stages.paths import SAMPLES_DIR as SAMPLES
 from tests.helpers import query, settings_for, udhr
 
@@ -101,3 +110,66 @@ def test_cluster_sizes_are_recorded(dedup_build):
     exact = [r for r in rows if r["kind"] == "exact"]
     assert {r["id"] for r in exact} == {"fineweb2/de-1", "fineweb2/de-exact"}
     assert all(r["cluster_size"] == 2 and r["kept_id"] == "fineweb2/de-1" for r in exact)
+
+
+def write_curated(layout, part, docs):
+    rows = [dict(id=doc_id, text=text, source="test", lang=lang, lang_score=1.0, url=None, quality=quality,
+                 origin="", extra="{}") for doc_id, lang, text, quality in docs]
+    write_parquet(layout, Layout.curated("test", part), rows, CURATED)
+    return {"docs": len(rows)}
+
+
+def planted_docs(files: int = 3) -> list[list[tuple]]:
+    """Distinct documents, exact copies (case changed), near copies (a word changed) and shared ids, over files."""
+    rng = random.Random(7)
+    words = [f"w{n}" for n in range(400)]
+    docs = []
+    for n in range(90):
+        lang = ("deu_Latn", "fra_Latn")[n % 2]
+        text = " ".join(rng.choices(words, k=120))
+        docs.append((f"d{n}", lang, text, rng.random()))
+        if n % 5 == 0:
+            docs.append((f"exact{n}", lang, text.upper(), rng.random()))
+        if n % 7 == 0:
+            docs.append((f"near{n}", lang, text.replace(text.split()[60], "changed", 1), rng.random()))
+        if n % 11 == 0:
+            docs.append((f"d{n}", lang, " ".join(rng.choices(words, k=120)), rng.random()))  # a shared upstream id
+    rng.shuffle(docs)
+    return [docs[n::files] for n in range(files)]
+
+
+def dedup_tree(layout, parts, by_file) -> tuple[dict, dict]:
+    with Runner(layout, workers=2, task_memory=256 << 20) as runner:
+        runner.run("test-curated", [Task(part, write_curated, dict(layout=layout, part=part, docs=docs))
+                                    for (_, part), docs in zip(parts, by_file, strict=True)])
+        summary, removals = run_dedup(runner, layout, parts, DedupConfig())
+        steps = sorted(stage for stage in runner.ledger.asked if stage.startswith("dedup-"))
+    root = Path(layout.root)
+    files = {name: (root / name).read_bytes() for name in removals.values()}
+    clusters = sorted(tuple(row.values()) for path in sorted(root.glob("dedup/*/clusters/*.parquet"))
+                      for row in pq.read_table(path).to_pylist())
+    tree = sorted(str(path.relative_to(root)) for path in root.glob("dedup/**/*.parquet"))
+    markers = sorted(path.parent.name for path in root.glob("_done/*/*.json"))
+    return dict(summary=summary, removals=files, clusters=clusters, steps=steps, tree=tree, markers=markers), removals
+
+
+def test_one_task_clustering_writes_what_the_partitioned_steps_write(ray_session, tmp_path, monkeypatch):
+    """A small corpus clusters in one task (stage dedup-steps): the same summary, clusters and removal files, byte
+    for byte, as the partitioned steps on 3 partitions; builds switching between the two on one tree keep each
+    other's files."""
+    parts = [("test", f"part-{n}") for n in range(3)]
+    by_file = planted_docs(len(parts))
+    layout = Layout(tmp_path / "out")
+    one, removals = dedup_tree(layout, parts, by_file)
+    assert one["steps"] == ["dedup-signatures", "dedup-steps"]
+    assert one["summary"]["exact_removed"] >= 18 and one["summary"]["minhash_removed"] >= 12
+    assert one["summary"]["exact_id_renamed"] >= 9 and len(removals) == 3
+    monkeypatch.setattr(dedup, "ONE_TASK_BYTES", 0)
+    monkeypatch.setattr(dedup, "partitions_for", lambda *_: 3)
+    partitioned, _ = dedup_tree(layout, parts, by_file)
+    assert "dedup-minhash-keepers" in partitioned["steps"] and "dedup-steps" not in partitioned["steps"]
+    assert partitioned["summary"] == one["summary"] | {"partitions": 3}
+    assert partitioned["removals"] == one["removals"] and partitioned["clusters"] == one["clusters"]
+    monkeypatch.undo()
+    assert len(partitioned["tree"]) > len(one["tree"]) and "dedup-minhash-keepers" in partitioned["markers"]
+    assert dedup_tree(layout, parts, by_file)[0] == one  # the partitioned steps' files and markers gone
