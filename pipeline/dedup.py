@@ -25,7 +25,7 @@ from collections import defaultdict
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from manifests.layout import Layout, recording
+from manifests.layout import Layout, known_sizes, recording
 from manifests.schemas import DEDUP_CLUSTERS, PAIRS, SIGNATURES
 from manifests.writer import ParquetSink
 from pipeline.partitions import (
@@ -84,7 +84,9 @@ class OneTask:
             ) -> dict[str, dict]:
         summaries = {}
         for task in sorted(tasks, key=lambda task: task.key):
-            with recording() as written:
+            # the files given and those the steps wrote are opened at their sizes, without asking the store
+            with known_sizes({self.layout.path(name): size for name, size in self.sizes.items()}), \
+                    recording() as written:
                 summaries[task.key] = task.fn(**task.kwargs)
             self.written[stage].update(written)
             self.sizes.update(written.sizes)
