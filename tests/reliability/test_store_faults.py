@@ -31,8 +31,8 @@ FAILING_BUILD_S = 120  # every request failing: the build gives up within this (
 # the cards reading the shards, pool and manifest tables in memory (Arrow scans, whole GETs), the part after the
 # shards (the run record's `finish`) went from 606 requests to 317: 1,524 in all (head 437, get 720). With task
 # inputs opened at the sizes their producers recorded, and small files fetched whole in one GET: 1,002 to 1,107
-# (list 27, head 2, get 641 to 747, put 328); with dedup's steps in one task (issue 31): 977. The band is that and ~25%: a change that lists per task, or opens
-# each input with a HEAD again, fails.
+# (list 27, head 2, get 641 to 747, put 328); with dedup's steps in one task (issue 31): 977. The band is that
+# and ~25%: a change that lists per task, or opens each input with a HEAD again, fails.
 MAX_REQUESTS = 1_350
 MAX_LISTINGS = 35  # of them listings (a page of 1,000 keys each)
 MAX_HEADS = 10
