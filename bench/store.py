@@ -29,7 +29,7 @@ GOAL_EXPONENT, GOAL_RATIO = 1.05, 1.5
 
 def build(out: str, env: dict | None = None, sources: Path | None = None) -> tuple[float, dict[str, int]]:
     """A phase-1 build in its own process: (wall seconds, {requests, objects} of the whole build, from its last
-    line: the run record is written before the manifest, the catalog and the card, which ask the store too)."""
+    line)."""
     started = time.perf_counter()
     command = [sys.executable, "-m", "pipeline.cli", "build", "--phase", "1", "--workers", "2", "--out", out]
     built = subprocess.run(command + (["--sources", str(sources)] if sources else []), cwd=ROOT, env=env,

@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ BLOCK = 1 << 20
 # A file of an object store read through, at a known size, is fetched whole in one GET up to this (s3fs's
 # read-ahead would fetch blocks of 50 MB: the memory is no more than it holds).
 WHOLE_OBJECT_BYTES = 16 << 20
+KEPT_BYTES = 256 << 20  # the driver's objects kept for its queries after the shards (`KeptObjects`)
 FOOTER_READ_BYTES = 64 << 10  # what Arrow reads first of a Parquet file, from its end
 
 
@@ -133,6 +135,7 @@ class Layout(Names):
         self.root = os.path.abspath(path) if self.is_local else path.rstrip("/")
         self.url = self.root if self.is_local else self.fs.unstrip_protocol(self.root)
         self._listing: set[str] | None = None  # every name of the tree, once `list_once` was called
+        self._kept = KeptObjects()  # what `dataset` fetched
 
     def __reduce__(self) -> tuple:
         return _layout, (self.url, self.storage_options)
@@ -405,9 +408,9 @@ class Layout(Names):
         only the column chunks it asks for, several files at a time (DuckDB reading through fsspec lists and
         stats the files again for every query)."""
         import pyarrow.dataset as ds
-        import pyarrow.fs as pafs
 
-        filesystem = pafs.PyFileSystem(pafs.FSSpecHandler(self.fs))
+        handler = pafs.FSSpecHandler(self.fs) if self.is_local else KeptHandler(self.fs, self._kept)
+        filesystem = pafs.PyFileSystem(handler)
         return ds.dataset([self.path(name) for name in names], schema=schema, format="parquet", filesystem=filesystem)
 
     def read_tables(self, names: list[str]) -> Any:
@@ -451,6 +454,46 @@ class SizedHandler(pafs.FSSpecHandler):
         if path not in self.sizes:
             return super().open_input_file(path)
         return pa.PythonFile(open_at_size(self.fs, path, self.sizes[path], self.ranges), mode="r")
+
+
+class KeptObjects:
+    """Whole objects the driver fetched for its queries after the shards (manifest, catalog, cards), which scan
+    the same shards and pool files several times: each fetched once, in one GET, and kept up to KEPT_BYTES in all,
+    the least recently read dropped first. Arrow's threads read it together."""
+
+    def __init__(self) -> None:
+        self.objects: OrderedDict[str, bytes] = OrderedDict()
+        self.total = 0
+        self.lock = threading.Lock()
+
+    def read(self, fs: Any, path: str) -> bytes:
+        with self.lock:
+            if path in self.objects:
+                self.objects.move_to_end(path)
+                return self.objects[path]
+        data = fs.cat_file(path, max_concurrency=1)
+        with self.lock:
+            if path not in self.objects:
+                self.objects[path] = data
+                self.total += len(data)
+            while self.total > KEPT_BYTES:
+                self.total -= len(self.objects.popitem(last=False)[1])
+        return data
+
+
+class KeptHandler(pafs.FSSpecHandler):
+    """pyarrow's fsspec handler reading objects up to WHOLE_OBJECT_BYTES through `KeptObjects`, a larger one in
+    the ranges Arrow asks for."""
+
+    def __init__(self, fs: Any, kept: KeptObjects) -> None:
+        super().__init__(fs)
+        self.kept = kept
+
+    def open_input_file(self, path: str) -> pa.NativeFile:
+        size = int(self.fs.size(path))
+        if size > WHOLE_OBJECT_BYTES:
+            return pa.PythonFile(open_at_size(self.fs, path, size, ranges=True), mode="r")
+        return pa.BufferReader(self.kept.read(self.fs, path))
 
 
 def _stale(holder: dict) -> bool:
