@@ -1,13 +1,13 @@
 """Small tasks go to a worker in bundles (pipeline/runner.py): each keeps its own marker, a task that raises in a
 bundle is retried alone as configured while the others finish, and a rerun resumes per task."""
 
-from pathlib import Path
 
 import pytest
 
 from manifests.layout import Layout
 from pipeline.markers import recorded
 from pipeline.runner import BUNDLE_TASKS, Runner, Task, TaskFailed, bundles
+from tests.reliability.test_retries import flaky
 
 
 def keys(found: list[list[Task]]) -> list[list[str]]:
@@ -34,15 +34,10 @@ def test_a_task_of_unknown_size_or_other_memory_is_alone_and_a_bundle_holds_at_m
 
 
 def counted(counter: str, failures: int) -> dict:
-    """Fails `failures` times (counted in a file, across worker processes); then its attempts and Ray task."""
+    """`flaky`, and the Ray task that ran it."""
     import ray
 
-    path = Path(counter)
-    attempts = int(path.read_text()) + 1 if path.exists() else 1
-    path.write_text(str(attempts))
-    if attempts <= failures:
-        raise RuntimeError(f"attempt {attempts} fails")
-    return {"attempts": attempts, "ray_task": ray.get_runtime_context().get_task_id()}
+    return flaky(counter, failures) | {"ray_task": ray.get_runtime_context().get_task_id()}
 
 
 @pytest.mark.slow  # starts Ray
