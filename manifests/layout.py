@@ -179,11 +179,13 @@ class Layout(Names):
         """The size the running task was told a file has (`known_sizes`); a local file's is never needed."""
         return None if self.is_local else (_known_sizes.get() or {}).get(path)
 
-    def arrow_filesystem(self, ranges: bool = False) -> pafs.PyFileSystem:
+    def arrow_filesystem(self, ranges: bool = False) -> pafs.FileSystem:
         """This store as a pyarrow file system (for Arrow datasets), opening the files of `known_sizes` at their
         known sizes: pyarrow's own fsspec handler asks an object store twice per file opened (`isfile`, then
         s3fs's `info`). `ranges`: the readers take a few row groups of each file, in the ranges Arrow asks for,
         without s3fs's read-ahead (which reads 50 MB blocks: a small file from the first range to its end)."""
+        if self.is_local:  # Arrow's own: DuckDB scanning a dataset over a Python file system can deadlock (`dataset`)
+            return pafs.LocalFileSystem()
         return pafs.PyFileSystem(SizedHandler(self.fs, dict(_known_sizes.get() or {}), ranges))
 
     def read_bytes(self, name: str) -> bytes:
