@@ -419,7 +419,6 @@ class Layout(Names):
     def read_tables(self, names: list[str]) -> Any:
         """Small Parquet files read whole and together (`read_many`: one GET each, concurrent), as one Arrow table
         whose columns are the files' united by name (as DuckDB's `union_by_name`)."""
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         tables = [pq.read_table(pa.BufferReader(data)) for data in self.read_many(names).values()]

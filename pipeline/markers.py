@@ -76,10 +76,10 @@ def drop_stale(layout: Layout, stale: Iterable[str], written: Written) -> None:
             layout.delete(name)
 
 
-
 def _dumps(value: dict) -> str:
     """Markers as JSON without spaces: an index holds a record per task of its stage (up to ~10^5)."""
     return json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+
 
 class Markers:
     """The `_done` folder: per stage, the index of its completed tasks and the batches written since. Listed once
