@@ -26,7 +26,7 @@ from manifests.writer import write_parquet
 from pipeline.dedup import run_dedup
 from pipeline.runner import Runner, Task
 from stages.dedup import DedupConfig, MinhashConfig, MinhashSignatures
-from stages.text import WORD
+from stages.words import WORD
 
 LANGUAGES = ("deu_Latn", "rus_Cyrl", "spa_Latn", "fra_Latn", "ell_Grek", "pol_Latn", "tur_Latn", "ukr_Cyrl")
 EDIT_RATES = (0.01, 0.03, 0.05, 0.1, 0.2)

@@ -32,12 +32,16 @@ def generate_input(root: Path, megabytes: float, files: int = 40, seed: int = 0,
     by_lang: dict[str, list] = {}
     for doc in docs:
         by_lang.setdefault(doc.metadata["lang"], []).append(doc)
-    per_lang_files = max(1, files // len(by_lang))
+    # `files` in all, shared out over the languages (each has one at least): whole files per language would
+    # make the count per MB jump with the size (19 languages: 19 files at 16 MB, 494 at 256 MB, not 32 and 512)
+    langs = sorted(by_lang)
+    per_lang = [max(1, files // len(langs) + (i < files % len(langs))) for i in range(len(langs))]
     size = 0
-    for lang, lang_docs in sorted(by_lang.items()):
+    for lang, lang_files in zip(langs, per_lang, strict=True):
         language, script = lang.split("_")
-        for part in range(per_lang_files):
-            chunk = lang_docs[part::per_lang_files]
+        lang_docs = by_lang[lang]
+        for part in range(lang_files):
+            chunk = lang_docs[part::lang_files]
             path = root / "fineweb2" / "data" / lang / "train" / f"000_{part:05d}.parquet"
             path.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(pa.table({
@@ -48,7 +52,7 @@ def generate_input(root: Path, megabytes: float, files: int = 40, seed: int = 0,
             size += sum(len(d.text.encode()) for d in chunk)
     (root / "sources.yaml").write_text(f"sources:\n  fineweb2:\n    path: {root / 'fineweb2'}\n"
                                        f"shard_tokens: {shard_tokens}\n")
-    return {"docs": len(docs), "megabytes": size / 1e6, "files": per_lang_files * len(by_lang)}
+    return {"docs": len(docs), "megabytes": size / 1e6, "files": sum(per_lang)}
 
 
 def build(root: Path, out: Path, workers: int) -> dict:

@@ -21,11 +21,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import numba
 import numpy as np
 import pyarrow as pa
-import xxhash
 
 from stages.base import Document, Stage
 from stages.settings import SEED_MAX, setting
-from stages.text import dominant_script, script_of, split_words
+from stages.text import dominant_script, script_of, word_hashes
 
 KINDS = ("exact", "url", "minhash")  # the removal passes one may configure, in this order
 Kind = Literal["exact", "url", "minhash"]
@@ -109,8 +108,7 @@ class MinhashSignatures:
         """One hash per word n-gram of the text, repeats included (they leave the minima as they are). `folded`:
         the text's `fold`, when the caller has it."""
         script = script_of(lang) or dominant_script(text)
-        words = split_words(fold(text) if folded is None else folded, script)
-        ids = np.fromiter(map(xxhash.xxh64_intdigest, words), np.uint64, len(words))
+        ids = word_hashes(fold(text) if folded is None else folded, script)
         n = min(self.config.n_grams, max(len(ids), 1))
         count = max(len(ids) - n + 1, 1 if len(ids) else 0)
         shingles = np.zeros(count, np.uint64)

@@ -11,12 +11,14 @@ from functools import cache
 import icu
 import numpy as np
 import regex
+import xxhash
+
+from stages import words
 
 # ISO 15924 scripts whose words are not separated by spaces.
 UNSPACED_SCRIPTS = frozenset({"Hani", "Hans", "Hant", "Jpan", "Hira", "Kana", "Thai", "Khmr", "Mymr", "Laoo",
                               "Tibt"})
 JAPANESE_KANA = frozenset({"Hira", "Kana"})
-WORD = regex.compile(r"[\p{L}\p{M}\p{N}]+(?:['’\-][\p{L}\p{M}\p{N}]+)*")
 ASTRAL = regex.compile(r"[\U00010000-\U0010FFFF]")
 NOT_A_WORD = icu.UWordBreak.NONE  # the rule status of spaces and punctuation
 
@@ -49,7 +51,7 @@ def _word_breaker() -> icu.BreakIterator:
 def split_words(text: str, script: str | None) -> list[str]:
     """Words of a text written mostly in `script` (ISO 15924); punctuation and spaces are not words."""
     if script not in UNSPACED_SCRIPTS:
-        return WORD.findall(text)
+        return words.split(text)
     breaker = _word_breaker()
     breaker.setText(text)
     status = breaker.getRuleStatus  # of the boundary the iterator reached last: a pair's end
@@ -58,6 +60,14 @@ def split_words(text: str, script: str | None) -> list[str]:
         return [text[start:end] for start, end in spans if status() != NOT_A_WORD]
     at = _code_points(text)
     return [text[at[start]:at[end]] for start, end in spans if status() != NOT_A_WORD]
+
+
+def word_hashes(text: str, script: str | None) -> np.ndarray:
+    """xxh64 of each word's UTF-8 bytes (`split_words`), as uint64."""
+    if script not in UNSPACED_SCRIPTS:
+        return words.hashes(text)
+    found = split_words(text, script)
+    return np.fromiter(map(xxhash.xxh64_intdigest, found), np.uint64, len(found))
 
 
 def _code_points(text: str) -> list[int]:
