@@ -59,6 +59,7 @@ from stages.shards import write_shard
 SHUFFLE_FANOUT = 64  # the most files one mixing task writes; more shards than this are placed in groups
 POOL_PLAN_COLUMNS = ("source", "lang", "quality", "n_tokens", "cluster_size")  # what the plan reads of the pool
 MIX_BATCH_BYTES = 32 << 20  # pool bytes one mixing task reads: mixing tasks x groups, the shuffle's files, stay few
+MIX_BATCH_ROWS = 512  # pool documents sampled and placed together
 
 
 @dataclass(frozen=True)
@@ -178,22 +179,36 @@ def mix_files(layout: Layout, phase_id: str, pools: list[str], plan: dict[tuple[
     placed_name = Layout.placed_in_shard if per_group == 1 else Layout.placed_in_group
     sink = PartitionedSink(layout, lambda group: placed_name(phase_id, group, key), PLACED, options=PLACED_OPTIONS,
                            sink=ArrowSink)
-    for pool in pools:
-        with layout.open(pool) as f:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=512):
-                for chunks in sampler.sample(batch):
-                    place = chunk_hashes((seed, "place"), chunks.column("doc_id").to_pylist(),
-                                         chunks.column("epoch").to_pylist(), chunks.column("chunk").to_pylist())
-                    shard = (place % np.uint64(n_shards)).astype(np.int64)
-                    placed = chunks.add_column(0, "place", pa.array(place)).add_column(0, "shard", pa.array(shard))
-                    groups = shard // per_group  # each shard its own group when per_group is 1
-                    order = np.argsort(groups, kind="stable")
-                    placed, groups = placed.take(order), groups[order]
-                    for start, end in runs(groups):
-                        sink.write_table(int(groups[start]), placed.slice(start, end - start))
+    for batch in _pool_batches(layout, pools):
+        for chunks in sampler.sample(batch):
+            place = chunk_hashes((seed, "place"), chunks.column("doc_id").to_pylist(),
+                                 chunks.column("epoch").to_pylist(), chunks.column("chunk").to_pylist())
+            shard = (place % np.uint64(n_shards)).astype(np.int64)
+            placed = chunks.add_column(0, "place", pa.array(place)).add_column(0, "shard", pa.array(shard))
+            groups = shard // per_group  # each shard its own group when per_group is 1
+            order = np.argsort(groups, kind="stable")
+            placed, groups = placed.take(order), groups[order]
+            for start, end in runs(groups):
+                sink.write_table(int(groups[start]), placed.slice(start, end - start))
     sink.close()
     write_task_records(layout, "mix", "batch", key, [sampler], phase=phase_id)
     return {"docs": sum(sampler.stats.kept.values()), "tokens": sum(sampler.stats.tokens.values())}
+
+
+def _pool_batches(layout: Layout, pools: list[str]) -> Iterator[pa.RecordBatch]:
+    """The rows of the pool files in turn, in batches of MIX_BATCH_ROWS, small files' rows joined into one batch:
+    a batch's sampling and placing cost about a millisecond however few its rows (700 pool files of 8 documents
+    mixed in 2.3-2.7 s a batch per file, 1.4-1.5 s joined). Chunks do not depend on the batch a document is in."""
+    pending: list[pa.RecordBatch] = []
+    for pool in pools:
+        with layout.open(pool) as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=MIX_BATCH_ROWS):
+                pending.append(batch)
+                if sum(b.num_rows for b in pending) >= MIX_BATCH_ROWS:
+                    yield pa.concat_batches(pending)
+                    pending = []
+    if pending:
+        yield pa.concat_batches(pending)
 
 
 def split_group(layout: Layout, phase_id: str, group: int, files: list[str]) -> dict:
