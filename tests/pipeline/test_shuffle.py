@@ -50,3 +50,17 @@ def test_partitioned_sink_bounds_its_buffer(tmp_path):
     assert [pq.read_table(tmp_path / f"part-{p}.parquet").column("x").to_pylist() for p in (0, 4)] == [
         list(range(0, 50, 5)), list(range(4, 50, 5))]
 
+
+
+def test_pool_batches_join_small_files(tmp_path):
+    """Rows of small pool files come in batches of MIX_BATCH_ROWS across files, in file order."""
+    layout = Layout(tmp_path)
+    names = []
+    for number, rows in enumerate([3, 500, 1, 700, 20]):
+        names.append(f"pool/p{number}.parquet")
+        (tmp_path / "pool").mkdir(exist_ok=True)
+        pq.write_table(pa.table({"id": [f"{number}-{i}" for i in range(rows)]}), tmp_path / names[-1])
+    batches = list(mixing._pool_batches(layout, names))
+    assert [b.num_rows for b in batches] == [1016, 208]  # 3 + 500 + 1 + 512 (of 700), then 188 + 20
+    assert [i for b in batches for i in b.column("id").to_pylist()] == [
+        f"{number}-{i}" for number, rows in enumerate([3, 500, 1, 700, 20]) for i in range(rows)]
