@@ -1,7 +1,8 @@
 """Text helpers shared by LID, quality and dedup: Unicode scripts and script-aware word segmentation.
 
 Scripts written without spaces (Chinese, Japanese, Thai, Khmer, Burmese, Lao, Tibetan) are segmented with
-ICU's dictionary-based word break iterator (PyICU); other scripts split on letters and digits.
+ICU's dictionary-based word break iterator (PyICU); other scripts split on letters, marks and digits, in
+compiled code (stages/words.py).
 """
 
 import itertools
