@@ -413,7 +413,8 @@ class Layout(Names):
 
         # A local tree through Arrow's own file system: DuckDB scans a registered dataset holding the GIL, and
         # Arrow's reading threads then wait for it when the file system is Python (a deadlock, seen in the suite).
-        filesystem = pafs.LocalFileSystem() if self.is_local else pafs.PyFileSystem(KeptHandler(self.fs, self._kept))
+        filesystem = pafs.LocalFileSystem() if self.is_local else pafs.PyFileSystem(
+            KeptHandler(self.fs, self._kept, dict(_known_sizes.get() or {})))
         return ds.dataset([self.path(name) for name in names], schema=schema, format="parquet", filesystem=filesystem)
 
     def read_tables(self, names: list[str]) -> Any:
@@ -483,16 +484,16 @@ class KeptObjects:
         return data
 
 
-class KeptHandler(pafs.FSSpecHandler):
-    """pyarrow's fsspec handler reading objects up to WHOLE_OBJECT_BYTES through `KeptObjects`, a larger one in
-    the ranges Arrow asks for."""
+class KeptHandler(SizedHandler):
+    """`SizedHandler` reading objects up to WHOLE_OBJECT_BYTES through `KeptObjects`, a larger one in the ranges
+    Arrow asks for."""
 
-    def __init__(self, fs: Any, kept: KeptObjects) -> None:
-        super().__init__(fs)
+    def __init__(self, fs: Any, kept: KeptObjects, sizes: dict[str, int]) -> None:
+        super().__init__(fs, sizes, ranges=True)
         self.kept = kept
 
     def open_input_file(self, path: str) -> pa.NativeFile:
-        size = int(self.fs.size(path))
+        size = self.sizes[path] if path in self.sizes else int(self.fs.size(path))
         if size > WHOLE_OBJECT_BYTES:
             return pa.PythonFile(open_at_size(self.fs, path, size, ranges=True), mode="r")
         return pa.BufferReader(self.kept.read(self.fs, path))

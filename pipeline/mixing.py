@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from manifests.layout import Layout, known_sizes
@@ -60,6 +59,10 @@ SHUFFLE_FANOUT = 64  # the most files one mixing task writes; more shards than t
 POOL_PLAN_COLUMNS = ("source", "lang", "quality", "n_tokens", "cluster_size")  # what the plan reads of the pool
 MIX_BATCH_BYTES = 32 << 20  # pool bytes one mixing task reads: mixing tasks x groups, the shuffle's files, stay few
 MIX_BATCH_ROWS = 512  # pool documents sampled and placed together
+# Pool bytes of a (source, lang) up to which its threshold task reads the files once for both passes, keeping
+# the eligible documents' ids and token counts (a few percent of the bytes) in between: on an object store the
+# second pass would fetch every file again.
+THRESHOLD_ONE_READ_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -117,10 +120,9 @@ def summarize_pool(layout: Layout, phase: PhaseConfig, files: list[str]) -> Pool
 def _pool_rows(layout: Layout, files: list[str]) -> pa.RecordBatchReader:
     """The columns of the pool files the plan reads, and each row's file path (`filename`), in one Arrow scan over
     `layout.fs`: a file is opened once and its column chunks read in ranges (DuckDB reading through fsspec asks for
-    a stat per file, and again per query)."""
-    dataset = ds.dataset([layout.path(name) for name in files], schema=POOL, format="parquet",
-                         filesystem=layout.arrow_filesystem())
-    scanner = dataset.scanner(columns=list(POOL_PLAN_COLUMNS))
+    a stat per file, and again per query). `Layout.dataset`: on an object store the summary's second scan, and the
+    catalog's after the shards, take the objects the first one fetched."""
+    scanner = layout.dataset(files, POOL).scanner(columns=list(POOL_PLAN_COLUMNS))
     schema = scanner.projected_schema.append(pa.field("filename", pa.string()))
     batches = (batch.append_column("filename", pa.repeat(pa.scalar(tagged.fragment.path), batch.num_rows))
                for tagged in scanner.scan_batches() for batch in [tagged.record_batch])
@@ -160,9 +162,12 @@ def _eligible_docs(layout: Layout, files: list[str], floor: float, bands: tuple[
 def fraction_threshold(layout: Layout, files: list[str], floor: float, target: float, seed: int, epoch: int,
                        rules: ChunkRules, bands: tuple[RehydrateBand, ...] | None = None, weight: int = 1) -> dict:
     finder = FractionThreshold(seed, epoch, rules)
-    finder.count(_eligible_docs(layout, files, floor, bands, weight))
+    one_read = sum(map(layout.size, files)) <= THRESHOLD_ONE_READ_BYTES
+    first = list(_eligible_docs(layout, files, floor, bands, weight)) if one_read else None
+    finder.count(first or _eligible_docs(layout, files, floor, bands, weight))
     bucket, needed = finder.locate(target)
-    return {"threshold": finder.resolve(_eligible_docs(layout, files, floor, bands, weight), bucket, needed)}
+    return {"threshold": finder.resolve(first or _eligible_docs(layout, files, floor, bands, weight), bucket,
+                                        needed)}
 
 
 def shards_per_group(n_shards: int, fanout: int) -> int:

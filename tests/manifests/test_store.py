@@ -62,3 +62,9 @@ def test_files_of_known_size_are_read_without_a_head(s3):
     counts = COUNTS.snapshot() - before
     assert counts["head"] == 0 and counts["get"] == 4, counts  # 1 + 1 + footer and row group
     assert counts["bytes_read"] < written.sizes["large.parquet"] // 2 + 2 * written.sizes["small.parquet"], counts
+    before = COUNTS.snapshot()
+    with known_sizes({layout.path(name): size for name, size in written.sizes.items()}):
+        for _ in range(2):  # the driver's scans (`Layout.dataset`, as the pool summary's two): one GET, kept
+            assert layout.dataset(["small.parquet"], table.schema).to_table().num_rows == 1_000
+    counts = COUNTS.snapshot() - before
+    assert counts["head"] == 0 and counts["get"] == 1, counts
