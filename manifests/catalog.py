@@ -15,7 +15,6 @@ only the output tree, never write, attach, export, install or load anything, and
 
 import fnmatch
 import posixpath
-import re
 import shutil
 import tempfile
 import weakref
@@ -27,9 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from fsspec.utils import glob_translate
 
-from manifests.layout import Layout
+from manifests.layout import Layout, matching
 from manifests.runs import built_by
 from manifests.schemas import (
     DEDUP_CLUSTERS,
@@ -243,16 +241,10 @@ class QueryRefused(ValueError):
     """SQL that would write, attach or load something: `mmcorpus query` only reads."""
 
 
-def _matching(names: list[str], globs: list[str]) -> list[str]:
-    """The names that globs match as the store's glob does (`*` within a folder, `**` across folders)."""
-    patterns = [re.compile(glob_translate(pattern)) for pattern in globs]
-    return [name for name in names if any(pattern.fullmatch(name) for pattern in patterns)]
-
-
 def _built(layout: Layout) -> list[str]:
     """The tree's Parquet files (one listing), once a phase is built."""
     names = layout.glob("**/*.parquet")
-    if not _matching(names, [Layout.manifest_glob("run")]):
+    if not matching(names, [Layout.manifest_glob("run")]):
         raise FileNotFoundError(f"{layout.url}: no built phase (no manifest): run `mmcorpus build` first")
     return names
 
@@ -291,7 +283,7 @@ def loaded(layout: Layout) -> duckdb.DuckDBPyConnection:
     columns. DuckDB reading the tree through fsspec would list it and read each file again for every query, in
     several ranged requests."""
     names = _built(layout)
-    found = {view: files for view, globs in view_globs().items() if (files := _matching(names, globs))}
+    found = {view: files for view, globs in view_globs().items() if (files := matching(names, globs))}
     con = _in_memory()
     for view, files in found.items():
         if view in SCANNED:

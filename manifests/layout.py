@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,8 +209,7 @@ class Layout(Names):
         """Names matching a glob under the root, sorted; temporary files are never listed. Object stores are
         listed afresh: other processes (Ray workers) write there."""
         if self._listing is not None:
-            matches = re.compile(glob_translate(pattern)).fullmatch
-            return sorted(filter(matches, self._listing.copy()))  # a copy: the lock's heartbeat thread writes
+            return sorted(matching(self._listing.copy(), [pattern]))  # a copy: the lock's heartbeat thread writes
         if not self.is_local:
             self.fs.invalidate_cache()
         return self._names(self.fs.glob(self.path(pattern)))
@@ -424,6 +423,13 @@ class Layout(Names):
 
         tables = [pq.read_table(pa.BufferReader(data)) for data in self.read_many(names).values()]
         return pa.concat_tables(tables, promote_options="default")
+
+
+def matching(names: Iterable[str], globs: list[str]) -> list[str]:
+    """The names any of the globs matches as a store's glob does (`*` within a folder, `**` across folders), in
+    the order given."""
+    patterns = [re.compile(glob_translate(pattern)) for pattern in globs]
+    return [name for name in names if any(pattern.fullmatch(name) for pattern in patterns)]
 
 
 def open_at_size(fs: Any, path: str, size: int, ranges: bool = False) -> IO[bytes]:
