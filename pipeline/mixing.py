@@ -161,13 +161,14 @@ def _eligible_docs(layout: Layout, files: list[str], floor: float, bands: tuple[
 
 def fraction_threshold(layout: Layout, files: list[str], floor: float, target: float, seed: int, epoch: int,
                        rules: ChunkRules, bands: tuple[RehydrateBand, ...] | None = None, weight: int = 1) -> dict:
+    def eligible() -> Iterator[tuple[list[str], np.ndarray]]:
+        return _eligible_docs(layout, files, floor, bands, weight)
+
     finder = FractionThreshold(seed, epoch, rules)
-    one_read = sum(map(layout.size, files)) <= THRESHOLD_ONE_READ_BYTES
-    first = list(_eligible_docs(layout, files, floor, bands, weight)) if one_read else None
-    finder.count(first or _eligible_docs(layout, files, floor, bands, weight))
+    kept = list(eligible()) if sum(map(layout.size, files)) <= THRESHOLD_ONE_READ_BYTES else None
+    finder.count(eligible() if kept is None else kept)
     bucket, needed = finder.locate(target)
-    return {"threshold": finder.resolve(first or _eligible_docs(layout, files, floor, bands, weight), bucket,
-                                        needed)}
+    return {"threshold": finder.resolve(eligible() if kept is None else kept, bucket, needed)}
 
 
 def shards_per_group(n_shards: int, fanout: int) -> int:
