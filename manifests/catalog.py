@@ -42,6 +42,7 @@ from manifests.schemas import (
     SHARD,
     SHARDS,
     STAGES,
+    STATS,
 )
 from manifests.writer import write_parquet
 
@@ -156,14 +157,14 @@ def _rooted(layout: Layout) -> str:
 
 
 def write_manifest(layout: Layout, phase_id: str, plan: list, shards: list[dict], run_info: dict,
-                   files: list[dict]) -> None:
+                   files: list[dict], stats: list[dict]) -> None:
+    """The phase's manifest tables, from the plan, the shards, the pool and `stats`: the counters (STATS rows) of
+    the curation tasks and of the phase's own."""
     write_parquet(layout, Layout.manifest(phase_id, "shards"), [s | {"phase": phase_id} for s in shards], SHARDS)
-    # Each file read once, in memory: the stats (small, read by three queries) whole and together, the shards and
-    # the pool in one Arrow scan each for the columns needed (through DuckDB each query would list and read each
-    # file again, in several ranged requests)
-    stats = layout.read_tables([name for pattern in Layout.stats_globs(phase_id) for name in layout.glob(pattern)])
+    # The shards and the pool read once, in memory, in one Arrow scan each for the columns needed (through DuckDB
+    # each query would list and read each file again, in several ranged requests)
     with layout.duckdb(threads=2) as con:
-        con.register("stats", stats)
+        con.register("stats", pa.Table.from_pylist(stats, schema=STATS))
         con.register("chunks", shard_chunks(layout, [s["path"] for s in shards]))
         con.register("pool", layout.dataset(layout.glob(Layout.POOL_GLOB), POOL))
         written = dict(

@@ -492,7 +492,9 @@ class KeptObjects:
 
 class KeptHandler(SizedHandler):
     """`SizedHandler` reading objects up to WHOLE_OBJECT_BYTES through `KeptObjects`, a larger one in the ranges
-    Arrow asks for."""
+    Arrow asks for. Two thresholds on purpose: the driver scans the same objects again (the pool, the shards), so
+    each one it can keep is fetched whole once (up to 16 MiB); a task reads an object once, so only one no larger
+    than two footer reads is fetched whole (`open_at_size`, `ranges`), the rest by the row groups it wants."""
 
     def __init__(self, fs: Any, kept: KeptObjects, sizes: dict[str, int]) -> None:
         super().__init__(fs, sizes, ranges=True)

@@ -3,7 +3,7 @@
 Names are relative to the root (manifests/layout.py turns them into paths and URLs; `Layout` inherits `Names`, so
 `Layout.shard(...)` is the usual spelling). Words, one meaning each:
     part            a piece of one source's curated output; (source, part) names a curated file, and every file
-                    made from it (stats, rejects, signatures, removals, pool files) carries the same two
+                    made from it (rejects, signatures, removals, pool files) carries the same two
     hash partition  one of the P slices of dedup's shuffle (`p<NNNNN>`, the task that reads it): each relation
                     between dedup's SQL steps is a folder of one file per task of the step that wrote it, its
                     rows sorted by partition, a partition's rows in row groups of their own
@@ -78,8 +78,6 @@ class Names:
     MARKERS = "_done"
 
     CURATED = Template("curated/{source}/{part}.parquet")
-    STATS = Template("stats/{group}/{source}/{part}.parquet")  # curation's, shared by every phase
-    PHASE_STATS = Template("{phase}/" + STATS.pattern)  # a phase's own (mixing)
     REJECTS = Template("rejects/{group}/{source}/{part}.parquet")
     PHASE_REJECTS = Template("{phase}/" + REJECTS.pattern)
     DEDUP = Template("dedup/{config}")  # the folder of one MinHash configuration
@@ -116,19 +114,9 @@ class Names:
         return cls.CURATED.format(source=source, part=part)
 
     @classmethod
-    def stats(cls, group: str, source: str, part: str, phase: str | None = None) -> str:
-        fields = dict(group=group, source=source, part=part)
-        return cls.PHASE_STATS.format(phase=phase, **fields) if phase else cls.STATS.format(**fields)
-
-    @classmethod
     def rejects(cls, group: str, source: str, part: str, phase: str | None = None) -> str:
         fields = dict(group=group, source=source, part=part)
         return cls.PHASE_REJECTS.format(phase=phase, **fields) if phase else cls.REJECTS.format(**fields)
-
-    @classmethod
-    def stats_globs(cls, phase: str | None = None) -> list[str]:
-        """The curation stats, and a phase's own (mixing) when given."""
-        return [cls.STATS.glob(), *([cls.PHASE_STATS.glob(phase=phase)] if phase else [])]
 
     @classmethod
     def rejects_globs(cls) -> list[str]:
@@ -244,10 +232,13 @@ class Names:
 
     @classmethod
     def built_folders(cls, phase: str) -> list[str]:
-        """The folders a phase's build writes: curation's, which every phase's build shares, then the phase's own."""
-        shared = [cls.CURATED, cls.POOL, cls.DEDUP, cls.STATS, cls.REJECTS]
-        return [*(kind.folder() for kind in shared),
-                *(kind.folder(phase=phase) for kind in (cls.SHARD, cls.PHASE_STATS, cls.PHASE_REJECTS))]
+        """The folders a phase's build writes: curation's, which every phase's build shares, then the phase's own;
+        and `stats`, where builds before the counters went into the task markers wrote a file per task (a build
+        sweeps them away: no task writes there now)."""
+        shared = [cls.CURATED, cls.POOL, cls.DEDUP, cls.REJECTS]
+        own = [cls.SHARD, cls.PHASE_REJECTS]
+        return [*(kind.folder() for kind in shared), *(kind.folder(phase=phase) for kind in own), "stats",
+                f"{phase}/stats"]
 
     @staticmethod
     def in_phase(name: str, phase: str) -> bool:
@@ -258,6 +249,6 @@ class Names:
     def read_after_build(cls, name: str) -> bool:
         """Whether the manifest, the catalog's views or a phase's summary read this file (not only the tasks
         downstream of it): such files are verified before every build's manifest."""
-        patterns = [*cls.stats_globs("phase*"), *cls.rejects_globs(), cls.POOL_GLOB, cls.clusters_glob("*"),
+        patterns = [*cls.rejects_globs(), cls.POOL_GLOB, cls.clusters_glob("*"),
                     cls.manifest_glob("*")]
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)

@@ -1,7 +1,9 @@
 """Parquet writing on the output tree: fixed writer options, explicit schemas, atomic files with checksums."""
 
+import contextlib
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import asdict
 
 import numpy as np
@@ -9,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from manifests.layout import TASK_MEMORY, Layout
-from manifests.schemas import REJECTS, SHARD, STATS
+from manifests.schemas import REJECTS, SHARD
 
 # Fixed writer options so that the same rows give the same bytes (shard sha256s are compared across runs).
 PARQUET_OPTIONS = dict(compression="zstd", compression_level=3, use_dictionary=True, write_statistics=True)
@@ -170,11 +172,29 @@ class PartitionedSink:
         return {partition: sink.count for partition, sink in self.sinks.items()}
 
 
+_counted: ContextVar[list[dict] | None] = ContextVar("counted", default=None)
+
+
+@contextlib.contextmanager
+def counting() -> Iterator[list[dict]]:
+    """Collect the stats rows (STATS, without `task`) that `write_task_records` gives inside the block: a task's
+    counters travel in its marker (pipeline/markers.py), not in a file of their own (a Parquet file per task was a
+    quarter of the objects of a build and ~2 ms of each small task)."""
+    rows: list[dict] = []
+    token = _counted.set(rows)
+    try:
+        yield rows
+    finally:
+        _counted.reset(token)
+
+
 def write_task_records(layout: Layout, group: str, source: str, part: str, stages: list,
                        phase: str | None = None) -> None:
-    """Stats and rejects of one task's stages (stages/base.py Stage or Records), named after the task, so
-    reruns overwrite."""
-    stats = [row | {"task": f"{source}/{part}"} for stage in stages for row in stage.stats.rows()]
-    rejects = [asdict(reject) for stage in stages for reject in stage.rejects]
-    write_parquet(layout, Layout.stats(group, source, part, phase), stats, STATS)
-    write_parquet(layout, Layout.rejects(group, source, part, phase), rejects, REJECTS)
+    """The records of one task's stages (stages/base.py Stage or Records): its rejects in a file named after the
+    task, so reruns overwrite (none when nothing was rejected), and its stats rows to the task's `counting`."""
+    counted = _counted.get()
+    if counted is None:
+        raise RuntimeError(f"{source}/{part}: stats counted outside a task (pipeline/runner.py counts them)")
+    counted += [row for stage in stages for row in stage.stats.rows()]
+    if rejects := [asdict(reject) for stage in stages for reject in stage.rejects]:
+        write_parquet(layout, Layout.rejects(group, source, part, phase), rejects, REJECTS)

@@ -7,8 +7,8 @@ Ray stages, each one task per unit (pipeline/runner.py: fingerprinted markers, c
     <phase>-threshold, -mix, -shard: plan, select and place chunks, write shards (pipeline/mixing.py)
                                                                      -> <phase>/shards/shard-NNNNN.parquet
 then the manifest, a row of the phase's run history and the DuckDB catalog (manifests/names.py names every
-path). Every task writes its stats and rejects next to its outputs. A part is named after its input file, so
-adding or removing an input leaves the other parts' work in place.
+path). Every task writes its rejects next to its outputs; its counters travel in its marker. A part is named
+after its input file, so adding or removing an input leaves the other parts' work in place.
 """
 
 import datetime
@@ -218,8 +218,9 @@ def _build(settings: BuildSettings, layout: Layout, gemma: Gemma2Tokenizer) -> d
         timings["pool"] = time.time() - t0
         t0 = time.time()
         shard_tokens = recipe.sources.shard_tokens or phase.shard_tokens
-        plan, shards, mix_settings = mix_phase(runner, layout, phase, settings.seed, settings.budget_tokens,
-                                               shard_tokens, gemma.bos_id, gemma.eos_id)
+        plan, shards, mix_settings, phase_stats = mix_phase(runner, layout, phase, settings.seed,
+                                                            settings.budget_tokens, shard_tokens, gemma.bos_id,
+                                                            gemma.eos_id)
         timings["mix"] = time.time() - t0
         finishing = store.COUNTS.snapshot()  # the driver's work after the shards: the run record's `finish` row
         if built and (line := runs.replacement(phase.id, built, settings.seed, phase.variant,
@@ -230,7 +231,7 @@ def _build(settings: BuildSettings, layout: Layout, gemma: Gemma2Tokenizer) -> d
         ledger = runner.ledger
         runner.ensure(name for name in ledger.producers if Layout.read_after_build(name))
         layout.list_once()  # no task writes the tree from here on: the sweep, manifest, catalog and card list it once
-        ledger.sweep(Layout.built_folders(phase.id), keep=[Layout.stats("mix", "plan", "outside", phase.id)])
+        ledger.sweep(Layout.built_folders(phase.id))
         ledger.verify_earlier(lambda name: Layout.read_after_build(name) and not Layout.in_phase(name, phase.id))
         ran = dict(runner.ran)
         asked = Counter(stage for stage, _ in runner.tasks)
@@ -249,7 +250,8 @@ def _build(settings: BuildSettings, layout: Layout, gemma: Gemma2Tokenizer) -> d
         # the run history holds this build before the manifest's `run` row and the catalog's `runs` view read it
         runs.record_run(layout, phase.id, run_info, ordered, store_counts(runner, finishing))
         ledger.record(f"{phase.id}-manifest", catalog.write_manifest, layout=layout, phase_id=phase.id, plan=plan,
-                      shards=ordered, run_info=run_info, files=files)
+                      shards=ordered, run_info=run_info, files=files,
+                      stats=ledger.stats(["curate", "pool"]) + phase_stats)
     layout.delete_tree(Layout.placed_dir(phase.id))
     written = sorted(shard["sha256"] for shard in shards.values())
     if measured != written and layout.exists(Layout.manifest(phase.id, "mlm_eval")):

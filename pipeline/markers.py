@@ -6,6 +6,8 @@ A task's marker (`task_record`: what the task returns to the driver, its record)
     outputs      every file it wrote, with its checksum
     sizes        the bytes of each of those files
     summary      the small dict the task returned
+    stats        its counters (STATS rows without `task`: documents read, kept and rejected per stage, language
+                 and reason), which the manifest sums
     costs        what the task cost (pipeline/progress.py)
 Only the driver writes them to the tree, a few objects per stage, not one per task (on an object store each
 object is requests, billed and waited on):
@@ -57,16 +59,20 @@ class Done:
     outputs: dict[str, str]
     summary: dict
     sizes: dict[str, int] = field(default_factory=dict)  # of the outputs (markers older than this lack them)
+    stats: list[dict] = field(default_factory=list)  # its counters (markers older than this lack them: their
+    # tasks wrote them to files, and count by a code digest that no longer matches, so they run again)
 
     @classmethod
     def from_record(cls, record: dict) -> "Done":
-        return cls(record["fingerprint"], record["outputs"], record["summary"], record.get("sizes", {}))
+        return cls(record["fingerprint"], record["outputs"], record["summary"], record.get("sizes", {}),
+                   record.get("stats", []))
 
 
-def task_record(fingerprint: str, written: Written, summary: dict, costs: dict | None = None) -> dict:
+def task_record(fingerprint: str, written: Written, summary: dict, costs: dict | None = None,
+                stats: list[dict] | None = None) -> dict:
     """What the driver records of a completed task."""
     return {"fingerprint": fingerprint, "outputs": dict(sorted(written.items())), "summary": summary,
-            "sizes": dict(sorted(written.sizes.items())), "costs": costs or {}}
+            "sizes": dict(sorted(written.sizes.items())), "costs": costs or {}, **({"stats": stats} if stats else {})}
 
 
 def drop_stale(layout: Layout, stale: Iterable[str], written: Written) -> None:
@@ -296,6 +302,11 @@ class Ledger:
     def fingerprint(self, task: "Task") -> str:
         reads = {name: self.producers[name][2] if name in self.producers else None for name in task.inputs}
         return digest([task.fn, task.kwargs, reads, task.identity, FORMATS])
+
+    def stats(self, stages: Iterable[str]) -> list[dict]:
+        """The counters of these stages' completed tasks, each row naming its task by key."""
+        return [row | {"task": key} for stage in stages for key, done in sorted(self.done[stage].items())
+                for row in done.stats]
 
     def outputs(self, stage: str) -> dict[str, str]:
         return {name: checksum for done in self.done[stage].values() for name, checksum in done.outputs.items()}

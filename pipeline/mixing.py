@@ -24,13 +24,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from manifests.layout import Layout, known_sizes
-from manifests.schemas import PLACED, POOL, STATS
+from manifests.schemas import PLACED, POOL
 from manifests.writer import (
     PLACED_OPTIONS,
     ArrowSink,
     PartitionedSink,
     open_arrow,
-    write_parquet,
     write_task_records,
 )
 from pipeline.config import ConfigError
@@ -234,8 +233,9 @@ def split_group(layout: Layout, phase_id: str, group: int, files: list[str]) -> 
 
 
 def mix_phase(runner: Runner, layout: Layout, phase: PhaseConfig, seed: int, budget: float | None,
-              shard_tokens: int, bos: int, eos: int) -> tuple[list[MixRow], dict[str, dict], dict]:
-    """Plan and write one phase's shards; returns the plan, the shard summaries and the run settings."""
+              shard_tokens: int, bos: int, eos: int) -> tuple[list[MixRow], dict[str, dict], dict, list[dict]]:
+    """Plan and write one phase's shards; returns the plan, the shard summaries, the run settings and the phase's
+    own counters (STATS rows: the mixing tasks', and the pool documents outside its languages)."""
     files = sorted(name for name in runner.ledger.outputs("pool") if Layout.POOL.parse(name))
     runner.ensure(files)  # the summary reads them all: a damaged or deleted one is written again first
     with known_sizes(runner.sizes(files)):
@@ -246,7 +246,6 @@ def mix_phase(runner: Runner, layout: Layout, phase: PhaseConfig, seed: int, bud
     plan = plan_rows(phase, pool.available, budget)
     n_shards = max(1, math.ceil(sum(row.target_tokens for row in plan) / shard_tokens))
     settings = dict(seed=seed, budget_tokens=budget, n_shards=n_shards, shard_tokens=shard_tokens)
-    write_parquet(layout, Layout.stats("mix", "plan", "outside", phase.id), pool.outside, STATS)
     copies = {(r.source, r.lang): copies_per_weight(pool.by_weight[(r.source, r.lang)], r.epochs, phase.max_epochs)
               for r in plan}
     fractions = {(source, lang, weight): k for (source, lang), by_weight in copies.items()
@@ -291,7 +290,7 @@ def mix_phase(runner: Runner, layout: Layout, phase: PhaseConfig, seed: int, bud
                                                  target=Layout.shard(phase.id, s)), inputs=tuple(by_shard.get(s, [])))
         for s in range(n_shards)
     ], final=True)
-    return plan, shards, settings
+    return plan, shards, settings, runner.ledger.stats([f"{phase.id}-mix"]) + pool.outside
 
 
 def threshold_key(source: str, lang: str, weight: int) -> str:

@@ -3,9 +3,10 @@ keeps a build a function of its inputs.
 
 A task is a plain function that writes its own outputs through the output layout (manifests/layout.py), which
 records each file's checksum. The runner wraps it so that it returns its marker (what it wrote, its checksums,
-its summary) to the driver, which writes a stage's markers in a few objects (pipeline/markers.py). A rerun skips
-a task whose marker holds the same fingerprint. A task whose fingerprint changed runs again and its old outputs
-that it no longer writes are removed; the tasks downstream of it see new checksums, so they run again too.
+its summary, its counters) to the driver, which writes a stage's markers in a few objects (pipeline/markers.py).
+A rerun skips a task whose marker holds the same fingerprint. A task whose fingerprint changed runs again and its
+old outputs that it no longer writes are removed; the tasks downstream of it see new checksums, so they run again
+too.
 Markers of tasks no longer asked for (a removed input) go, with their outputs. Before tasks run, the files they
 read that an earlier build wrote are checked (once each) against the checksums their producers recorded: a
 damaged or missing one makes its producer run again first, or, when no task of this build makes it, fails
@@ -23,6 +24,7 @@ from typing import Any
 
 from manifests.layout import TASK_MEMORY, Layout, known_sizes, recording
 from manifests.store import COUNTS
+from manifests.writer import counting
 from pipeline.fingerprint import Shared, digest
 from pipeline.markers import BATCH_SECONDS, Done, Ledger, TaskFailed, drop_stale, task_record
 from pipeline.progress import MIN_TASK_MEMORY, Progress, StageCosts, fit_task_memory, measured
@@ -81,12 +83,12 @@ def _run_task(fn: Callable[..., dict], kwargs: dict, layout: Layout, fingerprint
     before = COUNTS.snapshot()
     token = TASK_MEMORY.set(memory)
     try:
-        with known_sizes(sizes), measured() as costs, recording() as written:
+        with known_sizes(sizes), measured() as costs, recording() as written, counting() as stats:
             summary = fn(**{name: _resolve(value) for name, value in kwargs.items()})
     finally:
         TASK_MEMORY.reset(token)
     drop_stale(layout, stale, written)
-    record = task_record(fingerprint, written, summary, costs)
+    record = task_record(fingerprint, written, summary, costs, stats)
     return record | {"store": dict(COUNTS.snapshot() - before)}
 
 
@@ -235,7 +237,8 @@ class Runner:
         costs = self.costs.setdefault(costs_as, StageCosts())
         self.ledger.retire(stage, [task.key for task in todo])  # a crash from here on leaves them to run again
         workers = int(ray.cluster_resources().get("CPU", self.workers))
-        sizes = [sum(task.reads(stage, self.ledger.size).values()) for task in todo]
+        reads = {task.key: task.reads(stage, self.ledger.size) for task in todo}
+        sizes = [sum(reads[task.key].values()) for task in todo]
         pending = {submit(bundle): bundle for bundle in bundles(todo, sizes, workers)}
         lost: dict[str, int] = defaultdict(int)
         failures = []
@@ -277,7 +280,7 @@ class Runner:
                     store = record.pop("store", {})
                     self.ledger.completed(stage, task.key, record)
                     self.ran[stage] += 1
-                    costs.add(record["costs"], task.reads(stage, self.ledger.size))
+                    costs.add(record["costs"], reads[task.key])
                     self.store[costs_as] += Counter(store)
                     progress.update(record["summary"])
         costs.seconds += time.perf_counter() - started

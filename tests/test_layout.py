@@ -65,10 +65,6 @@ RELATION = f"{DEDUP}/steps/keys/nodes"
 NAMES = [
     (Layout.curated("fineweb2", "00003"), "curated/fineweb2/00003.parquet", Names.CURATED,
      dict(source="fineweb2", part="00003")),
-    (Layout.stats("curate", "fineweb2", "00003"), "stats/curate/fineweb2/00003.parquet", Names.STATS,
-     dict(group="curate", source="fineweb2", part="00003")),
-    (Layout.stats("mix", "plan", "outside", "phase1"), "phase1/stats/mix/plan/outside.parquet", Names.PHASE_STATS,
-     dict(phase="phase1", group="mix", source="plan", part="outside")),
     (Layout.rejects("curate", "dolma", "a"), "rejects/curate/dolma/a.parquet", Names.REJECTS,
      dict(group="curate", source="dolma", part="a")),
     (Layout.rejects("mix", "dolma", "a", "phase2"), "phase2/rejects/mix/dolma/a.parquet", Names.PHASE_REJECTS,
@@ -126,14 +122,14 @@ def test_every_kind_of_name_is_covered():
 
 def test_a_name_of_another_kind_does_not_parse():
     assert Names.SHARD.parse("phase1/shards/README.md") is None
-    assert Names.STATS.parse("phase1/stats/mix/plan/outside.parquet") is None  # a phase's own: PHASE_STATS
+    assert Names.REJECTS.parse("phase1/rejects/mix/dolma/a.parquet") is None  # a phase's own: PHASE_REJECTS
     assert Names.PLACED_IN_SHARD.parse("phase1/_placed/g00003/batch-00001.arrow") is None
     assert Names.CURATED.parse("curated/fineweb2/sub/00003.parquet") is None  # a field is one segment
 
 
 def test_names_are_found_by_their_numbers():
     placed = ["p/_placed/s00003/a.arrow", "p/_placed/g00001/a.arrow", "p/_placed/s00003/b.arrow",
-              "p/stats/mix/batch/a.parquet", "q/_placed/s00004/a.arrow"]
+              "p/rejects/mix/batch/a.parquet", "q/_placed/s00004/a.arrow"]
     assert Names.PLACED_IN_SHARD.by(placed, "shard", phase="p") == {
         3: ["p/_placed/s00003/a.arrow", "p/_placed/s00003/b.arrow"]}
     assert Names.PLACED_IN_GROUP.by(placed, "group") == {1: ["p/_placed/g00001/a.arrow"]}
@@ -144,13 +140,12 @@ def test_names_are_found_by_their_numbers():
 def test_globs_and_folders_of_the_tree():
     """What readers of the whole tree (the catalog, the build's sweep and checks) match names against."""
     assert Layout.POOL_GLOB == "pool/*/*/*.parquet"
-    assert Layout.stats_globs("phase1") == ["stats/*/*/*.parquet", "phase1/stats/*/*/*.parquet"]
     assert Layout.rejects_globs() == ["rejects/*/*/*.parquet", "phase*/rejects/*/*/*.parquet"]
     assert Layout.clusters_glob("*") == "dedup/*/clusters/*.parquet"
     assert Layout.shards_glob("phase1") == "phase1/shards/shard-*.parquet"
     assert Layout.manifest_glob("*") == "phase*/manifest/*.parquet"
-    assert Layout.built_folders("phase1") == ["curated", "pool", "dedup", "stats", "rejects", "phase1/shards",
-                                              "phase1/stats", "phase1/rejects"]
+    assert Layout.built_folders("phase1") == ["curated", "pool", "dedup", "rejects", "phase1/shards", "phase1/rejects",
+                                              "stats", "phase1/stats"]
     assert Layout.in_phase("phase1/shards/shard-00000.parquet", "phase1")
     assert not Layout.in_phase("phase10/README.md", "phase1")
     assert Layout.read_after_build(f"{DEDUP}/clusters/p00001.parquet")
@@ -220,18 +215,18 @@ def test_listed_once_the_tree_answers_globs_as_the_store_does(tmp_path):
     """After `list_once`, globs and folder listings come from one listing, kept current by the Layout's writes
     and deletes, and equal what the store answers."""
     layout = Layout(tmp_path / "out")
-    for name in ("pool/a/x/1.parquet", "pool/b/y/2.parquet", "stats/curate/a/1.parquet", "phase1/manifest/run.parquet",
+    for name in ("pool/a/x/1.parquet", "pool/b/y/2.parquet", "rejects/curate/a/1.parquet", "phase1/manifest/run.parquet",
                  "phase1/shards/shard-00000.parquet"):
         layout.write_text(name, name)
     listed = Layout(tmp_path / "out")
     listed.list_once()
     listed.write_text("phase1/shards/shard-00001.parquet", "new")
     listed.delete("pool/b/y/2.parquet")
-    listed.delete_tree("stats")
+    listed.delete_tree("rejects")
     for pattern in ("**/*.parquet", Layout.POOL_GLOB, Layout.manifest_glob("run"), Layout.shards_glob("phase1"),
-                    "stats/*/*/*.parquet"):
+                    "rejects/*/*/*.parquet"):
         assert listed.glob(pattern) == layout.glob(pattern), pattern
-    for folder in ("pool", "phase1", "stats", "nothing"):
+    for folder in ("pool", "phase1", "rejects", "nothing"):
         assert listed.files(folder) == layout.files(folder), folder
     assert listed.glob(Layout.shards_glob("phase1")) == ["phase1/shards/shard-00000.parquet",
                                                           "phase1/shards/shard-00001.parquet"]

@@ -1,4 +1,4 @@
-"""Faults that must never leave a wrong output behind: files the manifest and the catalog read (stats, rejects,
+"""Faults that must never leave a wrong output behind: files the manifest and the catalog read (rejects,
 dedup clusters, the pool) damaged or deleted between builds, shards left over by a killed run, a second build on
 the same --out."""
 
@@ -66,7 +66,7 @@ def flip(path):
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("pattern", ["stats/curate/*/*.parquet", "rejects/curate/*/*.parquet",
+@pytest.mark.parametrize("pattern", ["rejects/curate/*/*.parquet", "rejects/pool/*/*.parquet",
                                      "dedup/*/clusters/*.parquet", "pool/fineweb2/deu_Latn/*.parquet"])
 def test_a_damaged_file_only_the_manifest_or_catalog_reads_is_written_again(reference, inputs, tmp_path, pattern):
     out = copy_of(reference, tmp_path)
