@@ -20,7 +20,8 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -138,10 +139,47 @@ class Output:
     partitions: int
 
 
+@dataclass
+class KeptRelations:
+    """The relations under `folder` of a computation run inside one task (pipeline/dedup.py's OneTask), held in
+    memory instead of written: no other task reads them, and a resume redoes the whole computation. By name: the
+    table (its rows in partition order) and its partitions' [first row, end row), as a file's index holds them."""
+
+    folder: str
+    tables: dict[str, tuple[pa.Table, dict[str, list[int]]]] = field(default_factory=dict)
+
+    def holds(self, name: str) -> bool:
+        return name.startswith(f"{self.folder}/")
+
+    def rows(self, rows: Rows) -> ds.Dataset:
+        pieces = []
+        for name in rows.files:
+            table, ranges = self.tables[name]
+            start, end = ranges[str(rows.partition)] if rows.partition is not None else (0, table.num_rows)
+            pieces.append(table.slice(start, end - start))
+        return ds.dataset(pa.concat_tables(pieces))
+
+
+_kept: ContextVar[KeptRelations | None] = ContextVar("kept_relations", default=None)
+
+
+@contextlib.contextmanager
+def keeping(kept: KeptRelations) -> Iterator[None]:
+    """Inside the block, `run_sql` holds the relations under `kept.folder` in `kept`, and reads them from it."""
+    token = _kept.set(kept)
+    try:
+        yield
+    finally:
+        _kept.reset(token)
+
+
 def rows_dataset(layout: Layout, rows: Rows) -> ds.Dataset:
     """The rows as one Arrow dataset DuckDB streams: of a partition, each file's row groups of it (only each
     file's footer and those column chunks are read); with none, the files whole. Arrow reads the store through
     `layout.fs` in ranges (DuckDB reading through fsspec asks for more: a stat per file and smaller reads)."""
+    kept = _kept.get()
+    if kept is not None and rows.files and kept.holds(rows.files[0]):
+        return kept.rows(rows)
     filesystem = layout.arrow_filesystem(ranges=rows.partition is not None)
     parquet = ds.ParquetFileFormat()
     fragments = []
@@ -184,20 +222,25 @@ def run_sql(layout: Layout, task: str, views: dict[str, Rows], outputs: list[Out
             row = con.execute(summary).fetchall()[0]
             result = {column[0]: int(value or 0) for column, value in zip(con.description, row, strict=True)}
         written: dict[str, str] = {}
+        kept = _kept.get()
         for output in outputs:
             columns = ", ".join(output.schema.names)
             reader = con.sql(f"SELECT _p, {columns} FROM ({output.sql}) ORDER BY ALL").to_arrow_reader(65536)
             name = Layout.relation_file(output.folder, task)
+            held: list[pa.Table] | None = [] if kept is not None and kept.holds(name) else None
             sink, ranges, rows = None, {}, 0  # ranges: partition -> [first row, end row) in the file
             try:
                 for batch in reader:
                     partition_of_row = batch.column(0).to_numpy()
                     table = pa.Table.from_batches([batch]).drop_columns(["_p"]).cast(output.schema)
                     for start, end in runs(partition_of_row):
-                        if sink is None:  # a task with no rows for an output writes no file for it
-                            sink = ParquetSink(layout, name, output.schema, options=SCRATCH_OPTIONS)
-                        # each write is a row group of its own (or more): none holds two partitions' rows
-                        sink.write_table(table.slice(start, end - start))
+                        if held is not None:
+                            held.append(table.slice(start, end - start))
+                        else:
+                            if sink is None:  # a task with no rows for an output writes no file for it
+                                sink = ParquetSink(layout, name, output.schema, options=SCRATCH_OPTIONS)
+                            # each write is a row group of its own (or more): none holds two partitions' rows
+                            sink.write_table(table.slice(start, end - start))
                         ranges.setdefault(str(partition_of_row[start]), [rows, rows])[1] = rows + int(end - start)
                         rows += int(end - start)
                 if sink is not None:
@@ -205,6 +248,8 @@ def run_sql(layout: Layout, task: str, views: dict[str, Rows], outputs: list[Out
             finally:
                 if sink is not None:
                     sink.close()
+            if held and kept is not None:
+                kept.tables[name] = (pa.concat_tables(held), ranges)
             if ranges:
                 written[name] = encode_rows({int(partition): end - start
                                              for partition, (start, end) in ranges.items()})

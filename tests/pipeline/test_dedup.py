@@ -154,8 +154,8 @@ def dedup_tree(layout, parts, by_file) -> tuple[dict, dict]:
 
 
 def test_one_task_clustering_writes_what_the_partitioned_steps_write(ray_session, tmp_path, monkeypatch):
-    """A small corpus clusters in one task (stage dedup-steps): the same summary, clusters and removal files, byte
-    for byte, as the partitioned steps on 3 partitions; builds switching between the two on one tree keep each
+    """A small corpus clusters in one task (stage dedup-steps), its relations in memory: the same summary,
+    clusters and removal files, byte for byte, as the partitioned steps on 3 partitions; builds switching between the two on one tree keep each
     other's files."""
     parts = [("test", f"part-{n}") for n in range(3)]
     by_file = planted_docs(len(parts))
@@ -164,6 +164,7 @@ def test_one_task_clustering_writes_what_the_partitioned_steps_write(ray_session
     assert one["steps"] == ["dedup-signatures", "dedup-steps"]
     assert one["summary"]["exact_removed"] >= 18 and one["summary"]["minhash_removed"] >= 12
     assert one["summary"]["exact_id_renamed"] >= 9 and len(removals) == 3
+    assert not [name for name in one["tree"] if "/steps/" in name]  # its relations held in memory
     monkeypatch.setattr(dedup, "ONE_TASK_BYTES", 0)
     monkeypatch.setattr(dedup, "partitions_for", lambda *_: 3)
     partitioned, _ = dedup_tree(layout, parts, by_file)

@@ -103,8 +103,10 @@ def test_requests_per_stage_stay_within_the_band(counted_build):
     kinds = {kind: sum(counts.get(kind, 0) for counts in store.values()) for kind in REQUEST_KINDS}
     assert requests(kinds) == total <= MAX_REQUESTS, (total, kinds)  # the record holds the whole build
     assert kinds["list"] <= MAX_LISTINGS and kinds["head"] <= MAX_HEADS, kinds
-    for stage, counts in store.items():  # every stage wrote something, and asked the store at least that often
-        assert requests(counts) >= counts.get("objects_written", 0) > 0, (stage, counts)
+    for stage, counts in store.items():  # every stage wrote something (the driver before the shards may only
+        # read: the pool summary), and asked the store at least that often
+        written = counts.get("objects_written", 0)
+        assert requests(counts) >= written and (written > 0 or stage == "driver"), (stage, counts)
     assert {"curate", "dedup-signatures", "pool", "phase1-mix", "phase1-shard", "driver", "finish"} <= set(store)
 
 
